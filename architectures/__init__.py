@@ -1,0 +1,6 @@
+"""Built-in architectures. Importing this package registers them (``@register_architecture``).
+
+Each module is one family: its blocks, its model class, then its registration. Outsiders add
+their own through exactly the same public API (see the README, "Add an architecture").
+"""
+from . import cnn, lstm, transformer  # noqa: F401  (registration side effects)

@@ -1,0 +1,136 @@
+"""GPT-style decoder: pre-LayerNorm blocks, causal scaled_dot_product_attention.
+
+Positions are learned absolute embeddings by default (as in Kaplan et al. 2020);
+``pos="rotary"`` uses rotary embeddings instead, which also lets the model score sequences
+longer than its training context.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnemoscope.model import Architecture
+from mnemoscope.registry import register_architecture
+
+
+def rotary_tables(seq_len: int, head_dim: int, device, base: float = 10000.0):
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)  # (T, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x, cos, sin):  # x: (B, H, T, hd)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x, rotary=None, attn_mask=None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if attn_mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # a banded mask (truncated context) replaces the plain causal one
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, d_model: int, n_head: int, mlp_ratio: int):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model, n_head)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.fc = nn.Linear(d_model, mlp_ratio * d_model)
+        self.proj = nn.Linear(mlp_ratio * d_model, d_model)
+
+    def forward(self, x, rotary=None, attn_mask=None):
+        x = x + self.attn(self.ln1(x), rotary, attn_mask)
+        return x + self.proj(F.gelu(self.fc(self.ln2(x))))
+
+
+@register_architecture("transformer")
+class Transformer(Architecture):
+    """GPT-2-style decoder. Non-embedding parameters ~ 12 * n_layer * d_model^2."""
+
+    width_key = "d_model"
+    width_multiple = 8
+    default_hparams = {"lr": 2e-3, "warmup_fraction": 0.05}
+
+    def __init__(self, vocab_size: int, context_length: int, d_model: int = 128, n_layer: int = 4,
+                 n_head: int | None = None, mlp_ratio: int = 4, pos: str = "learned"):
+        super().__init__()
+        if pos not in ("learned", "rotary"):
+            raise ValueError(f"pos must be 'learned' or 'rotary', not {pos!r}")
+        n_head = n_head or self.heads_for(d_model)
+        if d_model % n_head:
+            raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
+        self.context_length, self.d_model, self.n_layer, self.n_head, self.pos = context_length, d_model, n_layer, n_head, pos
+        self.extrapolates = pos == "rotary"
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.pos_emb = nn.Embedding(context_length, d_model) if pos == "learned" else None
+        self.blocks = nn.ModuleList(Block(d_model, n_head, mlp_ratio) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight  # tied
+        self.apply(self._init)
+        for block in self.blocks:  # GPT-2: residual projections scaled by depth
+            for lin in (block.attn.proj, block.proj):
+                nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * n_layer))
+
+    @staticmethod
+    def heads_for(d_model: int) -> int:
+        n = max(1, round(d_model / 32))
+        while d_model % n:
+            n -= 1
+        return n
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    @classmethod
+    def shape_candidates(cls, target, context_length):
+        # depth grows slowly with size (Kaplan: loss is insensitive to the aspect ratio over a wide range)
+        preferred = 2 if target < 2e5 else 4 if target < 2e6 else 6 if target < 2e7 else 8
+        for n_layer in (preferred, preferred + 1, preferred - 1, preferred + 2):
+            if n_layer >= 1:
+                yield {"n_layer": n_layer}
+
+    def forward(self, tokens: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T = tokens.shape  # (B, T)
+        x = self.tok_emb(tokens)  # (B, T, C)
+        rotary = None
+        if self.pos_emb is not None:
+            if T > self.context_length:
+                raise ValueError(f"learned positions cover {self.context_length} tokens, got {T}; use pos='rotary' to extrapolate")
+            x = x + self.pos_emb(torch.arange(T, device=tokens.device))
+        else:
+            rotary = rotary_tables(T, self.d_model // self.n_head, tokens.device)
+        for block in self.blocks:
+            x = block(x, rotary, attn_mask)
+        return self.head(self.ln_f(x))  # (B, T, V)
+
+    def embedding_parameters(self):
+        return [self.tok_emb.weight] + ([self.pos_emb.weight] if self.pos_emb is not None else [])
+
+    def state_size(self, seq_len: int) -> int:
+        return 2 * self.n_layer * self.d_model * seq_len  # keys and values, every layer, every position

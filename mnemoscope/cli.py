@@ -1,0 +1,137 @@
+"""``study.py``: run a study, list what is known, rebuild a report.
+
+Every user error ends in one line on stderr and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+EXAMPLES = """examples:
+  python study.py --arch transformer lstm cnn            the default study (text, minutes on a CPU)
+  python study.py --arch transformer lstm --task code --params 100k 1M --tokens 4M --context 512
+  python study.py --arch my_model.py:MyModel transformer  your own architecture from a file
+  python study.py --task text:path/to/my/texts            your own text files (one document each)
+  python study.py --config results/NAME/config.yaml       rerun (or resume) a study
+  python study.py list                                    architectures and tasks, plugins included
+  python study.py report results/NAME                     rebuild plots and report from the tables
+"""
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="study.py", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        description="Train every architecture on every task at matched sizes and measure the loss at "
+                    "every context position. Subcommands: list, report DIR.")
+    p.add_argument("--arch", nargs="+", help="architectures: names, module:Class or file.py:Class "
+                                             "(options: transformer:pos=rotary)")
+    p.add_argument("--task", nargs="+", help="tasks: names, or name:PATH for your own files")
+    p.add_argument("--params", nargs="+", help="target non-embedding parameter counts, e.g. 100k 1M")
+    p.add_argument("--context", help="context length in tokens (default: each task's natural length)")
+    p.add_argument("--tokens", help="training tokens per run, e.g. 2M")
+    p.add_argument("--seeds", nargs="+", type=_int, help="random seeds")
+    p.add_argument("--batch-size", help="sequences per training batch")
+    p.add_argument("--eval-sequences", help="held-out sequences scored per run (default 256)")
+    p.add_argument("--name", help="study name (default: derived from the config)")
+    p.add_argument("--out", help="study folder (default results/NAME)")
+    p.add_argument("--config", help="a study.yaml (e.g. a finished study's config.yaml); flags override it")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    def error(message):
+        raise UserError(f"{message} (see --help)")
+    parser.error = error
+
+
+def resolve_config(args):
+    from .study import StudyConfig
+
+    base = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise UserError(f"no such config file: {args.config}")
+        try:
+            base = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"corrupt YAML in {args.config}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(base, dict):
+            raise UserError(f"{args.config} is not a YAML mapping")
+    flags = {"archs": args.arch, "tasks": args.task, "params": args.params, "context": args.context,
+             "tokens": args.tokens, "seeds": args.seeds, "batch_size": args.batch_size,
+             "eval_sequences": args.eval_sequences, "name": args.name}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if overrides and args.config and "name" not in overrides:
+        base.pop("name", None)  # a changed study gets its own name
+    return StudyConfig.from_dict({**base, **overrides})
+
+
+def cmd_run(argv: list[str]) -> int:
+    parser = run_parser()
+    _one_line_errors(parser)
+    args = parser.parse_args(argv)
+    from .study import Study
+
+    config = resolve_config(args)
+    out = Path(args.out) if args.out else Path("results") / config.name
+    Study(config, out).run(progress=not args.no_progress and sys.stderr.isatty())
+    return 0
+
+
+def cmd_list(argv: list[str]) -> int:
+    from .registry import ARCHITECTURES, TASKS
+
+    for registry in (ARCHITECTURES, TASKS):
+        print(f"{registry.kind}s:")
+        for name in registry.names():
+            obj = registry.get(name)
+            doc = (obj.__doc__ or "").strip().splitlines()
+            print(f"  {name:<20} {doc[0] if doc else ''}  [{registry.origin(name)}]")
+    return 0
+
+
+def cmd_report(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="study.py report", description="Rebuild every plot and the report of a "
+                                "study from its stored tables alone.")
+    _one_line_errors(p)
+    p.add_argument("dir")
+    args = p.parse_args(argv)
+    from .report import write_report
+
+    print(write_report(Path(args.dir)))
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv and argv[0] in COMMANDS:
+            return COMMANDS[argv[0]](argv[1:])
+        if argv and not argv[0].startswith("-"):
+            raise UserError(f"unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)}, or flags; see --help)")
+        return cmd_run(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished runs are kept, rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,63 @@
+"""Per-position evaluation: the loss at every position of held-out sequences, per sequence.
+
+Losses are kept per sequence (an (N, T) array), so confidence intervals bootstrap over
+sequences, never over positions (positions within one sequence are correlated).
+"""
+from __future__ import annotations
+
+import numpy as np
+import seaborn as sns
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .task import TokenSplit, eval_offsets, window_batch
+
+
+@torch.no_grad()
+def per_position_losses(model: nn.Module, split: TokenSplit, context_length: int, n_sequences: int = 256,
+                        batch_size: int = 32, device: torch.device | str | None = None):
+    """Loss in nats at every position of up to ``n_sequences`` held-out windows.
+
+    Returns ``(losses, mask)``, both (N, T): ``losses[i, t]`` is -log p(token t+1 | tokens 0..t)
+    of sequence i, computed in fp32 from one forward pass per batch; ``mask`` marks the targets
+    that count. Position t therefore has t+1 tokens of context.
+    """
+    device = torch.device(device or next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    offsets = eval_offsets(split, context_length, n_sequences)
+    losses, masks = [], []
+    for i in range(0, len(offsets), batch_size):
+        x, y, m = window_batch(split, offsets[i:i + batch_size], context_length)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x.to(device))
+        loss = F.cross_entropy(logits.float().transpose(1, 2), y.to(device), reduction="none")  # (B, T)
+        losses.append(loss.cpu())
+        masks.append(m)
+    model.train(was_training)
+    return torch.cat(losses).numpy().astype(np.float32), torch.cat(masks).numpy()
+
+
+def _masked_mean(losses, mask, axis=0):
+    return (losses * mask).sum(axis=axis) / np.maximum(mask.sum(axis=axis), 1)
+
+
+def bootstrap_ci(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int = 1000, level: float = 95,
+                 seed: int = 0):
+    """Mean over sequences at each position with a bootstrap interval over **sequences**.
+
+    Uses seaborn's bootstrap (rows resampled together for losses and mask). Returns
+    (mean, low, high, n), each of length T; positions with no counted target are NaN.
+    """
+    if mask is None:
+        mask = np.ones_like(losses, dtype=bool)
+    m = mask.astype(np.float32)
+    boots = sns.algorithms.bootstrap(losses, m, func=_masked_mean, n_boot=n_boot, axis=0, seed=seed)  # (n_boot, T)
+    n = mask.sum(axis=0)
+    mean = _masked_mean(losses, m)
+    lo, hi = np.percentile(boots, [(100 - level) / 2, 100 - (100 - level) / 2], axis=0)
+    empty = n == 0
+    for a in (mean, lo, hi):
+        a[empty] = np.nan
+    return mean, lo, hi, n

@@ -1,0 +1,173 @@
+"""The architecture contract, and the helpers the harness uses on any architecture.
+
+An architecture is a plain ``nn.Module``:
+
+* built as ``cls(vocab_size=V, context_length=T, **config)`` (the task supplies V and T);
+* ``forward(tokens)``: ``(B, T)`` int64 token ids in, ``(B, T, V)`` logits out, causal, one
+  prediction at every position, fresh state for every sequence, nothing kept on ``self``;
+* ``num_params(non_embedding=True)``: parameters, without (or with) the token/position
+  embeddings, as in Kaplan et al. 2020;
+* ``state_size(seq_len)``: numbers carried forward per step when generating (KV cache,
+  hidden state, receptive-field buffer), or ``None`` if unknown.
+
+Subclassing :class:`Architecture` gives sensible defaults for the last two and a generic
+``config_for_params`` that solves for a width to match a target non-embedding parameter count.
+A plain ``nn.Module`` works too: the harness falls back on counting ``nn.Embedding`` weights as
+embedding parameters and on a ``width_key`` attribute (or no sizing at all).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+SIZE_TOLERANCE = 0.10  # achieved non-embedding params must land within 10% of the target
+
+
+class Architecture(nn.Module):
+    """Optional base class for architectures (built-ins and plugins)."""
+
+    #: config key that scales width; ``config_for_params`` solves for it.
+    width_key: str | None = None
+    #: widths tried are multiples of this.
+    width_multiple: int = 8
+    #: training hyperparameters this architecture prefers (the study may override them).
+    default_hparams: dict[str, Any] = {}
+    #: True if the model accepts sequences longer than ``context_length`` at evaluation time.
+    extrapolates: bool = False
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        return count_params(self, non_embedding, _use_method=False)
+
+    def state_size(self, seq_len: int) -> int | None:
+        return None
+
+    @classmethod
+    def shape_candidates(cls, target: int, context_length: int) -> Iterable[dict[str, Any]]:
+        """Depth-like settings to try, most preferred first; the width is solved for each."""
+        yield {}
+
+    @classmethod
+    def config_for_params(cls, target: int, vocab_size: int, context_length: int, **fixed) -> dict[str, Any]:
+        """A config whose non-embedding parameter count is as close as possible to ``target``."""
+        return solve_width(cls, target, vocab_size, context_length, fixed)
+
+
+def count_params(model: nn.Module, non_embedding: bool = True, _use_method: bool = True) -> int:
+    """Parameters of ``model``; with ``non_embedding`` the ``nn.Embedding`` weights are left out.
+
+    A tied output head shares its tensor with the embedding, so it is not counted twice.
+    """
+    if _use_method and hasattr(model, "num_params"):
+        return int(model.num_params(non_embedding=non_embedding))
+    seen: set[int] = set()
+    excluded: set[int] = set()
+    if non_embedding:
+        for mod in model.modules():
+            if isinstance(mod, nn.Embedding):
+                excluded.add(id(mod.weight))
+        excluded.update(id(p) for p in getattr(model, "embedding_parameters", lambda: [])())
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen or id(p) in excluded:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def state_size(model: nn.Module, seq_len: int) -> int | None:
+    fn = getattr(model, "state_size", None)
+    return None if fn is None else fn(seq_len)
+
+
+def build(cls: type, vocab_size: int, context_length: int, config: dict[str, Any]) -> nn.Module:
+    """Instantiate an architecture; a plugin that raises gives one clear line."""
+    try:
+        model = cls(vocab_size=vocab_size, context_length=context_length, **config)
+    except TypeError as exc:
+        raise UserError(f"cannot build architecture {_name(cls)} with config {config}: {exc}") from exc
+    except Exception as exc:
+        raise UserError(f"architecture {_name(cls)} raised while being built: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise UserError(f"architecture {_name(cls)} is not an nn.Module")
+    return model
+
+
+def _name(cls) -> str:
+    return getattr(cls, "registered_name", getattr(cls, "__name__", repr(cls)))
+
+
+def _count_on_meta(cls, vocab_size, context_length, config) -> int:
+    with torch.device("meta"):
+        model = cls(vocab_size=vocab_size, context_length=context_length, **config)
+    return count_params(model, non_embedding=True)
+
+
+def solve_width(cls, target: int, vocab_size: int, context_length: int, fixed: dict[str, Any]) -> dict[str, Any]:
+    """Try each of ``cls.shape_candidates`` and, for each, the width closest to ``target``.
+
+    Returns the first candidate within 5% of the target, else the closest found. Parameter
+    counts are taken on the ``meta`` device, so no memory is spent.
+    """
+    key = getattr(cls, "width_key", None)
+    if key is None:
+        raise UserError(
+            f"architecture {_name(cls)} cannot be sized to --params: give it a width_key attribute "
+            "or a config_for_params classmethod"
+        )
+    if key in fixed:  # the user fixed the width: nothing to solve
+        return dict(fixed)
+    best: tuple[float, dict] | None = None
+    # preferred width multiple first; small models may need finer widths to land near the target
+    for step in sorted({int(getattr(cls, "width_multiple", 8)), 1}, reverse=True):
+        best = _solve_width_step(cls, key, step, target, vocab_size, context_length, fixed, best)
+        if best[0] < math.log(1.05):
+            break
+    return best[1]
+
+
+def _solve_width_step(cls, key, step, target, vocab_size, context_length, fixed, best):
+    candidates = getattr(cls, "shape_candidates", lambda t, c: [{}])(target, context_length)
+    for shape in candidates:
+        base = {**shape, **fixed}
+
+        def n(w):
+            return _count_on_meta(cls, vocab_size, context_length, {**base, key: w * step})
+
+        lo, hi = 1, 1
+        while n(hi) < target and hi < 1 << 16:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:  # n is increasing in the width: bisect
+            mid = (lo + hi) // 2
+            if n(mid) < target:
+                lo = mid
+            else:
+                hi = mid
+        for w in (lo, hi):
+            err = abs(math.log(n(w) / target))
+            cfg = {**base, key: w * step}
+            if best is None or err < best[0]:
+                best = (err, cfg)
+        if best[0] < math.log(1.05):
+            break
+    return best
+
+
+def size_for(cls, target: int | None, vocab_size: int, context_length: int, config: dict[str, Any]) -> dict[str, Any]:
+    """Resolve an architecture's config for a target non-embedding parameter count (or none)."""
+    if target is None:
+        return dict(config)
+    solver = getattr(cls, "config_for_params", None)
+    if solver is None:
+        return solve_width(cls, target, vocab_size, context_length, dict(config))
+    try:
+        return solver(target, vocab_size, context_length, **config)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"architecture {_name(cls)} failed to size itself to {target} parameters: {exc}") from exc

@@ -1,0 +1,129 @@
+"""Plots and the HTML report, built only from a study's stored tables (``study.py report DIR``)."""
+from __future__ import annotations
+
+import base64
+import html
+import io as _io
+import json
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+import yaml  # noqa: E402
+
+from . import io  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .specs import format_count  # noqa: E402
+
+#: Extra report sections: functions (study_dir, runs, per_position) -> list of (title, html).
+#: Later features (context analysis, scaling, task views) append here.
+SECTIONS: list[Callable[[Path, pd.DataFrame, pd.DataFrame], list[tuple[str, str]]]] = []
+
+
+def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    out = Path(out)
+    if not out.is_dir():
+        raise UserError(f"no study folder at {out}")
+    runs = io.read_parquet(out / "runs.parquet")
+    pp = io.read_parquet(out / "per_position.parquet")
+    missing = {"run_id", "arch", "task", "params", "position", "loss", "ci_low", "ci_high"} - set(pp.columns)
+    if missing:
+        raise UserError(f"corrupt table {out / 'per_position.parquet'}: missing columns {', '.join(sorted(missing))}")
+    return runs, pp
+
+
+def per_position_figure(pp: pd.DataFrame, runs: pd.DataFrame | None = None):
+    """One facet per task: loss against position (log x), a line per architecture, a dash style
+    per size, and 95% bootstrap bands (over sequences) from the stored ci columns."""
+    pp = pp.dropna(subset=["loss"]).copy()
+    pp["context tokens"] = pp["position"] + 1  # position t has t+1 tokens of context
+    pp["size"] = pp["params"].map(lambda p: format_count(int(p)))
+    tasks = list(dict.fromkeys(pp["task"]))
+    n = max(1, len(tasks))
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
+    archs = list(dict.fromkeys(pp["arch"]))
+    palette = dict(zip(archs, sns.color_palette("colorblind", len(archs))))
+    for ax, task in zip(axes.flat, tasks):
+        d = pp[pp["task"] == task]
+        # average seeds of one arch x size; bands from the runs' own intervals
+        g = d.groupby(["arch", "size", "params", "context tokens"], as_index=False)[["loss", "ci_low", "ci_high"]].mean()
+        sns.lineplot(data=g, x="context tokens", y="loss", hue="arch", style="size", palette=palette, ax=ax,
+                     errorbar=None, linewidth=1.4)
+        for (arch, size), part in g.groupby(["arch", "size"]):
+            ax.fill_between(part["context tokens"], part["ci_low"], part["ci_high"], color=palette[arch], alpha=0.2, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_title(task)
+        ax.set_xlabel("tokens of context (position + 1)")
+        ax.set_ylabel("test loss (nats/token)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def img_tag(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def headline_table(runs: pd.DataFrame) -> pd.DataFrame:
+    cols = ["arch", "task", "params", "seed", "achieved_params", "state_size", "tokens_trained", "test_loss",
+            "last_octave_gain", "last_octave_gain_low", "last_octave_gain_high", "status"]
+    t = runs[[c for c in cols if c in runs.columns]].copy()
+    if "last_octave_gain" in t:
+        t["falls over last octave?"] = (t["last_octave_gain_low"] > 0).map({True: "yes (95% CI > 0)", False: "no"})
+    return t
+
+
+def write_report(out: Path) -> Path:
+    """Rebuild per_position.png and report.html from the stored tables alone."""
+    out = Path(out)
+    runs, pp = load_tables(out)
+    if pp.empty:
+        raise UserError(f"{out} has no finished runs to report on")
+    png = figure_png(per_position_figure(pp, runs))
+    io.atomic_write(out / "per_position.png", lambda p: p.write_bytes(png))
+    config = (out / "config.yaml").read_text() if (out / "config.yaml").exists() else "(missing)"
+    try:
+        env = json.loads((out / "environment.json").read_text())
+    except (OSError, ValueError):
+        env = {"note": "environment.json missing or unreadable"}
+    sections = [
+        ("Per-position loss", img_tag(png, "per-position loss") +
+         "<p>Loss at each position of held-out test sequences, in nats per token; bands are 95% bootstrap "
+         "intervals over sequences. Position t predicts token t+1 from t+1 tokens of context.</p>"),
+        ("Does the loss keep falling over the last octave?", _table(headline_table(runs)) +
+         "<p><code>last_octave_gain</code> = mean loss over positions [T/4, T/2) minus mean loss over [T/2, T), "
+         "with a 95% bootstrap interval over sequences. Above zero: the model still gains from its farthest context.</p>"),
+        ("Runs", _table(runs)),
+    ]
+    for section in SECTIONS:
+        sections += section(out, runs, pp)
+    sections += [("Configuration", f"<pre>{html.escape(config)}</pre><p>Rerun with <code>python study.py --config "
+                                   f"{html.escape(str(out / 'config.yaml'))}</code>.</p>"),
+                 ("Environment", f"<pre>{html.escape(yaml.safe_dump(env, sort_keys=False))}</pre>")]
+    body = "\n".join(f"<h2>{html.escape(t)}</h2>\n{h}" for t, h in sections)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(out.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}} img{{max-width:100%}}
+table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head>
+<body><h1>Study {html.escape(out.name)}</h1>{body}</body></html>"""
+    io.write_text(out / "report.html", page)
+    return out / "report.html"
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="", border=0)

@@ -1,0 +1,66 @@
+"""Parsing what users type: sizes (``100k``, ``1.5M``), and ``name:options`` specs."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+from .registry import Registry
+
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
+
+
+def parse_count(text: str | int | float, what: str = "count", minimum: int = 1) -> int:
+    """``100k`` -> 100000, ``1.5M`` -> 1500000, ``2e5`` -> 200000. Refuses zero and negatives."""
+    if isinstance(text, bool):
+        raise UserError(f"malformed {what} {text!r}")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)\s*([kmgb]?)\s*", str(text), re.IGNORECASE)
+        if not m:
+            raise UserError(f"malformed {what} {text!r}: write a number such as 100k, 1.5M or 200000")
+        value = float(m.group(1).replace("_", "")) * _SUFFIX[m.group(2).lower()]
+    if value != value or value < minimum:
+        raise UserError(f"{what} must be at least {minimum}, got {text!r}")
+    return int(round(value))
+
+
+def format_count(n: int) -> str:
+    for suffix, unit in (("M", 10**6), ("k", 10**3)):
+        if n >= unit:
+            v = n / unit
+            return f"{v:.0f}{suffix}" if abs(v - round(v)) < 1e-9 else f"{v:g}{suffix}"
+    return str(n)
+
+
+def _value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_spec(spec: str, registry: Registry) -> tuple[Any, str, dict[str, Any]]:
+    """``name``, ``name:key=value,key=value``, ``name:PATH`` (a task's source), ``module:Class``
+    or ``path/file.py:Class``. Returns (class, label, options)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"empty {registry.kind} name")
+    head, sep, rest = spec.partition(":")
+    if sep and head in registry.names():
+        options: dict[str, Any] = {}
+        if rest:
+            if "=" in rest:
+                for item in rest.split(","):
+                    key, eq, val = item.partition("=")
+                    if not eq or not key.strip():
+                        raise UserError(f"malformed option {item!r} in {spec!r}: expected key=value")
+                    options[key.strip()] = _value(val.strip())
+            else:
+                options["source"] = rest
+        return registry.get(head), spec, options
+    cls = registry.get(spec)
+    label = spec if spec in registry.names() else getattr(cls, "__name__", spec)
+    return cls, label, {}

