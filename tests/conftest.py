@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny data made by the tests themselves, a private cache folder."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Every test prepares data into its own cache, never the user's."""
+    monkeypatch.setenv("MNEMOSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def text_dir(tmp_path):
+    """A folder of small English-like documents (enough for tiny contexts)."""
+    import random
+
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over lazy dog and then runs far away from home again".split()
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i in range(12):
+        body = " ".join(rng.choice(words) for _ in range(400 + 40 * i))
+        (folder / f"doc{i:02d}.txt").write_text(f"Document {i}.\n{body}\n")
+    return folder

@@ -1,0 +1,116 @@
+"""The architecture contract, checked for every registered architecture (as timm does).
+
+A plugin that passes these works in every study.
+"""
+import pytest
+import torch
+
+from mnemoscope.model import SIZE_TOLERANCE, build, count_params, size_for, state_size
+from mnemoscope.registry import ARCHITECTURES
+
+V, T = 37, 24
+ARCHS = ARCHITECTURES.names()
+
+
+def small(name, target=20_000, context=T):
+    cls = ARCHITECTURES.get(name)
+    torch.manual_seed(0)
+    return build(cls, V, context, size_for(cls, target, V, context, {})).eval()
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_shape_and_finite(name):
+    model = small(name)
+    x = torch.randint(0, V, (3, T))
+    y = model(x)
+    assert y.shape == (3, T, V)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_causal(name):
+    """Changing token k leaves the logits at positions before k unchanged."""
+    model = small(name)
+    x = torch.randint(0, V, (2, T))
+    y = model(x)
+    for k in (1, T // 2, T - 1):
+        x2 = x.clone()
+        x2[:, k] = (x2[:, k] + 1) % V
+        y2 = model(x2)
+        assert torch.allclose(y[:, :k], y2[:, :k], atol=1e-5), f"position < {k} saw token {k}"
+        assert not torch.allclose(y[:, k:], y2[:, k:], atol=1e-6), f"token {k} changed nothing at or after {k}"
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_no_leakage_across_rows_or_calls(name):
+    model = small(name)
+    a, b = torch.randint(0, V, (1, T)), torch.randint(0, V, (1, T))
+    alone = model(a)
+    together = model(torch.cat([a, b]))[:1]
+    assert torch.allclose(alone, together, atol=1e-5), "batch rows influence each other"
+    model(b)  # a call in between must leave no state behind
+    assert torch.allclose(model(a), alone, atol=1e-6), "state kept between calls"
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_every_parameter_gets_a_gradient(name):
+    model = small(name).train()
+    x = torch.randint(0, V, (4, T))
+    loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), torch.roll(x, -1, 1).flatten())
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not missing, f"no gradient for {missing}"
+
+
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("target", [20_000, 300_000, 2_000_000])
+def test_size_matching(name, target):
+    cls = ARCHITECTURES.get(name)
+    config = size_for(cls, target, 256, 256, {})
+    with torch.device("meta"):
+        model = build(cls, 256, 256, config)
+    achieved = count_params(model, non_embedding=True)
+    assert abs(achieved / target - 1) <= SIZE_TOLERANCE, (config, achieved)
+    assert count_params(model, non_embedding=False) > achieved
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_reports_state_size(name):
+    model = small(name)
+    s = state_size(model, T)
+    assert s is None or (isinstance(s, int) and s > 0)
+    if name in ("transformer", "lstm", "cnn"):
+        assert s > 0
+
+
+def test_state_sizes_of_builtins_follow_their_kind():
+    tr, lstm, cnn = small("transformer"), small("lstm"), small("cnn")
+    assert tr.state_size(2 * T) == 2 * tr.state_size(T)  # KV cache grows with length
+    assert lstm.state_size(2 * T) == lstm.state_size(T) == 2 * lstm.n_layer * lstm.d_model
+    assert cnn.state_size(T) == (cnn.receptive_field - 1) * cnn.channels
+
+
+def test_cnn_receptive_field_covers_context():
+    for context in (24, 256, 1024):
+        cls = ARCHITECTURES.get("cnn")
+        with torch.device("meta"):
+            model = build(cls, V, context, size_for(cls, 20_000, V, context, {}))
+        assert model.receptive_field >= context
+
+
+def test_transformer_rotary_option_and_learned_limit():
+    cls = ARCHITECTURES.get("transformer")
+    rot = build(cls, V, T, {"d_model": 32, "n_layer": 1, "pos": "rotary"}).eval()
+    assert rot.extrapolates and rot(torch.randint(0, V, (1, 2 * T))).shape == (1, 2 * T, V)
+    learned = build(cls, V, T, {"d_model": 32, "n_layer": 1})
+    assert not learned.extrapolates
+    with pytest.raises(ValueError, match="learned positions"):
+        learned(torch.randint(0, V, (1, 2 * T)))
+
+
+def test_non_embedding_count_excludes_embeddings():
+    tr = small("transformer")
+    emb = tr.tok_emb.weight.numel() + tr.pos_emb.weight.numel()
+    assert count_params(tr, non_embedding=False) - count_params(tr, non_embedding=True) == emb
+    n, d = tr.n_layer, tr.d_model
+    assert abs(count_params(tr) / (12 * n * d * d) - 1) < 0.1  # Kaplan's 12 n d^2
