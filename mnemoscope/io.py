@@ -11,6 +11,9 @@ import pandas as pd
 
 from .errors import UserError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file over ``path``."""
@@ -23,6 +26,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise UserError(f"cannot write to {path.parent}: {exc.strerror or exc}") from exc
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are for sharing
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
