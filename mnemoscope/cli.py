@@ -21,6 +21,8 @@ EXAMPLES = """examples:
   python study.py --config results/NAME/config.yaml       rerun (or resume) a study
   python study.py list                                    architectures and tasks, plugins included
   python study.py report results/NAME                     rebuild plots and report from the tables
+  python study.py ... --workers 4                         four worker processes drain the study's queue
+  python study.py worker results/NAME --storage URL       join a study from another machine
 """
 
 
@@ -28,7 +30,7 @@ def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="study.py", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="Train every architecture on every task at matched sizes and measure the loss at "
-                    "every context position. Subcommands: list, report DIR.")
+                    "every context position. Subcommands: list, report DIR, worker DIR.")
     p.add_argument("--arch", nargs="+", help="architectures: names, module:Class or file.py:Class "
                                              "(options: transformer:pos=rotary)")
     p.add_argument("--task", nargs="+", help="tasks: names, or name:PATH for your own files")
@@ -42,7 +44,35 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="study folder (default results/NAME)")
     p.add_argument("--config", help="a study.yaml (e.g. a finished study's config.yaml); flags override it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_execution_flags(p)
+    p.add_argument("--workers", type=_int, default=1,
+                   help="worker processes on this machine draining the study's queue (default 1; 0: only fill "
+                        "the queue, for `study.py worker` processes started elsewhere)")
     return p
+
+
+def add_execution_flags(p: argparse.ArgumentParser) -> None:
+    """How runs are executed; they do not change what a study is (nor its config.yaml)."""
+    p.add_argument("--storage", help="Optuna storage URL holding the queue of runs (default: "
+                                     "sqlite:///STUDY_DIR/queue.db; postgresql://user:pw@host/db for many machines)")
+    p.add_argument("--heartbeat", type=_int, help="seconds between a worker's heartbeats; a run whose worker is "
+                                                  "silent for twice this goes to another worker (default 10)")
+    p.add_argument("--devices", help="devices for each run, as Lightning takes them: 4, auto, or 0,1")
+    p.add_argument("--num-nodes", help="machines for each run (Lightning num_nodes; launch with srun/torchrun)")
+    p.add_argument("--strategy", help="Lightning strategy for multi-device runs: ddp, fsdp, deepspeed_stage_2, ...")
+
+
+def execution(args) -> dict:
+    """Check the execution flags; returns Trainer arguments."""
+    from .train import distributed_settings
+
+    if args.storage is not None:
+        from .queue import check_url
+
+        check_url(args.storage)
+    if args.heartbeat is not None and args.heartbeat < 1:
+        raise UserError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
+    return distributed_settings(args.devices, args.num_nodes, args.strategy)
 
 
 def _int(text: str) -> int:
@@ -88,9 +118,55 @@ def cmd_run(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from .study import Study
 
+    trainer_kwargs = execution(args)
+    if args.workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {args.workers}")
     config = resolve_config(args)
     out = Path(args.out) if args.out else Path("results") / config.name
-    Study(config, out).run(progress=not args.no_progress and sys.stderr.isatty())
+    study = Study(config, out, trainer_kwargs=trainer_kwargs)
+    if study.multi_process and (args.workers != 1 or args.storage):
+        raise UserError("a run on several devices or nodes runs the study's runs in order, one at a time: "
+                        "drop --workers and --storage, or use --devices 1 with many workers")
+    study.run(progress=not args.no_progress and sys.stderr.isatty(), storage=args.storage, workers=args.workers,
+              heartbeat=args.heartbeat)
+    return 0
+
+
+def cmd_worker(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="study.py worker", description="Join a study: take its queued runs one at "
+                                "a time until none is left. Start as many as you like, on any machine that sees "
+                                "the study folder and the storage.")
+    _one_line_errors(p)
+    p.add_argument("dir", help="the study folder (holds config.yaml)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_execution_flags(p)
+    args = p.parse_args(argv)
+    from .queue import RunQueue, sigterm_as_interrupt
+    from .study import Study, StudyConfig
+
+    trainer_kwargs = execution(args)
+    out = Path(args.dir)
+    path = out / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"no study at {out} (no config.yaml); start one with study.py ... --out {out}")
+    try:
+        config = StudyConfig.from_dict(yaml.safe_load(path.read_text()))
+    except yaml.YAMLError as exc:
+        raise UserError(f"corrupt YAML in {path}: {str(exc).splitlines()[0]}") from None
+    study = Study(config, out, trainer_kwargs=trainer_kwargs)
+    if study.multi_process:
+        raise UserError("a worker trains each run in one process; for runs on several devices or nodes use "
+                        "study.py --devices N [--num-nodes M] without the queue")
+    sigterm_as_interrupt()
+    queue = RunQueue(study, args.storage, args.heartbeat, create=False)
+    n = queue.drain(progress=not args.no_progress and sys.stderr.isatty())
+    study.collect()
+    s = queue.summary()
+    print(f"worker done: {n} runs trained here; study {s['finished']}/{s['planned']} runs finished")
+    if s["finished"] == s["planned"]:
+        from .report import write_report
+
+        write_report(out)
     return 0
 
 
@@ -118,7 +194,7 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "report": cmd_report}
+COMMANDS = {"list": cmd_list, "report": cmd_report, "worker": cmd_worker}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)}, or flags; see --help)")
         return cmd_run(argv)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # one line, whatever the message holds (a plugin's or a library's text may span several)
+        print("error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished runs are kept, rerun the same command to resume", file=sys.stderr)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -148,9 +150,19 @@ def plan(study: StudyConfig) -> list[RunSpec]:
 class Study:
     """A study folder: its config, its finished runs, its tables."""
 
-    def __init__(self, config: StudyConfig, out: Path):
+    def __init__(self, config: StudyConfig, out: Path, trainer_kwargs: dict[str, Any] | None = None):
         self.config, self.out = config, Path(out)
         self._tasks: dict[str, Task] = {}
+        # devices / num_nodes / strategy for Lightning: one run on many GPUs or nodes
+        self.trainer_kwargs = dict(trainer_kwargs or {})
+        self.rank = 0  # this process's global rank in a multi-process run (0: the one that writes)
+
+    @property
+    def multi_process(self) -> bool:
+        """True when one run spans several processes (Lightning DDP/FSDP): runs then go in plan order
+        in every process, without the queue, and only rank 0 writes."""
+        devices = self.trainer_kwargs.get("devices", 1)
+        return devices not in (1, "1", [0], None) or int(self.trainer_kwargs.get("num_nodes", 1)) > 1
 
     @property
     def runs_dir(self) -> Path:
@@ -225,16 +237,31 @@ class Study:
             return set()
         return {p.name for p in self.runs_dir.iterdir() if (p / "result.json").exists()}
 
-    def run(self, progress: bool = True, log=print) -> None:
+    def run(self, progress: bool = True, log=print, storage: str | None = None, workers: int = 1,
+            heartbeat: int | None = None) -> None:
+        """Prepare, then drain the study's queue of runs (mnemoscope.queue) with ``workers`` processes
+        (0: only fill the queue, for workers started elsewhere); collect the tables; write the report."""
         runs = self.prepare()
-        done = self.finished()
-        todo = [r for r in runs if r.run_id(self.config) not in done]
-        log(f"study {self.config.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished -> {self.out}")
-        for i, run in enumerate(todo, 1):
-            log(f"[{i}/{len(todo)}] {run.arch} on {run.task}, {format_count(run.params)} params, seed {run.seed}")
-            self.execute(run, progress=progress)
-            self.collect()
+        if self.multi_process:
+            done = self.finished()
+            todo = [r for r in runs if r.run_id(self.config) not in done]
+            log(f"study {self.config.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished -> {self.out}")
+            for i, run in enumerate(todo, 1):
+                log(f"[{i}/{len(todo)}] {run.arch} on {run.task}, {format_count(run.params)} params, seed {run.seed}")
+                self.execute(run, progress=progress)
+            if self.rank != 0:
+                return
+        else:
+            from .queue import run_study
+
+            if not run_study(self, runs, storage, workers, heartbeat, progress, log):
+                if workers == 0:
+                    return
+                missing = len({r.run_id(self.config) for r in runs} - self.finished())
+                raise UserError(f"{missing} of {len(runs)} runs did not finish (their workers died repeatedly); "
+                                f"rerun the same command to retry them")
         self.collect()
+        from .analysis import analyze
         from .report import write_report
         write_report(self.out)
         log(f"wrote {self.out / 'report.html'}")
@@ -248,21 +275,32 @@ class Study:
         cls, arch_config, model = self.model(run)
         cfg = self.hparams(cls, run.arch)
         cfg.seed = run.seed
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        # leftovers of this run from a killed process: whoever holds the run's trial owns its files
+        for leftover in self.runs_dir.glob(f".tmp-{run_id}-*") if self.runs_dir.exists() else []:
+            shutil.rmtree(leftover, ignore_errors=True)
         tmp = self.runs_dir / f".tmp-{run_id}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as exc:
+            raise _disk_error(exc, tmp) from exc
         guard = DivergenceGuard()
         start = time.time()
         try:
-            fit(model, splits["train"], splits["validation"], task.context_length, cfg, tmp / "logs",
-                callbacks=[guard], progress=progress)
+            _, trainer = fit(model, splits["train"], splits["validation"], task.context_length, cfg, tmp / "logs",
+                             callbacks=[guard], progress=progress, trainer_kwargs=self.trainer_kwargs)
         except ContractError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _disk_error(exc, tmp) from exc
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise UserError(f"run {run_id} failed in training: {type(exc).__name__}: {exc}") from exc
+        self.rank = trainer.global_rank
+        if self.rank != 0:  # other ranks of a multi-process run: rank 0 evaluates and writes
+            shutil.rmtree(tmp, ignore_errors=True)
+            return {}
         wall = time.time() - start
         model = model.float()
         T = task.context_length
@@ -285,19 +323,35 @@ class Study:
         pp = pd.DataFrame({"run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params,
                            "seed": run.seed, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
                            "n_sequences": n.astype(np.int64)})
-        pp.to_parquet(tmp / "per_position.parquet", index=False)
-        np.savez_compressed(tmp / "losses.npz", losses=losses, mask=mask)
-        torch.save({"arch": run.arch, "task": run.task, "arch_config": arch_config, "state_dict": model.state_dict()},
-                   tmp / "model.pt")
-        metrics = tmp / "logs" / "metrics.csv"
-        if metrics.exists():
-            shutil.move(metrics, tmp / "metrics.csv")
-        shutil.rmtree(tmp / "logs", ignore_errors=True)
-        (tmp / "result.json").write_text(json.dumps(row, indent=1, default=_jsonable))
+        try:
+            pp.to_parquet(tmp / "per_position.parquet", index=False)
+            np.savez_compressed(tmp / "losses.npz", losses=losses, mask=mask)
+            curve.save(tmp / "val_curve.npz")
+            torch.save({"arch": run.arch, "task": run.task, "arch_config": arch_config, "vocab_size": task.vocab_size,
+                        "context_length": T, "state_dict": model.state_dict()}, tmp / "model.pt")
+            metrics = tmp / "logs" / "metrics.csv"
+            if metrics.exists():
+                shutil.move(metrics, tmp / "metrics.csv")
+            shutil.rmtree(tmp / "logs", ignore_errors=True)
+            (tmp / "result.json").write_text(json.dumps(row, indent=1, default=_jsonable))
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _disk_error(exc, tmp) from exc
         final = self.runs_dir / run_id
-        if final.exists():  # an unfinished leftover (no result.json) from a killed run
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        # the whole folder appears at once: a run is either absent or complete, never half-written
+        for attempt in range(2):
+            if (final / "result.json").exists():  # someone finished it first (a retried run): keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+                return json.loads((final / "result.json").read_text())
+            if final.exists():
+                shutil.rmtree(final, ignore_errors=True)  # a folder without result.json is no run
+            try:
+                os.replace(tmp, final)
+                return row
+            except OSError as exc:
+                if attempt:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise _disk_error(exc, final) from exc
         return row
 
     def collect(self) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -309,9 +363,46 @@ class Study:
             tables.append(pd.read_parquet(folder / "per_position.parquet"))
         runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
         pp = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=POSITION_COLUMNS)
-        io.write_parquet(self.out / "runs.parquet", runs)
-        io.write_parquet(self.out / "per_position.parquet", pp)
+        _write_table(self.out / "runs.parquet", runs)
+        _write_table(self.out / "per_position.parquet", pp)
         return runs, pp
+
+
+def _write_table(path: Path, df: pd.DataFrame) -> None:
+    """Atomic, and untouched when its bytes would not change (a failed rerun alters nothing)."""
+    buf = BytesIO()
+    df.to_parquet(buf, index=False)
+    data = buf.getvalue()
+    if path.exists() and path.read_bytes() == data:
+        return
+    io.atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def load_run_model(folder: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild a finished run's trained model from ``runs/<run_id>/``.
+
+    ``model.pt`` is read with ``weights_only=True``: tensors and plain containers only, so a
+    tampered file cannot run code. Returns (model in eval mode, result row).
+    """
+    folder = Path(folder)
+    try:
+        row = json.loads((folder / "result.json").read_text())
+        ckpt = torch.load(folder / "model.pt", map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{folder} is not a finished run (no result.json or model.pt)") from None
+    except Exception as exc:
+        raise UserError(f"cannot load the model of {folder}: {type(exc).__name__}: {exc}") from None
+    cls, _, _ = parse_spec(ckpt["arch"], ARCHITECTURES)
+    model = build(cls, int(ckpt["vocab_size"]), int(ckpt["context_length"]), ckpt["arch_config"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(device).eval(), row
+
+
+def _disk_error(exc: OSError, path: Path) -> UserError:
+    """One clear line for a full disk or a folder we may not write."""
+    if exc.errno == errno.ENOSPC:
+        return UserError(f"disk full while writing {path}; finished runs and tables are intact")
+    return UserError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def _jsonable(o):

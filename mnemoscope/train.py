@@ -99,9 +99,46 @@ def accelerator_settings() -> dict[str, Any]:
     return {"accelerator": "cpu", "devices": 1, "precision": "32-true"}
 
 
+def distributed_settings(devices: str | None = None, num_nodes: str | None = None,
+                         strategy: str | None = None) -> dict[str, Any]:
+    """Check ``--devices``, ``--num-nodes`` and ``--strategy`` and turn them into Trainer arguments.
+
+    devices: a count (``4``), ``-1``/``auto`` (all), or a list of indices (``0,2``);
+    num_nodes: machines, each running ``devices`` processes; strategy: a Lightning strategy
+    name (``ddp``, ``fsdp``, ``deepspeed_stage_2``, ...)."""
+    from .errors import UserError
+
+    out: dict[str, Any] = {}
+    if devices is not None:
+        text = str(devices).strip()
+        if text == "auto" or text == "-1":
+            out["devices"] = text if text == "auto" else -1
+        elif text.isdigit() and int(text) >= 1:
+            out["devices"] = int(text)
+        elif "," in text and all(p.strip().isdigit() for p in text.split(",") if p.strip()):
+            out["devices"] = [int(p) for p in text.split(",") if p.strip()]
+        else:
+            raise UserError(f"malformed --devices {devices!r}: a count such as 4, auto, or indices such as 0,1")
+    if num_nodes is not None:
+        if not str(num_nodes).strip().isdigit() or int(num_nodes) < 1:
+            raise UserError(f"malformed --num-nodes {num_nodes!r}: a whole number of machines, at least 1")
+        out["num_nodes"] = int(num_nodes)
+    if strategy is not None:
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        known = sorted(set(StrategyRegistry.available_strategies()) | {"auto", "ddp", "fsdp"})
+        if strategy not in known:
+            raise UserError(f"unknown --strategy {strategy!r} (Lightning knows: {', '.join(known)})")
+        out["strategy"] = strategy
+    return out
+
+
 def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_length: int, cfg: TrainConfig,
         log_dir: Path, callbacks: list | None = None, progress: bool = True, trainer_kwargs: dict | None = None):
-    """Train ``model`` for ``cfg.tokens`` tokens. Returns the Lightning module and trainer."""
+    """Train ``model`` for ``cfg.tokens`` tokens. Returns the Lightning module and trainer.
+
+    ``trainer_kwargs`` go to Lightning's Trainer as they are, e.g. ``devices=8, num_nodes=4,
+    strategy="ddp"`` for one run on many GPUs (see :func:`distributed_settings`)."""
     from .task import eval_offsets, window_batch
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -125,5 +162,7 @@ def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_len
         limit_val_batches=len(val_batches) if val_every else 0, num_sanity_val_steps=0,
         deterministic=not torch.cuda.is_available(), **settings,
     )
+    # with N processes (DDP) each sees 1/N of the batches: the schedule spans the steps actually taken
+    lm.n_steps = math.ceil(n_steps / trainer.world_size)
     trainer.fit(lm, train_dataloaders=data, val_dataloaders=val_batches if val_every else None)
     return lm, trainer

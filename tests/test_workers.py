@@ -1,0 +1,106 @@
+"""Many workers drain one study through Optuna's storage; a worker killed mid-run loses nothing.
+
+The PostgreSQL case needs a server: `.ci/run` starts one on loopback and exports
+MNEMOSCOPE_TEST_POSTGRES=postgresql://user:password@127.0.0.1:5432/db. Without it the case is
+skipped here, and fails in CI (CI=true), where it must run.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from mnemoscope.cli import main
+from test_faults import TINY, check_tables, cli_process, make_corpus
+
+
+def storage_url(backend: str, tmp_path) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared-queue.db'}"
+    url = os.environ.get("MNEMOSCOPE_TEST_POSTGRES")
+    why = None
+    if not url:
+        why = "no PostgreSQL server: set MNEMOSCOPE_TEST_POSTGRES (.ci/run does)"
+    else:
+        try:
+            import sqlalchemy
+
+            with sqlalchemy.create_engine(url).connect():
+                pass
+        except Exception as exc:  # no driver, no server
+            why = f"PostgreSQL at {url.split('@')[-1]} unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    return url
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_workers_drain_a_study_and_one_is_killed_mid_run(backend, tmp_path):
+    url = storage_url(backend, tmp_path)
+    corpus = make_corpus(tmp_path / "texts")
+    out = tmp_path / "study"
+    name = f"workers-{backend}-{uuid.uuid4().hex[:8]}"  # a fresh study in a shared server
+    argv = ["--arch", "transformer", "lstm", "--task", f"text:{corpus}", "--seeds", "0", "1", "--name", name,
+            "--out", str(out), *TINY, "--storage", url]
+    assert main([*argv, "--workers", "0"]) == 0  # fill the queue only
+    study = optuna.load_study(study_name=name, storage=url)
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 4
+
+    # heartbeat every 2 s: the victim's run is retried 4 s after its last beat
+    worker = ["worker", str(out), "--storage", url, "--heartbeat", "2", "--no-progress"]
+    victim, survivor = cli_process(worker), cli_process(worker)
+    deadline, held = time.time() + 300, []
+    while time.time() < deadline and victim.is_alive():  # wait until the victim holds a run, then kill it
+        trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+        held = [t for t in trials if t.state == TrialState.RUNNING and
+                t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+        if held or not trials:
+            break
+        time.sleep(0.05)
+    assert held, "the victim never took a run"
+    time.sleep(0.3)
+    victim.kill()
+    victim.join()
+    survivor.join(300)
+    assert survivor.exitcode == 0
+
+    runs = check_tables(out, expected_runs=4)
+    trials = study.get_trials(deepcopy=False)
+    complete = pd.Series([t.user_attrs["run_id"] for t in trials if t.state == TrialState.COMPLETE])
+    assert complete.value_counts().max() == 1 and set(complete) == set(runs["run_id"])  # each run once
+    killed = [t for t in trials if t.number == held[0].number][0]
+    assert killed.state == TrialState.FAIL  # failed as stale by the survivor...
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number and t.state == TrialState.COMPLETE]
+    assert len(retry) == 1 and retry[0].user_attrs["worker"].endswith(f":{survivor.pid}")  # ...and retried by it
+    print(f"\n{backend}: 4/4 runs finished, 1 worker killed, {sum('failed_trial' in t.system_attrs for t in trials)} "
+          f"retries, rows lost 0")
+    if backend == "postgresql":
+        optuna.delete_study(study_name=name, storage=url)
+
+
+def test_workers_flag_runs_local_worker_processes(tmp_path, capfd):
+    """`--workers 2`: this process and one more drain the default SQLite queue in the study folder."""
+    corpus = make_corpus(tmp_path / "texts")
+    out = tmp_path / "study"
+    argv = ["--arch", "lstm", "--task", f"text:{corpus}", "--seeds", "0", "1", "2", "--out", str(out), *TINY,
+            "--workers", "2"]
+    assert main(argv) == 0, capfd.readouterr().err
+    check_tables(out, expected_runs=3)
+    trials = optuna.load_study(study_name=_name(out), storage=f"sqlite:///{out / 'queue.db'}").trials
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    # one COMPLETE trial per run folder, nothing left waiting or running
+    assert sorted(t.user_attrs["run_id"] for t in done) == sorted(p.name for p in (out / "runs").iterdir())
+    assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+
+
+def _name(out) -> str:
+    import yaml
+
+    return yaml.safe_load((out / "config.yaml").read_text())["name"]
