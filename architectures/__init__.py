@@ -4,3 +4,5 @@ Each module is one family: its blocks, its model class, then its registration. O
 their own through exactly the same public API (see the README, "Add an architecture").
 """
 from . import cnn, lstm, transformer  # noqa: F401  (registration side effects)
+# written through the public plugin API only (``from mnemoscope import Architecture, register_architecture``)
+from . import gru, linear_attention, memory_lstm, moe_transformer, ssm, window_transformer  # noqa: F401

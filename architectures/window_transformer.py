@@ -1,0 +1,48 @@
+"""The transformer with each attention layer limited to the last ``window`` tokens (sliding window,
+as in Longformer / Mistral): the controlled ablation of how far attention reaches.
+
+It is ``architectures.transformer.Transformer`` unchanged, given a banded causal mask: same
+blocks, same parameters, same size matching. One layer sees ``window`` tokens (itself
+included); information can still hop back ``window - 1`` tokens per layer, so the whole stack's
+receptive field is ``n_layer * (window - 1) + 1`` tokens.
+"""
+from __future__ import annotations
+
+import torch
+
+from architectures.transformer import Transformer
+from mnemoscope import register_architecture
+
+
+def banded_causal_mask(T: int, window: int, device=None) -> torch.Tensor:
+    """(T, T) bool, True where query t may attend to key s: t - window < s <= t."""
+    pos = torch.arange(T, device=device)
+    dist = pos[:, None] - pos[None, :]  # t - s
+    return (dist >= 0) & (dist < window)
+
+
+@register_architecture("window_transformer")
+class WindowTransformer(Transformer):
+    """Transformer whose attention sees only the last `window` tokens per layer (default 32)."""
+
+    shape_space = {"n_layer": [1, 2, 3, 4, 6]}  # depths `study.py tune` tries, as for the transformer
+
+    def __init__(self, vocab_size: int, context_length: int, window: int = 32, **transformer):
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise ValueError(f"window must be a positive integer, got {window!r}")
+        super().__init__(vocab_size, context_length, **transformer)
+        self.window = window
+
+    @property
+    def receptive_field(self) -> int:
+        """Tokens that can influence one prediction through the whole stack, the current one included."""
+        return self.n_layer * (self.window - 1) + 1
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        T = tokens.shape[1]
+        if T <= self.window:  # the band covers everything: the plain causal (fast, flash) path
+            return super().forward(tokens)
+        return super().forward(tokens, attn_mask=banded_causal_mask(T, self.window, tokens.device))
+
+    def state_size(self, seq_len: int) -> int:
+        return 2 * self.n_layer * self.d_model * min(seq_len, self.window)  # a KV cache of the last `window` tokens
