@@ -211,7 +211,8 @@ class Study:
             if (run.arch, run.task, run.params) in checked:
                 continue
             checked.add((run.arch, run.task, run.params))
-            _, _, model = self.model(run)
+            cls, _, model = self.model(run)
+            self.hparams(cls, run.arch)  # unknown hyperparameters fail before anything is written
             check_contract(model, task.vocab_size, task.context_length, run.arch)
         self.write_config()
         return runs
