@@ -27,16 +27,20 @@ def per_position_losses(model: nn.Module, split: TokenSplit, context_length: int
     was_training = model.training
     model.eval()
     offsets = eval_offsets(split, context_length, n_sequences)
-    losses, masks = [], []
+    # every window gathered at once and moved in one copy; losses stay on the device until the
+    # end, so a GPU never waits on the host between batches (one sync, not one per batch)
+    x_all, y_all, mask = window_batch(split, offsets, context_length)  # (N, T) each
+    x_all, y_all = x_all.to(device, non_blocking=True), y_all.to(device, non_blocking=True)
+    losses = []
     for i in range(0, len(offsets), batch_size):
-        x, y, m = window_batch(split, offsets[i:i + batch_size], context_length)
+        x, y = x_all[i:i + batch_size], y_all[i:i + batch_size]  # (B, T)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x.to(device))
-        loss = F.cross_entropy(logits.float().transpose(1, 2), y.to(device), reduction="none")  # (B, T)
-        losses.append(loss.cpu())
-        masks.append(m)
+            logits = model(x)  # (B, T, V)
+        # (B*T, V) rows: the class dimension last and contiguous, as the kernel is fastest
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+        losses.append(loss.view(y.shape))  # (B, T)
     model.train(was_training)
-    return torch.cat(losses).numpy().astype(np.float32), torch.cat(masks).numpy()
+    return torch.cat(losses).cpu().numpy().astype(np.float32), mask.numpy()
 
 
 def _masked_mean(losses, mask, axis=0):

@@ -1,0 +1,59 @@
+"""The benchmark runs end to end in its tiny mode and its table has every row.
+
+No timing is asserted (a shared 2-core machine makes any speed threshold flaky); the ratios are
+checked only for being measured (finite, positive) where a reference exists.
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+ARCHS = ["transformer", "lstm", "cnn"]
+
+
+def test_tiny_benchmark_has_every_row(tmp_path):
+    env = {**os.environ, "MNEMOSCOPE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--tiny", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "benchmarks.csv")
+    has_gpt2 = importlib.util.find_spec("transformers") is not None
+
+    def section(name, arch=None):
+        rows = df[df.section == name]
+        return rows if arch is None else rows[rows.arch == arch]
+
+    for arch in ARCHS:
+        for name in ("train", "overhead"):  # 2 sizes x 2 contexts each
+            rows = section(name, arch)
+            assert len(rows) == 4, (name, arch)
+            assert sorted(rows.groupby(["target_params", "context"]).size()) == [1, 1, 1, 1]
+            assert (rows.value > 0).all()
+            if name == "overhead" or arch != "transformer" or has_gpt2:
+                assert (rows.ratio > 0).all() and np.isfinite(rows.ratio).all()
+            else:  # the reference is optional: the row says it is missing instead of failing
+                assert rows.reference.str.contains("not installed").all()
+        ev = section("eval", arch)
+        assert len(ev) == 1 and (ev.ratio > 0).all()
+        assert len(section("truncation", arch)) == 1
+        fl = section("flops", arch)
+        assert len(fl) == 1
+        if "not available" not in str(fl.detail.iloc[0]):  # mnemoscope.flops counts the FLOPs
+            assert 0 < fl.ratio.iloc[0] < np.inf and fl.value.iloc[0] > 0
+    assert len(section("module", "transformer")) == 4
+    assert sorted(section("harness variant").row.str.extract(r"\((.*)\)")[0]) == [
+        "deterministic=False", "no DivergenceGuard", "progress bar on"]
+    peak = df[df.row.str.startswith("measured") & (df.section == "flops")]
+    assert len(peak) == 1 and peak.value.iloc[0] > 0
+    study = section("study")
+    assert list(study.row) == ["default study wall time", "default study peak memory"]
+    assert (study.value > 0).all()
+    table = (tmp_path / "benchmarks.md").read_text()
+    assert "Regenerate: `python benchmarks/run.py --tiny" in table
+    for name in df.row:
+        assert name in table
