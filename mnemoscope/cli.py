@@ -21,6 +21,8 @@ EXAMPLES = """examples:
   python study.py --config results/NAME/config.yaml       rerun (or resume) a study
   python study.py list                                    architectures and tasks, plugins included
   python study.py report results/NAME                     rebuild plots and report from the tables
+  python study.py tune --arch transformer lstm --task text --trials 30   same Optuna budget for each
+  python study.py --arch transformer lstm --params 30k 100k 300k 1M 3M --hparams tuned   a scaling sweep
   python study.py ... --workers 4                         four worker processes drain the study's queue
   python study.py worker results/NAME --storage URL       join a study from another machine
 """
@@ -30,7 +32,7 @@ def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="study.py", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="Train every architecture on every task at matched sizes and measure the loss at "
-                    "every context position. Subcommands: list, report DIR, worker DIR.")
+                    "every context position. Subcommands: list, report DIR, worker DIR, tune.")
     p.add_argument("--arch", nargs="+", help="architectures: names, module:Class or file.py:Class "
                                              "(options: transformer:pos=rotary)")
     p.add_argument("--task", nargs="+", help="tasks: names, or name:PATH for your own files")
@@ -43,6 +45,8 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="study name (default: derived from the config)")
     p.add_argument("--out", help="study folder (default results/NAME)")
     p.add_argument("--config", help="a study.yaml (e.g. a finished study's config.yaml); flags override it")
+    p.add_argument("--hparams", help="'tuned': each architecture's values from results/tune/tuned.yaml "
+                                     "(study.py tune), or the path of another tuned.yaml")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_execution_flags(p)
     p.add_argument("--workers", type=_int, default=1,
@@ -109,7 +113,12 @@ def resolve_config(args):
     overrides = {k: v for k, v in flags.items() if v is not None}
     if overrides and args.config and "name" not in overrides:
         base.pop("name", None)  # a changed study gets its own name
-    return StudyConfig.from_dict({**base, **overrides})
+    config = StudyConfig.from_dict({**base, **overrides})
+    if getattr(args, "hparams", None):
+        from .tune import apply_tuned
+
+        config = apply_tuned(config, args.hparams)
+    return config
 
 
 def cmd_run(argv: list[str]) -> int:
@@ -194,7 +203,13 @@ def cmd_report(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "report": cmd_report, "worker": cmd_worker}
+def cmd_tune(argv: list[str]) -> int:
+    from .tune import cmd_tune as tune
+
+    return tune(argv)
+
+
+COMMANDS = {"list": cmd_list, "report": cmd_report, "worker": cmd_worker, "tune": cmd_tune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,3 +127,8 @@ table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;pa
 
 def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="", border=0)
+
+
+from .scaling import report_section as _scaling_section  # noqa: E402
+
+SECTIONS.append(_scaling_section)  # L(N), L(C), frontier, alpha(N), tuning: only for size sweeps

@@ -8,6 +8,7 @@ Layout of a study folder::
         result.json        its row of runs.parquet
         per_position.parquet
         losses.npz         per-sequence, per-position losses (N, T) and the target mask
+        val_curve.npz      validation loss per sequence at log-spaced steps (loss against compute)
         model.pt           the trained weights (state_dict; load with weights_only=True)
         metrics.csv        Lightning's CSV log
     runs.parquet           one row per run, rebuilt from runs/*/result.json
@@ -48,13 +49,15 @@ from .registry import ARCHITECTURES, TASKS
 from .specs import format_count, parse_count, parse_spec
 from .task import Task
 from .train import TrainConfig, fit
+from .flops import flops_per_token
+from .scaling import LogSpacedValidation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_config", "target_params",
                "achieved_params", "total_params", "state_size", "tokens_trained", "wall_seconds",
                "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
-               "last_octave_gain_high", "status", "diverged_step"]
+               "last_octave_gain_high", "status", "diverged_step", "flops_per_token"]
 POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences"]
 
 
@@ -183,6 +186,8 @@ class Study:
     def model(self, run: RunSpec):
         task = self.task(run.task)
         cls, _, options = parse_spec(run.arch, ARCHITECTURES)
+        # a tuned shape (e.g. depth) is fixed at every size; the width is solved for each
+        options = {**self.config.hparams.get(run.arch, {}).get("shape", {}), **options}
         config = size_for(cls, run.params, task.vocab_size, task.context_length, options)
         model = build(cls, task.vocab_size, task.context_length, config)
         achieved = count_params(model, non_embedding=True)
@@ -193,6 +198,7 @@ class Study:
 
     def hparams(self, cls, arch: str) -> TrainConfig:
         hp = {**getattr(cls, "default_hparams", {}), **self.config.hparams.get(arch, {})}
+        hp = {k: v for k, v in hp.items() if k not in ("shape", "tuning")}  # architecture shape; provenance
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         bad = set(hp) - known
         if bad:
@@ -285,10 +291,13 @@ class Study:
         except OSError as exc:
             raise _disk_error(exc, tmp) from exc
         guard = DivergenceGuard()
+        fpt = flops_per_token(model, task.vocab_size, task.context_length)
+        curve = LogSpacedValidation(splits["validation"], task.context_length, cfg.steps(task.context_length),
+                                    cfg.batch_size * task.context_length, cfg.batch_size)
         start = time.time()
         try:
             _, trainer = fit(model, splits["train"], splits["validation"], task.context_length, cfg, tmp / "logs",
-                             callbacks=[guard], progress=progress, trainer_kwargs=self.trainer_kwargs)
+                             callbacks=[guard, curve], progress=progress, trainer_kwargs=self.trainer_kwargs)
         except ContractError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -319,7 +328,7 @@ class Study:
             "wall_seconds": round(wall, 2), "final_val_loss": float((val_losses * val_mask).sum() / max(val_mask.sum(), 1)),
             "test_loss": float((losses * mask).sum() / max(mask.sum(), 1)),
             "last_octave_gain": gain[0], "last_octave_gain_low": gain[1], "last_octave_gain_high": gain[2],
-            "status": status, "diverged_step": guard.step,
+            "status": status, "diverged_step": guard.step, "flops_per_token": fpt,
         }
         pp = pd.DataFrame({"run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params,
                            "seed": run.seed, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
@@ -327,6 +336,7 @@ class Study:
         try:
             pp.to_parquet(tmp / "per_position.parquet", index=False)
             np.savez_compressed(tmp / "losses.npz", losses=losses, mask=mask)
+            curve.save(tmp / "val_curve.npz")
             curve.save(tmp / "val_curve.npz")
             torch.save({"arch": run.arch, "task": run.task, "arch_config": arch_config, "vocab_size": task.vocab_size,
                         "context_length": T, "state_dict": model.state_dict()}, tmp / "model.pt")
