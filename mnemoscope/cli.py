@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   python study.py --config results/NAME/config.yaml       rerun (or resume) a study
   python study.py list                                    architectures and tasks, plugins included
   python study.py report results/NAME                     rebuild plots and report from the tables
+  python study.py analyze results/NAME                    effective context, power-law fits, extrapolation
   python study.py tune --arch transformer lstm --task text --trials 30   same Optuna budget for each
   python study.py --arch transformer lstm --params 30k 100k 300k 1M 3M --hparams tuned   a scaling sweep
   python study.py ... --workers 4                         four worker processes drain the study's queue
@@ -32,7 +33,7 @@ def run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="study.py", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
         description="Train every architecture on every task at matched sizes and measure the loss at "
-                    "every context position. Subcommands: list, report DIR, worker DIR, tune.")
+                    "every context position. Subcommands: list, report DIR, analyze DIR, worker DIR, tune.")
     p.add_argument("--arch", nargs="+", help="architectures: names, module:Class or file.py:Class "
                                              "(options: transformer:pos=rotary)")
     p.add_argument("--task", nargs="+", help="tasks: names, or name:PATH for your own files")
@@ -209,7 +210,36 @@ def cmd_tune(argv: list[str]) -> int:
     return tune(argv)
 
 
-COMMANDS = {"list": cmd_list, "report": cmd_report, "worker": cmd_worker, "tune": cmd_tune}
+def cmd_analyze(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="study.py analyze", description="Recompute how much history each run uses "
+                                "(effective context by truncation ablation, per-position power-law fits, context gain "
+                                "per octave, length extrapolation) from a finished study's stored models and tables; "
+                                "write fits.csv, context.parquet, octaves.parquet, extrapolation.parquet; rebuild the report.")
+    _one_line_errors(p)
+    p.add_argument("dir")
+    p.add_argument("--targets", type=_int, default=256, help="target tokens of the truncation ablation (default 256)")
+    p.add_argument("--tolerance", type=float, default=0.01,
+                   help="effective context: within this fraction of the full-context loss (default 0.01)")
+    p.add_argument("--variants", nargs="+", default=["truncate", "shuffle", "replace"],
+                   help="ablation variants (default: truncate shuffle replace)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    args = p.parse_args(argv)
+    from .analysis import VARIANTS, AnalysisSettings, analyze
+    from .report import write_report
+
+    if args.targets < 1 or not 0 < args.tolerance < 1:
+        raise UserError("--targets must be at least 1 and --tolerance between 0 and 1")
+    bad = sorted(set(args.variants) - set(VARIANTS))
+    if bad:
+        raise UserError(f"unknown variant(s) {', '.join(bad)} (known: {', '.join(VARIANTS)})")
+    variants = ("truncate",) + tuple(v for v in dict.fromkeys(args.variants) if v != "truncate")  # truncate: always
+    settings = AnalysisSettings(n_targets=args.targets, tolerance=args.tolerance, variants=variants)
+    analyze(Path(args.dir), settings, device=args.device, recompute=True)
+    print(write_report(Path(args.dir)))
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "report": cmd_report, "worker": cmd_worker, "tune": cmd_tune, "analyze": cmd_analyze}
 
 
 def main(argv: list[str] | None = None) -> int:

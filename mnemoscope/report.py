@@ -129,6 +129,9 @@ def _table(df: pd.DataFrame) -> str:
     return df.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="", border=0)
 
 
+from . import views  # noqa: E402,F401  (per-task views register themselves in SECTIONS)
 from .scaling import report_section as _scaling_section  # noqa: E402
+from .analysis import report_section as _history_section  # noqa: E402
 
+SECTIONS.append(_history_section)  # how much history: effective context, fits, extrapolation (study.py analyze)
 SECTIONS.append(_scaling_section)  # L(N), L(C), frontier, alpha(N), tuning: only for size sweeps

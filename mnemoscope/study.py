@@ -42,6 +42,7 @@ import torch
 import yaml
 
 from . import io
+from .analysis import octave_gain
 from .errors import ContractError, UserError
 from .evaluate import bootstrap_ci, per_position_losses
 from .model import SIZE_TOLERANCE, build, count_params, size_for, state_size
@@ -270,6 +271,7 @@ class Study:
         self.collect()
         from .analysis import analyze
         from .report import write_report
+        analyze(self, log=log)  # effective context, fits, extrapolation (runs analysed before are reused)
         write_report(self.out)
         log(f"wrote {self.out / 'report.html'}")
 
@@ -336,7 +338,6 @@ class Study:
         try:
             pp.to_parquet(tmp / "per_position.parquet", index=False)
             np.savez_compressed(tmp / "losses.npz", losses=losses, mask=mask)
-            curve.save(tmp / "val_curve.npz")
             curve.save(tmp / "val_curve.npz")
             torch.save({"arch": run.arch, "task": run.task, "arch_config": arch_config, "vocab_size": task.vocab_size,
                         "context_length": T, "state_dict": model.state_dict()}, tmp / "model.pt")
@@ -422,24 +423,6 @@ def _jsonable(o):
     if isinstance(o, (np.floating,)):
         return float(o)
     raise TypeError(type(o))
-
-
-def octave_gain(losses: np.ndarray, mask: np.ndarray, a: int, b: int, c: int, n_boot: int = 1000, seed: int = 0):
-    """Fall in mean loss from positions [a, b) to [b, c), with a 95% bootstrap interval over sequences.
-
-    Positive: the model's loss keeps falling as it gets more context.
-    """
-    m = mask.astype(np.float64)
-    early = (losses[:, a:b] * m[:, a:b]).sum(1)
-    late = (losses[:, b:c] * m[:, b:c]).sum(1)
-    ne, nl = m[:, a:b].sum(1), m[:, b:c].sum(1)
-    if ne.sum() == 0 or nl.sum() == 0:
-        return (float("nan"),) * 3
-    stat = lambda idx: early[idx].sum() / ne[idx].sum() - late[idx].sum() / nl[idx].sum()
-    rng = np.random.default_rng(seed)
-    N = len(losses)
-    boots = np.array([stat(rng.integers(0, N, N)) for _ in range(n_boot)])
-    return float(stat(np.arange(N))), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
 class DivergenceGuard(L.Callback):

@@ -131,7 +131,11 @@ def _save(folder: Path, splits: dict[str, TokenSplit], task: Task) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
     meta: dict[str, Any] = {"task": task.describe(), "splits": {}}
-    for name in SPLITS:
+    missing = [name for name in SPLITS if name not in splits]
+    if missing:
+        raise UserError(f"task {task.name} built no {', '.join(missing)} split")
+    # the three standard splits, then any extra held-out ones a task adds (e.g. math's "extrapolation")
+    for name in [*SPLITS, *(n for n in splits if n not in SPLITS)]:
         s = splits[name]
         entry = {"documents": list(s.documents), "n_tokens": int(len(s.tokens)), "dtype": str(s.tokens.dtype), "files": {}}
         for part in ("tokens", "mask", "starts"):
@@ -151,7 +155,7 @@ def _save(folder: Path, splits: dict[str, TokenSplit], task: Task) -> None:
 
 def _load(folder: Path, meta: dict) -> dict[str, TokenSplit]:
     out = {}
-    for name in SPLITS:
+    for name in [*SPLITS, *(n for n in meta["splits"] if n not in SPLITS)]:
         entry = meta["splits"][name]
         arrays = {}
         for part, f in entry["files"].items():

@@ -1,0 +1,158 @@
+"""``video``: bouncing sprites cut from real images, several frames per sequence.
+
+Each clip shows ``objects`` sprites (real images shrunk to ``sprite`` x ``sprite`` pixels) on a
+black ``size`` x ``size`` canvas, each moving with its own random integer velocity (at most
+``speed`` pixels per frame on each axis) and bouncing off the walls; where sprites overlap the
+brighter pixel wins. A clip is one sequence in frame-major raster order after a BOS token, so
+the same pixel of the previous frame is exactly ``size * size`` tokens back: a controlled
+long-range dependency that a model must reach to predict later frames cheaply.
+
+Grey levels are quantized to ``levels`` (default 4); BOS is token ``levels``. The sequence
+length is fixed by the clip (``--context`` is refused; change ``frames`` or ``size``).
+Sprites for train, validation and test come from the disjoint image sets of the ``images``
+task (same ``source`` option: fashion, digits, or a .npz file).
+
+``--task video:frames=6,size=12,objects=2`` etc.; defaults keep one clip at 4 x 16 x 16 =
+1,024 tokens, a length a CPU can train on.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mnemoscope.errors import UserError
+from mnemoscope.registry import register_task
+from mnemoscope.task import Task
+
+from .images import check_options, file_stamp, load_images, parse_levels, sequences_split, token_dtype
+
+SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+
+
+def make_sprites(images: np.ndarray, max_value: int, side: int) -> np.ndarray:
+    """(N, H, W) grey images -> (N, side, side) float sprites in [0, 1], by area averaging."""
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32) / max_value)[:, None]  # (N, 1, H, W)
+    return F.adaptive_avg_pool2d(x, side)[:, 0].numpy()
+
+
+def bounce(position: np.ndarray, velocity: np.ndarray, high: int) -> tuple[np.ndarray, np.ndarray]:
+    """One step of motion inside [0, high] with elastic reflection off both walls (integers)."""
+    p, v = position + velocity, velocity.copy()
+    low_hit, high_hit = p < 0, p > high
+    p = np.where(low_hit, -p, p)
+    p = np.where(high_hit, 2 * high - p, p)
+    v = np.where(low_hit | high_hit, -v, v)
+    return p, v
+
+
+def sprite_clips(sprites: np.ndarray, n_clips: int, frames: int, size: int, objects: int, speed: int,
+                 rng: np.random.Generator):
+    """Render bouncing-sprite clips.
+
+    Returns ``clips`` (n, frames, size, size) float in [0, 1], ``positions`` (n, frames, objects, 2)
+    top-left (row, column) of each sprite in each frame, ``velocities`` (n, frames, objects, 2)
+    the step that led to frame f (after any bounce; frame 0: the initial velocity), and ``choice``
+    (n, objects) the index of each object's sprite.
+    """
+    side = sprites.shape[-1]
+    high = size - side  # largest top-left coordinate
+    choice = rng.integers(0, len(sprites), size=(n_clips, objects))
+    pos = rng.integers(0, high + 1, size=(n_clips, objects, 2))
+    vel = rng.integers(-speed, speed + 1, size=(n_clips, objects, 2))
+    still = (vel == 0).all(-1)
+    while still.any():  # every object moves
+        vel[still] = rng.integers(-speed, speed + 1, size=(int(still.sum()), 2))
+        still = (vel == 0).all(-1)
+    clips = np.zeros((n_clips, frames, size, size), dtype=np.float32)
+    positions = np.zeros((n_clips, frames, objects, 2), dtype=np.int64)
+    velocities = np.zeros((n_clips, frames, objects, 2), dtype=np.int64)
+    rows_of = np.arange(n_clips)[:, None, None]
+    offs = np.arange(side)
+    for f in range(frames):
+        if f > 0:
+            pos, vel = bounce(pos, vel, high)
+        positions[:, f], velocities[:, f] = pos, vel
+        for o in range(objects):
+            r = pos[:, o, 0, None, None] + offs[None, :, None]  # (n, side, 1)
+            c = pos[:, o, 1, None, None] + offs[None, None, :]  # (n, 1, side)
+            frame = clips[:, f]
+            frame[rows_of, r, c] = np.maximum(frame[rows_of, r, c], sprites[choice[:, o]])
+    return clips, positions, velocities, choice
+
+
+def quantize_unit(x: np.ndarray, levels: int) -> np.ndarray:
+    """Values in [0, 1] -> levels 0..levels-1, equal-width bins."""
+    return np.minimum((x * levels).astype(np.int64), levels - 1)
+
+
+def clip_sequences(clips: np.ndarray, levels: int) -> np.ndarray:
+    """(n, F, H, W) clips in [0, 1] -> (n, 1 + F*H*W) tokens: BOS (= levels), then frame-major raster order."""
+    n = len(clips)
+    q = quantize_unit(clips, levels).reshape(n, -1)
+    return np.concatenate([np.full((n, 1), levels), q], axis=1).astype(token_dtype(levels + 1))
+
+
+def _int_option(name: str, value, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise UserError(f"video option {name} must be an integer {bound}, got {value!r}")
+    return value
+
+
+@register_task("video")
+class Video(Task):
+    """Bouncing sprites cut from real images; frame-major pixel sequences (4 frames of 16x16)."""
+
+    fixed_context = True
+    version = "1"
+
+    def __init__(self, source: str | None = None, context_length: int | None = None, frames: int = 4, size: int = 16,
+                 objects: int = 2, sprite: int = 8, speed: int = 2, levels: int = 4, clips: int = 20000,
+                 eval_clips: int = 1000, **options):
+        check_options("video", options, set())
+        self.frames = _int_option("frames", frames, 2, 64)
+        self.size = _int_option("size", size, 2, 128)
+        self.objects = _int_option("objects", objects, 1, 16)
+        self.sprite = _int_option("sprite", sprite, 1, self.size - 1)
+        self.speed = _int_option("speed", speed, 1, self.size - self.sprite)
+        self.levels = parse_levels(levels)
+        self.clips = _int_option("clips", clips, 1)
+        self.eval_clips = _int_option("eval_clips", eval_clips, 1)
+        self.vocab_size = self.levels + 1
+        self.frame_length = self.size * self.size  # tokens per frame: the distance to the same pixel one frame back
+        self.default_context = self.frames * self.frame_length
+        super().__init__(source=source, context_length=context_length, frames=self.frames, size=self.size,
+                         objects=self.objects, sprite=self.sprite, speed=self.speed, levels=self.levels,
+                         clips=self.clips, eval_clips=self.eval_clips)
+
+    @property
+    def bos(self) -> int:
+        return self.levels
+
+    def fingerprint(self) -> str:
+        self.options["_file"] = file_stamp(self.source)
+        fp = super().fingerprint()
+        self.options.pop("_file")
+        return fp
+
+    def frame_of_position(self, position):
+        """Position i predicts pixel i of the clip: (frame, row, column)."""
+        position = np.asarray(position)
+        frame, rest = np.divmod(position, self.frame_length)
+        return frame, rest // self.size, rest % self.size
+
+    def build_splits(self):
+        images, max_value, name = load_images(self.source)
+        out = {}
+        for split, seed in SPLIT_SEEDS.items():
+            sprites = make_sprites(images[split], max_value, self.sprite)
+            n = self.clips if split == "train" else self.eval_clips
+            clips, _, _, _ = sprite_clips(sprites, n, self.frames, self.size, self.objects, self.speed,
+                                       np.random.default_rng([seed, 7]))
+            out[split] = sequences_split(clip_sequences(clips, self.levels),
+                                         [f"{name}:{split}:{len(sprites)} sprite images:{n} clips"])
+        return out
+
+    def decode(self, tokens):
+        return " ".join("BOS" if int(t) == self.bos else str(int(t)) for t in tokens)
