@@ -46,8 +46,8 @@ from .task import TokenSplit, eval_offsets
 HUBER_DELTA = 1e-3  # Chinchilla App. D.2, on log-loss residuals
 MIN_FIT_POINTS = 5  # fewer points than this are not a law (3 parameters)
 WRONG_FORM_CHI2 = 4.0  # residuals this many times their noise variance (reduced chi^2): wrong form
-MAX_ITER = 1000  # L-BFGS-B iterations per start; a real curve needs < 100, a flat or wrong-form one slides
-                 # along a valley where alpha -> 0 (L_inf and A trade off) and is stopped here
+MAX_ITER = 300  # L-BFGS-B iterations per start: a curve that falls converges in under 100; a flat or
+                # wrong-form one slides along a valley where alpha -> 0 (L_inf and A trade off) for thousands
 
 
 # -- 1. the power law of the per-position curve ---------------------------------------------------
@@ -127,6 +127,8 @@ def fit_power_law(t: np.ndarray, y: np.ndarray, stderr: np.ndarray | None = None
         stderr = np.asarray(stderr, np.float64)
         ok &= np.isfinite(stderr) & (stderr > 0)
     t, y = t[ok], y[ok]
+    if stderr is not None:
+        stderr = stderr[ok]
     n = len(t)
     if n < min_points:
         return PowerLawFit(*(math.nan,) * 3, n, False, math.nan, math.nan, math.nan, "too few points")
@@ -174,9 +176,9 @@ def bootstrap_fit(losses: np.ndarray, mask: np.ndarray, n_boot: int = 200, level
     """Power-law fit of the per-position curve of (N, T) losses, intervals by bootstrap over sequences.
 
     Each replicate resamples whole sequences, recomputes the curve and refits from the point
-    estimate (warm start); a fit refused or of the wrong form gets no interval. Returns a flat dict: L_inf, A, alpha, each with _low/_high, and the
-    point fit's n_points, converged, rms_log_residual, chi2_reduced, status, and the fraction of
-    replicates whose refit converged.
+    estimate (warm start); a fit refused or of the wrong form gets no interval. Returns a flat
+    dict: L_inf, A, alpha, each with _low/_high, and the point fit's n_points, converged,
+    rms_log_residual, chi2_reduced, fit_status, and the fraction of replicates whose refit converged.
     """
     losses = np.asarray(losses, np.float64)
     mask = np.ones_like(losses, bool) if mask is None else np.asarray(mask, bool)
@@ -525,9 +527,12 @@ def analyze_run(folder: Path, task, settings: AnalysisSettings, device=None) -> 
     if task.context_length != T:
         raise UserError(f"run {row['run_id']} was trained with context {T} but the study's task gives "
                         f"{task.context_length}; was config.yaml edited?")
-    fit = bootstrap_fit(losses, mask, n_boot=settings.fit_boot, seed=seed)
     octaves = octave_gains(losses, mask, settings.n_boot, seed)
     start, end = last_significant_octave(octaves)
+    # a curve that falls significantly nowhere has no law to put an interval on
+    fit = bootstrap_fit(losses, mask, n_boot=settings.fit_boot if start is not None else 0, seed=seed)
+    if start is None and fit["fit_status"] in ("ok", "not converged"):
+        fit["fit_status"] = "flat"  # alpha and L_inf would describe noise (and the fit cannot settle)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, _ = load_run_model(folder, str(device))
     split = task.splits()["test"]
@@ -655,7 +660,12 @@ def analyze(study, settings: AnalysisSettings | None = None, log=print, device=N
 def _read_optional(path: Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame()
-    return pd.read_csv(path) if path.suffix == ".csv" else io.read_parquet(path)
+    if path.suffix != ".csv":
+        return io.read_parquet(path)
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # an analysis that found no run to fit writes an empty table
+        return pd.DataFrame()
 
 
 def _model_label(df: pd.DataFrame) -> pd.Series:
@@ -797,8 +807,9 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
         "<b>alpha, L_inf</b>: the per-position curve fitted as L(t) = L_inf + A t^-alpha (t = tokens of context; "
         "log space, Huber delta 1e-3 summed, L-BFGS-B from 27 starts; 95% intervals from refits on sequences "
         "resampled). A fit is flagged <i>wrong form</i> when its residuals are more than "
-        f"{WRONG_FORM_CHI2:g} times their noise variance (reduced chi^2), <i>not converged</i>, or refused with "
-        f"fewer than {MIN_FIT_POINTS} points. <b>Last significant octave</b>: the farthest octave of positions "
+        f"{WRONG_FORM_CHI2:g} times their noise variance (reduced chi^2), <i>not converged</i>, refused with "
+        f"fewer than {MIN_FIT_POINTS} points; <i>flat</i> when no octave's gain is significant (then alpha and L_inf "
+        "describe noise). <b>Last significant octave</b>: the farthest octave of positions "
         "[2^j, 2^(j+1)) whose mean loss is below the previous octave's with a 95% interval above zero.</p>")
     if not context.empty:
         png = figure_png(context_figure(context, fits))

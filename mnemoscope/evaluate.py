@@ -5,6 +5,8 @@ sequences, never over positions (positions within one sequence are correlated).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import seaborn as sns
 import torch
@@ -44,7 +46,11 @@ def per_position_losses(model: nn.Module, split: TokenSplit, context_length: int
 
 
 def _masked_mean(losses, mask, axis=0):
-    return (losses * mask).sum(axis=axis) / np.maximum(mask.sum(axis=axis), 1)
+    """Mean of the counted entries; NaN where nothing was counted (a resample of a sparse mask
+    may hold no target at a position: that replicate says nothing there, it is not a loss of 0)."""
+    count = mask.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (losses * mask).sum(axis=axis) / np.maximum(count, 1), np.nan)
 
 
 def bootstrap_ci(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int = 1000, level: float = 95,
@@ -60,8 +66,10 @@ def bootstrap_ci(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int
     boots = sns.algorithms.bootstrap(losses, m, func=_masked_mean, n_boot=n_boot, axis=0, seed=seed)  # (n_boot, T)
     n = mask.sum(axis=0)
     mean = _masked_mean(losses, m)
-    lo, hi = np.percentile(boots, [(100 - level) / 2, 100 - (100 - level) / 2], axis=0)
     empty = n == 0
+    with warnings.catch_warnings():  # all-NaN columns are the empty positions, set to NaN below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanpercentile(boots, [(100 - level) / 2, 100 - (100 - level) / 2], axis=0)
     for a in (mean, lo, hi):
         a[empty] = np.nan
     return mean, lo, hi, n

@@ -29,9 +29,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
+import os
 import random
+import subprocess
 import sys
 from decimal import Decimal
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -184,6 +188,29 @@ def deepmind_modules(regime: str) -> dict[str, Callable]:
 
 
 def deepmind_problems(split: str, n_chars: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Problems of one split from DeepMind's generator, reproducibly.
+
+    The package iterates over hash-ordered sets, so its problems depend on Python's string-hash
+    seed; they are generated in a child process with ``PYTHONHASHSEED=0`` so that every machine
+    prepares the same splits.
+    """
+    if importlib.util.find_spec("mathematics_dataset") is None:
+        raise UserError("math:source=deepmind needs DeepMind's generator: pip install mathematics-dataset==1.0.1 "
+                        "(or use the default source)")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONHASHSEED": "0",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    code = ("import json, sys; from tasks.math import _deepmind_generate; "
+            "json.dump(_deepmind_generate(*json.loads(sys.argv[1])), sys.stdout)")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps([split, n_chars, seed])], env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise UserError(f"mathematics-dataset failed to generate the {split} split: {last}")
+    return [tuple(p) for p in json.loads(done.stdout)]
+
+
+def _deepmind_generate(split: str, n_chars: int, seed: int = 0) -> list[tuple[str, str]]:
     regime = {"train": "train", "validation": "interpolate", "test": "interpolate", "extrapolation": "extrapolate"}[split]
     available = deepmind_modules(regime)
     names = DEEPMIND_MODULES["extrapolation" if split == "extrapolation" else "train"]

@@ -48,3 +48,16 @@ def test_bootstrap_over_sequences_with_mask():
     # the interval has the width of a mean of n normal samples: ~ 2 * 1.96 * 0.5 / sqrt(n)
     width = hi[1] - lo[1]
     assert 0.6 * 3.92 * 0.5 / math.sqrt(200) < width < 1.4 * 3.92 * 0.5 / math.sqrt(200)
+
+
+def test_bootstrap_of_a_sparse_mask_ignores_resamples_without_a_target():
+    # answer tokens of a math or probe task: a position counted in only 3 of 200 sequences is often
+    # missing from a resample; such a replicate has no mean there (it must not count as a loss of 0)
+    rng = np.random.default_rng(0)
+    losses = rng.normal(2.0, 0.1, size=(200, 4)).astype(np.float32)
+    mask = np.zeros_like(losses, dtype=bool)
+    mask[:, 1] = True
+    mask[:3, 2] = True
+    mean, lo, hi, n = bootstrap_ci(losses, mask, n_boot=500)
+    assert n[2] == 3 and np.isnan(mean[0]) and np.isnan(lo[0])
+    assert 1.5 < lo[2] <= mean[2] <= hi[2] < 2.5

@@ -233,6 +233,25 @@ def test_math_splits_mask_and_difficulty(tmp_path, monkeypatch):
     assert all(np.array_equal(np.asarray(again[k].tokens), np.asarray(s[k].tokens)) for k in s)
 
 
+def test_math_deepmind_source(tmp_path, monkeypatch):
+    import importlib.util
+
+    if importlib.util.find_spec("mathematics_dataset") is None:
+        with pytest.raises(UserError, match="pip install mathematics-dataset"):
+            Math(source="deepmind", train_tokens=2000, eval_tokens=1000).splits()
+        return
+    s = Math(source="deepmind", train_tokens=3000, eval_tokens=1000).splits()
+    questions = {k: {q for q, _ in _problems(v)} for k, v in s.items()}
+    assert all(questions.values()) and not questions["validation"] & questions["test"]
+    assert not questions["train"] & (questions["test"] | questions["extrapolation"])
+    for split in s.values():
+        toks, mask = np.asarray(split.tokens), np.asarray(split.mask)
+        assert bytes(toks[mask]).decode() == "".join(a + "\n" for _, a in _problems(split))
+    monkeypatch.setenv("MNEMOSCOPE_CACHE", str(tmp_path / "other"))  # prepared again: the same problems
+    again = Math(source="deepmind", train_tokens=3000, eval_tokens=1000).splits()
+    assert all(np.array_equal(np.asarray(again[k].tokens), np.asarray(s[k].tokens)) for k in s)
+
+
 def test_math_hash_split_is_exclusive():
     for split in ("train", "test"):
         for q, _ in own_problems(split, range(1, 3), 2000, seed=5):
