@@ -41,7 +41,8 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", help="context length in tokens (default: each task's natural length)")
     p.add_argument("--tokens", help="training tokens per run, e.g. 2M")
     p.add_argument("--seeds", nargs="+", type=_int, help="random seeds")
-    p.add_argument("--batch-size", help="sequences per training batch")
+    p.add_argument("--batch-size", help="sequences per training batch (default auto: the largest power of two "
+                                          "from 4 to 32 that leaves about 1000 optimizer steps)")
     p.add_argument("--eval-sequences", help="held-out sequences scored per run (default 256)")
     p.add_argument("--name", help="study name (default: derived from the config)")
     p.add_argument("--out", help="study folder (default results/NAME)")
@@ -49,6 +50,9 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--hparams", help="'tuned': each architecture's values from results/tune/tuned.yaml "
                                      "(study.py tune), or the path of another tuned.yaml")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-analysis", action="store_true",
+                   help="skip the context analysis at the end (effective context, fits, extrapolation); "
+                        "`study.py analyze DIR` adds it later")
     add_execution_flags(p)
     p.add_argument("--workers", type=_int, default=1,
                    help="worker processes on this machine draining the study's queue (default 1; 0: only fill "
@@ -138,7 +142,7 @@ def cmd_run(argv: list[str]) -> int:
         raise UserError("a run on several devices or nodes runs the study's runs in order, one at a time: "
                         "drop --workers and --storage, or use --devices 1 with many workers")
     study.run(progress=not args.no_progress and sys.stderr.isatty(), storage=args.storage, workers=args.workers,
-              heartbeat=args.heartbeat)
+              heartbeat=args.heartbeat, analysis=not args.no_analysis)
     return 0
 
 

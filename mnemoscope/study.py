@@ -49,14 +49,16 @@ from .model import SIZE_TOLERANCE, build, count_params, size_for, state_size
 from .registry import ARCHITECTURES, TASKS
 from .specs import format_count, parse_count, parse_spec
 from .task import Task
-from .train import TrainConfig, fit
+from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
+
+EVAL_BATCH = 32  # sequences per evaluation forward
 from .flops import flops_per_token
 from .scaling import LogSpacedValidation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_config", "target_params",
-               "achieved_params", "total_params", "state_size", "tokens_trained", "wall_seconds",
+               "achieved_params", "total_params", "state_size", "batch_size", "tokens_trained", "wall_seconds",
                "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
                "last_octave_gain_high", "status", "diverged_step", "flops_per_token"]
 POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences"]
@@ -73,7 +75,7 @@ class StudyConfig:
     context: int | None = None  # None: each task's natural length
     tokens: int = 2_000_000  # training tokens per run
     seeds: list[int] = field(default_factory=lambda: [0])
-    batch_size: int = 32
+    batch_size: int | str = "auto"  # sequences per batch; auto: see train.auto_batch_size
     eval_sequences: int = 256
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)  # per arch: lr, warmup_fraction, ...
     val_every_tokens: int | None = None
@@ -99,7 +101,10 @@ class StudyConfig:
             setattr(c, key, list(value))
         c.params = [parse_count(p, "parameter count") for p in c.params]
         c.tokens = parse_count(c.tokens, "token budget")
-        c.batch_size = parse_count(c.batch_size, "batch size")
+        if c.batch_size in (None, "auto"):
+            c.batch_size = "auto"
+        else:
+            c.batch_size = parse_count(c.batch_size, "batch size")
         c.eval_sequences = parse_count(c.eval_sequences, "eval_sequences")
         if c.context is not None:
             c.context = parse_count(c.context, "context length", minimum=2)
@@ -197,14 +202,22 @@ class Study:
                             f"{run.params} (more than {SIZE_TOLERANCE:.0%} off); change --params or its config")
         return cls, config, model
 
-    def hparams(self, cls, arch: str) -> TrainConfig:
+    def batch_size(self, context_length: int) -> int:
+        """The study's batch size for a task of this context length (auto: about 1000 steps)."""
+        if self.config.batch_size == "auto":
+            return auto_batch_size(self.config.tokens, context_length)
+        return self.config.batch_size
+
+    def hparams(self, cls, arch: str, context_length: int | None = None) -> TrainConfig:
         hp = {**getattr(cls, "default_hparams", {}), **self.config.hparams.get(arch, {})}
         hp = {k: v for k, v in hp.items() if k not in ("shape", "tuning")}  # architecture shape; provenance
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         bad = set(hp) - known
         if bad:
             raise UserError(f"unknown hyperparameter(s) for {arch}: {', '.join(sorted(bad))}")
-        return TrainConfig(tokens=self.config.tokens, batch_size=self.config.batch_size,
+        batch = self.batch_size(context_length) if context_length else (
+            self.config.batch_size if self.config.batch_size != "auto" else MAX_AUTO_BATCH)
+        return TrainConfig(tokens=self.config.tokens, batch_size=batch,
                            val_every_tokens=self.config.val_every_tokens, **hp)
 
     # -- the study -------------------------------------------------------------------------------
@@ -246,9 +259,10 @@ class Study:
         return {p.name for p in self.runs_dir.iterdir() if (p / "result.json").exists()}
 
     def run(self, progress: bool = True, log=print, storage: str | None = None, workers: int = 1,
-            heartbeat: int | None = None) -> None:
+            heartbeat: int | None = None, analysis: bool = True) -> None:
         """Prepare, then drain the study's queue of runs (mnemoscope.queue) with ``workers`` processes
-        (0: only fill the queue, for workers started elsewhere); collect the tables; write the report."""
+        (0: only fill the queue, for workers started elsewhere); collect the tables; analyse them
+        (unless ``analysis`` is False); write the report."""
         runs = self.prepare()
         if self.multi_process:
             done = self.finished()
@@ -271,7 +285,8 @@ class Study:
         self.collect()
         from .analysis import analyze
         from .report import write_report
-        analyze(self, log=log)  # effective context, fits, extrapolation (runs analysed before are reused)
+        if analysis:
+            analyze(self, log=log)  # effective context, fits, extrapolation (runs analysed before are reused)
         write_report(self.out)
         log(f"wrote {self.out / 'report.html'}")
 
@@ -282,7 +297,7 @@ class Study:
         splits = task.splits()
         torch.manual_seed(run.seed)  # initialisation depends on the seed only
         cls, arch_config, model = self.model(run)
-        cfg = self.hparams(cls, run.arch)
+        cfg = self.hparams(cls, run.arch, task.context_length)
         cfg.seed = run.seed
         # leftovers of this run from a killed process: whoever holds the run's trial owns its files
         for leftover in self.runs_dir.glob(f".tmp-{run_id}-*") if self.runs_dir.exists() else []:
@@ -295,7 +310,7 @@ class Study:
         guard = DivergenceGuard()
         fpt = flops_per_token(model, task.vocab_size, task.context_length)
         curve = LogSpacedValidation(splits["validation"], task.context_length, cfg.steps(task.context_length),
-                                    cfg.batch_size * task.context_length, cfg.batch_size)
+                                    cfg.batch_size * task.context_length, max(cfg.batch_size, EVAL_BATCH))
         start = time.time()
         try:
             _, trainer = fit(model, splits["train"], splits["validation"], task.context_length, cfg, tmp / "logs",
@@ -316,8 +331,9 @@ class Study:
         wall = time.time() - start
         model = model.float()
         T = task.context_length
-        losses, mask = per_position_losses(model, splits["test"], T, self.config.eval_sequences, cfg.batch_size)
-        val_losses, val_mask = per_position_losses(model, splits["validation"], T, min(64, self.config.eval_sequences), cfg.batch_size)
+        eval_batch = max(cfg.batch_size, EVAL_BATCH)  # no gradients: larger batches than training are free
+        losses, mask = per_position_losses(model, splits["test"], T, self.config.eval_sequences, eval_batch)
+        val_losses, val_mask = per_position_losses(model, splits["validation"], T, min(64, self.config.eval_sequences), eval_batch)
         mean, lo, hi, n = bootstrap_ci(losses, mask, seed=run.seed)
         gain = octave_gain(losses, mask, T // 4, T // 2, T, seed=run.seed)
         status = "diverged" if guard.step is not None or not np.isfinite(losses).all() else "ok"
@@ -326,7 +342,7 @@ class Study:
             "run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params, "seed": run.seed, "context": T,
             "arch_config": json.dumps(arch_config, sort_keys=True), "target_params": run.params,
             "achieved_params": params_nonemb, "total_params": count_params(model, non_embedding=False),
-            "state_size": state_size(model, T), "tokens_trained": cfg.steps(T) * cfg.batch_size * T,
+            "state_size": state_size(model, T), "batch_size": cfg.batch_size, "tokens_trained": cfg.steps(T) * cfg.batch_size * T,
             "wall_seconds": round(wall, 2), "final_val_loss": float((val_losses * val_mask).sum() / max(val_mask.sum(), 1)),
             "test_loss": float((losses * mask).sum() / max(mask.sum(), 1)),
             "last_octave_gain": gain[0], "last_octave_gain_low": gain[1], "last_octave_gain_high": gain[2],

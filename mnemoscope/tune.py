@@ -99,7 +99,7 @@ def study_name(arch: str, task: str, params: int, tokens: int, context: int, bat
 
 
 def tune(arch: str, task: str = "text", trials: int = 30, params: int = 100_000, tokens: int = 1_000_000,
-         context: int | None = None, batch_size: int = 32, out: Path = DEFAULT_OUT, storage: str | None = None,
+         context: int | None = None, batch_size: int | str = "auto", out: Path = DEFAULT_OUT, storage: str | None = None,
          seed: int = 0, progress: bool = False, log=print) -> dict[str, Any]:
     """Tune one architecture on one task until its Optuna study holds ``trials`` finished trials.
     Returns the entry written to ``out/tuned.yaml``."""
@@ -119,7 +119,8 @@ def tune(arch: str, task: str = "text", trials: int = 30, params: int = 100_000,
     data = probe.task(task)
     splits = data.splits()
     T = data.context_length
-    name = study_name(arch, task, base.params[0], base.tokens, T, base.batch_size)
+    batch = probe.batch_size(T)
+    name = study_name(arch, task, base.params[0], base.tokens, T, batch)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(
@@ -146,7 +147,7 @@ def tune(arch: str, task: str = "text", trials: int = 30, params: int = 100_000,
 
         torch.manual_seed(seed)
         _, arch_config, model = s.model(run)
-        cfg = s.hparams(cls, arch)
+        cfg = s.hparams(cls, arch, T)
         cfg.seed = seed
         n_steps = cfg.steps(T)
         curve = LogSpacedValidation(splits["validation"], T, n_steps, cfg.batch_size * T, cfg.batch_size)
@@ -198,7 +199,7 @@ def tuned_entry(study, arch, task, base, url, name, space) -> dict[str, Any]:
         "tuning": {"trials": len(trials), "complete": count(optuna.trial.TrialState.COMPLETE),
                    "pruned": count(optuna.trial.TrialState.PRUNED), "failed": count(optuna.trial.TrialState.FAIL),
                    "searched": SEARCHED + list(space), "best_val_loss": float(best.value), "best_trial": best.number,
-                   "task": task, "params": base.params[0], "tokens": base.tokens, "batch_size": base.batch_size,
+                   "task": task, "params": base.params[0], "tokens": base.tokens, "batch_size": batch,
                    "context": base.context, "sampler": "TPE", "pruner": "median",
                    "storage": shown_url(url), "study_name": name},
     }
@@ -276,7 +277,8 @@ def cmd_tune(argv: list[str]) -> int:
     p.add_argument("--params", default="100k", help="non-embedding parameters of every trial (default 100k)")
     p.add_argument("--tokens", default="1M", help="training tokens per trial (default 1M)")
     p.add_argument("--context", help="context length (default: the task's)")
-    p.add_argument("--batch-size", default="32", help="sequences per batch (default 32)")
+    p.add_argument("--batch-size", default="auto",
+                   help="sequences per batch (default auto: a power of two from 4 to 32 leaving about 1000 steps)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"folder for optuna.db and tuned.yaml (default {DEFAULT_OUT})")
     p.add_argument("--storage", help="any Optuna storage URL (default sqlite:///OUT/optuna.db)")
     p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")
@@ -287,6 +289,6 @@ def cmd_tune(argv: list[str]) -> int:
     for arch in args.arch:
         tune(arch, args.task, args.trials, parse_count(args.params, "parameter count"),
              parse_count(args.tokens, "token budget"), args.context and parse_count(args.context, "context length", 2),
-             parse_count(args.batch_size, "batch size"), Path(args.out), args.storage, args.seed,
+             args.batch_size if args.batch_size == "auto" else parse_count(args.batch_size, "batch size"), Path(args.out), args.storage, args.seed,
              progress=not args.no_progress and sys.stderr.isatty())
     return 0

@@ -27,7 +27,7 @@ from mnemoscope.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--params", "2k", "--context", "16", "--tokens", "2k", "--batch-size", "8", "--eval-sequences", "8",
-        "--no-progress", "--heartbeat", "1"]
+        "--no-progress", "--heartbeat", "1", "--no-analysis"]
 
 PLUGINS = textwrap.dedent('''
     """Test plugins: a tiny causal model, and broken variants of it."""

@@ -13,7 +13,7 @@ from mnemoscope.study import POSITION_COLUMNS, RUN_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--params", "8k", "--tokens", "6k", "--context", "32", "--eval-sequences", "8", "--batch-size", "8",
-        "--no-progress"]
+        "--no-progress", "--no-analysis"]
 
 
 def test_study_smoke_files_columns_and_resume(text_dir, tmp_path, capsys):
@@ -42,7 +42,7 @@ def test_study_smoke_files_columns_and_resume(text_dir, tmp_path, capsys):
     assert len(pd.read_parquet(out / "runs.parquet")) == 3
 
     # --config on the written config.yaml is the same study: nothing to do
-    assert main(["--config", str(out / "config.yaml"), "--out", str(out), "--no-progress"]) == 0
+    assert main(["--config", str(out / "config.yaml"), "--out", str(out), "--no-progress", "--no-analysis"]) == 0
     assert len(pd.read_parquet(out / "runs.parquet")) == 3
 
     # report rebuilds from the tables alone
@@ -145,3 +145,19 @@ def test_plugin_breaking_the_contract_fails_before_training(text_dir, tmp_path, 
         err = capsys.readouterr().err.strip()
         assert code == 2 and fragment in err and len(err.splitlines()) == 1
     assert (out / "runs.parquet").read_bytes() == table
+
+
+def test_auto_batch_size_leaves_about_a_thousand_steps():
+    from mnemoscope.study import Study, StudyConfig
+    from mnemoscope.train import auto_batch_size
+
+    assert auto_batch_size(1_000_000, 256) == 4  # 976 steps (at 32 it would be 122)
+    assert auto_batch_size(10_000_000, 512) == 16  # 1220 steps
+    assert auto_batch_size(5_000_000, 256) == 16
+    assert auto_batch_size(10**9, 1024) == 32  # capped
+    assert auto_batch_size(2_000, 16) == 4  # never below 4
+    for b in (auto_batch_size(t, T) for t in (10**5, 10**6, 10**7, 10**8) for T in (64, 256, 784, 1024)):
+        assert b in (4, 8, 16, 32)
+    config = StudyConfig(tokens="2M").normalized()
+    assert config.batch_size == "auto" and Study(config, Path("unused")).batch_size(256) == 4
+    assert StudyConfig(batch_size="8").normalized().batch_size == 8
