@@ -101,7 +101,7 @@ class MoETransformer(Transformer):
 
     def __init__(self, vocab_size: int, context_length: int, d_model: int = 128, n_layer: int = 4,
                  n_head: int | None = None, n_expert: int = 8, top_k: int = 2, expert_ratio: int = 2,
-                 balance_coef: float = 0.01, pos: str = "learned"):
+                 balance_coef: float = 0.01, pos: str = "rotary"):
         # the transformer's embeddings, positions, final norm and forward; blocks replaced below
         super().__init__(vocab_size, context_length, d_model=d_model, n_layer=0, n_head=n_head, pos=pos)
         self.n_layer, self.n_expert, self.top_k = n_layer, n_expert, top_k

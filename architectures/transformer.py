@@ -1,8 +1,11 @@
 """GPT-style decoder: pre-LayerNorm blocks, causal scaled_dot_product_attention.
 
-Positions are learned absolute embeddings by default (as in Kaplan et al. 2020);
-``pos="rotary"`` uses rotary embeddings instead, which also lets the model score sequences
-longer than its training context.
+Positions are rotary by default, which also lets the model score sequences longer than its
+training context; ``pos="learned"`` gives GPT-2's learned absolute embeddings (as in Kaplan et
+al. 2020). Rotary is the default because it is the one that trains well at CPU budgets: 1M
+non-embedding parameters on Shakespeare bytes, context 512, 10M tokens (results/reference):
+test loss 1.561 nats/byte with rotary against 1.952 with learned positions, whose loss rises again
+past ~64 bytes of context.
 """
 from __future__ import annotations
 
@@ -17,15 +20,20 @@ from mnemoscope.registry import register_architecture
 
 
 def rotary_tables(seq_len: int, head_dim: int, device, base: float = 10000.0):
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    """cos, sin of shape (T, head_dim // 2): one frequency per pair of dimensions."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim // 2, device=device, dtype=torch.float32) * 2 / head_dim))
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)  # (T, hd/2)
     return angles.cos(), angles.sin()
 
 
 def apply_rotary(x, cos, sin):  # x: (B, H, T, hd)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+    """Rotate pairs of dimensions by position; an odd head size leaves its last dimension as it is."""
+    r = 2 * cos.shape[-1]
+    x1, x2 = x[..., 0:r:2], x[..., 1:r:2]
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    if r < x.shape[-1]:
+        out = torch.cat([out, x[..., r:]], dim=-1)
+    return out.type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -71,7 +79,7 @@ class Transformer(Architecture):
     default_hparams = {"lr": 3e-3, "warmup_fraction": 0.05}  # best of 1e-3, 3e-3, 6e-3 at 300k params, 1M tokens
 
     def __init__(self, vocab_size: int, context_length: int, d_model: int = 128, n_layer: int = 4,
-                 n_head: int | None = None, mlp_ratio: int = 4, pos: str = "learned"):
+                 n_head: int | None = None, mlp_ratio: int = 4, pos: str = "rotary"):
         super().__init__()
         if pos not in ("learned", "rotary"):
             raise ValueError(f"pos must be 'learned' or 'rotary', not {pos!r}")

@@ -62,7 +62,9 @@ def synthetic_split(folder: Path, n_tokens: int, seed: int) -> TokenSplit:
 def make_model(arch: str, params: int, T: int, seed: int = 0):
     cls = ARCHITECTURES.get(arch)
     torch.manual_seed(seed)
-    return cls, build(cls, VOCAB, T, size_for(cls, params, VOCAB, T, {}))
+    # GPT-2 has learned positions: the transformer is benchmarked in that shape, to compare like with like
+    options = {"pos": "learned"} if arch == "transformer" else {}
+    return cls, build(cls, VOCAB, T, size_for(cls, params, VOCAB, T, options))
 
 
 def device_batches(split: TokenSplit, T: int, B: int, n: int, device, seed: int = 1):

@@ -174,8 +174,8 @@ def tune(arch: str, task: str = "text", trials: int = 30, params: int = 100_000,
             + " ".join(f"{k}={_short(x)}" for k, x in trial.params.items()))
 
     if todo:
-        study.optimize(objective, n_trials=todo, catch=(UserError,), callbacks=[report])
-    entry = tuned_entry(study, arch, task, base, url, name, space)
+        study.optimize(objective, n_trials=todo, catch=(UserError, RuntimeError, ValueError), callbacks=[report])
+    entry = tuned_entry(study, arch, task, base, url, name, space, batch)
     write_tuned(out, task, arch, entry)
     log(f"tuned {arch} on {task}: {entry['tuning']['trials']} trials, best val_loss "
         f"{entry['tuning']['best_val_loss']:.4f} -> {out / 'tuned.yaml'}")
@@ -186,7 +186,7 @@ def _short(x):
     return f"{x:.3g}" if isinstance(x, float) else str(x)
 
 
-def tuned_entry(study, arch, task, base, url, name, space) -> dict[str, Any]:
+def tuned_entry(study, arch, task, base, url, name, space, batch) -> dict[str, Any]:
     trials = [t for t in study.trials if t.state.is_finished()]
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)]
     if not complete:

@@ -102,7 +102,8 @@ def test_transformer_rotary_option_and_learned_limit():
     cls = ARCHITECTURES.get("transformer")
     rot = build(cls, V, T, {"d_model": 32, "n_layer": 1, "pos": "rotary"}).eval()
     assert rot.extrapolates and rot(torch.randint(0, V, (1, 2 * T))).shape == (1, 2 * T, V)
-    learned = build(cls, V, T, {"d_model": 32, "n_layer": 1})
+    assert build(cls, V, T, {"d_model": 32, "n_layer": 1}).extrapolates  # rotary by default
+    learned = build(cls, V, T, {"d_model": 32, "n_layer": 1, "pos": "learned"})
     assert not learned.extrapolates
     with pytest.raises(ValueError, match="learned positions"):
         learned(torch.randint(0, V, (1, 2 * T)))
@@ -110,7 +111,22 @@ def test_transformer_rotary_option_and_learned_limit():
 
 def test_non_embedding_count_excludes_embeddings():
     tr = small("transformer")
-    emb = tr.tok_emb.weight.numel() + tr.pos_emb.weight.numel()
+    assert tr.pos_emb is None  # rotary by default: the token embedding is the only embedding
+    emb = tr.tok_emb.weight.numel()
     assert count_params(tr, non_embedding=False) - count_params(tr, non_embedding=True) == emb
     n, d = tr.n_layer, tr.d_model
     assert abs(count_params(tr) / (12 * n * d * d) - 1) < 0.1  # Kaplan's 12 n d^2
+
+
+def test_rotary_with_an_odd_head_size():
+    # 8 heads of 17 dimensions: a shape the tuner can pick; the last dimension of each head is not rotated
+    cls = ARCHITECTURES.get("transformer")
+    model = build(cls, V, T, {"d_model": 136, "n_layer": 1, "n_head": 8}).eval()
+    x = torch.randint(0, V, (2, T))
+    assert model(x).shape == (2, T, V)
+    from architectures.transformer import apply_rotary, rotary_tables
+
+    q = torch.randn(1, 1, 5, 17)
+    out = apply_rotary(q, *rotary_tables(5, 17, "cpu"))
+    assert torch.equal(out[..., 16], q[..., 16]) and torch.allclose(out[0, 0, 0], q[0, 0, 0])  # position 0: no turn
+    assert torch.allclose(out.norm(dim=-1), q.norm(dim=-1), atol=1e-5)  # a rotation keeps lengths
