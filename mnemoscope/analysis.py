@@ -284,6 +284,89 @@ def last_significant_octave(gains: pd.DataFrame) -> tuple[int | None, int | None
     return int(r["octave_start"]), int(r["octave_end"])
 
 
+# -- paired gaps: each architecture against a baseline on the same test sequences ---------------------
+GAP_EDGES = (0, 8, 32, 128, 512, 2048, 8192)
+
+
+def gap_bands(T: int) -> list[tuple[int, int]]:
+    """Position bands [0, 8), [8, 32), [32, 128), ... (x4 each), the last one ending at T."""
+    edges = [e for e in GAP_EDGES if e < T] + [T]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def paired_gap(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | None, n_boot: int = 1000,
+               seed: int = 0, level: float = 95) -> pd.DataFrame:
+    """Loss of a model minus a baseline's on the **same** test sequences, per position band, with
+    paired bootstrap intervals over sequences (both curves resampled together, so the noise the two
+    share, which sequences are hard, cancels).
+
+    Rows: one per band (``band`` "a-b"), then ``all`` positions, then ``growth`` (last band minus
+    first: does the gap widen with context?). Positive: the model is worse than the baseline.
+    """
+    losses, base = np.asarray(losses, np.float64), np.asarray(base, np.float64)
+    if losses.shape != base.shape:
+        raise UserError(f"paired gap needs the same test sequences: shapes {losses.shape} and {base.shape}")
+    mask = np.ones(losses.shape, bool) if mask is None else np.asarray(mask, bool)
+    T = losses.shape[1]
+    bands = gap_bands(T) + [(0, T)]
+    sums, counts = _bin_sums(losses - base, mask, bands)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        point = sums.sum(0) / counts.sum(0)
+        boot = sums[idx].sum(1) / counts[idx].sum(1)  # (B, n_bands)
+    point = np.append(point, point[-2] - point[0])
+    boot = np.concatenate([boot, boot[:, -2:-1] - boot[:, :1]], axis=1)
+    q = [(100 - level) / 2, 100 - (100 - level) / 2]
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.nanpercentile(boot, q, axis=0) if np.isfinite(boot).any() else (point * np.nan, point * np.nan)
+    names = [f"{a}-{b - 1}" for a, b in bands[:-1]] + ["all", "growth"]
+    return pd.DataFrame({"band": names, "gap": point, "gap_low": lo, "gap_high": hi,
+                         "significant": (lo > 0) | (hi < 0)})
+
+
+def paired_gaps(study_dir: Path, runs: pd.DataFrame, baseline: str, n_boot: int = 1000) -> pd.DataFrame:
+    """:func:`paired_gap` of every finished run against the ``baseline`` architecture's run of the
+    same task, size and seed (read from ``runs/<id>/losses.npz``)."""
+    if "status" in runs:
+        runs = runs[runs["status"] == "ok"]
+    rows = []
+    for (task, params, seed), group in runs.groupby(["task", "params", "seed"], sort=False):
+        base_run = group[group["arch"] == baseline]
+        if base_run.empty:
+            continue
+        with np.load(Path(study_dir) / "runs" / base_run["run_id"].iloc[0] / "losses.npz") as z:
+            base, mask = z["losses"], z["mask"]
+        for r in group.itertuples():
+            if r.arch == baseline:
+                continue
+            with np.load(Path(study_dir) / "runs" / r.run_id / "losses.npz") as z:
+                losses, m = z["losses"], z["mask"]
+            if losses.shape != base.shape or not np.array_equal(m, mask):
+                continue  # scored on other sequences (a changed eval setting): no pairing
+            g = paired_gap(losses, base, mask, n_boot, seed=int(seed))
+            rows.append(g.assign(task=task, params=params, seed=seed, arch=r.arch, baseline=baseline))
+    cols = ["task", "params", "seed", "arch", "baseline", "band", "gap", "gap_low", "gap_high", "significant"]
+    return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
+
+
+def gap_table(gaps: pd.DataFrame) -> pd.DataFrame:
+    """Wide table for the report: a row per task, size and architecture, a column per band."""
+    if gaps.empty:
+        return gaps
+    g = gaps.copy()
+    g["cell"] = [f"{v:+.3f} [{a:+.3f}, {b:+.3f}]" + (" *" if s else "")
+                 for v, a, b, s in zip(g["gap"], g["gap_low"], g["gap_high"], g["significant"])]
+    order = list(dict.fromkeys(g["band"]))
+    wide = g.pivot_table(index=["task", "params", "arch"], columns="band", values="cell", aggfunc="first", sort=False)
+    wide = wide[[b for b in order if b in wide.columns]].reset_index()
+    from .specs import format_count
+
+    wide["params"] = wide["params"].map(lambda p: format_count(int(p)))
+    wide.columns.name = None
+    return wide
+
+
 # -- 3. truncation ablation (Khandelwal et al. 2018) ------------------------------------------------
 VARIANTS = ("truncate", "shuffle", "replace")
 
@@ -596,10 +679,12 @@ def _plain(o):
 
 
 def analyze(study, settings: AnalysisSettings | None = None, log=print, device=None,
-            recompute: bool = False) -> dict[str, pd.DataFrame]:
+            recompute: bool = False, baseline: str | None = None) -> dict[str, pd.DataFrame]:
     """Analyse every finished, non-diverged run of a study from its stored models and tables, and
     write ``fits.csv``, ``context.parquet``, ``octaves.parquet`` and ``extrapolation.parquet``
-    into the study folder. ``study``: a :class:`mnemoscope.study.Study`, or a study folder.
+    into the study folder, and ``gaps.csv``: every architecture against ``baseline`` (default: the
+    study's first) on the same test sequences. ``study``: a :class:`mnemoscope.study.Study`, or a
+    study folder.
 
     Each run's results are also kept in ``runs/<id>/analysis/`` and reused by a later call with
     the same settings unless ``recompute``. A run whose analysis fails is logged and left out.
@@ -648,7 +733,12 @@ def analyze(study, settings: AnalysisSettings | None = None, log=print, device=N
     if not fit_df.empty:
         fit_df = fit_df[[c for c in FIT_COLUMNS if c in fit_df] + [c for c in fit_df if c not in FIT_COLUMNS]]
     io.write_text(study.out / "fits.csv", fit_df.to_csv(index=False))
-    out = {"fits": fit_df}
+    baseline = baseline or study.config.archs[0]
+    if baseline not in study.config.archs:
+        raise UserError(f"baseline {baseline!r} is not one of the study's architectures: {', '.join(study.config.archs)}")
+    gaps = paired_gaps(study.out, runs, baseline, settings.n_boot)
+    io.write_text(study.out / "gaps.csv", gaps.to_csv(index=False))
+    out = {"fits": fit_df, "gaps": gaps}
     for name, parts in tables.items():
         df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
         io.write_parquet(study.out / f"{name}.parquet", df)
@@ -811,6 +901,16 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
         f"fewer than {MIN_FIT_POINTS} points; <i>flat</i> when no octave's gain is significant (then alpha and L_inf "
         "describe noise). <b>Last significant octave</b>: the farthest octave of positions "
         "[2^j, 2^(j+1)) whose mean loss is below the previous octave's with a 95% interval above zero.</p>")
+    gaps = _read_optional(out / "gaps.csv")
+    if not gaps.empty:
+        parts.append(f"<h3>Gap to {html.escape(str(gaps['baseline'].iloc[0]))}, paired, by position</h3>"
+                     + _table(gap_table(gaps)) +
+                     "<p>Each architecture's test loss minus the baseline's on the same test sequences (nats per "
+                     "token; positive: worse than the baseline), averaged over positions in each band, with 95% "
+                     "paired bootstrap intervals over sequences; * marks an interval that excludes zero. "
+                     "<i>growth</i>: the last band's gap minus the first's (positive: the architecture falls "
+                     "further behind as context grows). Table: <code>gaps.csv</code>; another baseline: "
+                     "<code>study.py analyze DIR --baseline ARCH</code>.</p>")
     if not context.empty:
         png = figure_png(context_figure(context, fits))
         io.atomic_write(out / "context.png", lambda p: p.write_bytes(png))

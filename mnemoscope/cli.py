@@ -227,6 +227,10 @@ def cmd_analyze(argv: list[str]) -> int:
     p.add_argument("--variants", nargs="+", default=["truncate", "shuffle", "replace"],
                    help="ablation variants (default: truncate shuffle replace)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--recompute", action="store_true",
+                   help="recompute every run (default: reuse a run's stored analysis made with the same settings)")
+    p.add_argument("--baseline", help="architecture every other one is compared with on the same test sequences "
+                                      "(gaps.csv; default: the study's first)")
     args = p.parse_args(argv)
     from .analysis import VARIANTS, AnalysisSettings, analyze
     from .report import write_report
@@ -238,7 +242,7 @@ def cmd_analyze(argv: list[str]) -> int:
         raise UserError(f"unknown variant(s) {', '.join(bad)} (known: {', '.join(VARIANTS)})")
     variants = ("truncate",) + tuple(v for v in dict.fromkeys(args.variants) if v != "truncate")  # truncate: always
     settings = AnalysisSettings(n_targets=args.targets, tolerance=args.tolerance, variants=variants)
-    analyze(Path(args.dir), settings, device=args.device, recompute=True)
+    analyze(Path(args.dir), settings, device=args.device, recompute=args.recompute, baseline=args.baseline)
     print(write_report(Path(args.dir)))
     return 0
 

@@ -248,29 +248,58 @@ def test_extrapolation_only_for_models_that_accept_longer_sequences():
     assert rotary.extrapolates and len(extrapolation(rotary, split, T, factors=(2,), n_sequences=4)) == 2 * T
 
 
+# -- paired gaps ----------------------------------------------------------------------------------------
+def test_paired_gap_cancels_shared_noise_and_finds_a_growing_gap():
+    # sequences differ a lot in difficulty (shared by both models); the model falls behind the
+    # baseline by 0.1 nats per band of context: unpaired intervals would drown it, paired ones do not
+    rng = np.random.default_rng(0)
+    N, T = 128, 64
+    difficulty = rng.normal(0, 1.0, size=(N, 1))
+    base = 2.0 + difficulty + rng.normal(0, 0.05, size=(N, T))
+    band_of = np.searchsorted([8, 32], np.arange(T), side="right")  # 0, 1, 2 for [0,8), [8,32), [32,64)
+    model = base + 0.1 * band_of + rng.normal(0, 0.05, size=(N, T))
+    g = analysis.paired_gap(model, base, None, n_boot=400).set_index("band")
+    assert list(g.index) == ["0-7", "8-31", "32-63", "all", "growth"]
+    for band, truth in (("0-7", 0.0), ("8-31", 0.1), ("32-63", 0.2), ("growth", 0.2)):
+        assert g.loc[band, "gap_low"] < truth + 0.01 and truth - 0.01 < g.loc[band, "gap_high"], band
+        assert g.loc[band, "gap_high"] - g.loc[band, "gap_low"] < 0.03  # paired: the difficulty cancels
+    assert not g.loc["0-7", "significant"] and g.loc["growth", "significant"]
+    with pytest.raises(analysis.UserError, match="same test sequences"):
+        analysis.paired_gap(model[:, :32], base, None)
+
+
 # -- a whole study ------------------------------------------------------------------------------------------
 def test_analyze_command_on_a_tiny_study(text_dir, tmp_path, capsys):
     from mnemoscope.cli import main
 
     out = tmp_path / "study"
-    assert main(["--arch", "lstm", "--task", f"text:{text_dir}", "--out", str(out), "--params", "8k",
+    assert main(["--arch", "lstm", "cnn", "--task", f"text:{text_dir}", "--out", str(out), "--params", "8k",
                  "--tokens", "3k", "--context", "32", "--eval-sequences", "8", "--batch-size", "8", "--no-progress"]) == 0
     assert (out / "fits.csv").exists()  # the study analyses itself at the end
     for name in ("fits.csv", "context.parquet", "extrapolation.parquet", "report.html"):
         (out / name).unlink()
     for run in (out / "runs").iterdir():  # `analyze` recomputes from the models, not from what is kept
         (run / "analysis" / "fit.json").write_text("{}")
-    assert main(["analyze", str(out), "--targets", "6", "--variants", "shuffle"]) == 0
+    assert main(["analyze", str(out), "--targets", "6", "--variants", "shuffle", "--recompute"]) == 0
     fits = pd.read_csv(out / "fits.csv")
     context = pd.read_parquet(out / "context.parquet")
-    assert list(fits["arch"]) == ["lstm"] and (fits["n_points"] == 32).all()
+    assert sorted(fits["arch"]) == ["cnn", "lstm"] and (fits["n_points"] == 32).all()
     assert set(context["variant"]) == {"truncate", "shuffle"} and set(context["context"]) == {1, 2, 4, 8, 16, 32}
-    assert (context["n_targets"] == 6).all() and len(context) == 2 * 6
+    assert (context["n_targets"] == 6).all() and len(context) == 2 * 2 * 6
+    gaps = pd.read_csv(out / "gaps.csv")  # cnn against the study's first architecture, same sequences
+    assert set(gaps["arch"]) == {"cnn"} and set(gaps["baseline"]) == {"lstm"}
+    assert list(gaps["band"]) == ["0-7", "8-31", "all", "growth"]
+    assert (gaps["gap_low"] <= gaps["gap"]).all() and (gaps["gap"] <= gaps["gap_high"]).all()
+    assert main(["analyze", str(out), "--baseline", "cnn"]) == 0  # stored analyses reused, only the pairing changes
+    assert set(pd.read_csv(out / "gaps.csv")["arch"]) == {"lstm"}
     assert fits["effective_context"].between(1, 32).all()
     ext = pd.read_parquet(out / "extrapolation.parquet")
-    assert set(ext["factor"]) == {2, 4} and len(ext) == 2 * 32 + 4 * 32
+    assert set(ext["factor"]) == {2, 4} and len(ext) == 2 * (2 * 32 + 4 * 32)
     html = (out / "report.html").read_text()
     assert "How much history does each architecture use?" in html and "effective context (tokens)" in html
+    assert "Gap to cnn, paired, by position" in html
     capsys.readouterr()
+    assert main(["analyze", str(out), "--baseline", "gru"]) == 2  # not in the study: one line
+    assert capsys.readouterr().err.count("\n") == 1
     assert main(["analyze", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
