@@ -80,6 +80,13 @@ def count_params(model: nn.Module, non_embedding: bool = True, _use_method: bool
     return total
 
 
+def active_params(model: nn.Module) -> int:
+    """Non-embedding parameters used for one token: ``num_active_params()`` where an architecture
+    routes (a mixture of experts), else all of them."""
+    fn = getattr(model, "num_active_params", None)
+    return int(fn(non_embedding=True)) if fn is not None else count_params(model, non_embedding=True)
+
+
 def state_size(model: nn.Module, seq_len: int) -> int | None:
     fn = getattr(model, "state_size", None)
     return None if fn is None else fn(seq_len)

@@ -45,7 +45,7 @@ from . import io
 from .analysis import octave_gain
 from .errors import ContractError, UserError
 from .evaluate import bootstrap_ci, per_position_losses
-from .model import SIZE_TOLERANCE, build, count_params, size_for, state_size
+from .model import SIZE_TOLERANCE, active_params, build, count_params, size_for, state_size
 from .registry import ARCHITECTURES, TASKS
 from .specs import format_count, parse_count, parse_spec
 from .task import Task
@@ -58,7 +58,7 @@ from .scaling import LogSpacedValidation
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_config", "target_params",
-               "achieved_params", "total_params", "state_size", "batch_size", "tokens_trained", "wall_seconds",
+               "achieved_params", "active_params", "total_params", "state_size", "batch_size", "tokens_trained", "wall_seconds",
                "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
                "last_octave_gain_high", "status", "diverged_step", "flops_per_token"]
 POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences"]
@@ -341,7 +341,7 @@ class Study:
         row = {
             "run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params, "seed": run.seed, "context": T,
             "arch_config": json.dumps(arch_config, sort_keys=True), "target_params": run.params,
-            "achieved_params": params_nonemb, "total_params": count_params(model, non_embedding=False),
+            "achieved_params": params_nonemb, "active_params": active_params(model), "total_params": count_params(model, non_embedding=False),
             "state_size": state_size(model, T), "batch_size": cfg.batch_size, "tokens_trained": cfg.steps(T) * cfg.batch_size * T,
             "wall_seconds": round(wall, 2), "final_val_loss": float((val_losses * val_mask).sum() / max(val_mask.sum(), 1)),
             "test_loss": float((losses * mask).sum() / max(mask.sum(), 1)),
@@ -387,7 +387,12 @@ class Study:
         rows, tables = [], []
         for run_id in sorted(self.finished()):
             folder = self.runs_dir / run_id
-            rows.append(json.loads((folder / "result.json").read_text()))
+            row = json.loads((folder / "result.json").read_text())
+            if "active_params" not in row:  # a run from before the column existed
+                cls, _, _ = parse_spec(row["arch"], ARCHITECTURES)
+                row["active_params"] = (active_params(load_run_model(folder)[0]) if hasattr(cls, "num_active_params")
+                                        else row["achieved_params"])
+            rows.append(row)
             tables.append(pd.read_parquet(folder / "per_position.parquet"))
         runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
         pp = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=POSITION_COLUMNS)

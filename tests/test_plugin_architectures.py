@@ -128,9 +128,22 @@ def test_example_plugin_package_installs_lists_and_runs(tmp_path, text_dir):
     out = tmp_path / "study"
     run = subprocess.run([sys.executable, str(REPO / "study.py"), "--arch", "mingru", "--task", f"text:{text_dir}",
                           "--params", "20k", "--tokens", "1k", "--context", "16", "--batch-size", "8",
-                          "--eval-sequences", "8", "--out", str(out), "--no-progress"],
+                          "--eval-sequences", "8", "--out", str(out), "--no-progress", "--no-analysis"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     runs = pd.read_parquet(out / "runs.parquet")
     assert list(runs["arch"]) == ["mingru"] and list(runs["status"]) == ["ok"]
     assert abs(runs["achieved_params"][0] / 20_000 - 1) <= 0.10
+
+
+def test_study_records_active_parameters_of_a_mixture_of_experts(text_dir, tmp_path):
+    from mnemoscope.cli import main
+
+    out = tmp_path / "study"
+    assert main(["--arch", "moe_transformer:n_expert=4,top_k=1", "lstm", "--task", f"text:{text_dir}", "--params", "20k",
+                 "--tokens", "1k", "--context", "16", "--batch-size", "8", "--eval-sequences", "8", "--out", str(out),
+                 "--no-progress", "--no-analysis"]) == 0
+    runs = pd.read_parquet(out / "runs.parquet").set_index("arch")
+    moe = runs.loc["moe_transformer:n_expert=4,top_k=1"]
+    assert moe["active_params"] < 0.7 * moe["achieved_params"]  # sized on all experts, runs on one of four
+    assert runs.loc["lstm", "active_params"] == runs.loc["lstm", "achieved_params"]
