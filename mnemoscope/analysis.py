@@ -27,6 +27,7 @@ import html
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,9 @@ from torch import nn
 from . import io
 from .errors import UserError
 from .task import TokenSplit, eval_offsets
+
+# a band or bin with no counted target in a resample has no mean there: its interval is NaN by design
+warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
 
 HUBER_DELTA = 1e-3  # Chinchilla App. D.2, on log-loss residuals
 MIN_FIT_POINTS = 5  # fewer points than this are not a law (3 parameters)
@@ -301,7 +305,8 @@ def paired_gap(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | None, n_
     share, which sequences are hard, cancels).
 
     Rows: one per band (``band`` "a-b"), then ``all`` positions, then ``growth`` (last band minus
-    first: does the gap widen with context?). Positive: the model is worse than the baseline.
+    the first band that holds a counted target: does the gap widen with context?). Positive: the
+    model is worse than the baseline.
     """
     losses, base = np.asarray(losses, np.float64), np.asarray(base, np.float64)
     if losses.shape != base.shape:
@@ -315,8 +320,10 @@ def paired_gap(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | None, n_
     with np.errstate(invalid="ignore", divide="ignore"):
         point = sums.sum(0) / counts.sum(0)
         boot = sums[idx].sum(1) / counts[idx].sum(1)  # (B, n_bands)
-    point = np.append(point, point[-2] - point[0])
-    boot = np.concatenate([boot, boot[:, -2:-1] - boot[:, :1]], axis=1)
+    counted = np.flatnonzero(counts[:, :-1].sum(0) > 0)  # answer-only tasks count nothing in the first bands
+    first = int(counted[0]) if len(counted) else 0
+    point = np.append(point, point[-2] - point[first])  # point[-2]: the last band (point[-1]: all)
+    boot = np.concatenate([boot, boot[:, -2:-1] - boot[:, first:first + 1]], axis=1)
     q = [(100 - level) / 2, 100 - (100 - level) / 2]
     with np.errstate(invalid="ignore"):
         lo, hi = np.nanpercentile(boot, q, axis=0) if np.isfinite(boot).any() else (point * np.nan, point * np.nan)

@@ -264,6 +264,10 @@ def test_paired_gap_cancels_shared_noise_and_finds_a_growing_gap():
         assert g.loc[band, "gap_low"] < truth + 0.01 and truth - 0.01 < g.loc[band, "gap_high"], band
         assert g.loc[band, "gap_high"] - g.loc[band, "gap_low"] < 0.03  # paired: the difficulty cancels
     assert not g.loc["0-7", "significant"] and g.loc["growth", "significant"]
+    mask = np.ones((N, T), bool)
+    mask[:, :8] = False  # answers only: nothing counted in the first band; growth from the next one
+    g = analysis.paired_gap(model, base, mask, n_boot=200).set_index("band")
+    assert np.isnan(g.loc["0-7", "gap"]) and abs(g.loc["growth", "gap"] - 0.1) < 0.01
     with pytest.raises(analysis.UserError, match="same test sequences"):
         analysis.paired_gap(model[:, :32], base, None)
 
