@@ -30,6 +30,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -732,7 +733,7 @@ def analyze(study, settings: AnalysisSettings | None = None, log=print, device=N
                 f"({f['fit_status']}), effective context {f['effective_context']} [{f['effective_context_low']}, "
                 f"{f['effective_context_high']}] tokens, {f['ablation_forward_tokens']:,} forward tokens, "
                 f"{time.time() - t0:.0f} s")
-        fits.append(result["fit"])
+        fits.append({**result["fit"], **truncation_check(result["context"], settings.tolerance)})
         for name in tables:
             if not result[name].empty:
                 tables[name].append(result[name])
@@ -851,6 +852,19 @@ def _interval(v, lo, hi, fmt="{:.3g}") -> str:
     return text
 
 
+def truncation_check(context: pd.DataFrame, tolerance: float) -> dict[str, Any]:
+    """Whether some truncated context scores better than the full one by more than ``tolerance``
+    (e.g. learned positions past the length they trained well at): then every n is "within" the
+    full-context loss and the effective context says nothing."""
+    trunc = context[context["variant"] == "truncate"] if not context.empty else context
+    if trunc.empty:
+        return {"full_context_worse": False, "best_truncated_context": math.nan}
+    full = float(trunc.loc[trunc["context"].idxmax(), "loss"])
+    best = trunc.loc[trunc["loss"].idxmin()]
+    worse = bool(best["loss"] < full * (1 - tolerance)) and int(best["context"]) < int(trunc["context"].max())
+    return {"full_context_worse": worse, "best_truncated_context": int(best["context"])}
+
+
 def history_table(fits: pd.DataFrame) -> pd.DataFrame:
     """The section's table: architecture x task (x size, seed) -> effective context, alpha, L_inf,
     last significant octave, with intervals."""
@@ -866,8 +880,11 @@ def history_table(fits: pd.DataFrame) -> pd.DataFrame:
         beyond = ""
         if math.isfinite(get("loss_beyond_4x")) or math.isfinite(get("loss_beyond_2x")):
             beyond = " / ".join(f"{get(f'loss_beyond_{f}x'):.3f}" for f in (2, 4) if math.isfinite(get(f"loss_beyond_{f}x")))
+        effective = eff("")
+        if r.get("full_context_worse") is True:  # every n is "within 1%" of a full context that is worse
+            effective = f"not meaningful: {int(get('best_truncated_context'))} tokens beat the full context"
         rows.append({"arch": r["arch"], "task": r["task"], "size": format_count(int(r["params"])), "seed": r["seed"],
-                     "T": r["context"], "effective context (tokens)": eff(""), "shuffled beyond n": eff("_shuffle"),
+                     "T": r["context"], "effective context (tokens)": effective, "shuffled beyond n": eff("_shuffle"),
                      "replaced beyond n": eff("_replace"),
                      "alpha": _interval(get("alpha"), get("alpha_low"), get("alpha_high")),
                      "L_inf (nats)": _interval(get("L_inf"), get("L_inf_low"), get("L_inf_high")),

@@ -307,3 +307,17 @@ def test_analyze_command_on_a_tiny_study(text_dir, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     assert main(["analyze", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_effective_context_is_not_reported_when_truncation_beats_the_full_context():
+    # learned positions past the length they trained well at: the full context scores worst, so
+    # every n would count as "within 1%" of it
+    rows = [{"variant": "truncate", "context": n, "loss": v} for n, v in [(1, 2.8), (64, 1.95), (256, 1.98), (512, 2.36)]]
+    check = analysis.truncation_check(pd.DataFrame(rows), 0.01)
+    assert check == {"full_context_worse": True, "best_truncated_context": 64}
+    fit = {"arch": "transformer:pos=learned", "task": "text", "params": 1_000_000, "seed": 0, "context": 512,
+           "effective_context": 4, "effective_context_low": 2, "effective_context_high": 4, **check}
+    cell = analysis.history_table(pd.DataFrame([fit]))["effective context (tokens)"].iloc[0]
+    assert cell == "not meaningful: 64 tokens beat the full context"
+    rows[-1]["loss"] = 1.94  # the usual case: the full context is best
+    assert analysis.truncation_check(pd.DataFrame(rows), 0.01)["full_context_worse"] is False
