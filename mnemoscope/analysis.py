@@ -36,7 +36,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 from scipy import optimize
 from threadpoolctl import threadpool_limits
 from torch import nn
@@ -238,17 +237,21 @@ def _bin_sums(losses: np.ndarray, mask: np.ndarray, bins: list[tuple[int, int]])
     return sums, counts
 
 
+def _bin_means(sums: np.ndarray, counts: np.ndarray, n_boot: int, seed: int):
+    """Mean per bin over counted targets, and its ``n_boot`` replicates with whole sequences
+    resampled: ((n_bins,), (n_boot, n_bins)); NaN where a bin (or a replicate's bin) counts nothing."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))  # (B, N) resampled sequences
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums.sum(0) / counts.sum(0), sums[idx].sum(1) / counts[idx].sum(1)
+
+
 def _bin_gains(losses, mask, bins, n_boot: int, seed: int, level: float = 95):
     """Mean loss of bin i-1 minus bin i (i >= 1), with bootstrap intervals over sequences.
 
     Returns (gain, low, high), each (n_bins - 1,); NaN where a bin holds no counted target.
     """
-    sums, counts = _bin_sums(losses, mask, bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums.sum(0) / counts.sum(0)
-        rng = np.random.default_rng(seed)
-        idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))  # (B, N) resampled sequences
-        boot = sums[idx].sum(1) / counts[idx].sum(1)  # (B, n_bins)
+    mean, boot = _bin_means(*_bin_sums(losses, mask, bins), n_boot, seed)
     gain = mean[:-1] - mean[1:]
     q = [(100 - level) / 2, 100 - (100 - level) / 2]
     bg = boot[:, :-1] - boot[:, 1:]
@@ -316,11 +319,7 @@ def paired_gap(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | None, n_
     T = losses.shape[1]
     bands = gap_bands(T) + [(0, T)]
     sums, counts = _bin_sums(losses - base, mask, bands)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        point = sums.sum(0) / counts.sum(0)
-        boot = sums[idx].sum(1) / counts[idx].sum(1)  # (B, n_bands)
+    point, boot = _bin_means(sums, counts, n_boot, seed)  # (n_bands,), (B, n_bands)
     counted = np.flatnonzero(counts[:, :-1].sum(0) > 0)  # answer-only tasks count nothing in the first bands
     first = int(counted[0]) if len(counted) else 0
     point = np.append(point, point[-2] - point[first])  # point[-2]: the last band (point[-1]: all)
@@ -697,18 +696,10 @@ def analyze(study, settings: AnalysisSettings | None = None, log=print, device=N
     Each run's results are also kept in ``runs/<id>/analysis/`` and reused by a later call with
     the same settings unless ``recompute``. A run whose analysis fails is logged and left out.
     """
-    from .study import Study, StudyConfig
+    from .study import Study
 
     if not isinstance(study, Study):
-        out = Path(study)
-        path = out / "config.yaml"
-        if not path.is_file():
-            raise UserError(f"no study at {out} (no config.yaml)")
-        try:
-            config = StudyConfig.from_dict(yaml.safe_load(path.read_text()))
-        except yaml.YAMLError as exc:
-            raise UserError(f"corrupt YAML in {path}: {str(exc).splitlines()[0]}") from None
-        study = Study(config, out)
+        study = Study.from_folder(study)
     settings = settings or AnalysisSettings()
     runs, _ = study.collect()
     if runs.empty:

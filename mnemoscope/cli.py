@@ -156,18 +156,11 @@ def cmd_worker(argv: list[str]) -> int:
     add_execution_flags(p)
     args = p.parse_args(argv)
     from .queue import RunQueue, sigterm_as_interrupt
-    from .study import Study, StudyConfig
+    from .study import Study
 
     trainer_kwargs = execution(args)
     out = Path(args.dir)
-    path = out / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"no study at {out} (no config.yaml); start one with study.py ... --out {out}")
-    try:
-        config = StudyConfig.from_dict(yaml.safe_load(path.read_text()))
-    except yaml.YAMLError as exc:
-        raise UserError(f"corrupt YAML in {path}: {str(exc).splitlines()[0]}") from None
-    study = Study(config, out, trainer_kwargs=trainer_kwargs)
+    study = Study.from_folder(out, f"; start one with study.py ... --out {out}", trainer_kwargs=trainer_kwargs)
     if study.multi_process:
         raise UserError("a worker trains each run in one process; for runs on several devices or nodes use "
                         "study.py --devices N [--num-nodes M] without the queue")

@@ -159,6 +159,20 @@ def plan(study: StudyConfig) -> list[RunSpec]:
 class Study:
     """A study folder: its config, its finished runs, its tables."""
 
+    @classmethod
+    def from_folder(cls, out: Path, missing_hint: str = "", **kwargs) -> "Study":
+        """The study whose ``config.yaml`` lies in ``out``; one clear line where there is none
+        (``missing_hint`` appended) or it is not YAML. ``kwargs`` go to the constructor."""
+        out = Path(out)
+        path = out / "config.yaml"
+        if not path.is_file():
+            raise UserError(f"no study at {out} (no config.yaml){missing_hint}")
+        try:
+            config = StudyConfig.from_dict(yaml.safe_load(path.read_text()))
+        except yaml.YAMLError as exc:
+            raise UserError(f"corrupt YAML in {path}: {str(exc).splitlines()[0]}") from None
+        return cls(config, out, **kwargs)
+
     def __init__(self, config: StudyConfig, out: Path, trainer_kwargs: dict[str, Any] | None = None):
         self.config, self.out = config, Path(out)
         self._tasks: dict[str, Task] = {}

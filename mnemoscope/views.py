@@ -38,10 +38,9 @@ N_BOOT = 1000
 # -- helpers: the study's tasks, runs and evaluation windows ------------------------------------
 def study_task(out: Path, spec: str) -> Task:
     """The task of a study exactly as its runs built it (the study's --context included)."""
-    from .study import Study, StudyConfig
+    from .study import Study
 
-    config = StudyConfig.from_dict(yaml.safe_load((Path(out) / "config.yaml").read_text()))
-    return Study(config, Path(out)).task(spec)
+    return Study.from_folder(out).task(spec)
 
 
 def eval_sequences(out: Path) -> int:
