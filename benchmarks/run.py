@@ -1,20 +1,27 @@
 #!/usr/bin/env python3
 """Benchmarks: the harness against reference implementations measured in the same run.
 
-    python benchmarks/run.py                        the full table (about 10 minutes on 2 CPU cores)
+    python benchmarks/run.py                        the full table (about 30 minutes on 2 CPU cores)
     python benchmarks/run.py --tiny --out /tmp/b    every row at tiny sizes, in seconds (the tests run this)
     bash benchmarks/gpu.sh                          the same table on one CUDA machine
 
 Prints the table and writes ``benchmarks.csv`` and ``benchmarks.md`` under ``--out`` (default
-``results/benchmarks``). Every figure is the median of ``--reps`` repetitions, and harness and
-reference repetitions alternate (a reference chunk runs between two harness chunks), so a
-machine shared with other work slows both alike and the ratios stay fair even when the
-absolute numbers do not. Ratios are ours / reference: above 1 is faster than the reference.
+``results/benchmarks``). Measurements come in **rounds**: one timed chunk of the harness, then
+one chunk of every reference (in an order that rotates from round to round), so a machine
+shared with other work, or one whose speed drifts, slows both sides of a round alike. Each ratio
+is the median over rounds of the per-round ratio, with a 95% bootstrap interval over rounds;
+rounds continue (past ``--reps``, up to ``--max-reps`` or ``--cell-seconds``) until every
+interval of the cell is within ``--precision`` of its ratio. An A/A row per cell times the bare
+loop against an identical copy of itself: the noise floor of the measurement, whose interval
+should contain 1. A target is met ("yes") when the ratio reaches it, missed ("no") when the
+whole interval lies below it, and otherwise "within noise". Ratios are ours / reference: above 1
+is faster than the reference.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -28,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import seaborn as sns
 import torch
 import lightning as L
 
@@ -38,10 +46,10 @@ import architectures  # noqa: E402,F401  (registers the built-ins)
 from benchmarks.references import BareLoop, gpt2_like, stamp  # noqa: E402
 from mnemoscope.evaluate import per_position_losses  # noqa: E402
 from mnemoscope.model import build, count_params, size_for  # noqa: E402
-from mnemoscope.registry import ARCHITECTURES  # noqa: E402
-from mnemoscope.study import DivergenceGuard  # noqa: E402
+from mnemoscope.registry import ARCHITECTURES, TASKS  # noqa: E402
+from mnemoscope.study import DivergenceGuard, StudyConfig  # noqa: E402
 from mnemoscope.task import TokenSplit, eval_offsets, window_batch  # noqa: E402
-from mnemoscope.train import TrainConfig, fit  # noqa: E402
+from mnemoscope.train import TrainConfig, auto_batch_size, fit  # noqa: E402
 
 ARCHS = ["transformer", "lstm", "cnn"]
 VOCAB = 256
@@ -77,15 +85,42 @@ def device_batches(split: TokenSplit, T: int, B: int, n: int, device, seed: int 
     return out
 
 
-class Interleaved(L.Callback):
-    """Times the harness in chunks of ``chunk`` steps and, after each chunk, times one chunk of
-    every reference, so contention from other work hits both alike. The first ``warmup`` harness
-    steps are not timed; the references run their own warm-up at that point."""
+@dataclasses.dataclass
+class Rounds:
+    """When a cell has been measured enough: at least ``min`` rounds; then stop once every ratio's
+    95% interval is within ``precision`` (relative) of the ratio, or after ``max`` rounds or
+    ``seconds`` of measuring, whichever comes first."""
+    min: int = 5
+    max: int = 60
+    seconds: float = 90.0
+    precision: float = 0.02
 
-    def __init__(self, warmup: int, chunk: int, references: dict[str, BareLoop], device):
-        self.warmup, self.chunk, self.references, self.device = warmup, chunk, references, device
+    def done(self, times: dict[str, list[np.ndarray]], started: float, first: str) -> bool:
+        n = len(times[first])
+        if n < self.min:
+            return False
+        if n >= self.max or time.perf_counter() - started >= self.seconds:
+            return True
+        for name in times:
+            if name == first:
+                continue
+            r, lo, hi = paired_ratio(times[first], times[name])[:3]
+            if max(r - lo, hi - r) > self.precision * r:
+                return False
+        return True
+
+
+class Interleaved(L.Callback):
+    """Times the harness in chunks of ``chunk`` steps and, after each chunk, one chunk of every
+    reference (their order rotating from round to round), so contention from other work hits both
+    sides of a round alike. The first ``warmup`` harness steps are not timed; the references run
+    their own warm-up at that point. Stops training once ``rounds`` says the cell is measured."""
+
+    def __init__(self, warmup: int, chunk: int, references: dict[str, BareLoop], device, rounds: Rounds):
+        self.warmup, self.chunk, self.references, self.device, self.rounds = warmup, chunk, references, device, rounds
         self.times: dict[str, list[np.ndarray]] = {"harness": [], **{k: [] for k in references}}
         self.t0 = None
+        self.started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         done = batch_idx + 1
@@ -94,23 +129,35 @@ class Interleaved(L.Callback):
         now = stamp(self.device)
         if self.t0 is not None:
             self.times["harness"].append(now - self.t0)
-        for name, ref in self.references.items():
-            seconds = ref.run(self.chunk if self.t0 is not None else self.warmup)
+        names = list(self.references)
+        shift = len(self.times["harness"]) % max(1, len(names))
+        for name in names[shift:] + names[:shift]:
+            seconds = self.references[name].run(self.chunk if self.t0 is not None else self.warmup)
             if self.t0 is not None:
                 self.times[name].append(seconds)
+        if self.t0 is None:
+            self.started = time.perf_counter()
+        elif self.rounds.done(self.times, self.started, "harness"):
+            trainer.should_stop = True
         self.t0 = stamp(self.device)
 
 
-def alternate(reps: int, **fns) -> dict[str, list[np.ndarray]]:
-    """Run each function once to warm up, then ``reps`` rounds of all of them in turn; each
-    function returns its (wall, CPU) seconds."""
+def alternate(rounds: Rounds, **fns) -> dict[str, list[np.ndarray]]:
+    """Run each function once to warm up, then rounds of all of them (the first, ours, then the
+    others in rotating order) until ``rounds`` says enough; each returns its (wall, CPU) seconds."""
     for fn in fns.values():
         fn()
+    names = list(fns)
     times: dict[str, list[np.ndarray]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            times[name].append(fn())
-    return times
+    started = time.perf_counter()
+    while True:
+        times[names[0]].append(fns[names[0]]())
+        rest = names[1:]
+        shift = len(times[names[0]]) % max(1, len(rest))
+        for name in rest[shift:] + rest[:shift]:
+            times[name].append(fns[name]())
+        if rounds.done(times, started, names[0]):
+            return times
 
 
 #: which clock the figures use: 0 wall (CUDA), 1 CPU seconds (a CPU, where the wall clock of a
@@ -123,8 +170,29 @@ def seconds(times: list[np.ndarray]) -> float:
     return float(np.median(np.stack(times)[:, CLOCK["index"]])) if times else float("nan")
 
 
-def wall_seconds(times: list[np.ndarray]) -> float:
-    return float(np.median(np.stack(times)[:, 0])) if times else float("nan")
+def paired_ratio(ours: list[np.ndarray], reference: list[np.ndarray], level: float = 95, n_boot: int = 2000):
+    """Our speed over the reference's, round by round (the reference's time over ours, same work):
+    (median over rounds, low, high of its bootstrap interval over rounds (seaborn's bootstrap),
+    the same median on the wall clock)."""
+    a, b = np.stack(ours), np.stack(reference)
+    n = min(len(a), len(b))
+    ratios = b[:n] / a[:n]  # (rounds, clocks)
+    r = ratios[:, CLOCK["index"]]
+    if n < 2:
+        return float(np.median(r)), float("nan"), float("nan"), float(np.median(ratios[:, 0]))
+    boots = sns.algorithms.bootstrap(r, func=np.median, n_boot=n_boot, seed=0)
+    lo, hi = np.percentile(boots, [(100 - level) / 2, 100 - (100 - level) / 2])
+    return float(np.median(r)), float(lo), float(hi), float(np.median(ratios[:, 0]))
+
+
+def verdict(ratio: float, high: float, target: float) -> tuple[bool | None, str]:
+    """(meets, word): met when the ratio reaches the target, missed when the whole interval lies
+    below it, otherwise the measurement cannot tell ("within noise")."""
+    if ratio >= target:
+        return True, "yes"
+    if not math.isnan(high) and high >= target:
+        return None, "within noise"
+    return False, "no"
 
 
 def fmt_count(x: float) -> str:
@@ -136,17 +204,28 @@ def fmt_count(x: float) -> str:
 
 def row(section, name, value, unit, reference="", ref_value=float("nan"), ratio=float("nan"), target="",
         ok=None, arch="", params=None, context=None, batch=None, reps=None, detail="", wall_ratio=float("nan"),
-        target_params=None):
-    """One line of the table. ``ratio`` is on the clock in use; ``wall_ratio`` the same on the wall clock."""
+        target_params=None, low=float("nan"), high=float("nan"), word=""):
+    """One line of the table. ``ratio`` (with its interval ``low``-``high``) is on the clock in
+    use; ``wall_ratio`` the same on the wall clock; ``word`` the verdict against the target."""
     return {"section": section, "row": name, "arch": arch, "target_params": target_params, "params": params,
             "context": context, "batch": batch,
             "value": value, "unit": unit, "reference": reference, "reference_value": ref_value, "ratio": ratio,
-            "wall_ratio": wall_ratio, "target": target, "meets_target": ok, "reps": reps, "detail": detail}
+            "ratio_low": low, "ratio_high": high, "wall_ratio": wall_ratio, "target": target, "meets_target": ok,
+            "verdict": word, "reps": reps, "detail": detail}
+
+
+def compared(section, name, ours, reference, ref_name, target_value=None, target_text="", unit="tokens/s",
+             work=1.0, detail="", **shape):
+    """A row comparing two lists of per-round times of the same ``work`` (tokens per round)."""
+    r, lo, hi, wall = paired_ratio(ours, reference)
+    ok, word = (None, "") if target_value is None else verdict(r, hi, target_value)
+    return row(section, name, work / seconds(ours), unit, ref_name, work / seconds(reference), r, target_text, ok,
+               detail=detail, wall_ratio=wall, low=lo, high=hi, word=word, reps=len(ours), **shape)
 
 
 # -- the benchmarks --------------------------------------------------------------------------
-def matmul_peak(device, dtype, n: int, reps: int) -> float:
-    """Measured FLOP/s of an n x n matmul in ``dtype`` (median of ``reps``)."""
+def matmul_peak(device, dtype, n: int, rounds: Rounds) -> float:
+    """Measured FLOP/s of an n x n matmul in ``dtype`` (median over rounds)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     inner = 20 if device.type == "cuda" else 1
@@ -157,70 +236,129 @@ def matmul_peak(device, dtype, n: int, reps: int) -> float:
             a @ b
         return stamp(device) - start
 
-    times = alternate(reps, matmul=once)["matmul"]
+    times = alternate(rounds, matmul=once)["matmul"]
     return 2 * n ** 3 * inner / seconds(times)
 
 
-def bench_training(arch, params, T, B, args, device, split, folder, variant=None):
-    """Harness fit() against a bare loop over the same module (and GPT-2 for the transformer)."""
+def label_of(arch, n, T):
+    return f"{arch} {fmt_count(n)} T={T}"
+
+
+def bench_training(arch, params, T, B, args, device, split, folder, variant=None, fixed_ms=None, section="train"):
+    """Harness fit() against a bare loop over the same module (and GPT-2 for the transformer), with
+    an A/A row: the bare loop against an identical copy of itself, the measurement's noise floor.
+    ``fixed_ms``: the harness's fixed extra cost per step (bench_fixed_cost), to say what overhead
+    it predicts at this cell's step time."""
     cls, model = make_model(arch, params, T)
     hp = dict(getattr(cls, "default_hparams", {}))
     batches = device_batches(split, T, B, 4, device)
-    refs = {"bare": BareLoop(make_model(arch, params, T)[1], batches, device, hp.get("lr", 2e-3), compile=args.compile)}
+    lr = hp.get("lr", 2e-3)
+    refs = {"bare": BareLoop(make_model(arch, params, T)[1], batches, device, lr, compile=args.compile)}
+    if variant is None:
+        refs["copy"] = BareLoop(make_model(arch, params, T)[1], batches, device, lr, compile=args.compile)
     gpt2_error = None
-    if arch == "transformer" and variant is None:
+    if arch == "transformer" and variant is None and section == "train":
         try:
-            refs["gpt2"] = BareLoop(gpt2_like(model), batches, device, hp.get("lr", 2e-3), compile=args.compile)
+            refs["gpt2"] = BareLoop(gpt2_like(model), batches, device, lr, compile=args.compile)
         except ImportError as exc:
             gpt2_error = f"transformers not installed ({exc.name}): pip install -e '.[bench]'"
-    steps = args.warmup + args.reps * args.chunk
+    rounds = args.rounds
+    steps = args.warmup + rounds.max * args.chunk  # the timer stops the run once the cell is measured
     cfg = TrainConfig(tokens=steps * B * T, batch_size=B, seed=0, compile=args.compile, **hp)
-    timer = Interleaved(args.warmup, args.chunk, refs, device)
+    timer = Interleaved(args.warmup, args.chunk, refs, device, rounds)
     callbacks = [timer] if variant == "no DivergenceGuard" else [DivergenceGuard(), timer]
     kwargs = {"deterministic": False} if variant == "deterministic=False" else {}
     progress = variant == "progress bar on"
     quiet = io.StringIO()
     with contextlib.redirect_stderr(quiet), contextlib.redirect_stdout(quiet):  # progress bars stay out of the table
         fit(model, split, split, T, cfg, Path(tempfile.mkdtemp(dir=folder)), callbacks=callbacks, progress=progress, trainer_kwargs=kwargs)
-    tok = {k: B * T * args.chunk / seconds(v) for k, v in timer.times.items()}
-    wall = {k: B * T * args.chunk / wall_seconds(v) for k, v in timer.times.items()}
+    t = timer.times
+    work = B * T * args.chunk
     n = count_params(model)
-    shape = dict(arch=arch, target_params=params, params=n, context=T, batch=B, reps=args.reps)
-    over_wall = wall["harness"] / wall["bare"]
-    # the harness's extra time per step: fixed costs that matter most where steps are short (a GPU)
-    extra_ms = 1e3 * B * T * (1 / tok["harness"] - 1 / tok["bare"])
-    label = f"{arch} {fmt_count(n)} T={T}"
-    out = []
-    over = tok["harness"] / tok["bare"]
-    target = f">= {1 / (1 + OVERHEAD_TARGET):.3f} (overhead <= {OVERHEAD_TARGET:.0%})"
+    shape = dict(arch=arch, target_params=params, params=n, context=T, batch=B)
+    label = label_of(arch, n, T) + (" (the default study's shape)" if section == "default shape" else "")
+    over_target = 1 / (1 + OVERHEAD_TARGET)
+    over_text = f">= {over_target:.3f} (overhead <= {OVERHEAD_TARGET:.0%})"
+
+    def overhead_detail():
+        r = paired_ratio(t["harness"], t["bare"])[0]
+        # the harness's extra time per step: fixed costs that matter most where steps are short (a GPU)
+        extra_ms = 1e3 * B * T * (1 / (work / seconds(t["harness"])) - 1 / (work / seconds(t["bare"])))
+        text = f"overhead {1 / r - 1:+.1%}, {extra_ms:+.1f} ms per step"
+        if fixed_ms is not None:
+            step_ms = 1e3 * seconds(t["bare"]) / args.chunk
+            text += f"; the fixed cost ({fixed_ms:+.1f} ms per step) predicts {fixed_ms / step_ms:+.1%}"
+        return text
+
     if variant is not None:
-        return [row("harness variant", f"harness ({variant}) vs bare loop, {label}", tok["harness"], "tokens/s",
-                    "bare loop, same module", tok["bare"], over, target, over >= 1 / (1 + OVERHEAD_TARGET),
-                    detail=f"overhead {1 / over - 1:+.1%}, {extra_ms:+.1f} ms per step", wall_ratio=over_wall, **shape)], tok["harness"]
-    if arch == "transformer":
-        if "gpt2" in tok:
-            ratio = tok["harness"] / tok["gpt2"]
-            out.append(row("train", f"train {label}", tok["harness"], "tokens/s", "HF GPT-2, same shape, bare loop",
-                           tok["gpt2"], ratio, ">= 1.0", ratio >= 1.0, wall_ratio=wall["harness"] / wall["gpt2"],
-                           **shape))
-            module = tok["bare"] / tok["gpt2"]
-            n_gpt2 = count_params(refs["gpt2"].model.hf.transformer.h) + count_params(refs["gpt2"].model.hf.transformer.ln_f)
-            out.append(row("module", f"our transformer vs GPT-2, both bare loop, {label}", tok["bare"], "tokens/s",
-                           "HF GPT-2, same shape, bare loop", tok["gpt2"], module, "", None,
-                           detail=f"GPT-2 non-embedding params {fmt_count(n_gpt2)}",
-                           wall_ratio=wall["bare"] / wall["gpt2"], **shape))
+        return [compared("harness variant", f"harness ({variant}) vs bare loop, {label}", t["harness"], t["bare"],
+                         "bare loop, same module", over_target, over_text, work=work, detail=overhead_detail(),
+                         **shape)], work / seconds(t["harness"])
+    out = []
+    if section == "train":
+        if arch == "transformer":
+            if "gpt2" in t:
+                out.append(compared("train", f"train {label}", t["harness"], t["gpt2"], "HF GPT-2, same shape, bare loop",
+                                    1.0, ">= 1.0", work=work, **shape))
+                n_gpt2 = count_params(refs["gpt2"].model.hf.transformer.h) + count_params(refs["gpt2"].model.hf.transformer.ln_f)
+                out.append(compared("module", f"our transformer vs GPT-2, both bare loop, {label}", t["bare"], t["gpt2"],
+                                    "HF GPT-2, same shape, bare loop", work=work,
+                                    detail=f"GPT-2 non-embedding params {fmt_count(n_gpt2)}", **shape))
+            else:
+                out.append(row("train", f"train {label}", work / seconds(t["harness"]), "tokens/s", "HF GPT-2: " + gpt2_error,
+                               detail=gpt2_error, reps=len(t["harness"]), **shape))
+                out.append(row("module", f"our transformer vs GPT-2, both bare loop, {label}", work / seconds(t["bare"]),
+                               "tokens/s", "HF GPT-2: " + gpt2_error, detail=gpt2_error, reps=len(t["bare"]), **shape))
         else:
-            out.append(row("train", f"train {label}", tok["harness"], "tokens/s", "HF GPT-2: " + gpt2_error,
-                           detail=gpt2_error, **shape))
-            out.append(row("module", f"our transformer vs GPT-2, both bare loop, {label}", tok["bare"], "tokens/s",
-                           "HF GPT-2: " + gpt2_error, detail=gpt2_error, **shape))
-    else:
-        out.append(row("train", f"train {label}", tok["harness"], "tokens/s", "bare loop, same module", tok["bare"],
-                       over, ">= 1.0", over >= 1.0, wall_ratio=over_wall, **shape))
-    out.append(row("overhead", f"harness vs bare loop, {label}", tok["harness"], "tokens/s", "bare loop, same module",
-                   tok["bare"], over, target, over >= 1 / (1 + OVERHEAD_TARGET), detail=f"overhead {1 / over - 1:+.1%}, {extra_ms:+.1f} ms per step",
-                   wall_ratio=over_wall, **shape))
-    return out, tok["harness"]
+            out.append(compared("train", f"train {label}", t["harness"], t["bare"], "bare loop, same module", 1.0,
+                                ">= 1.0", work=work, **shape))
+    out.append(compared("overhead" if section == "train" else section, f"harness vs bare loop, {label}", t["harness"],
+                        t["bare"], "bare loop, same module", over_target, over_text, work=work, detail=overhead_detail(),
+                        **shape))
+    r, lo, hi = paired_ratio(t["bare"], t["copy"])[:3]
+    out.append(compared("noise", f"A/A: bare loop vs an identical copy, {label}", t["bare"], t["copy"],
+                        "bare loop, identical copy", work=work,
+                        detail=("interval contains 1, as it should" if lo <= 1 <= hi else
+                                "interval misses 1: this cell's machine was noisier than its interval says"),
+                        **shape))
+    return out, work / seconds(t["harness"])
+
+
+class Null(torch.nn.Module):
+    """A model with next to no compute (embedding -> linear head, width 8): its training step
+    is almost all fixed per-step cost."""
+
+    def __init__(self, vocab: int = VOCAB, width: int = 8):
+        super().__init__()
+        self.emb, self.head = torch.nn.Embedding(vocab, width), torch.nn.Linear(width, vocab)
+
+    def forward(self, tokens):
+        return self.head(self.emb(tokens))
+
+
+def bench_fixed_cost(args, device, split, folder):
+    """The harness's fixed cost per training step (Lightning's loop, hooks and logging, data
+    loading, the scheduler, DivergenceGuard) against a bare loop's, both training the Null model
+    on batches of 2 x 16 tokens, where the step's compute is next to nothing."""
+    T, B = 16, 2
+    batches = device_batches(split, T, B, 4, device)
+    torch.manual_seed(0)
+    refs = {"bare": BareLoop(Null(), batches, device, 2e-3)}
+    rounds = dataclasses.replace(args.rounds, max=max(args.rounds.max, 30))
+    chunk = 50
+    steps = args.warmup + rounds.max * chunk
+    timer = Interleaved(args.warmup, chunk, refs, device, rounds)
+    quiet = io.StringIO()
+    with contextlib.redirect_stderr(quiet), contextlib.redirect_stdout(quiet):
+        fit(Null(), split, split, T, TrainConfig(tokens=steps * B * T, batch_size=B, seed=0),
+            Path(tempfile.mkdtemp(dir=folder)), callbacks=[DivergenceGuard(), timer], progress=False)
+    t = timer.times
+    ours, bare = 1e3 * seconds(t["harness"]) / chunk, 1e3 * seconds(t["bare"]) / chunk
+    return row("fixed cost", "fixed cost per training step, harness vs bare loop", ours, "ms", "bare loop, same model",
+               bare, float("nan"), reps=len(t["harness"]), context=T, batch=B,
+               detail=f"+{ours - bare:.2f} ms per step (a {count_params(Null())}-parameter model, {B} x {T} tokens "
+                      f"per step, {chunk} steps per round): Lightning's loop, hooks and logging, data loading, "
+                      f"the LR schedule, DivergenceGuard"), ours - bare
 
 
 def bench_eval(arch, params, T, B, n_seq, args, device, split):
@@ -242,14 +380,11 @@ def bench_eval(arch, params, T, B, n_seq, args, device, split):
         per_position_losses(model, split, T, n_seq, B)
         return stamp(device) - start
 
-    times = alternate(args.reps, harness=harness, bare=bare)
-    tok = {k: len(offsets) * T / seconds(v) for k, v in times.items()}
-    ratio = tok["harness"] / tok["bare"]
-    wall_ratio = wall_seconds(times["bare"]) / wall_seconds(times["harness"])
-    return row("eval", f"per-position eval {arch} {fmt_count(count_params(model))} T={T}", tok["harness"], "tokens/s",
-               "bare forward pass, same windows", tok["bare"], ratio, f">= {EVAL_TARGET}", ratio >= EVAL_TARGET,
-               arch=arch, params=count_params(model), context=T, batch=B, reps=args.reps,
-               detail=f"{len(offsets)} sequences", wall_ratio=wall_ratio)
+    times = alternate(args.rounds, harness=harness, bare=bare)
+    return compared("eval", f"per-position eval {arch} {fmt_count(count_params(model))} T={T}", times["harness"],
+                    times["bare"], "bare forward pass, same windows", EVAL_TARGET, f">= {EVAL_TARGET}",
+                    work=len(offsets) * T, detail=f"{len(offsets)} sequences", arch=arch, params=count_params(model),
+                    context=T, batch=B)
 
 
 def bench_truncation(arch, params, T, n_targets, reps, device, split):
@@ -345,33 +480,42 @@ def format_value(v, unit):
         return f"{v:.1f} s"
     if unit == "MiB":
         return f"{v:.0f} MiB"
+    if unit == "ms":
+        return f"{v:.2f} ms"
     return fmt_count(v)
 
 
 def markdown(df: pd.DataFrame) -> str:
-    lines = ["| row | value | reference | reference value | ratio | target | meets | wall-clock ratio | detail |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| row | value | reference | reference value | ratio [95% interval] | target | meets | wall-clock ratio | rounds | detail |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in df.itertuples():
         ratio = "-" if pd.isna(r.ratio) else f"{r.ratio:.3f}"
+        if not pd.isna(r.ratio_low):
+            ratio += f" [{r.ratio_low:.3f}, {r.ratio_high:.3f}]"
         wall = "-" if pd.isna(r.wall_ratio) else f"{r.wall_ratio:.3f}"
-        ok = {True: "yes", False: "**no**"}.get(r.meets_target, "")
+        ok = {"yes": "yes", "no": "**no**", "within noise": "within noise"}.get(r.verdict if isinstance(r.verdict, str) else "", "")
         ref_unit = "tokens" if r.section == "truncation" else r.unit
+        reps = "" if pd.isna(r.reps) else f"{int(r.reps)}"
         lines.append(f"| {r.row} | {format_value(r.value, r.unit)} | {r.reference} | "
-                     f"{format_value(r.reference_value, ref_unit)} | {ratio} | {r.target} | {ok} | {wall} | {r.detail} |")
+                     f"{format_value(r.reference_value, ref_unit)} | {ratio} | {r.target} | {ok} | {wall} | {reps} | {r.detail} |")
     return "\n".join(lines)
 
 
-SECTIONS = ["train", "variants", "eval", "truncation", "flops", "study"]
+SECTIONS = ["fixed", "train", "default", "variants", "eval", "truncation", "flops", "study"]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny sizes and data: every row in seconds (for tests)")
     p.add_argument("--out", default=str(REPO / "results" / "benchmarks"), help="folder for benchmarks.csv/.md")
-    p.add_argument("--reps", type=int, help="repetitions per figure, median taken (default 2 tiny, 5 full)")
-    p.add_argument("--chunk", type=int, help="training steps per timed repetition (default 1 on CPU, 10 on GPU)")
+    p.add_argument("--reps", type=int, help="fewest rounds per cell (default 2 tiny, 8 full)")
+    p.add_argument("--max-reps", type=int, help="most rounds per cell (default 3 tiny, 80 full)")
+    p.add_argument("--cell-seconds", type=float, help="stop a cell's rounds after this long (default 90; 150 on CPU)")
+    p.add_argument("--precision", type=float, default=0.02,
+                   help="stop a cell's rounds once every 95%% interval is within this fraction of its ratio (default 0.02)")
+    p.add_argument("--chunk", type=int, help="training steps per timed round (default 2 on CPU, 10 on GPU)")
     p.add_argument("--warmup", type=int, help="untimed training steps first (default 1 on CPU, 5 on GPU)")
-    p.add_argument("--tokens-per-step", type=int, help="B x T of each training step (default 2048 on CPU, 32768 on GPU)")
+    p.add_argument("--tokens-per-step", type=int, help="B x T of each training step (default 1024 on CPU, the default study's; 32768 on GPU)")
     p.add_argument("--archs", nargs="+", default=ARCHS, choices=ARCHS, help="built-ins to measure")
     p.add_argument("--sizes", nargs="+", type=int, help="non-embedding parameter targets (default 1M 5M)")
     p.add_argument("--contexts", nargs="+", type=int, help="context lengths (default 256 1024)")
@@ -388,10 +532,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads or 1)
     CLOCK["index"] = 0 if cuda else 1
     clock = "wall-clock seconds" if cuda else "CPU seconds of this process (the wall-clock ratio is given beside)"
-    args.reps = args.reps or (2 if args.tiny else 5)
-    args.chunk = args.chunk or (10 if cuda and not args.tiny else 1)
+    args.reps = args.reps or (2 if args.tiny else 8)
+    args.max_reps = max(args.reps, args.max_reps or (3 if args.tiny else 80))
+    args.cell_seconds = args.cell_seconds or (90.0 if cuda or args.tiny else 150.0)
+    args.rounds = Rounds(args.reps, args.max_reps, args.cell_seconds, args.precision)
+    args.chunk = args.chunk or (1 if args.tiny else 10 if cuda else 2)
     args.warmup = args.warmup or (5 if cuda and not args.tiny else 1)
-    tokens_per_step = args.tokens_per_step or (256 if args.tiny else 32768 if cuda else 2048)
+    tokens_per_step = args.tokens_per_step or (256 if args.tiny else 32768 if cuda else 1024)
     sizes = args.sizes or SHAPES[mode][0]
     contexts = args.contexts or SHAPES[mode][1]
     run = [s for s in SECTIONS if s not in args.skip]
@@ -405,15 +552,32 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[{time.time() - started:6.1f}s] {msg}", flush=True)
 
+    fixed_ms = None
+    if "fixed" in run:  # the harness's fixed per-step cost, measured where compute is next to nothing
+        r, fixed_ms = bench_fixed_cost(args, device, split, folder)
+        rows.append(r)
+        log(f"fixed cost: harness {r['value']:.2f} ms, bare {r['reference_value']:.2f} ms per step")
     if "train" in run:  # training throughput, harness overhead, our transformer against GPT-2
         for arch in args.archs:
             for params in sizes:
                 for T in contexts:
-                    out, tok_s = bench_training(arch, params, T, max(1, tokens_per_step // T), args, device, split, folder)
+                    out, tok_s = bench_training(arch, params, T, max(1, tokens_per_step // T), args, device, split,
+                                                folder, fixed_ms=fixed_ms)
                     harness_speed[(arch, params, T)] = tok_s
                     rows += out
                     log(f"train {arch} {fmt_count(params)} T={T}: " + ", ".join(
-                        f"{r['section']} {r['ratio']:.3f}" for r in out if not math.isnan(r["ratio"])))
+                        f"{r['section']} {r['ratio']:.3f} [{r['ratio_low']:.3f}, {r['ratio_high']:.3f}] ({r['reps']} rounds)"
+                        for r in out if not math.isnan(r["ratio"])))
+    if "default" in run:  # the harness's overhead where users train: the default study's shape
+        defaults = StudyConfig()
+        T = contexts[0] if args.tiny else TASKS.get("text").default_context
+        params = sizes[0] if args.tiny else defaults.params[0]
+        B = max(1, tokens_per_step // T) if args.tiny else auto_batch_size(defaults.tokens, T)
+        for arch in args.archs:
+            out, _ = bench_training(arch, params, T, B, args, device, split, folder, fixed_ms=fixed_ms,
+                                    section="default shape")
+            rows += out
+            log(f"default shape {arch}: {out[0]['ratio']:.3f} [{out[0]['ratio_low']:.3f}, {out[0]['ratio_high']:.3f}]")
     if "variants" in run:  # what each of the harness's extras costs, one at a time (smallest transformer)
         T = contexts[0]
         for variant in ("no DivergenceGuard", "deterministic=False", "progress bar on"):
@@ -433,7 +597,7 @@ def main(argv=None) -> int:
         peak_dtype = torch.bfloat16 if cuda else torch.float32  # the harness trains in bf16 autocast on CUDA
         peak_name = str(peak_dtype).replace("torch.", "")
         n = 256 if args.tiny else 8192 if cuda else 2048
-        peak = matmul_peak(device, peak_dtype, n, args.reps)
+        peak = matmul_peak(device, peak_dtype, n, args.rounds)
         rows.append(row("flops", f"measured {peak_name} matmul peak", peak, "FLOP/s", reps=args.reps,
                         detail=f"{n} x {n} matmul"))
         for arch in args.archs:
@@ -459,9 +623,12 @@ def main(argv=None) -> int:
         f"# Benchmarks ({mode} mode{', torch.compile' if args.compile else ''})", "",
         f"Regenerate: `{command}`  ",
         f"Device: {device_name}; torch {torch.__version__}. Training steps of {tokens_per_step} tokens (B x T); "
-        f"each figure the median of {args.reps} repetitions of {args.chunk} step(s) after {args.warmup} warm-up "
-        f"step(s), harness and reference repetitions alternating. Rates are per {clock}. "
-        f"Ratios are ours / reference (above 1: faster than the reference).  ",
+        f"Each training figure comes from rounds of {args.chunk} step(s) of the harness then {args.chunk} of each "
+        f"reference (after {args.warmup} warm-up step(s)); {args.reps} to {args.max_reps} rounds per cell, stopping "
+        f"once every ratio's 95% interval is within {args.precision:.0%} of it or after {args.cell_seconds:.0f} s. "
+        f"Ratios are ours / reference (above 1: faster than the reference), the median over rounds of the "
+        f"per-round ratio with its bootstrap interval over rounds; meets: yes (ratio reaches the target), **no** "
+        f"(the whole interval below it), within noise (otherwise). Rates are per {clock}.  ",
         f"Load average (1 min) {load0[0]:.1f} at the start, {load1[0]:.1f} at the end "
         f"(above {os.cpu_count()}: the machine was shared with other work); total {time.time() - started:.0f} s.  ",
     ]

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,17 @@ def test_tiny_benchmark_has_every_row(tmp_path):
         assert len(fl) == 1
         if "not available" not in str(fl.detail.iloc[0]):  # mnemoscope.flops counts the FLOPs
             assert 0 < fl.ratio.iloc[0] < np.inf and fl.value.iloc[0] > 0
+    for arch in ARCHS:
+        assert len(section("default shape", arch)) == 1
+        assert len(section("noise", arch)) == 5  # an A/A row for every training cell
     assert len(section("module", "transformer")) == 4
+    measured = df[df.ratio_low.notna()]
+    assert len(measured) >= 30
+    assert ((measured.ratio_low <= measured.ratio) & (measured.ratio <= measured.ratio_high)).all()
+    targeted = df[df.target.notna() & (df.section != "truncation")]
+    assert set(targeted.verdict) <= {"yes", "no", "within noise"} and len(targeted) >= 30
+    fixed = section("fixed cost")
+    assert len(fixed) == 1 and fixed.value.iloc[0] > 0 and fixed.reference_value.iloc[0] > 0
     assert sorted(section("harness variant").row.str.extract(r"\((.*)\)")[0]) == [
         "deterministic=False", "no DivergenceGuard", "progress bar on"]
     peak = df[df.row.str.startswith("measured") & (df.section == "flops")]
@@ -57,3 +68,30 @@ def test_tiny_benchmark_has_every_row(tmp_path):
     assert "Regenerate: `python benchmarks/run.py --tiny" in table
     for name in df.row:
         assert name in table
+
+
+def test_paired_ratio_and_verdict():
+    """The statistics behind every ratio: per-round ratios, their median and a bootstrap interval."""
+    sys.path.insert(0, str(REPO))
+    from benchmarks.run import CLOCK, Rounds, paired_ratio, verdict
+
+    CLOCK["index"] = 1
+    rng = np.random.default_rng(0)
+    ours = [np.array([1.0, t]) for t in rng.uniform(0.9, 1.1, 40)]
+    slower = [np.array([1.0, 2 * o[1]]) for o in ours]  # the reference takes twice as long, round by round
+    r, lo, hi, wall = paired_ratio(ours, slower)
+    assert r == lo == hi == 2.0 and wall == 1.0
+    noisy = [np.array([1.0, o[1] * f]) for o, f in zip(ours, rng.uniform(0.8, 1.2, 40))]
+    r, lo, hi, _ = paired_ratio(ours, noisy)
+    assert lo < r < hi and lo < 1.0 < hi and hi - lo < 0.2
+    assert verdict(1.01, 1.05, 1.0) == (True, "yes")
+    assert verdict(0.97, 1.02, 1.0) == (None, "within noise")
+    assert verdict(0.90, 0.95, 1.0) == (False, "no")
+    # rounds stop once every interval is narrow enough, never before the minimum
+    policy = Rounds(min=5, max=100, seconds=1e9, precision=0.02)
+    times = {"harness": ours[:4], "bare": slower[:4]}
+    assert not policy.done(times, started=time.perf_counter(), first="harness")
+    times = {"harness": ours[:5], "bare": slower[:5]}
+    assert policy.done(times, started=time.perf_counter(), first="harness")
+    times = {"harness": ours[:10], "bare": noisy[:10]}
+    assert not policy.done(times, started=time.perf_counter(), first="harness")

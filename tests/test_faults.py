@@ -336,3 +336,31 @@ def test_checkpoints_load_with_weights_only_and_nothing_untrusted_is_unpickled(t
             if unsafe.search(line):
                 offenders.append(f"{path.relative_to(REPO)}:{i}: {line.strip()}")
     assert not offenders, offenders
+
+
+def test_divergence_guard_reading_losses_in_groups_records_the_first_bad_step():
+    """On an accelerator the guard reads the losses every ``every`` steps (one wait for the device,
+    not one per step): it stops at the end of that group and records the first bad step."""
+    import torch
+    from types import SimpleNamespace
+
+    from mnemoscope.study import DivergenceGuard
+
+    guard = DivergenceGuard(every=4, every_step=False)
+    trainer = SimpleNamespace(global_step=0, should_stop=False)
+    losses = [3.0, 2.9, 2.8, 2.7, float("nan"), 2.5, 2.4, 2.3, 2.2]
+    stopped_at = None
+    for i, value in enumerate(losses):
+        trainer.global_step = i + 1
+        guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(value)}, None, i)
+        if trainer.should_stop and stopped_at is None:
+            stopped_at = i + 1
+    assert guard.step == 5 and stopped_at == 8  # bad at step 5, seen when the group 5-8 is read
+    explodes = DivergenceGuard(every=4, every_step=False)
+    trainer = SimpleNamespace(global_step=0, should_stop=False)
+    for i, value in enumerate([2.0, 2.0, 20.0]):  # > 4 x first + 5: exploded; the run ends before a group fills
+        trainer.global_step = i + 1
+        explodes.on_train_batch_end(trainer, None, torch.tensor(value), None, i)
+    assert explodes.step is None and not trainer.should_stop
+    explodes.on_train_end(trainer, None)  # what is left is read when training ends
+    assert explodes.step == 3 and trainer.should_stop
