@@ -121,12 +121,18 @@ class Interleaved(L.Callback):
         self.times: dict[str, list[np.ndarray]] = {"harness": [], **{k: [] for k in references}}
         self.t0 = None
         self.started = time.perf_counter()
+        self.warmup_seconds = float("nan")  # the harness's untimed first steps (with compilation, if any)
+
+    def on_train_start(self, trainer, pl_module):
+        self.fit_started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         done = batch_idx + 1
         if done < self.warmup or (done - self.warmup) % self.chunk:
             return
         now = stamp(self.device)
+        if self.t0 is None:
+            self.warmup_seconds = time.perf_counter() - self.fit_started
         if self.t0 is not None:
             self.times["harness"].append(now - self.t0)
         names = list(self.references)
@@ -267,6 +273,8 @@ def bench_training(arch, params, T, B, args, device, split, folder, variant=None
     cfg = TrainConfig(tokens=steps * B * T, batch_size=B, seed=0, compile=args.compile, **hp)
     timer = Interleaved(args.warmup, args.chunk, refs, device, rounds)
     callbacks = [timer] if variant == "no DivergenceGuard" else [DivergenceGuard(), timer]
+    if variant == FILL_VARIANT:
+        callbacks.append(FillUninitializedMemory())
     kwargs = {"deterministic": False} if variant == "deterministic=False" else {}
     progress = variant == "progress bar on"
     quiet = io.StringIO()
@@ -312,6 +320,9 @@ def bench_training(arch, params, T, B, args, device, split, folder, variant=None
         else:
             out.append(compared("train", f"train {label}", t["harness"], t["bare"], "bare loop, same module", 1.0,
                                 ">= 1.0", work=work, **shape))
+        if args.compile:  # what compilation costs before the first timed step
+            out[0]["detail"] = (out[0]["detail"] + "; " if out[0]["detail"] else "") + (
+                f"the harness's {args.warmup} warm-up step(s), compilation included: {timer.warmup_seconds:.1f} s")
     out.append(compared("overhead" if section == "train" else section, f"harness vs bare loop, {label}", t["harness"],
                         t["bare"], "bare loop, same module", over_target, over_text, work=work, detail=overhead_detail(),
                         **shape))
@@ -322,6 +333,21 @@ def bench_training(arch, params, T, B, args, device, split, folder, variant=None
                                 "interval misses 1: this cell's machine was noisier than its interval says"),
                         **shape))
     return out, work / seconds(t["harness"])
+
+
+FILL_VARIANT = "filling uninitialised memory"
+VARIANTS = ("no DivergenceGuard", "deterministic=False", "progress bar on", FILL_VARIANT)
+
+
+class FillUninitializedMemory(L.Callback):
+    """What the harness did before it turned this off: deterministic mode filling every
+    torch.empty with NaN (PyTorch's default once deterministic algorithms are on)."""
+
+    def on_train_start(self, trainer, pl_module):
+        torch.utils.deterministic.fill_uninitialized_memory = True
+
+    def on_train_end(self, trainer, pl_module):
+        torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 class Null(torch.nn.Module):
@@ -578,12 +604,15 @@ def main(argv=None) -> int:
                                     section="default shape")
             rows += out
             log(f"default shape {arch}: {out[0]['ratio']:.3f} [{out[0]['ratio_low']:.3f}, {out[0]['ratio_high']:.3f}]")
-    if "variants" in run:  # what each of the harness's extras costs, one at a time (smallest transformer)
-        T = contexts[0]
-        for variant in ("no DivergenceGuard", "deterministic=False", "progress bar on"):
-            rows += bench_training("transformer", sizes[0], T, max(1, tokens_per_step // T), args, device, split,
-                                   folder, variant=variant)[0]
-            log(f"variant {variant}: {rows[-1]['ratio']:.3f}")
+    if "variants" in run:  # what each of the harness's extras costs, one at a time, at the default study's shape
+        T = contexts[0] if args.tiny else TASKS.get("text").default_context
+        params = sizes[0] if args.tiny else StudyConfig().params[0]
+        B = max(1, tokens_per_step // T) if args.tiny else auto_batch_size(StudyConfig().tokens, T)
+        arch = "lstm" if "lstm" in args.archs else args.archs[0]  # the shortest steps: extras weigh most
+        for variant in VARIANTS:
+            rows += bench_training(arch, params, T, B, args, device, split, folder, variant=variant,
+                                   section="train" if args.tiny else "default shape")[0]
+            log(f"variant {variant}: {rows[-1]['ratio']:.3f} [{rows[-1]['ratio_low']:.3f}, {rows[-1]['ratio_high']:.3f}]")
     if "eval" in run:
         for arch in args.archs:
             rows.append(bench_eval(arch, sizes[0], contexts[0], small_batch, 16 if args.tiny else 64, args, device, split))
@@ -617,7 +646,8 @@ def main(argv=None) -> int:
     df.to_csv(out / "benchmarks.csv", index=False)
     load1 = os.getloadavg()
     device_name = (torch.cuda.get_device_name(0) if cuda else
-                   f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
+                   f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads "
+                   f"(OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}, inherited by the default study)")
     command = " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
     header = [
         f"# Benchmarks ({mode} mode{', torch.compile' if args.compile else ''})", "",

@@ -58,7 +58,7 @@ def test_tiny_benchmark_has_every_row(tmp_path):
     fixed = section("fixed cost")
     assert len(fixed) == 1 and fixed.value.iloc[0] > 0 and fixed.reference_value.iloc[0] > 0
     assert sorted(section("harness variant").row.str.extract(r"\((.*)\)")[0]) == [
-        "deterministic=False", "no DivergenceGuard", "progress bar on"]
+        "deterministic=False", "filling uninitialised memory", "no DivergenceGuard", "progress bar on"]
     peak = df[df.row.str.startswith("measured") & (df.section == "flops")]
     assert len(peak) == 1 and peak.value.iloc[0] > 0
     study = section("study")
