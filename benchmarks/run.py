@@ -110,6 +110,12 @@ class Rounds:
         return True
 
 
+def rotated(names: list[str], i: int) -> list[str]:
+    """The references' order in round ``i``: shifted by one each round, so none always runs first."""
+    shift = i % max(1, len(names))
+    return names[shift:] + names[:shift]
+
+
 class Interleaved(L.Callback):
     """Times the harness in chunks of ``chunk`` steps and, after each chunk, one chunk of every
     reference (their order rotating from round to round), so contention from other work hits both
@@ -135,9 +141,7 @@ class Interleaved(L.Callback):
             self.warmup_seconds = time.perf_counter() - self.fit_started
         if self.t0 is not None:
             self.times["harness"].append(now - self.t0)
-        names = list(self.references)
-        shift = len(self.times["harness"]) % max(1, len(names))
-        for name in names[shift:] + names[:shift]:
+        for name in rotated(list(self.references), len(self.times["harness"])):
             seconds = self.references[name].run(self.chunk if self.t0 is not None else self.warmup)
             if self.t0 is not None:
                 self.times[name].append(seconds)
@@ -158,9 +162,7 @@ def alternate(rounds: Rounds, **fns) -> dict[str, list[np.ndarray]]:
     started = time.perf_counter()
     while True:
         times[names[0]].append(fns[names[0]]())
-        rest = names[1:]
-        shift = len(times[names[0]]) % max(1, len(rest))
-        for name in rest[shift:] + rest[:shift]:
+        for name in rotated(names[1:], len(times[names[0]])):
             times[name].append(fns[name]())
         if rounds.done(times, started, names[0]):
             return times
@@ -596,20 +598,18 @@ def main(argv=None) -> int:
                     log(f"train {arch} {fmt_count(params)} T={T}: " + ", ".join(
                         f"{r['section']} {r['ratio']:.3f} [{r['ratio_low']:.3f}, {r['ratio_high']:.3f}] ({r['reps']} rounds)"
                         for r in out if not math.isnan(r["ratio"])))
-    if "default" in run:  # the harness's overhead where users train: the default study's shape
-        defaults = StudyConfig()
-        T = contexts[0] if args.tiny else TASKS.get("text").default_context
-        params = sizes[0] if args.tiny else defaults.params[0]
-        B = max(1, tokens_per_step // T) if args.tiny else auto_batch_size(defaults.tokens, T)
+    # the default study's shape (its size, text's context, its automatic batch): where users train
+    defaults = StudyConfig()
+    T = contexts[0] if args.tiny else TASKS.get("text").default_context
+    params = sizes[0] if args.tiny else defaults.params[0]
+    B = max(1, tokens_per_step // T) if args.tiny else auto_batch_size(defaults.tokens, T)
+    if "default" in run:  # the harness's overhead at that shape
         for arch in args.archs:
             out, _ = bench_training(arch, params, T, B, args, device, split, folder, fixed_ms=fixed_ms,
                                     section="default shape")
             rows += out
             log(f"default shape {arch}: {out[0]['ratio']:.3f} [{out[0]['ratio_low']:.3f}, {out[0]['ratio_high']:.3f}]")
     if "variants" in run:  # what each of the harness's extras costs, one at a time, at the default study's shape
-        T = contexts[0] if args.tiny else TASKS.get("text").default_context
-        params = sizes[0] if args.tiny else StudyConfig().params[0]
-        B = max(1, tokens_per_step // T) if args.tiny else auto_batch_size(StudyConfig().tokens, T)
         arch = "lstm" if "lstm" in args.archs else args.archs[0]  # the shortest steps: extras weigh most
         for variant in VARIANTS:
             rows += bench_training(arch, params, T, B, args, device, split, folder, variant=variant,
