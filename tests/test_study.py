@@ -161,3 +161,26 @@ def test_auto_batch_size_leaves_about_a_thousand_steps():
     config = StudyConfig(tokens="2M").normalized()
     assert config.batch_size == "auto" and Study(config, Path("unused")).batch_size(256) == 4
     assert StudyConfig(batch_size="8").normalized().batch_size == 8
+
+
+def test_fit_with_a_progress_bar_redraws_every_few_steps_and_still_logs(text_dir, tmp_path, capfd):
+    """The bar redraws every PROGRESS_REFRESH_STEPS steps (Lightning's default, every step, cost
+    ~1 ms per step); Lightning's hook bookkeeping, stored directly on the module, still lets
+    training_step log."""
+    from mnemoscope.study import Study, StudyConfig
+    from mnemoscope.train import PROGRESS_REFRESH_STEPS, TrainConfig, fit
+
+    config = StudyConfig(archs=["lstm"], tasks=[f"text:{text_dir}"], params=[3000], context=16).normalized()
+    s = Study(config, tmp_path)
+    splits = s.task(config.tasks[0]).splits()
+    _, _, model = s.model(s.prepare()[0])
+    cfg = TrainConfig(tokens=40 * 8 * 16, batch_size=8)  # 40 steps
+    lm, trainer = fit(model, splits["train"], splits["validation"], 16, cfg, tmp_path / "logs", progress=True)
+    assert trainer.progress_bar_callback.refresh_rate == PROGRESS_REFRESH_STEPS > 1
+    assert trainer.global_step == 40
+    bar = capfd.readouterr().out  # Lightning's tqdm writes to stdout
+    assert "40/40" in bar  # the last step is always drawn
+    assert bar.count("/40 [") <= 20  # 11 redraws here; at every step it would be over 80
+    metrics = pd.read_csv(tmp_path / "logs" / "metrics.csv")
+    assert metrics["train_loss"].notna().sum() >= 2  # self.log worked (log_every_n_steps = 2 here)
+    assert "_current_fx_name" in vars(lm) and "_current_fx_name" not in {**lm._modules, **lm._parameters, **lm._buffers}
