@@ -294,11 +294,11 @@ def bench_training(arch, params, T, B, args, device, split, folder, variant=None
 
     def overhead_detail():
         r = paired_ratio(t["harness"], t["bare"])[0]
-        # the harness's extra time per step: fixed costs that matter most where steps are short (a GPU)
-        extra_ms = 1e3 * B * T * (1 / (work / seconds(t["harness"])) - 1 / (work / seconds(t["bare"])))
-        text = f"overhead {1 / r - 1:+.1%}, {extra_ms:+.1f} ms per step"
+        # the harness's extra time per step, from the paired ratio (a difference of the two sides'
+        # medians would not match it on a noisy machine): fixed costs matter most where steps are short
+        step_ms = 1e3 * seconds(t["bare"]) / args.chunk
+        text = f"overhead {1 / r - 1:+.1%} of a {step_ms:.1f} ms step ({step_ms * (1 / r - 1):+.1f} ms)"
         if fixed_ms is not None:
-            step_ms = 1e3 * seconds(t["bare"]) / args.chunk
             text += f"; the fixed cost ({fixed_ms:+.1f} ms per step) predicts {fixed_ms / step_ms:+.1%}"
         return text
 
