@@ -59,6 +59,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_config", "target_params",
                "achieved_params", "active_params", "total_params", "state_size", "batch_size", "tokens_trained", "wall_seconds",
+               "torch_threads",
                "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
                "last_octave_gain_high", "status", "diverged_step", "flops_per_token"]
 POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences"]
@@ -357,7 +358,8 @@ class Study:
             "arch_config": json.dumps(arch_config, sort_keys=True), "target_params": run.params,
             "achieved_params": params_nonemb, "active_params": active_params(model), "total_params": count_params(model, non_embedding=False),
             "state_size": state_size(model, T), "batch_size": cfg.batch_size, "tokens_trained": cfg.steps(T) * cfg.batch_size * T,
-            "wall_seconds": round(wall, 2), "final_val_loss": float((val_losses * val_mask).sum() / max(val_mask.sum(), 1)),
+            "wall_seconds": round(wall, 2), "torch_threads": torch.get_num_threads(),
+            "final_val_loss": float((val_losses * val_mask).sum() / max(val_mask.sum(), 1)),
             "test_loss": float((losses * mask).sum() / max(mask.sum(), 1)),
             "last_octave_gain": gain[0], "last_octave_gain_low": gain[1], "last_octave_gain_high": gain[2],
             "status": status, "diverged_step": guard.step, "flops_per_token": fpt,

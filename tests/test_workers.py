@@ -85,8 +85,25 @@ def test_two_workers_drain_a_study_and_one_is_killed_mid_run(backend, tmp_path):
         optuna.delete_study(study_name=name, storage=url)
 
 
-def test_workers_flag_runs_local_worker_processes(tmp_path, capfd):
-    """`--workers 2`: this process and one more drain the default SQLite queue in the study folder."""
+def test_workers_flag_runs_local_worker_processes(tmp_path, capfd, monkeypatch):
+    """`--workers 2`: this process and one more drain the default SQLite queue in the study folder,
+    the machine's cores split between them (not one thread per core in each)."""
+    import torch
+
+    from mnemoscope.queue import cpu_cores
+
+    import mnemoscope.queue as queue
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads_before = torch.get_num_threads()
+    started, popen = [], queue.subprocess.Popen
+
+    def recording(cmd, *args, **kwargs):
+        if "worker" in cmd:
+            started.append(kwargs["env"])
+        return popen(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(queue.subprocess, "Popen", recording)
     corpus = make_corpus(tmp_path / "texts")
     out = tmp_path / "study"
     argv = ["--arch", "lstm", "--task", f"text:{corpus}", "--seeds", "0", "1", "2", "--out", str(out), *TINY,
@@ -98,6 +115,23 @@ def test_workers_flag_runs_local_worker_processes(tmp_path, capfd):
     # one COMPLETE trial per run folder, nothing left waiting or running
     assert sorted(t.user_attrs["run_id"] for t in done) == sorted(p.name for p in (out / "runs").iterdir())
     assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
+    # one more process, the cores split between the two; each run records the threads it had
+    # (the other process may start too late to take one of these tiny runs)
+    half = max(1, cpu_cores() // 2)
+    assert [env["OMP_NUM_THREADS"] for env in started] == [str(half)]
+    assert list(pd.read_parquet(out / "runs.parquet").torch_threads) == [half] * 3
+    assert torch.get_num_threads() == threads_before  # this process gets its threads back
+
+
+def test_threads_per_worker_splits_the_cores_unless_the_user_chose(monkeypatch):
+    from mnemoscope.queue import cpu_cores, threads_per_worker
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert cpu_cores() == 16
+    assert [threads_per_worker(n) for n in (1, 2, 3, 16, 40)] == [None, 8, 5, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert threads_per_worker(2) is None
 
 
 def _name(out) -> str:
