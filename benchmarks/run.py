@@ -178,15 +178,20 @@ def seconds(times: list[np.ndarray]) -> float:
     return float(np.median(np.stack(times)[:, CLOCK["index"]])) if times else float("nan")
 
 
+def round_ratios(ours: list[np.ndarray], reference: list[np.ndarray]) -> np.ndarray:
+    """(rounds, clocks): the reference's time over ours in each round (the same work on both sides)."""
+    a, b = np.stack(ours), np.stack(reference)
+    n = min(len(a), len(b))
+    return b[:n] / a[:n]
+
+
 def paired_ratio(ours: list[np.ndarray], reference: list[np.ndarray], level: float = 95, n_boot: int = 2000):
     """Our speed over the reference's, round by round (the reference's time over ours, same work):
     (median over rounds, low, high of its bootstrap interval over rounds (seaborn's bootstrap),
     the same median on the wall clock)."""
-    a, b = np.stack(ours), np.stack(reference)
-    n = min(len(a), len(b))
-    ratios = b[:n] / a[:n]  # (rounds, clocks)
+    ratios = round_ratios(ours, reference)
     r = ratios[:, CLOCK["index"]]
-    if n < 2:
+    if len(r) < 2:
         return float(np.median(r)), float("nan"), float("nan"), float(np.median(ratios[:, 0]))
     boots = sns.algorithms.bootstrap(r, func=np.median, n_boot=n_boot, seed=0)
     lo, hi = np.percentile(boots, [(100 - level) / 2, 100 - (100 - level) / 2])
@@ -293,7 +298,7 @@ def bench_training(arch, params, T, B, args, device, split, folder, variant=None
     over_text = f">= {over_target:.3f} (overhead <= {OVERHEAD_TARGET:.0%})"
 
     def overhead_detail():
-        r = paired_ratio(t["harness"], t["bare"])[0]
+        r = float(np.median(round_ratios(t["harness"], t["bare"])[:, CLOCK["index"]]))  # paired_ratio's median
         # the harness's extra time per step, from the paired ratio (a difference of the two sides'
         # medians would not match it on a noisy machine): fixed costs matter most where steps are short
         step_ms = 1e3 * seconds(t["bare"]) / args.chunk

@@ -33,3 +33,15 @@ def text_dir(tmp_path):
         body = " ".join(rng.choice(words) for _ in range(400 + 40 * i))
         (folder / f"doc{i:02d}.txt").write_text(f"Document {i}.\n{body}\n")
     return folder
+
+
+@pytest.fixture
+def tiny_lstm(text_dir, tmp_path):
+    """(model, splits): a 3000-parameter LSTM built by a Study on ``text_dir`` at context 16,
+    and that task's token splits, for tests that call ``fit`` directly."""
+    from mnemoscope.study import Study, StudyConfig
+
+    config = StudyConfig(archs=["lstm"], tasks=[f"text:{text_dir}"], params=[3000], context=16).normalized()
+    study = Study(config, tmp_path / "study")
+    splits = study.task(config.tasks[0]).splits()
+    return study.model(study.prepare()[0])[2], splits

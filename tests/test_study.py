@@ -163,17 +163,13 @@ def test_auto_batch_size_leaves_about_a_thousand_steps():
     assert StudyConfig(batch_size="8").normalized().batch_size == 8
 
 
-def test_fit_with_a_progress_bar_redraws_every_few_steps_and_still_logs(text_dir, tmp_path, capfd):
+def test_fit_with_a_progress_bar_redraws_every_few_steps_and_still_logs(tiny_lstm, tmp_path, capfd):
     """The bar redraws every PROGRESS_REFRESH_STEPS steps (Lightning's default, every step, cost
     ~1 ms per step); Lightning's hook bookkeeping, stored directly on the module, still lets
     training_step log."""
-    from mnemoscope.study import Study, StudyConfig
     from mnemoscope.train import PROGRESS_REFRESH_STEPS, TrainConfig, fit
 
-    config = StudyConfig(archs=["lstm"], tasks=[f"text:{text_dir}"], params=[3000], context=16).normalized()
-    s = Study(config, tmp_path)
-    splits = s.task(config.tasks[0]).splits()
-    _, _, model = s.model(s.prepare()[0])
+    model, splits = tiny_lstm
     cfg = TrainConfig(tokens=40 * 8 * 16, batch_size=8)  # 40 steps
     lm, trainer = fit(model, splits["train"], splits["validation"], 16, cfg, tmp_path / "logs", progress=True)
     assert trainer.progress_bar_callback.refresh_rate == PROGRESS_REFRESH_STEPS > 1

@@ -46,14 +46,11 @@ class AlwaysPrune(optuna.pruners.BasePruner):
         return True
 
 
-def test_pruning_stops_training_at_the_first_validation_point(text_dir, tmp_path):
+def test_pruning_stops_training_at_the_first_validation_point(tiny_lstm, tmp_path):
     from mnemoscope.scaling import LogSpacedValidation
     from mnemoscope.train import TrainConfig, fit
 
-    config = StudyConfig(archs=["lstm"], tasks=[f"text:{text_dir}"], params=[3000], context=16).normalized()
-    s = Study(config, tmp_path)
-    splits = s.task(config.tasks[0]).splits()
-    _, _, model = s.model(s.prepare()[0])
+    model, splits = tiny_lstm
     cfg = TrainConfig(tokens=20_000, batch_size=8)
     study = optuna.create_study(pruner=AlwaysPrune())
     trial = study.ask()
