@@ -178,20 +178,15 @@ def seconds(times: list[np.ndarray]) -> float:
     return float(np.median(np.stack(times)[:, CLOCK["index"]])) if times else float("nan")
 
 
-def round_ratios(ours: list[np.ndarray], reference: list[np.ndarray]) -> np.ndarray:
-    """(rounds, clocks): the reference's time over ours in each round (the same work on both sides)."""
-    a, b = np.stack(ours), np.stack(reference)
-    n = min(len(a), len(b))
-    return b[:n] / a[:n]
-
-
 def paired_ratio(ours: list[np.ndarray], reference: list[np.ndarray], level: float = 95, n_boot: int = 2000):
     """Our speed over the reference's, round by round (the reference's time over ours, same work):
     (median over rounds, low, high of its bootstrap interval over rounds (seaborn's bootstrap),
     the same median on the wall clock)."""
-    ratios = round_ratios(ours, reference)
+    a, b = np.stack(ours), np.stack(reference)
+    n = min(len(a), len(b))
+    ratios = b[:n] / a[:n]  # (rounds, clocks)
     r = ratios[:, CLOCK["index"]]
-    if len(r) < 2:
+    if n < 2:
         return float(np.median(r)), float("nan"), float("nan"), float(np.median(ratios[:, 0]))
     boots = sns.algorithms.bootstrap(r, func=np.median, n_boot=n_boot, seed=0)
     lo, hi = np.percentile(boots, [(100 - level) / 2, 100 - (100 - level) / 2])
@@ -297,20 +292,20 @@ def bench_training(arch, params, T, B, args, device, split, folder, variant=None
     over_target = 1 / (1 + OVERHEAD_TARGET)
     over_text = f">= {over_target:.3f} (overhead <= {OVERHEAD_TARGET:.0%})"
 
-    def overhead_detail():
-        r = float(np.median(round_ratios(t["harness"], t["bare"])[:, CLOCK["index"]]))  # paired_ratio's median
-        # the harness's extra time per step, from the paired ratio (a difference of the two sides'
-        # medians would not match it on a noisy machine): fixed costs matter most where steps are short
-        step_ms = 1e3 * seconds(t["bare"]) / args.chunk
-        text = f"overhead {1 / r - 1:+.1%} of a {step_ms:.1f} ms step ({step_ms * (1 / r - 1):+.1f} ms)"
+    def overhead(section_name, name):
+        """The harness-vs-bare row, its detail the harness's extra time per step from the row's own
+        paired ratio (a difference of the two sides' medians would not match it on a noisy machine):
+        fixed costs matter most where steps are short."""
+        r = compared(section_name, name, t["harness"], t["bare"], "bare loop, same module", over_target, over_text,
+                     work=work, **shape)
+        step_ms, over = 1e3 * seconds(t["bare"]) / args.chunk, 1 / r["ratio"] - 1
+        r["detail"] = f"overhead {over:+.1%} of a {step_ms:.1f} ms step ({step_ms * over:+.1f} ms)"
         if fixed_ms is not None:
-            text += f"; the fixed cost ({fixed_ms:+.1f} ms per step) predicts {fixed_ms / step_ms:+.1%}"
-        return text
+            r["detail"] += f"; the fixed cost ({fixed_ms:+.1f} ms per step) predicts {fixed_ms / step_ms:+.1%}"
+        return r
 
     if variant is not None:
-        return [compared("harness variant", f"harness ({variant}) vs bare loop, {label}", t["harness"], t["bare"],
-                         "bare loop, same module", over_target, over_text, work=work, detail=overhead_detail(),
-                         **shape)], work / seconds(t["harness"])
+        return [overhead("harness variant", f"harness ({variant}) vs bare loop, {label}")], work / seconds(t["harness"])
     out = []
     if section == "train":
         if arch == "transformer":
@@ -332,9 +327,7 @@ def bench_training(arch, params, T, B, args, device, split, folder, variant=None
         if args.compile:  # what compilation costs before the first timed step
             out[0]["detail"] = (out[0]["detail"] + "; " if out[0]["detail"] else "") + (
                 f"the harness's {args.warmup} warm-up step(s), compilation included: {timer.warmup_seconds:.1f} s")
-    out.append(compared("overhead" if section == "train" else section, f"harness vs bare loop, {label}", t["harness"],
-                        t["bare"], "bare loop, same module", over_target, over_text, work=work, detail=overhead_detail(),
-                        **shape))
+    out.append(overhead("overhead" if section == "train" else section, f"harness vs bare loop, {label}"))
     r, lo, hi = paired_ratio(t["bare"], t["copy"])[:3]
     out.append(compared("noise", f"A/A: bare loop vs an identical copy, {label}", t["bare"], t["copy"],
                         "bare loop, identical copy", work=work,

@@ -90,8 +90,6 @@ def test_workers_flag_runs_local_worker_processes(tmp_path, capfd, monkeypatch):
     the machine's cores split between them (not one thread per core in each)."""
     import torch
 
-    from mnemoscope.queue import cpu_cores
-
     import mnemoscope.queue as queue
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -117,7 +115,7 @@ def test_workers_flag_runs_local_worker_processes(tmp_path, capfd, monkeypatch):
     assert not [t for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)]
     # one more process, the cores split between the two; each run records the threads it had
     # (the other process may start too late to take one of these tiny runs)
-    half = max(1, cpu_cores() // 2)
+    half = max(1, queue.cpu_cores() // 2)
     assert [env["OMP_NUM_THREADS"] for env in started] == [str(half)]
     assert list(pd.read_parquet(out / "runs.parquet").torch_threads) == [half] * 3
     assert torch.get_num_threads() == threads_before  # this process gets its threads back
