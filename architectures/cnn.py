@@ -37,6 +37,7 @@ class CNN(Architecture):
 
     width_key = "channels"
     width_multiple = 8
+    shape_space = {"kernel_size": [2, 3, 4], "n_stack": [1, 2]}  # shapes `study.py tune` tries
     default_hparams = {"lr": 2e-3, "warmup_fraction": 0.02}
     extrapolates = True
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from architectures.transformer import Transformer, apply_rotary, rotary_tables
+from mnemoscope.architectures.transformer import Transformer, apply_rotary, rotary_tables
 from mnemoscope import Architecture, register_architecture
 
 

@@ -17,6 +17,7 @@ class LSTM(Architecture):
 
     width_key = "d_model"
     width_multiple = 8
+    shape_space = {"n_layer": [1, 2, 3]}  # depths `study.py tune` tries
     default_hparams = {"lr": 3e-3, "warmup_fraction": 0.02}
     extrapolates = True
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from architectures.transformer import CausalSelfAttention, Transformer
+from mnemoscope.architectures.transformer import CausalSelfAttention, Transformer
 from mnemoscope import Architecture, register_architecture
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from architectures.transformer import CausalSelfAttention, Transformer
+from mnemoscope.architectures.transformer import CausalSelfAttention, Transformer
 from mnemoscope import register_architecture
 
 

@@ -76,6 +76,7 @@ class Transformer(Architecture):
 
     width_key = "d_model"
     width_multiple = 8
+    shape_space = {"n_layer": [1, 2, 3, 4, 6]}  # depths `study.py tune` tries
     default_hparams = {"lr": 3e-3, "warmup_fraction": 0.05}  # best of 1e-3, 3e-3, 6e-3 at 300k params, 1M tokens
 
     def __init__(self, vocab_size: int, context_length: int, d_model: int = 128, n_layer: int = 4,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from architectures.transformer import Transformer
+from mnemoscope.architectures.transformer import Transformer
 from mnemoscope import register_architecture
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmarks: the harness against reference implementations measured in the same run.
 
-    python benchmarks/run.py                        the full table (about 30 minutes on 2 CPU cores)
-    python benchmarks/run.py --tiny --out /tmp/b    every row at tiny sizes, in seconds (the tests run this)
+    python -m benchmarks.run                        the full table (about 30 minutes on 2 CPU cores)
+    python -m benchmarks.run --tiny --out /tmp/b    every row at tiny sizes, in seconds (the tests run this)
     bash benchmarks/gpu.sh                          the same table on one CUDA machine
 
 Prints the table and writes ``benchmarks.csv`` and ``benchmarks.md`` under ``--out`` (default
@@ -39,17 +39,16 @@ import seaborn as sns
 import torch
 import lightning as L
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks.references import BareLoop, gpt2_like, stamp
+from mnemoscope.callbacks import DivergenceGuard
+from mnemoscope.config import StudyConfig
+from mnemoscope.evaluate import per_position_losses
+from mnemoscope.model import build, count_params, size_for
+from mnemoscope.registry import ARCHITECTURES, TASKS
+from mnemoscope.task import TokenSplit, eval_offsets, window_batch
+from mnemoscope.train import TrainConfig, auto_batch_size, fit
 
-import architectures  # noqa: E402,F401  (registers the built-ins)
-from benchmarks.references import BareLoop, gpt2_like, stamp  # noqa: E402
-from mnemoscope.evaluate import per_position_losses  # noqa: E402
-from mnemoscope.model import build, count_params, size_for  # noqa: E402
-from mnemoscope.registry import ARCHITECTURES, TASKS  # noqa: E402
-from mnemoscope.study import DivergenceGuard, StudyConfig  # noqa: E402
-from mnemoscope.task import TokenSplit, eval_offsets, window_batch  # noqa: E402
-from mnemoscope.train import TrainConfig, auto_batch_size, fit  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 ARCHS = ["transformer", "lstm", "cnn"]
 VOCAB = 256
@@ -648,7 +647,7 @@ def main(argv=None) -> int:
     device_name = (torch.cuda.get_device_name(0) if cuda else
                    f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads "
                    f"(OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}, inherited by the default study)")
-    command = " ".join(["python benchmarks/run.py", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
     header = [
         f"# Benchmarks ({mode} mode{', torch.compile' if args.compile else ''})", "",
         f"Regenerate: `{command}`  ",

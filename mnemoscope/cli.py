@@ -1,20 +1,30 @@
-"""``study.py``: run a study, list what is known, rebuild a report.
+"""``study.py`` (installed as ``mnemoscope``): run a study, list what is known, rebuild a report,
+analyse, tune, join a study as a worker.
 
 Every user error ends in one line on stderr and exit status 2, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
+from .analysis import VARIANTS, AnalysisSettings, analyze
+from .config import StudyConfig
 from .errors import UserError
+from .queue import RunQueue, check_url, sigterm_as_interrupt
+from .registry import ARCHITECTURES, TASKS
+from .report import write_report
+from .runner import Study
+from .specs import format_count, parse_count
+from .train import distributed_settings
+from .tune import DEFAULT_OUT as TUNE_OUT
+from .tune import apply_tuned, tune
 
 EXAMPLES = """examples:
-  python study.py --arch transformer lstm cnn            the default study (text, minutes on a CPU)
+  PROG --arch transformer lstm cnn            the default study (text, minutes on a CPU)
   python study.py --arch transformer lstm --task code --params 100k 1M --tokens 4M --context 512
   python study.py --arch my_model.py:MyModel transformer  your own architecture from a file
   python study.py --task text:path/to/my/texts            your own text files (one document each)
@@ -29,21 +39,27 @@ EXAMPLES = """examples:
 """
 
 
-def run_parser() -> argparse.ArgumentParser:
+def run_parser(prog: str = "study.py") -> argparse.ArgumentParser:
+    d = StudyConfig()  # the defaults a flag left out takes (flags default to None so --config can fill them)
+    usage = (f"{prog} [--arch ARCH ...] [--task TASK ...] [--params N ...] [other flags]\n"
+             f"       {prog} list | report DIR | analyze DIR | worker DIR | tune --arch ARCH ... (each has --help)")
     p = argparse.ArgumentParser(
-        prog="study.py", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES,
+        prog=prog, usage=usage, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES.replace("PROG", prog if prog != "study.py" else "python study.py"),
         description="Train every architecture on every task at matched sizes and measure the loss at "
-                    "every context position. Subcommands: list, report DIR, analyze DIR, worker DIR, tune.")
+                    "every context position; then analyse how much history each one uses and write a report.")
     p.add_argument("--arch", nargs="+", help="architectures: names, module:Class or file.py:Class "
-                                             "(options: transformer:pos=rotary)")
-    p.add_argument("--task", nargs="+", help="tasks: names, or name:PATH for your own files")
-    p.add_argument("--params", nargs="+", help="target non-embedding parameter counts, e.g. 100k 1M")
+                                             f"(options: transformer:pos=rotary; default: {' '.join(d.archs)})")
+    p.add_argument("--task", nargs="+", help="tasks: names, or name:PATH for your own files "
+                                             f"(default: {' '.join(d.tasks)})")
+    p.add_argument("--params", nargs="+", help="target non-embedding parameter counts, e.g. 100k 1M "
+                                               f"(default: {' '.join(format_count(n) for n in d.params)})")
     p.add_argument("--context", help="context length in tokens (default: each task's natural length)")
-    p.add_argument("--tokens", help="training tokens per run, e.g. 2M")
-    p.add_argument("--seeds", nargs="+", type=_int, help="random seeds")
+    p.add_argument("--tokens", help=f"training tokens per run, e.g. 2M (default: {format_count(d.tokens)})")
+    p.add_argument("--seeds", nargs="+", type=_int, help=f"random seeds (default: {' '.join(map(str, d.seeds))})")
     p.add_argument("--batch-size", help="sequences per training batch (default auto: the largest power of two "
                                           "from 4 to 32 that leaves about 1000 optimizer steps)")
-    p.add_argument("--eval-sequences", help="held-out sequences scored per run (default 256)")
+    p.add_argument("--eval-sequences", help=f"held-out sequences scored per run (default {d.eval_sequences})")
     p.add_argument("--name", help="study name (default: derived from the config)")
     p.add_argument("--out", help="study folder (default results/NAME)")
     p.add_argument("--config", help="a study.yaml (e.g. a finished study's config.yaml); flags override it")
@@ -73,11 +89,7 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
 
 def execution(args) -> dict:
     """Check the execution flags; returns Trainer arguments."""
-    from .train import distributed_settings
-
     if args.storage is not None:
-        from .queue import check_url
-
         check_url(args.storage)
     if args.heartbeat is not None and args.heartbeat < 1:
         raise UserError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
@@ -99,8 +111,6 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args):
-    from .study import StudyConfig
-
     base = {}
     if args.config:
         path = Path(args.config)
@@ -120,18 +130,14 @@ def resolve_config(args):
         base.pop("name", None)  # a changed study gets its own name
     config = StudyConfig.from_dict({**base, **overrides})
     if getattr(args, "hparams", None):
-        from .tune import apply_tuned
-
         config = apply_tuned(config, args.hparams)
     return config
 
 
-def cmd_run(argv: list[str]) -> int:
-    parser = run_parser()
+def cmd_run(argv: list[str], prog: str = "study.py") -> int:
+    parser = run_parser(prog)
     _one_line_errors(parser)
     args = parser.parse_args(argv)
-    from .study import Study
-
     trainer_kwargs = execution(args)
     if args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
@@ -141,13 +147,17 @@ def cmd_run(argv: list[str]) -> int:
     if study.multi_process and (args.workers != 1 or args.storage):
         raise UserError("a run on several devices or nodes runs the study's runs in order, one at a time: "
                         "drop --workers and --storage, or use --devices 1 with many workers")
-    study.run(progress=not args.no_progress and sys.stderr.isatty(), storage=args.storage, workers=args.workers,
-              heartbeat=args.heartbeat, analysis=not args.no_analysis)
+    if not study.run(progress=not args.no_progress and sys.stderr.isatty(), storage=args.storage,
+                     workers=args.workers, heartbeat=args.heartbeat):
+        return 0  # the queue is filled for workers elsewhere, or another rank of a multi-process run writes
+    if not args.no_analysis:
+        analyze(study)  # effective context, fits, extrapolation (runs analysed before are reused)
+    print(f"wrote {write_report(study.out)}")
     return 0
 
 
-def cmd_worker(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="study.py worker", description="Join a study: take its queued runs one at "
+def cmd_worker(argv: list[str], prog: str = "study.py") -> int:
+    p = argparse.ArgumentParser(prog=f"{prog} worker", description="Join a study: take its queued runs one at "
                                 "a time until none is left. Start as many as you like, on any machine that sees "
                                 "the study folder and the storage.")
     _one_line_errors(p)
@@ -155,9 +165,6 @@ def cmd_worker(argv: list[str]) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_execution_flags(p)
     args = p.parse_args(argv)
-    from .queue import RunQueue, sigterm_as_interrupt
-    from .study import Study
-
     trainer_kwargs = execution(args)
     out = Path(args.dir)
     study = Study.from_folder(out, f"; start one with study.py ... --out {out}", trainer_kwargs=trainer_kwargs)
@@ -171,15 +178,11 @@ def cmd_worker(argv: list[str]) -> int:
     s = queue.summary()
     print(f"worker done: {n} runs trained here; study {s['finished']}/{s['planned']} runs finished")
     if s["finished"] == s["planned"]:
-        from .report import write_report
-
         write_report(out)
     return 0
 
 
-def cmd_list(argv: list[str]) -> int:
-    from .registry import ARCHITECTURES, TASKS
-
+def cmd_list(argv: list[str], prog: str = "study.py") -> int:
     for registry in (ARCHITECTURES, TASKS):
         print(f"{registry.kind}s:")
         for name in registry.names():
@@ -189,26 +192,46 @@ def cmd_list(argv: list[str]) -> int:
     return 0
 
 
-def cmd_report(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="study.py report", description="Rebuild every plot and the report of a "
+def cmd_report(argv: list[str], prog: str = "study.py") -> int:
+    p = argparse.ArgumentParser(prog=f"{prog} report", description="Rebuild every plot and the report of a "
                                 "study from its stored tables alone.")
     _one_line_errors(p)
     p.add_argument("dir")
     args = p.parse_args(argv)
-    from .report import write_report
-
     print(write_report(Path(args.dir)))
     return 0
 
 
-def cmd_tune(argv: list[str]) -> int:
-    from .tune import cmd_tune as tune
+def cmd_tune(argv: list[str], prog: str = "study.py") -> int:
+    p = argparse.ArgumentParser(
+        prog=f"{prog} tune", description="Tune each architecture with Optuna (TPE, median pruning) at one "
+        "small size, with the same trial budget for every one; later studies use the result with --hparams tuned.")
+    _one_line_errors(p)
+    p.add_argument("--arch", nargs="+", required=True, help="architectures to tune, each with --trials trials")
+    p.add_argument("--task", default="text", help="task to tune on (validation split; default text)")
+    p.add_argument("--trials", type=int, default=30, help="finished trials per architecture (default 30)")
+    p.add_argument("--params", default="100k", help="non-embedding parameters of every trial (default 100k)")
+    p.add_argument("--tokens", default="1M", help="training tokens per trial (default 1M)")
+    p.add_argument("--context", help="context length (default: the task's)")
+    p.add_argument("--batch-size", default="auto",
+                   help="sequences per batch (default auto: a power of two from 4 to 32 leaving about 1000 steps)")
+    p.add_argument("--out", default=str(TUNE_OUT), help=f"folder for optuna.db and tuned.yaml (default {TUNE_OUT})")
+    p.add_argument("--storage", help="any Optuna storage URL (default sqlite:///OUT/optuna.db)")
+    p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.trials < 1:
+        raise UserError(f"--trials must be at least 1, got {args.trials}")
+    for arch in args.arch:
+        tune(arch, args.task, args.trials, parse_count(args.params, "parameter count"),
+             parse_count(args.tokens, "token budget"), args.context and parse_count(args.context, "context length", 2),
+             args.batch_size if args.batch_size == "auto" else parse_count(args.batch_size, "batch size"), Path(args.out), args.storage, args.seed,
+             progress=not args.no_progress and sys.stderr.isatty())
+    return 0
 
-    return tune(argv)
 
-
-def cmd_analyze(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="study.py analyze", description="Recompute how much history each run uses "
+def cmd_analyze(argv: list[str], prog: str = "study.py") -> int:
+    p = argparse.ArgumentParser(prog=f"{prog} analyze", description="Recompute how much history each run uses "
                                 "(effective context by truncation ablation, per-position power-law fits, context gain "
                                 "per octave, length extrapolation) from a finished study's stored models and tables; "
                                 "write fits.csv, context.parquet, octaves.parquet, extrapolation.parquet; rebuild the report.")
@@ -225,9 +248,6 @@ def cmd_analyze(argv: list[str]) -> int:
     p.add_argument("--baseline", help="architecture every other one is compared with on the same test sequences "
                                       "(gaps.csv; default: the study's first)")
     args = p.parse_args(argv)
-    from .analysis import VARIANTS, AnalysisSettings, analyze
-    from .report import write_report
-
     if args.targets < 1 or not 0 < args.tolerance < 1:
         raise UserError("--targets must be at least 1 and --tolerance between 0 and 1")
     bad = sorted(set(args.variants) - set(VARIANTS))
@@ -243,14 +263,17 @@ def cmd_analyze(argv: list[str]) -> int:
 COMMANDS = {"list": cmd_list, "report": cmd_report, "worker": cmd_worker, "tune": cmd_tune, "analyze": cmd_analyze}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The command line; ``prog``: the name it calls itself (default: ``mnemoscope`` when installed
+    as that command, else ``study.py``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or ("mnemoscope" if Path(sys.argv[0]).name == "mnemoscope" else "study.py")
     try:
         if argv and argv[0] in COMMANDS:
-            return COMMANDS[argv[0]](argv[1:])
+            return COMMANDS[argv[0]](argv[1:], prog)
         if argv and not argv[0].startswith("-"):
             raise UserError(f"unknown command {argv[0]!r} (commands: {', '.join(COMMANDS)}, or flags; see --help)")
-        return cmd_run(argv)
+        return cmd_run(argv, prog)
     except UserError as exc:
         # one line, whatever the message holds (a plugin's or a library's text may span several)
         print("error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()), file=sys.stderr)

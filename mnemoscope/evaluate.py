@@ -73,3 +73,28 @@ def bootstrap_ci(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int
     for a in (mean, lo, hi):
         a[empty] = np.nan
     return mean, lo, hi, n
+
+
+@torch.no_grad()
+def greedy_hits(model: torch.nn.Module, split: TokenSplit, context_length: int, n_sequences: int = 256,
+                batch_size: int = 32):
+    """One teacher-forced pass over the evaluation windows (the same ``eval_offsets`` as the study).
+
+    Returns ``(offsets, hits, losses, mask, targets)``, the last four (N, T): ``hits[i, t]`` is True
+    where the most likely next token equals the true one, ``losses`` in nats.
+    """
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    offsets = eval_offsets(split, context_length, n_sequences)
+    hits, losses, masks, targets = [], [], [], []
+    for i in range(0, len(offsets), batch_size):
+        x, y, m = window_batch(split, offsets[i:i + batch_size], context_length)
+        logits = model(x.to(device)).float()  # (B, T, V)
+        losses.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.to(device), reduction="none").cpu())
+        hits.append((logits.argmax(-1) == y.to(device)).cpu())
+        masks.append(m)
+        targets.append(y)
+    model.train(was)
+    cat = lambda xs: torch.cat(xs).numpy()
+    return offsets, cat(hits), cat(losses).astype(np.float32), cat(masks), cat(targets)

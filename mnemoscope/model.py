@@ -23,7 +23,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .errors import UserError
+from .errors import ContractError, UserError
 
 SIZE_TOLERANCE = 0.10  # achieved non-embedding params must land within 10% of the target
 
@@ -178,3 +178,32 @@ def size_for(cls, target: int | None, vocab_size: int, context_length: int, conf
         raise
     except Exception as exc:
         raise UserError(f"architecture {_name(cls)} failed to size itself to {target} parameters: {exc}") from exc
+
+
+def check_contract(model: torch.nn.Module, vocab_size: int, context_length: int, name: str) -> None:
+    """A quick check of the architecture contract before any training: shape, finiteness, causality."""
+    T = min(context_length, 24)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, vocab_size, (2, T), generator=g)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            y = model(x)
+            if not isinstance(y, torch.Tensor) or tuple(y.shape) != (2, T, vocab_size):
+                shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                raise ContractError(f"architecture {name} returned {shape} for input (2, {T}); expected (2, {T}, {vocab_size})")
+            if not torch.isfinite(y).all():
+                raise ContractError(f"architecture {name} produced NaN or inf logits")
+            x2 = x.clone()
+            x2[:, T // 2:] = (x2[:, T // 2:] + 1) % vocab_size
+            y2 = model(x2)
+            if not torch.allclose(y[:, :T // 2], y2[:, :T // 2], atol=1e-5, rtol=1e-4):
+                raise ContractError(f"architecture {name} is not causal: changing tokens from position {T // 2} "
+                                    f"changed earlier outputs")
+    except ContractError:
+        raise
+    except Exception as exc:
+        raise ContractError(f"architecture {name} failed in forward: {type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was)

@@ -18,6 +18,7 @@ study folder on a filesystem they share.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -32,9 +33,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
 
+from .config import plan
 from .errors import UserError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines on stderr
@@ -52,8 +57,6 @@ def default_storage(out: Path) -> str:
 def redact(url: str) -> str:
     """The URL without its password, for messages."""
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url.split("@")[-1] if "@" in url else url
@@ -61,8 +64,6 @@ def redact(url: str) -> str:
 
 def check_url(url: str) -> str:
     """Refuse a malformed storage URL before anything is written."""
-    from sqlalchemy.engine import make_url
-
     if not isinstance(url, str) or "://" not in url:
         raise UserError(f"malformed storage URL {url!r}: expected e.g. sqlite:///path/queue.db or "
                         "postgresql://user:password@host/database")
@@ -116,8 +117,6 @@ def open_storage(url: str, heartbeat: int) -> RDBStorage:
 def _with_driver(url: str) -> str:
     """``postgresql://`` with whichever driver is installed: SQLAlchemy 2.1 assumes psycopg 3, older
     versions psycopg2; naming the installed one explicitly works with both."""
-    import importlib.util
-
     if url.startswith("postgresql://"):
         for module, dialect in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2")):
             if importlib.util.find_spec(module) is not None:
@@ -133,8 +132,6 @@ def _serialize_sqlite(engine) -> None:
     Python's driver begins a transaction only at the first write, so two workers could both see
     WAITING and both take the run. With the lock taken at BEGIN the check and the change are one
     step. (SQLAlchemy's documented recipe for pysqlite.)"""
-    from sqlalchemy import event
-
     @event.listens_for(engine, "connect")
     def _no_implicit_begin(dbapi_connection, record):
         dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own
@@ -179,7 +176,7 @@ class RunQueue:
     """The queue of a study folder's runs in an Optuna storage."""
 
     def __init__(self, study, storage: str | None = None, heartbeat: int | None = None, create: bool = True):
-        self.study = study  # a mnemoscope.study.Study
+        self.study = study  # a mnemoscope.runner.Study
         self.url = storage or default_storage(study.out)
         self.heartbeat = int(heartbeat or DEFAULT_HEARTBEAT)
         if self.heartbeat < 1:
@@ -220,8 +217,6 @@ class RunQueue:
 
     def summary(self) -> dict[str, int]:
         """Counts for the closing line: runs planned/finished, trials by state, retries."""
-        from .study import plan
-
         trials = self.trials()
         planned = {r.run_id(self.study.config) for r in plan(self.study.config)}
         count = lambda state: sum(t.state == state for t in trials)
@@ -298,8 +293,6 @@ class RunQueue:
 
         While others still hold runs, wait: a run whose worker dies comes back after its
         heartbeat goes stale, and any live worker may take it."""
-        from .study import plan
-
         runs = {r.run_id(self.study.config): r for r in plan(self.study.config)}
         finished_here = 0
         while True:
@@ -377,7 +370,7 @@ def threads_per_worker(workers: int) -> int | None:
 
     Each process would otherwise start one thread per core, their OpenMP threads spinning against
     each other: the default study's three runs at 200k tokens with ``--workers 2`` on 2 cores took
-    918 s that way (``OMP_NUM_THREADS=2``) and 65 s with one thread each (README)."""
+    918 s that way (``OMP_NUM_THREADS=2``) and 65 s with one thread each (docs/workers.md)."""
     if workers <= 1 or "OMP_NUM_THREADS" in os.environ:
         return None
     return max(1, cpu_cores() // workers)
@@ -405,9 +398,6 @@ def run_study(study, runs, storage: str | None = None, workers: int = 1, heartbe
     sigterm_as_interrupt()
     procs = []
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
-    import torch
-
     gpus = torch.cuda.device_count()
     threads, threads_before = threads_per_worker(workers), torch.get_num_threads()
     if threads:

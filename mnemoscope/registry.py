@@ -122,8 +122,9 @@ def load_object(spec: str, kind: str = "object") -> Any:
         raise RegistryError(f"{kind} {spec!r}: {target} has no attribute {attr!r}") from None
 
 
-ARCHITECTURES = Registry("architecture", "mnemoscope.architectures", "architectures")
-TASKS = Registry("task", "mnemoscope.tasks", "tasks")
+# the built-ins: the packages mnemoscope.architectures and mnemoscope.tasks (top-level folders of the repository)
+ARCHITECTURES = Registry("architecture", "mnemoscope.architectures", "mnemoscope.architectures")
+TASKS = Registry("task", "mnemoscope.tasks", "mnemoscope.tasks")
 
 register_architecture = ARCHITECTURES.register
 register_task = TASKS.register

@@ -1,37 +1,39 @@
-"""Plots and the HTML report, built only from a study's stored tables (``study.py report DIR``)."""
+"""The report page: plots and one self-contained HTML file, built only from a study's stored
+tables (``study.py report DIR``).
+
+The page lists the sections it shows (``SECTIONS``): its own headline sections, then how much
+history each architecture uses (:mod:`mnemoscope.report_history`), scaling
+(:mod:`mnemoscope.report_scaling`), and each task's own view (``Task.report_view``).
+"""
 from __future__ import annotations
 
-import base64
 import html
-import io as _io
 import json
 from pathlib import Path
 from typing import Callable
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import yaml  # noqa: E402
-
-from . import io  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .specs import format_count  # noqa: E402
-
-#: Extra report sections: functions (study_dir, runs, per_position) -> list of (title, html).
-#: Later features (context analysis, scaling, task views) append here.
-SECTIONS: list[Callable[[Path, pd.DataFrame, pd.DataFrame], list[tuple[str, str]]]] = []
+from . import files, report_history, report_scaling
+from .errors import UserError
+from .figures import figure_png, html_table, img_tag, paragraph
+from .runner import Study
+from .store import StudyFolder
+from .task import Task
+from .registry import TASKS
+from .specs import format_count, parse_spec
 
 
 def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     out = Path(out)
     if not out.is_dir():
         raise UserError(f"no study folder at {out}")
-    runs = io.read_parquet(out / "runs.parquet")
-    pp = io.read_parquet(out / "per_position.parquet")
+    runs = files.read_parquet(out / "runs.parquet")
+    pp = files.read_parquet(out / "per_position.parquet")
     missing = {"run_id", "arch", "task", "params", "position", "loss", "ci_low", "ci_high"} - set(pp.columns)
     if missing:
         raise UserError(f"corrupt table {out / 'per_position.parquet'}: missing columns {', '.join(sorted(missing))}")
@@ -82,17 +84,6 @@ def per_position_figure(pp: pd.DataFrame, runs: pd.DataFrame | None = None, bins
     return fig
 
 
-def figure_png(fig) -> bytes:
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def img_tag(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
-
 def headline_table(runs: pd.DataFrame) -> pd.DataFrame:
     cols = ["arch", "task", "params", "seed", "achieved_params", "state_size", "tokens_trained", "test_loss",
             "last_octave_gain", "last_octave_gain_low", "last_octave_gain_high", "status"]
@@ -109,7 +100,7 @@ def write_report(out: Path) -> Path:
     if pp.empty:
         raise UserError(f"{out} has no finished runs to report on")
     png = figure_png(per_position_figure(pp, runs))
-    io.atomic_write(out / "per_position.png", lambda p: p.write_bytes(png))
+    files.atomic_write(out / "per_position.png", lambda p: p.write_bytes(png))
     config = (out / "config.yaml").read_text() if (out / "config.yaml").exists() else "(missing)"
     try:
         env = json.loads((out / "environment.json").read_text())
@@ -121,10 +112,10 @@ def write_report(out: Path) -> Path:
          "bins of positions (each of the first 8 positions on its own); bands are the bins' mean 95% bootstrap "
          "intervals over sequences (conservative for a bin's mean). Position t predicts token t+1 from t+1 "
          "tokens of context. Every position: <code>per_position.parquet</code>; per-task views below.</p>"),
-        ("Does the loss keep falling over the last octave?", _table(headline_table(runs)) +
+        ("Does the loss keep falling over the last octave?", html_table(headline_table(runs)) +
          "<p><code>last_octave_gain</code> = mean loss over positions [T/4, T/2) minus mean loss over [T/2, T), "
          "with a 95% bootstrap interval over sequences. Above zero: the model still gains from its farthest context.</p>"),
-        ("Runs", _table(runs)),
+        ("Runs", html_table(runs)),
     ]
     for section in SECTIONS:
         sections += section(out, runs, pp)
@@ -136,17 +127,40 @@ def write_report(out: Path) -> Path:
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}} img{{max-width:100%}}
 table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head>
 <body><h1>Study {html.escape(out.name)}</h1>{body}</body></html>"""
-    io.write_text(out / "report.html", page)
+    files.write_text(out / "report.html", page)
     return out / "report.html"
 
 
-def _table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="", border=0)
+def task_sections(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
+    """One section per task of the study that draws a view of its own (``Task.report_view``),
+    in the study's task order."""
+    folder = StudyFolder(out)
+    order = list(folder.config().get("tasks") or [])
+    try:
+        study = Study.from_folder(out)
+    except UserError:
+        return []
+    sections = []
+    for spec in dict.fromkeys([t for t in order if t in set(runs["task"])] + list(runs["task"])):
+        try:
+            cls = parse_spec(spec, TASKS)[0]
+        except Exception:  # a plugin task that cannot be imported now draws no view
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Task)) or cls.report_view is Task.report_view:
+            continue
+        try:
+            task = study.task(spec)
+            body = task.report_view(folder, runs[runs["task"] == spec], pp[pp["task"] == spec])
+        except (UserError, OSError, ValueError, KeyError) as exc:
+            body = paragraph(f"(view not drawn: {html.escape(type(exc).__name__ + ': ' + str(exc))})")
+        if body:
+            sections.append((f"Task {spec}: {cls.view_title or 'view'}", body))
+    return sections
 
 
-from . import views  # noqa: E402,F401  (per-task views register themselves in SECTIONS)
-from .scaling import report_section as _scaling_section  # noqa: E402
-from .analysis import report_section as _history_section  # noqa: E402
-
-SECTIONS.append(_history_section)  # how much history: effective context, fits, extrapolation (study.py analyze)
-SECTIONS.append(_scaling_section)  # L(N), L(C), frontier, alpha(N), tuning: only for size sweeps
+#: The sections this page shows after its own, each (study_dir, runs, per_position) -> [(title, html)].
+SECTIONS: list[Callable[[Path, pd.DataFrame, pd.DataFrame], list[tuple[str, str]]]] = [
+    task_sections,  # each task's own view
+    report_history.report_section,  # how much history: effective context, fits, extrapolation (study.py analyze)
+    report_scaling.report_section,  # L(N), L(C), frontier, alpha(N), tuning: only for size sweeps
+]

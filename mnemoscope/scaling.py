@@ -1,8 +1,8 @@
 """Scaling laws from a finished study: L(N), L(C), the compute frontier, N_opt(C), alpha(N).
 
 Every law is L(x) = L_inf + (x0/x)^alpha (Henighan et al. 2020), fitted with the one fitter of
-:mod:`mnemoscope.analysis` (log space, Huber delta 1e-3 summed, L-BFGS from a grid of starts,
-convergence checked; SCIENCE.md section 5), with 95% intervals by bootstrap over **sequences**:
+:mod:`mnemoscope.statistics` (log space, Huber delta 1e-3 summed, L-BFGS from a grid of starts,
+convergence checked), with 95% intervals by bootstrap over **sequences**:
 
 * L(N): x = achieved non-embedding parameters, y = a run's mean test loss (mean over seeds).
   A replicate draws one set of test-sequence indices and applies it to every run (all runs of a
@@ -11,10 +11,10 @@ convergence checked; SCIENCE.md section 5), with 95% intervals by bootstrap over
 * L(C): x = training FLOPs (``flops_per_token`` x tokens seen, :mod:`mnemoscope.flops`), y = the
   compute-efficient frontier: the lowest validation loss any run of the architecture reached
   with at most that compute, on a grid of 4 points per decade. The validation curves come from
-  :class:`LogSpacedValidation`, which scores the same 64 validation windows at log-spaced steps.
+  :class:`mnemoscope.callbacks.LogSpacedValidation`, which scores the same 64 validation windows at log-spaced steps.
 * N_opt(C): the size whose curve is lowest at compute C; a power law C^b is fitted only where
   the optimum moves through at least 3 sizes away from the edges of the sweep.
-* alpha(N): the per-position power law of each run (``analysis.bootstrap_fit``) against its size.
+* alpha(N): the per-position power law of each run (``statistics.bootstrap_fit``) against its size.
 
 ``scaling_tables(study_dir)`` writes ``scaling_fits.csv``, ``scaling_points.csv``,
 ``curves.parquet`` and ``alpha_vs_params.csv`` into the study folder; the report section draws them.
@@ -25,18 +25,13 @@ import json
 import math
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from . import io
-from .analysis import bootstrap_fit, fit_power_law
-from .evaluate import per_position_losses
-from .task import TokenSplit
+from . import files
+from .statistics import bootstrap_fit, fit_power_law
 
-VAL_SEQUENCES = 64  # validation windows scored at each log-spaced point (as train.fit's loop does)
-POINTS_PER_DECADE = 5  # validation points per decade of training steps
 FRONTIER_PER_DECADE = 4  # frontier grid points per decade of compute
 FRONTIER_SKIP = 0.05  # the first 5% of each run's steps (warm-up) is left out of the frontier
 N_BOOT = 200
@@ -54,57 +49,7 @@ PUBLISHED = pd.DataFrame([
 ], columns=["source", "data", "law", "exponent", "constants"])
 
 
-# -- measuring: validation at log-spaced steps ------------------------------------------------------
-def log_spaced_steps(n_steps: int, per_decade: int = POINTS_PER_DECADE) -> list[int]:
-    """Steps 1..n_steps at ``per_decade`` points per decade, the last step always included."""
-    k = max(2, int(math.ceil(per_decade * math.log10(max(n_steps, 10)))) + 1)
-    return sorted({int(s) for s in np.unique(np.round(np.geomspace(1, n_steps, k)))} | {n_steps})
-
-
-class LogSpacedValidation(L.Callback):
-    """Scores the same validation windows after log-spaced training steps, for loss-vs-compute curves.
-
-    After step s (s optimizer steps done, s * tokens_per_step tokens seen) it records each
-    sequence's summed loss (nats) and logs the mean as ``val_loss_logspaced``. ``save(path)`` writes
-    ``val_curve.npz``: steps (P,), tokens (P,), loss_sum (P, N) and targets (N,) per sequence,
-    so intervals can resample sequences.
-    """
-
-    def __init__(self, validation: TokenSplit, context_length: int, n_steps: int, tokens_per_step: int,
-                 batch_size: int = 32, n_sequences: int = VAL_SEQUENCES, per_decade: int = POINTS_PER_DECADE):
-        self.validation, self.T, self.batch_size, self.n_sequences = validation, context_length, batch_size, n_sequences
-        self.steps = log_spaced_steps(n_steps, per_decade)
-        self.tokens_per_step = tokens_per_step
-        self.history: list[tuple[int, int, np.ndarray]] = []  # (step, tokens, per-sequence loss sums)
-        self.targets: np.ndarray | None = None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = int(trainer.global_step)
-        if step not in self.steps or (self.history and self.history[-1][0] == step):
-            return
-        losses, mask = per_position_losses(pl_module.model, self.validation, self.T, self.n_sequences, self.batch_size)
-        m = mask.astype(np.float64)
-        sums = (losses.astype(np.float64) * m).sum(1)  # (N,) nats per sequence
-        self.targets = m.sum(1)
-        self.history.append((step, step * self.tokens_per_step, sums))
-        pl_module.log("val_loss_logspaced", float(sums.sum() / max(self.targets.sum(), 1)), on_step=True, on_epoch=False)
-
-    @property
-    def last_loss(self) -> float:
-        """Mean validation loss (nats/token) at the latest point, NaN before the first."""
-        if not self.history:
-            return math.nan
-        return float(self.history[-1][2].sum() / max(self.targets.sum(), 1))
-
-    def save(self, path: Path) -> None:
-        if not self.history:
-            return
-        np.savez_compressed(path, steps=np.array([h[0] for h in self.history]),
-                            tokens=np.array([h[1] for h in self.history], dtype=np.int64),
-                            loss_sum=np.stack([h[2] for h in self.history]), targets=self.targets)
-
-
-# -- fitting L(x) = L_inf + (x0/x)^alpha with analysis.fit_power_law --------------------------------------
+# -- fitting L(x) = L_inf + (x0/x)^alpha with statistics.fit_power_law --------------------------------------
 def fit_law(x, y, stderr=None, start=None, min_points: int | None = None) -> dict:
     """Fit L(x) = L_inf + (x0/x)^alpha. x is rescaled by its minimum first, so the fitter's grid of
     starts (made for x from 1) applies; returns L_inf, x0, alpha, the fit diagnostics, per-point
@@ -350,7 +295,7 @@ def scaling_tables(study_dir: Path, runs: pd.DataFrame | None = None, n_boot: in
     """Compute every scaling table of a study from its stored run folders and write them as files."""
     study_dir = Path(study_dir)
     if runs is None:
-        runs = io.read_parquet(study_dir / "runs.parquet")
+        runs = files.read_parquet(study_dir / "runs.parquet")
     with threadpool_limits(1):  # see fit_law
         size_fits, size_points = size_law(study_dir, runs, n_boot)
         curves = load_curves(study_dir, runs[runs["status"] == "ok"] if "status" in runs else runs)
@@ -360,195 +305,9 @@ def scaling_tables(study_dir: Path, runs: pd.DataFrame | None = None, n_boot: in
         not size_fits.empty or not c_fits.empty) else pd.DataFrame()
     tables = {"fits": fits, "points": size_points, "curves": curves, "frontier": front, "n_opt": nopt,
               "alpha": alphas}
-    io.write_text(study_dir / "scaling_fits.csv", fits.to_csv(index=False))
-    io.write_text(study_dir / "scaling_points.csv", size_points.to_csv(index=False))
-    io.write_text(study_dir / "alpha_vs_params.csv", alphas.to_csv(index=False))
+    files.write_text(study_dir / "scaling_fits.csv", fits.to_csv(index=False))
+    files.write_text(study_dir / "scaling_points.csv", size_points.to_csv(index=False))
+    files.write_text(study_dir / "alpha_vs_params.csv", alphas.to_csv(index=False))
     if not curves.empty:
-        io.write_parquet(study_dir / "curves.parquet", curves)
+        files.write_parquet(study_dir / "curves.parquet", curves)
     return tables
-
-
-# -- plots and the report section --------------------------------------------------------------------------
-def _fmt_interval(v, lo, hi, digits=3):
-    if v is None or not np.isfinite(v):
-        return ""
-    body = f"{v:.{digits}g}"
-    if lo is not None and np.isfinite(lo) and np.isfinite(hi):
-        body += f" [{lo:.{digits}g}, {hi:.{digits}g}]"
-    return body
-
-
-def _band(ax, xs, params_json, color):
-    """Pointwise 95% band of the bootstrap replicates' fitted curves."""
-    params = np.array(json.loads(params_json or "[]"))
-    if len(params) < 10:
-        return
-    curves = np.array([law(xs, *p) for p in params])
-    lo, hi = np.nanpercentile(curves, [2.5, 97.5], axis=0)
-    ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
-
-
-def _palette(archs):
-    import seaborn as sns
-
-    return dict(zip(archs, sns.color_palette("colorblind", len(archs))))
-
-
-def size_figure(points: pd.DataFrame, fits: pd.DataFrame):
-    """Loss against non-embedding parameters, log-log: points with 95% intervals, fitted L(N) and band."""
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(points["task"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.4), squeeze=False)
-    palette = _palette(list(dict.fromkeys(points["arch"])))
-    for ax, task in zip(axes.flat, tasks):
-        for arch, d in points[points["task"] == task].groupby("arch", sort=False):
-            c = palette[arch]
-            ax.errorbar(d["x"], d["loss"], yerr=[d["loss"] - d["loss_low"], d["loss_high"] - d["loss"]], fmt="o",
-                        color=c, ms=4, capsize=2, label=arch)
-            f = fits[(fits["arch"] == arch) & (fits["task"] == task) & (fits["law"] == "L(N)")]
-            if len(f) and np.isfinite(f["alpha"].iloc[0]):
-                f = f.iloc[0]
-                xs = np.geomspace(d["x"].min() / 1.5, d["x"].max() * 1.5, 100)
-                ax.plot(xs, law(xs, f["L_inf"], f["x0"], f["alpha"]), color=c, lw=1.2,
-                        label=f"{arch}: {f['L_inf']:.3g} + (N/{f['x0']:.2g})^-{f['alpha']:.3g}")
-                _band(ax, xs, f["boot_params"], c)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("non-embedding parameters N")
-        ax.set_ylabel("test loss (nats/token)")
-        ax.set_title(task)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def compute_figure(curves: pd.DataFrame, front: pd.DataFrame, fits: pd.DataFrame):
-    """Validation loss against training FLOPs: every run's curve, each architecture's frontier, L(C)."""
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(curves["task"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.4), squeeze=False)
-    palette = _palette(list(dict.fromkeys(curves["arch"])))
-    for ax, task in zip(axes.flat, tasks):
-        for (arch, run_id), d in curves[curves["task"] == task].groupby(["arch", "run_id"], sort=False):
-            ax.plot(d["compute"], d["val_loss"], color=palette[arch], lw=0.6, alpha=0.45)
-        for arch, d in front[front["task"] == task].groupby("arch", sort=False):
-            c = palette[arch]
-            ax.plot(d["compute"], d["frontier_loss"], color=c, lw=2.2, label=f"{arch} frontier")
-            f = fits[(fits["arch"] == arch) & (fits["task"] == task) & (fits["law"] == "L(C)")]
-            if len(f) and np.isfinite(f["alpha"].iloc[0]):
-                f = f.iloc[0]
-                xs = np.geomspace(d["compute"].min(), d["compute"].max(), 100)
-                ax.plot(xs, law(xs, f["L_inf"], f["x0"], f["alpha"]), color=c, ls="--", lw=1.2,
-                        label=f"{arch}: {f['L_inf']:.3g} + (C/{f['x0']:.2g})^-{f['alpha']:.3g}")
-                _band(ax, xs, f["boot_params"], c)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("training compute C (FLOPs, counted)")
-        ax.set_ylabel("validation loss (nats/token)")
-        ax.set_title(task)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def alpha_figure(alphas: pd.DataFrame):
-    """alpha of each run's per-position power law against its size (Kaplan et al. 2020, Fig. 20)."""
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(alphas["task"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.0), squeeze=False)
-    palette = _palette(list(dict.fromkeys(alphas["arch"])))
-    for ax, task in zip(axes.flat, tasks):
-        for arch, d in alphas[alphas["task"] == task].groupby("arch", sort=False):
-            d = d[np.isfinite(d["alpha"].astype(float))]
-            ax.errorbar(d["achieved_params"], d["alpha"], yerr=[d["alpha"] - d["alpha_low"], d["alpha_high"] - d["alpha"]],
-                        fmt="o-", color=palette[arch], ms=4, capsize=2, label=arch)
-        ax.set_xscale("log")
-        ax.set_xlabel("non-embedding parameters N")
-        ax.set_ylabel("alpha of L(t) = L_inf + A t^-alpha")
-        ax.set_title(task)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def exponent_table(fits: pd.DataFrame, nopt: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for f in fits.itertuples():
-        rows.append({"arch": f.arch, "task": f.task, "law": f.law, "points": f.n_points, "status": f.status,
-                     "alpha [95% CI]": _fmt_interval(f.alpha, f.alpha_low, f.alpha_high),
-                     "L_inf [95% CI]": _fmt_interval(f.L_inf, f.L_inf_low, f.L_inf_high),
-                     "x0 [95% CI]": _fmt_interval(f.x0, f.x0_low, f.x0_high),
-                     "rms log residual": f.rms_log_residual, "max |log residual|": f.max_abs_log_residual,
-                     "bootstrap refits converged": f.boot_converged})
-    for n in nopt.itertuples() if not nopt.empty else []:
-        rows.append({"arch": n.arch, "task": n.task, "law": "N_opt ~ C^b", "points": n.n_points, "status": n.note,
-                     "alpha [95% CI]": _fmt_interval(n.exponent_b, None, None)})
-    return pd.DataFrame(rows)
-
-
-def tuning_table(study_dir: Path) -> pd.DataFrame:
-    """Per architecture, what was tuned and with how many trials (from config.yaml's hparams)."""
-    import yaml
-
-    try:
-        config = yaml.safe_load((Path(study_dir) / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return pd.DataFrame()
-    rows = []
-    for arch in config.get("archs", []):
-        hp = (config.get("hparams") or {}).get(arch, {})
-        t = hp.get("tuning")
-        if not t:
-            rows.append({"arch": arch, "tuned": "no (defaults or hand-set values)",
-                         "values": json.dumps({k: v for k, v in hp.items() if k != "shape"} | hp.get("shape", {}))})
-            continue
-        rows.append({"arch": arch, "tuned": ", ".join(t.get("searched", [])), "trials": t.get("trials"),
-                     "complete": t.get("complete"), "pruned": t.get("pruned"), "failed": t.get("failed"),
-                     "at": f"{t.get('params')} params, {t.get('tokens')} tokens, task {t.get('task')}",
-                     "best val loss": t.get("best_val_loss"),
-                     "values": json.dumps({k: v for k, v in hp.items() if k not in ("shape", "tuning")}
-                                          | hp.get("shape", {})),
-                     "storage": f"{t.get('storage')} (study {t.get('study_name')})"})
-    return pd.DataFrame(rows)
-
-
-def report_section(study_dir: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
-    """The report's scaling section (report.SECTIONS hook), from the study's stored run folders."""
-    from .report import _table, figure_png, img_tag
-
-    if runs.empty or runs.groupby(["arch", "task"])["params"].nunique().max() < 2:
-        return []  # no size sweep: nothing to scale
-    tables = scaling_tables(study_dir, runs, n_boot=N_BOOT)
-    fits, points, curves, front, nopt, alphas = (tables[k] for k in ("fits", "points", "curves", "frontier",
-                                                                     "n_opt", "alpha"))
-    parts = []
-    if not points.empty and points.groupby(["arch", "task"]).size().max() >= 2:
-        parts.append(img_tag(figure_png(size_figure(points, fits)), "loss against parameters"))
-    if not curves.empty and not front.empty:
-        parts.append(img_tag(figure_png(compute_figure(curves, front, fits)), "loss against compute"))
-    if not alphas.empty and alphas.groupby(["arch", "task"]).size().max() >= 2:
-        parts.append(img_tag(figure_png(alpha_figure(alphas)), "per-position alpha against parameters"))
-    if not fits.empty:
-        parts.append("<h3>Exponents</h3>" + _table(exponent_table(fits, nopt)))
-    parts.append("<h3>Published exponents</h3>" + _table(PUBLISHED))
-    if not points.empty:
-        parts.append("<h3>L(N): points and residuals</h3>" + _table(points))
-    tuning = tuning_table(study_dir)
-    if not tuning.empty:
-        parts.append("<h3>Tuning per architecture</h3>" + _table(tuning))
-    note = (f"<p>L(x) = L_inf + (x0/x)^alpha fitted in log space (Huber delta 1e-3, summed; L-BFGS-B from a grid "
-            f"of starts; the same fitter as the per-position analysis). Intervals: {N_BOOT} bootstrap replicates "
-            "over test (L(N)) or validation (L(C)) sequences, one index set shared by all runs, seeds resampled "
-            "where there are several. Fewer than 5 points: no fit. Compute counts forward + backward FLOPs per "
-            "token on a real step (torch FlopCounterMode; fused LSTM and CPU attention kernels by formula, "
-            "causal masking not discounted). The frontier leaves out each run's first "
-            f"{FRONTIER_SKIP:.0%} of steps (warm-up); its grid points are not independent, so the L(C) "
-            "interval reflects sequence noise only. Published values: Kaplan et al. 2020 (arXiv 2001.08361), "
-            "Henighan et al. 2020 (arXiv 2010.14701); their laws are in nats/token on other data.</p>")
-    return [("Scaling", note + "\n".join(parts))]

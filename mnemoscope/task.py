@@ -4,7 +4,12 @@ A task is a class registered with ``@register_task("name")`` (or an entry point,
 ``module:Class`` path), built as ``cls(source=None, context_length=None, **options)``. It
 exposes ``vocab_size``, ``context_length`` and ``splits()`` -> ``{"train", "validation",
 "test"}`` of :class:`TokenSplit`. Splits are by document, so validation never holds a
-near-copy of training text. Prepared data is cached on disk with a checksum.
+near-copy of training text. Prepared data is cached on disk with a checksum. A task may draw its
+own section of the report (``report_view``), built-in or plugin alike.
+
+Helpers any task can use live here too: ``split_documents``, ``byte_splits`` and
+``read_user_documents`` for text-like data; ``sequences_split`` and ``token_dtype`` for
+fixed-length sequences; ``check_options`` and ``file_stamp`` for a task's options and files.
 """
 from __future__ import annotations
 
@@ -57,6 +62,10 @@ class Task:
     fixed_context: bool = False
     #: bumped when preparation changes, so stale caches are not reused.
     version: str = "1"
+    #: options of a small instance (prepared in seconds) that the task contract tests build; the
+    #: value "{documents}" stands for a folder of small text and Python files, "{images}" for a small
+    #: .npz of train and test images, both made by the tests
+    example: dict[str, Any] = {}
 
     def __init__(self, source: str | None = None, context_length: int | None = None, **options: Any):
         if self.fixed_context and context_length not in (None, self.default_context):
@@ -85,7 +94,12 @@ class Task:
         raise NotImplementedError
 
     def decode(self, tokens: Iterable[int]) -> str:
+        """Text of token ids (UTF-8 bytes by default; undecodable bytes become U+FFFD)."""
         return bytes(int(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of ``text``, the inverse of ``decode`` (its UTF-8 bytes by default)."""
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64)
 
     # -- cached access ------------------------------------------------------------------------
     def splits(self) -> dict[str, TokenSplit]:
@@ -102,6 +116,16 @@ class Task:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "context_length": self.context_length,
                 "vocab_size": self.vocab_size, **self.options}
+
+    # -- the task's own report section (optional) ------------------------------------------------
+    #: title of the section ``report_view`` draws (after "Task <spec>: ")
+    view_title: str = ""
+
+    def report_view(self, folder, runs, pp) -> str:
+        """HTML of this task's own report section, drawn from a study's stored tables: ``folder``
+        is a :class:`mnemoscope.store.StudyFolder`, ``runs`` and ``pp`` this task's rows of
+        ``runs.parquet`` and ``per_position.parquet``. The default draws none ('')."""
+        return ""
 
 
 # -- caching with a checksum ----------------------------------------------------------------
@@ -269,6 +293,17 @@ def window_batch(split: TokenSplit, offsets: np.ndarray, T: int):
     return w[:, :-1], w[:, 1:], m
 
 
+def scored_windows(task: Task, n_rows: int, n_sequences: int) -> np.ndarray:
+    """(N, T+1) tokens of the test windows a study scored (the same ``eval_offsets``), checked
+    against the ``n_rows`` sequences of a run's stored losses."""
+    split, T = task.splits()["test"], task.context_length
+    offsets = eval_offsets(split, T, n_sequences)
+    if len(offsets) != n_rows:
+        raise UserError(f"stored losses hold {n_rows} sequences but the task's test split gives {len(offsets)}; "
+                        "the task's data changed since the run")
+    return np.asarray(split.tokens)[offsets[:, None] + np.arange(T + 1)[None, :]]
+
+
 def eval_offsets(split: TokenSplit, T: int, n: int) -> np.ndarray:
     """Up to n window offsets spread evenly over the split (deterministic)."""
     if split.starts is not None:
@@ -280,3 +315,32 @@ def eval_offsets(split: TokenSplit, T: int, n: int) -> np.ndarray:
     last = len(split.tokens) - T - 1
     n = min(n, last + 1)
     return np.linspace(0, last, n).round().astype(np.int64)
+
+
+# -- helpers for fixed-length sequences and for options ----------------------------------------------
+def token_dtype(vocab_size: int):
+    """The smallest unsigned integer type that holds every token id."""
+    return np.uint8 if vocab_size <= 256 else np.uint16
+
+
+def sequences_split(sequences: np.ndarray, documents: list[str], mask: np.ndarray | None = None) -> TokenSplit:
+    """(N, L) fixed-length sequences -> a flat TokenSplit whose windows start only at sequence starts."""
+    n, length = sequences.shape
+    return TokenSplit(tokens=sequences.reshape(-1), mask=None if mask is None else mask.reshape(-1),
+                      starts=np.arange(n, dtype=np.int64) * length, documents=documents)
+
+
+def check_options(task: str, options: dict, known: set[str]) -> None:
+    """One line naming the unknown options and the known ones."""
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(f"unknown option(s) {', '.join(unknown)} for task {task} (known: {', '.join(sorted(known)) or 'none'})")
+
+
+def file_stamp(source: str | None) -> list | None:
+    """Identifies a user's file by path, size and mtime, so an edited file is prepared again
+    (None when ``source`` is not a file)."""
+    if source is None:
+        return None
+    p = Path(source).expanduser().resolve()
+    return [str(p), p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else None

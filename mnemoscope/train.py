@@ -1,6 +1,7 @@
 """One generic LightningModule trains any architecture (the architecture knows nothing of training)."""
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -8,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.strategies import StrategyRegistry
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .task import TokenSplit, TrainBatches
-
-import logging
+from .errors import UserError
+from .task import TokenSplit, TrainBatches, eval_offsets, window_batch
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
     logging.getLogger(_name).setLevel(logging.WARNING)
@@ -147,8 +148,6 @@ def distributed_settings(devices: str | None = None, num_nodes: str | None = Non
     devices: a count (``4``), ``-1``/``auto`` (all), or a list of indices (``0,2``);
     num_nodes: machines, each running ``devices`` processes; strategy: a Lightning strategy
     name (``ddp``, ``fsdp``, ``deepspeed_stage_2``, ...)."""
-    from .errors import UserError
-
     out: dict[str, Any] = {}
     if devices is not None:
         text = str(devices).strip()
@@ -165,8 +164,6 @@ def distributed_settings(devices: str | None = None, num_nodes: str | None = Non
             raise UserError(f"malformed --num-nodes {num_nodes!r}: a whole number of machines, at least 1")
         out["num_nodes"] = int(num_nodes)
     if strategy is not None:
-        from lightning.pytorch.strategies import StrategyRegistry
-
         known = sorted(set(StrategyRegistry.available_strategies()) | {"auto", "ddp", "fsdp"})
         if strategy not in known:
             raise UserError(f"unknown --strategy {strategy!r} (Lightning knows: {', '.join(known)})")
@@ -180,8 +177,6 @@ def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_len
 
     ``trainer_kwargs`` go to Lightning's Trainer as they are, e.g. ``devices=8, num_nodes=4,
     strategy="ddp"`` for one run on many GPUs (see :func:`distributed_settings`)."""
-    from .task import eval_offsets, window_batch
-
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     n_steps = cfg.steps(context_length)
     # pinned batches: the copy to a GPU is then truly asynchronous (from pageable memory CUDA

@@ -15,11 +15,9 @@ into the new study's config.yaml (with how they were found), refusing unequal bu
 """
 from __future__ import annotations
 
-import argparse
 import inspect
 import math
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,35 +25,29 @@ from typing import Any
 import lightning as L
 import optuna
 import yaml
+from sqlalchemy.engine import make_url
 
-from . import io
+from . import files
+from .callbacks import LogSpacedValidation
+from .config import RunSpec, StudyConfig, default_name
 from .errors import UserError
-from .specs import format_count, parse_count, parse_spec
 from .registry import ARCHITECTURES
+from .runner import Study
+from .specs import format_count, parse_spec
 
 DEFAULT_OUT = Path("results") / "tune"
 SEARCHED = ["lr", "warmup_fraction", "weight_decay"]
-#: shape choices of the built-ins; a plugin may declare its own ``shape_space`` class attribute
-SHAPE_SPACES = {
-    "transformer": {"n_layer": [1, 2, 3, 4, 6]},
-    "lstm": {"n_layer": [1, 2, 3]},
-    "cnn": {"kernel_size": [2, 3, 4], "n_stack": [1, 2]},
-}
-
-
-def shape_space(cls, arch: str) -> dict[str, list]:
-    """The shape knobs tried for an architecture: its ``shape_space``, the built-in table, or the
-    depth ``n_layer`` in 1..4 when its constructor takes one (else nothing)."""
+def shape_space(cls) -> dict[str, list]:
+    """The shape knobs tried for an architecture: its class's ``shape_space``, or the depth
+    ``n_layer`` in 1..4 when its constructor takes one (else nothing)."""
     space = getattr(cls, "shape_space", None)
-    if space is None:
-        space = SHAPE_SPACES.get(arch.split(":")[0])
     if space is None and "n_layer" in inspect.signature(cls.__init__).parameters:
         space = {"n_layer": [1, 2, 3, 4]}
     return dict(space or {})
 
 
 class OptunaPruning(L.Callback):
-    """Reports each new point of a :class:`~mnemoscope.scaling.LogSpacedValidation` to the trial
+    """Reports each new point of a :class:`~mnemoscope.callbacks.LogSpacedValidation` to the trial
     (step = tokens seen) and stops a trial the pruner rejects.
 
     Why not ``optuna_integration.PyTorchLightningPruningCallback``: it installs and imports
@@ -64,10 +56,12 @@ class OptunaPruning(L.Callback):
     pruner would only ever see the first validation. Must come after the validation callback.
     """
 
-    def __init__(self, trial: optuna.Trial, curve):
+    def __init__(self, trial: optuna.Trial, curve: LogSpacedValidation | None = None):
         self.trial, self.curve, self.reported = trial, curve, 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.curve is None:  # the run's own curve: the trainer's LogSpacedValidation
+            self.curve = next(c for c in trainer.callbacks if isinstance(c, LogSpacedValidation))
         if len(self.curve.history) == self.reported:
             return
         self.reported = len(self.curve.history)
@@ -87,8 +81,6 @@ def sqlite_url(out: Path) -> str:
 def shown_url(url: str) -> str:
     """The storage URL without its password, for files and messages."""
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return url.split("@")[-1] if "@" in url else url
@@ -103,21 +95,16 @@ def tune(arch: str, task: str = "text", trials: int = 30, params: int = 100_000,
          seed: int = 0, progress: bool = False, log=print) -> dict[str, Any]:
     """Tune one architecture on one task until its Optuna study holds ``trials`` finished trials.
     Returns the entry written to ``out/tuned.yaml``."""
-    from .study import RunSpec, Study, StudyConfig
-    from .scaling import LogSpacedValidation
-    from .study import DivergenceGuard
-    from .train import fit
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or sqlite_url(out)
     cls, _, _ = parse_spec(arch, ARCHITECTURES)
-    space = shape_space(cls, arch)
+    space = shape_space(cls)
     base = StudyConfig(name="tune", archs=[arch], tasks=[task], params=[params], context=context, tokens=tokens,
                        batch_size=batch_size, seeds=[seed]).normalized()
     probe = Study(base, out)
     data = probe.task(task)
-    splits = data.splits()
+    data.splits()
     T = data.context_length
     batch = probe.batch_size(T)
     name = study_name(arch, task, base.params[0], base.tokens, T, batch)
@@ -140,25 +127,17 @@ def tune(arch: str, task: str = "text", trials: int = 30, params: int = 100_000,
               "weight_decay": trial.suggest_float("weight_decay", 0.0, 0.3)}
         shape = {k: trial.suggest_categorical(k, v) for k, v in space.items()}
         config = StudyConfig(**{**base.to_dict(), "hparams": {arch: {**hp, "shape": shape}}}).normalized()
-        s = Study(config, out)
-        s._tasks = probe._tasks  # the task's splits are already loaded
+        trial_study = Study(config, out, tasks=probe.tasks)  # the task's splits are already loaded
         run = RunSpec(arch, task, base.params[0], seed)
-        import torch
-
-        torch.manual_seed(seed)
-        _, arch_config, model = s.model(run)
-        cfg = s.hparams(cls, arch, T)
-        cfg.seed = seed
-        n_steps = cfg.steps(T)
-        curve = LogSpacedValidation(splits["validation"], T, n_steps, cfg.batch_size * T, cfg.batch_size)
-        guard = DivergenceGuard()
-        trial.set_user_attr("arch_config", arch_config)
         tmp = Path(tempfile.mkdtemp(prefix=".trial-", dir=out))
         try:
-            fit(model, splits["train"], splits["validation"], T, cfg, tmp, callbacks=[guard, curve,
-                OptunaPruning(trial, curve)], progress=progress)
+            # the study's own training path; the pruner watches its log-spaced validation curve
+            trained = trial_study.train(run, tmp, callbacks=[OptunaPruning(trial)], progress=progress,
+                                        reraise=(optuna.TrialPruned,))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        trial.set_user_attr("arch_config", trained.arch_config)
+        curve, guard = trained.curve, trained.guard
         value = curve.last_loss
         if guard.step is not None or not math.isfinite(value):
             trial.set_user_attr("status", f"diverged at step {guard.step}")
@@ -209,7 +188,7 @@ def write_tuned(out: Path, task: str, arch: str, entry: dict) -> None:
     path = Path(out) / "tuned.yaml"
     data = load_tuned(path) if path.exists() else {}
     data.setdefault(task, {})[arch] = entry
-    io.write_text(path, yaml.safe_dump(data, sort_keys=False))
+    files.write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def load_tuned(path: Path) -> dict:
@@ -231,8 +210,6 @@ def apply_tuned(config, source: str):
     an architecture without tuned values, values that differ between the study's tasks, and
     trial budgets that differ between architectures (the comparison would not be fair).
     """
-    from .study import StudyConfig, default_name
-
     path = DEFAULT_OUT / "tuned.yaml" if source == "tuned" else Path(source)
     if not path.exists():
         raise UserError(f"no tuned hyperparameters at {path}: run `study.py tune --arch ARCH --task TASK` first")
@@ -261,34 +238,3 @@ def apply_tuned(config, source: str):
     if not explicit_name:
         d["name"] = None  # the name follows the config, now with its tuned values
     return StudyConfig.from_dict(d)
-
-
-# -- the `study.py tune` subcommand ------------------------------------------------------------------------
-def cmd_tune(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="study.py tune", description="Tune each architecture with Optuna (TPE, median pruning) at one "
-        "small size, with the same trial budget for every one; later studies use the result with --hparams tuned.")
-    from .cli import _one_line_errors
-
-    _one_line_errors(p)
-    p.add_argument("--arch", nargs="+", required=True, help="architectures to tune, each with --trials trials")
-    p.add_argument("--task", default="text", help="task to tune on (validation split; default text)")
-    p.add_argument("--trials", type=int, default=30, help="finished trials per architecture (default 30)")
-    p.add_argument("--params", default="100k", help="non-embedding parameters of every trial (default 100k)")
-    p.add_argument("--tokens", default="1M", help="training tokens per trial (default 1M)")
-    p.add_argument("--context", help="context length (default: the task's)")
-    p.add_argument("--batch-size", default="auto",
-                   help="sequences per batch (default auto: a power of two from 4 to 32 leaving about 1000 steps)")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"folder for optuna.db and tuned.yaml (default {DEFAULT_OUT})")
-    p.add_argument("--storage", help="any Optuna storage URL (default sqlite:///OUT/optuna.db)")
-    p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
-    if args.trials < 1:
-        raise UserError(f"--trials must be at least 1, got {args.trials}")
-    for arch in args.arch:
-        tune(arch, args.task, args.trials, parse_count(args.params, "parameter count"),
-             parse_count(args.tokens, "token budget"), args.context and parse_count(args.context, "context length", 2),
-             args.batch_size if args.batch_size == "auto" else parse_count(args.batch_size, "batch size"), Path(args.out), args.storage, args.seed,
-             progress=not args.no_progress and sys.stderr.isatty())
-    return 0

@@ -22,8 +22,11 @@ def stdlib_files() -> list[Path]:
 
 @register_task("code")
 class Code(Task):
+    """Python source files as bytes (the standard library by default; code:PATH for your own)."""
+
     vocab_size = 256
     default_context = 256
+    example = {"source": "{documents}", "context_length": 32}
 
     def fingerprint(self) -> str:
         self.options["_root"] = self.source or sysconfig.get_paths()["stdlib"]

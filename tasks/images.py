@@ -21,11 +21,15 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from mnemoscope.errors import UserError
+from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, paragraph
 from mnemoscope.registry import register_task
-from mnemoscope.task import Task, TokenSplit
+from mnemoscope.store import StudyFolder
+from mnemoscope.task import Task, check_options, file_stamp, sequences_split, token_dtype
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_INSTALL = "apt-get install dataset-fashion-mnist"
@@ -68,7 +72,7 @@ def load_images(source: str | None) -> tuple[dict[str, np.ndarray], int, str]:
         return {"train": train[parts["train"]], "validation": train[parts["validation"]], "test": test}, 255, "fashion-mnist"
     if source == "digits":
         try:
-            from sklearn.datasets import load_digits
+            from sklearn.datasets import load_digits  # optional: the images extra
         except ImportError:
             raise UserError("images:digits needs scikit-learn: pip install 'mnemoscope[images]' "
                             "(or pip install scikit-learn)") from None
@@ -115,17 +119,6 @@ def quantize(images: np.ndarray, levels: int, max_value: int) -> np.ndarray:
     return (images.astype(np.int64) * levels // (max_value + 1)).astype(np.int64)
 
 
-def token_dtype(vocab_size: int):
-    return np.uint8 if vocab_size <= 256 else np.uint16
-
-
-def sequences_split(sequences: np.ndarray, documents: list[str], mask: np.ndarray | None = None) -> TokenSplit:
-    """(N, L) fixed-length sequences -> a flat TokenSplit whose windows start only at sequence starts."""
-    n, length = sequences.shape
-    return TokenSplit(tokens=sequences.reshape(-1), mask=None if mask is None else mask.reshape(-1),
-                      starts=np.arange(n, dtype=np.int64) * length, documents=documents)
-
-
 def pixel_sequences(images: np.ndarray, levels: int, max_value: int) -> np.ndarray:
     """(N, H, W) images -> (N, 1 + H*W) tokens: BOS (= levels), then the quantized pixels in raster order."""
     n = len(images)
@@ -140,26 +133,23 @@ def parse_levels(value, maximum: int = 256) -> int:
     return value
 
 
-def check_options(task: str, options: dict, known: set[str]) -> None:
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise UserError(f"unknown option(s) {', '.join(unknown)} for task {task} (known: {', '.join(sorted(known)) or 'none'})")
-
-
-def file_stamp(source: str | None) -> list | None:
-    """Identifies a user's file by size and mtime, so an edited file is prepared again."""
-    if source in (None, "fashion", "digits"):
-        return None
-    p = Path(source).expanduser().resolve()
-    return [str(p), p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else None
+def image_file_stamp(source: str | None) -> list | None:
+    """A user's image file's stamp (None for the built-in sources)."""
+    return None if source in ("fashion", "digits") else file_stamp(source)
 
 
 @register_task("images")
 class Images(Task):
     """Greyscale images as pixel sequences (Fashion-MNIST 28x28; images:digits for 8x8)."""
 
+    view_title = "per-pixel loss map"
+
+    def report_view(self, folder, runs, pp) -> str:
+        return images_view(self, folder, runs, pp)
+
     fixed_context = True
     version = "1"
+    example = {"source": "{images}", "levels": 4}
 
     def __init__(self, source: str | None = None, context_length: int | None = None, levels: int = 16, **options):
         check_options("images", options, set())
@@ -174,7 +164,7 @@ class Images(Task):
         return self.levels
 
     def fingerprint(self) -> str:
-        self.options["_file"] = file_stamp(self.source)
+        self.options["_file"] = image_file_stamp(self.source)
         fp = super().fingerprint()
         self.options.pop("_file")
         return fp
@@ -192,3 +182,39 @@ class Images(Task):
     def decode(self, tokens):
         return " ".join("BOS" if int(t) == self.bos else str(int(t)) for t in tokens)
 
+    def encode(self, text: str) -> np.ndarray:
+        return np.array([self.bos if t == "BOS" else int(t) for t in text.split()], dtype=np.int64)
+
+
+# -- the task's report section ------------------------------------------------------------------
+def pixel_loss_map(position: np.ndarray, loss: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W) map: the loss at position i lands on pixel (i // W, i % W); NaN where none was stored."""
+    out = np.full(height * width, np.nan)
+    position = np.asarray(position, dtype=np.int64)
+    keep = (position >= 0) & (position < height * width)
+    out[position[keep]] = np.asarray(loss)[keep]
+    return out.reshape(height, width)
+
+
+def images_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -> str:
+    spec = str(runs["task"].iloc[0])
+    H, W = task.height, task.width
+    pp = label_runs(pp)
+    models = list(dict.fromkeys(pp["model"]))
+    maps = {m: pixel_loss_map(*pp[pp["model"] == m].groupby("position")["loss"].mean().reset_index().values.T, H, W)
+            for m in models}
+    vmin = np.nanmin([np.nanmin(v) for v in maps.values()])
+    vmax = np.nanmax([np.nanmax(v) for v in maps.values()])
+    fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models) + 0.8, 3.2), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        im = ax.imshow(maps[m], cmap="magma", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(m, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=axes[0].tolist(), label="test loss (nats/pixel)", shrink=0.9)
+    rows = [{"model": m, "mean": float(np.nanmean(v)), "first row": float(np.nanmean(v[0])),
+             "last row": float(np.nanmean(v[-1])), "top-left pixel": float(v[0, 0])} for m, v in maps.items()]
+    return (img_tag(figure_png(fig), f"per-pixel loss maps of {spec}") +
+            paragraph(f"Mean test loss of each pixel ({H}x{W}, {task.levels} grey levels, raster order after a BOS "
+               "token), averaged over held-out images and seeds. Henighan et al. (Fig. 6) found the first pixels "
+               "dearest and the cost dependent on where a pixel sits.") + html_table(pd.DataFrame(rows)))

@@ -35,18 +35,21 @@ import random
 import subprocess
 import sys
 from decimal import Decimal
-from pathlib import Path
 from typing import Callable
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 import torch
 
 from mnemoscope.errors import UserError
+from mnemoscope.evaluate import greedy_hits
+from mnemoscope.figures import N_BOOT, figure_png, html_table, img_tag, label_runs, paragraph
 from mnemoscope.registry import register_task
-from mnemoscope.task import Task, TokenSplit, eval_offsets, window_batch
-
-from .images import check_options
+from mnemoscope.statistics import cluster_ci
+from mnemoscope.store import StudyFolder
+from mnemoscope.task import Task, TokenSplit, check_options
 
 NEWLINE = ord("\n")
 #: fractions of the question-hash range: [0, .8) train, [.8, .9) validation, [.9, 1) test
@@ -172,7 +175,7 @@ def deepmind_modules(regime: str) -> dict[str, Callable]:
     dio = importlib.import_module("sympy.solvers.diophantine")
     if not hasattr(dio, "base_solution_linear"):
         dio.base_solution_linear = sys.modules["sympy.solvers.diophantine.diophantine"].base_solution_linear
-    from mathematics_dataset.modules import modules
+    from mathematics_dataset.modules import modules  # optional: the math extra
 
     tree = {"train": lambda: modules.train(lambda r: r), "interpolate": modules.test,
             "extrapolate": modules.test_extra}[regime]()
@@ -197,10 +200,8 @@ def deepmind_problems(split: str, n_chars: int, seed: int = 0) -> list[tuple[str
     if importlib.util.find_spec("mathematics_dataset") is None:
         raise UserError("math:source=deepmind needs DeepMind's generator: pip install mathematics-dataset==1.0.1 "
                         "(or use the default source)")
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONHASHSEED": "0",
-           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    code = ("import json, sys; from tasks.math import _deepmind_generate; "
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    code = ("import json, sys; from mnemoscope.tasks.math import _deepmind_generate; "
             "json.dump(_deepmind_generate(*json.loads(sys.argv[1])), sys.stdout)")
     done = subprocess.run([sys.executable, "-c", code, json.dumps([split, n_chars, seed])], env=env,
                           capture_output=True, text=True)
@@ -252,9 +253,15 @@ def pack(problems: list[tuple[str, str]], documents: list[str]) -> TokenSplit:
 class Math(Task):
     """Question/answer problems, loss on answers only; interpolation (test) and extrapolation splits."""
 
+    view_title = "answers, interpolation and extrapolation"
+
+    def report_view(self, folder, runs, pp) -> str:
+        return math_view(self, folder, runs, pp)
+
     vocab_size = 128
     default_context = 256
     version = "1"
+    example = {"context_length": 64, "train_tokens": 20_000, "eval_tokens": 4_000}
 
     def __init__(self, source: str | None = None, context_length: int | None = None, difficulty: int = 3,
                  train_tokens: int = 4_000_000, eval_tokens: int = 150_000, **options):
@@ -290,31 +297,6 @@ class Math(Task):
 
 
 # -- evaluation: exact match under greedy decoding ------------------------------------------------
-@torch.no_grad()
-def greedy_hits(model: torch.nn.Module, split: TokenSplit, context_length: int, n_sequences: int = 256,
-                batch_size: int = 32):
-    """One teacher-forced pass over the evaluation windows (the same ``eval_offsets`` as the study).
-
-    Returns ``(offsets, hits, losses, mask, targets)``, the last four (N, T): ``hits[i, t]`` is True
-    where the most likely next token equals the true one, ``losses`` in nats.
-    """
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    offsets = eval_offsets(split, context_length, n_sequences)
-    hits, losses, masks, targets = [], [], [], []
-    for i in range(0, len(offsets), batch_size):
-        x, y, m = window_batch(split, offsets[i:i + batch_size], context_length)
-        logits = model(x.to(device)).float()  # (B, T, V)
-        losses.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.to(device), reduction="none").cpu())
-        hits.append((logits.argmax(-1) == y.to(device)).cpu())
-        masks.append(m)
-        targets.append(y)
-    model.train(was)
-    cat = lambda xs: torch.cat(xs).numpy()
-    return offsets, cat(hits), cat(losses).astype(np.float32), cat(masks), cat(targets)
-
-
 def answer_spans(mask_row: np.ndarray, target_row: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) of every complete answer in one window: a run of counted targets that ends
     with the newline closing the answer (an answer cut by the window's end is left out)."""
@@ -344,3 +326,48 @@ def answer_accuracy(model: torch.nn.Module, split: TokenSplit, context_length: i
             rows.append({"sequence": i, "position": int(a), "length": int(b - a), "kind": question_kind(question),
                          "loss": float(losses[i, a:b].mean()), "correct": bool(hits[i, a:b].all())})
     return pd.DataFrame(rows, columns=["sequence", "position", "length", "kind", "loss", "correct"])
+
+
+# -- the task's report section ------------------------------------------------------------------
+def math_eval(folder: StudyFolder, run_id: str, task) -> pd.DataFrame:
+    model = folder.load_model(run_id)
+    n = folder.eval_sequences
+    parts = []
+    for split, label in (("test", "interpolation (test)"), ("extrapolation", "extrapolation")):
+        df = answer_accuracy(model, task.splits()[split], task.context_length, n)
+        df.insert(0, "split", label)
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+
+def math_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -> str:
+    spec = str(runs["task"].iloc[0])
+    parts = []
+    for _, r in label_runs(runs).iterrows():
+        df = folder.cached_table(r["run_id"], "math", lambda: math_eval(folder, r["run_id"], task))
+        parts.append(df.assign(model=r["model"], seed=r["seed"], unit=r["run_id"] + ":" + df["sequence"].astype(str)))
+    answers = pd.concat(parts, ignore_index=True)
+    answers["accuracy"] = answers["correct"].astype(float)
+    rows = []
+    for (m, split), d in answers.groupby(["model", "split"], sort=False):
+        acc = cluster_ci(d["accuracy"].to_numpy(), np.ones(len(d)), d["unit"].to_numpy())
+        loss = cluster_ci(d["loss"].to_numpy(), d["length"].to_numpy(float), d["unit"].to_numpy())
+        rows.append({"model": m, "split": split, "answers": len(d), "exact match": acc[0], "acc low": acc[1],
+                     "acc high": acc[2], "answer loss (nats/char)": loss[0], "loss low": loss[1], "loss high": loss[2]})
+    table = pd.DataFrame(rows)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    sns.barplot(data=answers, x="model", y="accuracy", hue="split", errorbar=("ci", 95), n_boot=N_BOOT, seed=0, ax=ax1)
+    sns.barplot(data=answers, x="model", y="loss", hue="split", errorbar=("ci", 95), n_boot=N_BOOT, seed=0, ax=ax2)
+    ax1.set_ylabel("exact-match accuracy (greedy)")
+    ax1.set_ylim(0, max(0.05, min(1.0, answers["accuracy"].groupby([answers["model"], answers["split"]]).mean().max() * 1.3)))
+    ax2.set_ylabel("mean loss per answer character (nats)")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelrotation=20)
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    by_kind = (answers.groupby(["model", "split", "kind"])["accuracy"].mean().unstack("kind").reset_index())
+    return (img_tag(figure_png(fig), f"math accuracy and answer loss of {spec}") +
+            paragraph("Answers only (their characters and the closing newline). Interpolation: held-out questions of the "
+               "training difficulties; extrapolation: harder ones. Exact match under greedy decoding. The table's "
+               "intervals are 95% bootstrap intervals over evaluation windows (the plot's over answers).") +
+            html_table(table) + paragraph("Exact-match accuracy by kind of problem:") + html_table(by_kind))

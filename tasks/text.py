@@ -26,8 +26,11 @@ def shakespeare_files() -> list[Path]:
 
 @register_task("text")
 class Text(Task):
+    """English text as bytes (Shakespeare's works by default; text:PATH for your own files)."""
+
     vocab_size = 256
     default_context = 256
+    example = {"source": "{documents}", "context_length": 32}
 
     def fingerprint(self) -> str:
         if self.source:

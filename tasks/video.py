@@ -17,15 +17,20 @@ task (same ``source`` option: fashion, digits, or a .npz file).
 """
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import seaborn as sns
 import torch
 import torch.nn.functional as F
 
 from mnemoscope.errors import UserError
+from mnemoscope.figures import N_BOOT, figure_png, html_table, img_tag, label_runs, paragraph
 from mnemoscope.registry import register_task
-from mnemoscope.task import Task
+from mnemoscope.store import StudyFolder
+from mnemoscope.task import Task, check_options, sequences_split, token_dtype
 
-from .images import check_options, file_stamp, load_images, parse_levels, sequences_split, token_dtype
+from .images import image_file_stamp, load_images, parse_levels
 
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 
@@ -104,8 +109,15 @@ def _int_option(name: str, value, low: int, high: int | None = None) -> int:
 class Video(Task):
     """Bouncing sprites cut from real images; frame-major pixel sequences (4 frames of 16x16)."""
 
+    view_title = "frames"
+
+    def report_view(self, folder, runs, pp) -> str:
+        return video_view(self, folder, runs, pp)
+
     fixed_context = True
     version = "1"
+    example = {"source": "{images}", "frames": 3, "size": 6, "objects": 2, "sprite": 2, "speed": 1, "clips": 30,
+               "eval_clips": 10}
 
     def __init__(self, source: str | None = None, context_length: int | None = None, frames: int = 4, size: int = 16,
                  objects: int = 2, sprite: int = 8, speed: int = 2, levels: int = 4, clips: int = 20000,
@@ -131,7 +143,7 @@ class Video(Task):
         return self.levels
 
     def fingerprint(self) -> str:
-        self.options["_file"] = file_stamp(self.source)
+        self.options["_file"] = image_file_stamp(self.source)
         fp = super().fingerprint()
         self.options.pop("_file")
         return fp
@@ -156,3 +168,57 @@ class Video(Task):
 
     def decode(self, tokens):
         return " ".join("BOS" if int(t) == self.bos else str(int(t)) for t in tokens)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.array([self.bos if t == "BOS" else int(t) for t in text.split()], dtype=np.int64)
+
+
+# -- the task's report section ------------------------------------------------------------------
+def frame_means(losses: np.ndarray, mask: np.ndarray, frame_length: int) -> np.ndarray:
+    """(N, F) mean loss of each sequence over each frame's positions."""
+    N, T = losses.shape
+    F = T // frame_length
+    m = mask[:, :F * frame_length].reshape(N, F, frame_length)
+    l = losses[:, :F * frame_length].reshape(N, F, frame_length)
+    return (l * m).sum(-1) / np.maximum(m.sum(-1), 1)
+
+
+def video_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -> str:
+    spec = str(runs["task"].iloc[0])
+    L = task.frame_length
+    pp = label_runs(pp)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    g = pp.groupby(["model", "position"], as_index=False)[["loss", "ci_low", "ci_high"]].mean()
+    palette = dict(zip(dict.fromkeys(g["model"]), sns.color_palette("colorblind", g["model"].nunique())))
+    for m, part in g.groupby("model", sort=False):
+        # a rolling mean over a row of pixels keeps the curve readable at 1,000+ positions
+        smooth = part["loss"].rolling(task.size, min_periods=1, center=True).mean()
+        ax1.plot(part["position"], smooth, color=palette[m], lw=1.2, label=m)
+        ax1.fill_between(part["position"], part["ci_low"].rolling(task.size, min_periods=1, center=True).mean(),
+                         part["ci_high"].rolling(task.size, min_periods=1, center=True).mean(), color=palette[m],
+                         alpha=0.15, lw=0)
+    for f in range(1, task.frames):
+        ax1.axvline(f * L - 0.5, color="k", ls=":", lw=1)
+    ax1.set_xlabel(f"position (frame boundaries every {L} tokens)")
+    ax1.set_ylabel("test loss (nats/token)")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3)
+    rows = []
+    for r, losses, mask in folder.stored_losses(label_runs(runs)):
+        fm = frame_means(losses, mask, L)
+        for i, row in enumerate(fm):
+            for f, v in enumerate(row):
+                rows.append({"model": r["model"], "seed": r["seed"], "sequence": i, "frame": f + 1, "loss": v})
+    frames = pd.DataFrame(rows)
+    sns.pointplot(data=frames, x="frame", y="loss", hue="model", palette=palette, errorbar=("ci", 95),
+                  n_boot=N_BOOT, seed=0, dodge=0.3 if frames["model"].nunique() > 1 else False, ax=ax2)  # seaborn divides by (levels - 1)
+    ax2.set_ylabel("mean test loss over the frame (nats/token)")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    table = frames.groupby(["model", "frame"])["loss"].mean().unstack("frame").add_prefix("frame ").reset_index()
+    return (img_tag(figure_png(fig), f"video per-position and per-frame loss of {spec}") +
+            paragraph(f"Clips of {task.frames} frames of {task.size}x{task.size} pixels, frame-major, so the same pixel one "
+               f"frame back is {L} tokens back. Left: per-position loss (smoothed over {task.size} positions, 95% "
+               "bands over sequences), dotted lines at frame boundaries. Right: mean loss per frame, 95% bootstrap "
+               "intervals over clips; a model that uses the previous frame pays less for frames 2 onwards.") +
+            html_table(table))

@@ -1,14 +1,9 @@
 """Shared fixtures: tiny data made by the tests themselves, a private cache folder."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 # one thread: the tests' models are tiny, and on a busy machine (CI runners, a study running
 # beside the suite) spinning OpenMP threads made one analysis test 15x slower (772 s against 50 s)
 torch.set_num_threads(1)
@@ -39,7 +34,8 @@ def text_dir(tmp_path):
 def tiny_lstm(text_dir, tmp_path):
     """(model, splits): a 3000-parameter LSTM built by a Study on ``text_dir`` at context 16,
     and that task's token splits, for tests that call ``fit`` directly."""
-    from mnemoscope.study import Study, StudyConfig
+    from mnemoscope.config import StudyConfig
+    from mnemoscope.runner import Study
 
     config = StudyConfig(archs=["lstm"], tasks=[f"text:{text_dir}"], params=[3000], context=16).normalized()
     study = Study(config, tmp_path / "study")

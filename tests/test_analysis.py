@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from architectures.cnn import CNN
-from architectures.lstm import LSTM
-from architectures.transformer import Transformer
-from mnemoscope import analysis
-from mnemoscope.analysis import (bootstrap_fit, effective_context, extrapolation, fit_power_law, octave_gain,
-                                 octave_gains, truncation_ablation)
+from mnemoscope.architectures.cnn import CNN
+from mnemoscope.architectures.lstm import LSTM
+from mnemoscope.architectures.transformer import Transformer
+from mnemoscope import analysis, report_history, statistics
+from mnemoscope.analysis import extrapolation, truncation_ablation
+from mnemoscope.statistics import bootstrap_fit, effective_context, fit_power_law, octave_gain, octave_gains
 from mnemoscope.task import TokenSplit
-from tasks.probes import Lag, lag_entropy
+from mnemoscope.tasks.probes import Lag, lag_entropy
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +106,7 @@ def test_octave_gains_find_where_the_loss_stops_falling():
     g = octave_gains(curve[None, :] + offset, mask, n_boot=300)
     assert list(zip(g["octave_start"], g["octave_end"])) == [(1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (32, 64)]
     assert list(g["significant"]) == [True, True, True, True, False, False]
-    assert analysis.last_significant_octave(g) == (8, 16)  # [4, 8) -> [8, 16) still falls; nothing after
+    assert statistics.last_significant_octave(g) == (8, 16)  # [4, 8) -> [8, 16) still falls; nothing after
     assert g["gain"].iloc[3] == pytest.approx(np.mean(curve[4:8]) - 1.0)
     # with noise at every position: the falling octaves stay significant, the flat ones gain ~0
     losses = curve[None, :] + offset + rng.normal(0, 0.3, size=(N, T))
@@ -258,7 +258,7 @@ def test_paired_gap_cancels_shared_noise_and_finds_a_growing_gap():
     base = 2.0 + difficulty + rng.normal(0, 0.05, size=(N, T))
     band_of = np.searchsorted([8, 32], np.arange(T), side="right")  # 0, 1, 2 for [0,8), [8,32), [32,64)
     model = base + 0.1 * band_of + rng.normal(0, 0.05, size=(N, T))
-    g = analysis.paired_gap(model, base, None, n_boot=400).set_index("band")
+    g = statistics.paired_gap(model, base, None, n_boot=400).set_index("band")
     assert list(g.index) == ["0-7", "8-31", "32-63", "all", "growth"]
     for band, truth in (("0-7", 0.0), ("8-31", 0.1), ("32-63", 0.2), ("growth", 0.2)):
         assert g.loc[band, "gap_low"] < truth + 0.01 and truth - 0.01 < g.loc[band, "gap_high"], band
@@ -266,10 +266,10 @@ def test_paired_gap_cancels_shared_noise_and_finds_a_growing_gap():
     assert not g.loc["0-7", "significant"] and g.loc["growth", "significant"]
     mask = np.ones((N, T), bool)
     mask[:, :8] = False  # answers only: nothing counted in the first band; growth from the next one
-    g = analysis.paired_gap(model, base, mask, n_boot=200).set_index("band")
+    g = statistics.paired_gap(model, base, mask, n_boot=200).set_index("band")
     assert np.isnan(g.loc["0-7", "gap"]) and abs(g.loc["growth", "gap"] - 0.1) < 0.01
-    with pytest.raises(analysis.UserError, match="same test sequences"):
-        analysis.paired_gap(model[:, :32], base, None)
+    with pytest.raises(statistics.UserError, match="same test sequences"):
+        statistics.paired_gap(model[:, :32], base, None)
 
 
 # -- a whole study ------------------------------------------------------------------------------------------
@@ -313,11 +313,11 @@ def test_effective_context_is_not_reported_when_truncation_beats_the_full_contex
     # learned positions past the length they trained well at: the full context scores worst, so
     # every n would count as "within 1%" of it
     rows = [{"variant": "truncate", "context": n, "loss": v} for n, v in [(1, 2.8), (64, 1.95), (256, 1.98), (512, 2.36)]]
-    check = analysis.truncation_check(pd.DataFrame(rows), 0.01)
+    check = statistics.truncation_check(pd.DataFrame(rows), 0.01)
     assert check == {"full_context_worse": True, "best_truncated_context": 64}
     fit = {"arch": "transformer:pos=learned", "task": "text", "params": 1_000_000, "seed": 0, "context": 512,
            "effective_context": 4, "effective_context_low": 2, "effective_context_high": 4, **check}
-    cell = analysis.history_table(pd.DataFrame([fit]))["effective context (tokens)"].iloc[0]
+    cell = report_history.history_table(pd.DataFrame([fit]))["effective context (tokens)"].iloc[0]
     assert cell == "not meaningful: 64 tokens beat the full context"
     rows[-1]["loss"] = 1.94  # the usual case: the full context is best
-    assert analysis.truncation_check(pd.DataFrame(rows), 0.01)["full_context_worse"] is False
+    assert statistics.truncation_check(pd.DataFrame(rows), 0.01)["full_context_worse"] is False

@@ -19,7 +19,7 @@ ARCHS = ["transformer", "lstm", "cnn"]
 
 def test_tiny_benchmark_has_every_row(tmp_path):
     env = {**os.environ, "MNEMOSCOPE_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--tiny", "--out", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--tiny", "--out", str(tmp_path)],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     df = pd.read_csv(tmp_path / "benchmarks.csv")
@@ -65,14 +65,13 @@ def test_tiny_benchmark_has_every_row(tmp_path):
     assert list(study.row) == ["default study wall time", "default study peak memory"]
     assert (study.value > 0).all()
     table = (tmp_path / "benchmarks.md").read_text()
-    assert "Regenerate: `python benchmarks/run.py --tiny" in table
+    assert "Regenerate: `python -m benchmarks.run --tiny" in table
     for name in df.row:
         assert name in table
 
 
 def test_paired_ratio_and_verdict():
     """The statistics behind every ratio: per-round ratios, their median and a bootstrap interval."""
-    sys.path.insert(0, str(REPO))
     from benchmarks.run import CLOCK, Rounds, paired_ratio, verdict
 
     CLOCK["index"] = 1

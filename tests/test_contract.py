@@ -124,7 +124,7 @@ def test_rotary_with_an_odd_head_size():
     model = build(cls, V, T, {"d_model": 136, "n_layer": 1, "n_head": 8}).eval()
     x = torch.randint(0, V, (2, T))
     assert model(x).shape == (2, T, V)
-    from architectures.transformer import apply_rotary, rotary_tables
+    from mnemoscope.architectures.transformer import apply_rotary, rotary_tables
 
     q = torch.randn(1, 1, 5, 17)
     out = apply_rotary(q, *rotary_tables(5, 17, "cpu"))

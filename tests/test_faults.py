@@ -154,8 +154,8 @@ def cli_process(argv: list[str]) -> multiprocessing.Process:
     global _CTX
     if _CTX is None:
         _CTX = multiprocessing.get_context("forkserver")
-        _CTX.set_forkserver_preload(["mnemoscope.cli", "mnemoscope.study", "mnemoscope.queue", "mnemoscope.report",
-                                     "architectures", "tasks", "test_faults"])
+        _CTX.set_forkserver_preload(["mnemoscope.cli", "mnemoscope.runner", "mnemoscope.queue", "mnemoscope.report",
+                                     "mnemoscope.architectures", "mnemoscope.tasks", "test_faults"])
     env = {"MNEMOSCOPE_CACHE": os.environ["MNEMOSCOPE_CACHE"], "OMP_NUM_THREADS": "1"}
     p = _CTX.Process(target=_cli, args=(argv, env), daemon=True)
     p.start()
@@ -282,7 +282,8 @@ def test_unwritable_folder_gives_one_clear_line(tmp_path, capfd):
 
 
 def test_same_seed_bitwise_identical_losses_different_seed_differs(tmp_path):
-    from mnemoscope.study import Study, StudyConfig, plan
+    from mnemoscope.config import StudyConfig, plan
+    from mnemoscope.runner import Study
 
     corpus = make_corpus(tmp_path / "texts")
     config = StudyConfig(archs=["transformer"], tasks=[f"text:{corpus}"], params=["2k"], context=16, tokens="2k",
@@ -300,7 +301,9 @@ def test_same_seed_bitwise_identical_losses_different_seed_differs(tmp_path):
 
 def test_checkpoints_load_with_weights_only_and_nothing_untrusted_is_unpickled(tmp_path):
     from mnemoscope.errors import UserError
-    from mnemoscope.study import Study, StudyConfig, load_run_model, plan
+    from mnemoscope.config import StudyConfig, plan
+    from mnemoscope.runner import Study
+    from mnemoscope.store import load_run_model
 
     corpus = make_corpus(tmp_path / "texts")
     config = StudyConfig(archs=["lstm"], tasks=[f"text:{corpus}"], params=["2k"], context=16, tokens="1k",
@@ -344,7 +347,7 @@ def test_divergence_guard_reading_losses_in_groups_records_the_first_bad_step():
     import torch
     from types import SimpleNamespace
 
-    from mnemoscope.study import DivergenceGuard
+    from mnemoscope.callbacks import DivergenceGuard
 
     guard = DivergenceGuard(every=4, every_step=False)
     trainer = SimpleNamespace(global_step=0, should_stop=False)

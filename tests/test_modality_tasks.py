@@ -16,14 +16,14 @@ from mnemoscope.cli import main
 from mnemoscope.errors import UserError
 from mnemoscope.registry import TASKS
 from mnemoscope.specs import parse_spec
+from mnemoscope.statistics import cluster_ci
 from mnemoscope.task import eval_offsets, window_batch
-from mnemoscope.views import cluster_ci, frame_means, pixel_loss_map
-from tasks import images as images_mod
-from tasks.images import Images
-from tasks.math import KINDS, Math, answer_accuracy, answer_spans, hash_fraction, own_problems, pack
-from tasks.probes import (Copy, Lag, Recall, copy_distances, copy_sequences, lag_entropy, lag_sequences,
+from mnemoscope.tasks import images as images_mod
+from mnemoscope.tasks.images import Images, pixel_loss_map
+from mnemoscope.tasks.math import KINDS, Math, answer_accuracy, answer_spans, hash_fraction, own_problems, pack
+from mnemoscope.tasks.probes import (Copy, Lag, Recall, copy_distances, copy_sequences, lag_entropy, lag_sequences,
                           recall_distances, recall_sequences)
-from tasks.video import Video, bounce, clip_sequences, quantize_unit, sprite_clips
+from mnemoscope.tasks.video import Video, bounce, clip_sequences, frame_means, quantize_unit, sprite_clips
 
 
 @pytest.fixture

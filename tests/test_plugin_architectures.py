@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from architectures.linear_attention import retention
-from architectures.moe_transformer import MoE
-from architectures.ssm import ssd_scan
-from architectures.transformer import Transformer
-from architectures.window_transformer import WindowTransformer
+from mnemoscope.architectures.linear_attention import retention
+from mnemoscope.architectures.moe_transformer import MoE
+from mnemoscope.architectures.ssm import ssd_scan
+from mnemoscope.architectures.transformer import Transformer
+from mnemoscope.architectures.window_transformer import WindowTransformer
 from mnemoscope.model import build
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.specs import parse_spec
@@ -120,7 +120,7 @@ def test_example_plugin_package_installs_lists_and_runs(tmp_path, text_dir):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
                     "--target", str(site), str(pkg)], check=True, capture_output=True, timeout=300)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    env = {**os.environ, "PYTHONPATH": str(site)}  # where pip put the plugin package
     listed = subprocess.run([sys.executable, str(REPO / "study.py"), "list"], env=env, capture_output=True,
                             text=True, timeout=300)
     assert listed.returncode == 0, listed.stderr

@@ -14,7 +14,7 @@ def test_builtins_registered():
 
 
 def test_decorator_and_duplicate():
-    reg = Registry("architecture", "mnemoscope.test-none", "architectures")
+    reg = Registry("architecture", "mnemoscope.test-none", "mnemoscope.architectures")
 
     @reg.register("thing")
     class Thing:
@@ -68,7 +68,7 @@ def test_entry_point(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[mnemoscope.test-eps]\nepnet = ep_plugin_pkg:EPNet\n")
     monkeypatch.syspath_prepend(str(pkg))
     importlib.invalidate_caches()
-    reg = Registry("architecture", "mnemoscope.test-eps", "architectures")
+    reg = Registry("architecture", "mnemoscope.test-eps", "mnemoscope.architectures")
     assert "epnet" in reg.names()
     assert reg.get("epnet").__name__ == "EPNet"
 
@@ -83,8 +83,8 @@ def test_entry_point_duplicate_of_builtin_fails(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[mnemoscope.test-dup]\nlstm = dup_pkg:Dup\n")
     monkeypatch.syspath_prepend(str(pkg))
     importlib.invalidate_caches()
-    reg = Registry("architecture", "mnemoscope.test-dup", "architectures")
-    from architectures.lstm import LSTM
+    reg = Registry("architecture", "mnemoscope.test-dup", "mnemoscope.architectures")
+    from mnemoscope.architectures.lstm import LSTM
     reg.add("lstm", LSTM)
     with pytest.raises(RegistryError, match="duplicate architecture name 'lstm'"):
         reg.names()

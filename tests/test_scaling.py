@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from mnemoscope.flops import count_training_step, rnn_training_flops
-from mnemoscope.scaling import (bootstrap_law, fit_law, frontier, law, log_spaced_steps, report_section,
-                                scaling_tables)
+from mnemoscope.callbacks import log_spaced_steps
+from mnemoscope.report_scaling import report_section
+from mnemoscope.scaling import bootstrap_law, fit_law, frontier, law, scaling_tables
 
 
 @pytest.mark.parametrize("truth", [(1.2, 3e3, 0.30), (0.8, 50.0, 0.15), (2.0, 5e5, 0.60)])
@@ -38,7 +39,7 @@ def test_fitter_refuses_too_few_points():
 def test_transformer_step_flops_match_6N_plus_attention():
     """Kaplan et al. 2020 Table 1: forward 2N + attention, backward twice the forward. Here N also
     holds the tied output head (d*V, a real matmul) and attention is not halved for causality."""
-    from architectures.transformer import Transformer
+    from mnemoscope.architectures.transformer import Transformer
 
     V, T, d, n_layer = 256, 128, 96, 3
     model = Transformer(vocab_size=V, context_length=T, d_model=d, n_layer=n_layer)
@@ -181,16 +182,17 @@ def test_scaling_tables_recover_the_laws_of_a_fake_study(tmp_path):
 def test_report_section_draws_from_stored_folders(tmp_path, monkeypatch):
     runs = fake_study(tmp_path, archs=(("transformer", 1.0, 2e3, 0.30),))
     (tmp_path / "config.yaml").write_text("archs: [transformer]\nhparams: {}\n")
-    import mnemoscope.scaling as scaling
+    import mnemoscope.report_scaling as report_scaling
 
-    monkeypatch.setattr(scaling, "N_BOOT", 20)  # a smoke test of the drawing, not of the intervals
+    monkeypatch.setattr(report_scaling, "N_BOOT", 20)  # a smoke test of the drawing, not of the intervals
     [(title, body)] = report_section(tmp_path, runs, pd.DataFrame())
     assert title == "Scaling"
     assert body.count("<img") == 3 and "Kaplan" in body and "L(N)" in body
 
 
 def test_a_real_run_records_flops_and_a_log_spaced_curve(tmp_path, text_dir):
-    from mnemoscope.study import Study, StudyConfig
+    from mnemoscope.config import StudyConfig
+    from mnemoscope.runner import Study
 
     config = StudyConfig(archs=["lstm"], tasks=[f"text:{text_dir}"], params=[3000], context=16, tokens=20_000,
                          batch_size=8, eval_sequences=16).normalized()

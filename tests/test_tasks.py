@@ -44,7 +44,7 @@ def test_single_file_is_cut_into_three_parts(tmp_path):
 
 
 def test_corpus_tasks_exclude_first_folio_twins():
-    from tasks.text import shakespeare_files
+    from mnemoscope.tasks.text import shakespeare_files
     try:
         files = shakespeare_files()
     except UserError:
@@ -53,7 +53,7 @@ def test_corpus_tasks_exclude_first_folio_twins():
 
 
 def test_code_task_skips_tests_and_site_packages():
-    from tasks.code import stdlib_files
+    from mnemoscope.tasks.code import stdlib_files
     files = stdlib_files()
     assert len(files) > 500
     assert not any("site-packages" in p.parts or "test" in p.parts for p in files)

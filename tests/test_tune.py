@@ -7,7 +7,8 @@ import yaml
 
 from mnemoscope.cli import main
 from mnemoscope.errors import UserError
-from mnemoscope.study import Study, StudyConfig
+from mnemoscope.config import StudyConfig
+from mnemoscope.runner import Study
 from mnemoscope.tune import OptunaPruning, apply_tuned, shape_space, tune, write_tuned
 
 TINY = dict(params=3000, tokens=12_000, context=16, batch_size=8)
@@ -47,7 +48,7 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def test_pruning_stops_training_at_the_first_validation_point(tiny_lstm, tmp_path):
-    from mnemoscope.scaling import LogSpacedValidation
+    from mnemoscope.callbacks import LogSpacedValidation
     from mnemoscope.train import TrainConfig, fit
 
     model, splits = tiny_lstm
@@ -86,8 +87,8 @@ def test_apply_tuned_refuses_unfair_or_missing_tuning(tmp_path):
 def test_shape_space_of_builtins_and_plugins():
     from mnemoscope.registry import ARCHITECTURES
 
-    assert shape_space(ARCHITECTURES.get("transformer"), "transformer") == {"n_layer": [1, 2, 3, 4, 6]}
-    assert "kernel_size" in shape_space(ARCHITECTURES.get("cnn"), "cnn")
+    assert shape_space(ARCHITECTURES.get("transformer")) == {"n_layer": [1, 2, 3, 4, 6]}
+    assert "kernel_size" in shape_space(ARCHITECTURES.get("cnn"))
 
 
 def test_cli_tune_errors_are_one_line(capsys):

@@ -1,9 +1,10 @@
-"""Atomic writes: a killed process leaves the old file or the new one, never half of one."""
+"""Atomic writes and table I/O: a killed process leaves the old file or the new one, never half of one."""
 from __future__ import annotations
 
 import errno
 import os
 import tempfile
+from io import BytesIO
 from pathlib import Path
 from typing import Callable
 
@@ -55,3 +56,26 @@ def read_parquet(path: Path) -> pd.DataFrame:
         raise UserError(f"missing table {path}") from None
     except Exception as exc:
         raise UserError(f"corrupt table {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def write_table(path: Path, df: pd.DataFrame) -> None:
+    """Atomic, and untouched when its bytes would not change (a failed rerun alters nothing)."""
+    buf = BytesIO()
+    df.to_parquet(buf, index=False)
+    data = buf.getvalue()
+    if path.exists() and path.read_bytes() == data:
+        return
+    atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def read_optional(path: Path) -> pd.DataFrame:
+    """A table that may not exist yet (an empty frame then); an empty CSV reads as an empty frame."""
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame()
+    if path.suffix != ".csv":
+        return read_parquet(path)
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # an analysis that found no run to fit writes an empty table
+        return pd.DataFrame()

@@ -1,0 +1,104 @@
+"""Lightning callbacks every run uses: stop on divergence, and validation at log-spaced steps
+(the loss-against-compute curve of a run, and what ``study.py tune`` prunes on)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+
+from .evaluate import per_position_losses
+from .task import TokenSplit
+
+VAL_SEQUENCES = 64  # validation windows scored at each log-spaced point (as train.fit's loop does)
+POINTS_PER_DECADE = 5  # validation points per decade of training steps
+
+class DivergenceGuard(L.Callback):
+    """Stop when the training loss is NaN/inf or explodes; remember the step (status ``diverged``).
+
+    Reading a loss on the host waits for the device. On a CPU that costs nothing and every step
+    is checked as it ends; on an accelerator the losses stay on the device and are read together
+    every ``every`` steps (one synchronisation instead of ``every``), so a divergence stops the run
+    at most ``every - 1`` steps late, and the step recorded is still the first bad one."""
+
+    def __init__(self, factor: float = 4.0, every: int = 16, every_step: bool | None = None):
+        self.step: int | None = None
+        self.factor, self.first, self.every = factor, None, every
+        self.every_step = every_step  # None: on a CPU only
+        self.pending: list[tuple[int, torch.Tensor]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.pending.append((int(trainer.global_step), loss.detach()))
+        every_step = loss.device.type == "cpu" if self.every_step is None else self.every_step
+        if every_step or len(self.pending) >= self.every:
+            self._check(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self._check(trainer)
+
+    def _check(self, trainer) -> None:
+        if not self.pending:
+            return
+        steps = [s for s, _ in self.pending]
+        values = torch.stack([v.float() for _, v in self.pending]).tolist()  # one wait for the device
+        self.pending = []
+        for step, value in zip(steps, values):
+            if self.step is not None:
+                return
+            if self.first is None and math.isfinite(value):
+                self.first = value
+            if not math.isfinite(value) or (self.first is not None and value > self.factor * self.first + 5):
+                self.step = step
+                trainer.should_stop = True
+
+
+def log_spaced_steps(n_steps: int, per_decade: int = POINTS_PER_DECADE) -> list[int]:
+    """Steps 1..n_steps at ``per_decade`` points per decade, the last step always included."""
+    k = max(2, int(math.ceil(per_decade * math.log10(max(n_steps, 10)))) + 1)
+    return sorted({int(s) for s in np.unique(np.round(np.geomspace(1, n_steps, k)))} | {n_steps})
+
+
+class LogSpacedValidation(L.Callback):
+    """Scores the same validation windows after log-spaced training steps, for loss-vs-compute curves.
+
+    After step s (s optimizer steps done, s * tokens_per_step tokens seen) it records each
+    sequence's summed loss (nats) and logs the mean as ``val_loss_logspaced``. ``save(path)`` writes
+    ``val_curve.npz``: steps (P,), tokens (P,), loss_sum (P, N) and targets (N,) per sequence,
+    so intervals can resample sequences.
+    """
+
+    def __init__(self, validation: TokenSplit, context_length: int, n_steps: int, tokens_per_step: int,
+                 batch_size: int = 32, n_sequences: int = VAL_SEQUENCES, per_decade: int = POINTS_PER_DECADE):
+        self.validation, self.T, self.batch_size, self.n_sequences = validation, context_length, batch_size, n_sequences
+        self.steps = log_spaced_steps(n_steps, per_decade)
+        self.tokens_per_step = tokens_per_step
+        self.history: list[tuple[int, int, np.ndarray]] = []  # (step, tokens, per-sequence loss sums)
+        self.targets: np.ndarray | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = int(trainer.global_step)
+        if step not in self.steps or (self.history and self.history[-1][0] == step):
+            return
+        losses, mask = per_position_losses(pl_module.model, self.validation, self.T, self.n_sequences, self.batch_size)
+        m = mask.astype(np.float64)
+        sums = (losses.astype(np.float64) * m).sum(1)  # (N,) nats per sequence
+        self.targets = m.sum(1)
+        self.history.append((step, step * self.tokens_per_step, sums))
+        pl_module.log("val_loss_logspaced", float(sums.sum() / max(self.targets.sum(), 1)), on_step=True, on_epoch=False)
+
+    @property
+    def last_loss(self) -> float:
+        """Mean validation loss (nats/token) at the latest point, NaN before the first."""
+        if not self.history:
+            return math.nan
+        return float(self.history[-1][2].sum() / max(self.targets.sum(), 1))
+
+    def save(self, path: Path) -> None:
+        if not self.history:
+            return
+        np.savez_compressed(path, steps=np.array([h[0] for h in self.history]),
+                            tokens=np.array([h[1] for h in self.history], dtype=np.int64),
+                            loss_sum=np.stack([h[2] for h in self.history]), targets=self.targets)

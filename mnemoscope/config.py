@@ -1,0 +1,107 @@
+"""What a study is: its configuration (written to ``config.yaml``, fully resolved) and its plan,
+every architecture x task x size x seed as a :class:`RunSpec` with a stable id."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .specs import format_count, parse_count
+
+
+@dataclass
+class StudyConfig:
+    """Everything that defines a study. Written to config.yaml, fully resolved."""
+
+    name: str | None = None
+    archs: list[str] = field(default_factory=lambda: ["transformer", "lstm", "cnn"])
+    tasks: list[str] = field(default_factory=lambda: ["text"])
+    params: list[int] = field(default_factory=lambda: [300_000])  # target non-embedding parameters
+    context: int | None = None  # None: each task's natural length
+    tokens: int = 2_000_000  # training tokens per run
+    seeds: list[int] = field(default_factory=lambda: [0])
+    batch_size: int | str = "auto"  # sequences per batch; auto: see train.auto_batch_size
+    eval_sequences: int = 256
+    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)  # per arch: lr, warmup_fraction, ...
+    val_every_tokens: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":
+        if not isinstance(d, dict):
+            raise UserError("a study config must be a YAML mapping")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown config key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**d).normalized()
+
+    def normalized(self) -> "StudyConfig":
+        c = copy.deepcopy(self)
+        for key in ("archs", "tasks", "params", "seeds"):
+            value = getattr(c, key)
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            if not value:
+                raise UserError(f"{key} is empty")
+            setattr(c, key, list(value))
+        c.params = [parse_count(p, "parameter count") for p in c.params]
+        c.tokens = parse_count(c.tokens, "token budget")
+        if c.batch_size in (None, "auto"):
+            c.batch_size = "auto"
+        else:
+            c.batch_size = parse_count(c.batch_size, "batch size")
+        c.eval_sequences = parse_count(c.eval_sequences, "eval_sequences")
+        if c.context is not None:
+            c.context = parse_count(c.context, "context length", minimum=2)
+        if c.val_every_tokens is not None:
+            c.val_every_tokens = parse_count(c.val_every_tokens, "val_every_tokens")
+        for s in c.seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+                raise UserError(f"seeds must be non-negative integers, got {s!r}")
+        if not isinstance(c.hparams, dict):
+            raise UserError("hparams must be a mapping of architecture -> settings")
+        for key in ("archs", "tasks"):
+            for v in getattr(c, key):
+                if not isinstance(v, str):
+                    raise UserError(f"{key} must be names, got {v!r}")
+        if c.name is None:
+            c.name = default_name(c)
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", c.name):
+            raise UserError(f"study name {c.name!r} may use letters, digits, '.', '_' and '-' only")
+        return c
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_name(c: StudyConfig) -> str:
+    d = c.to_dict()
+    d.pop("name")
+    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:6]
+    slug = lambda xs: "-".join(re.sub(r"[^A-Za-z0-9]+", "", Path(str(x).split(":")[-1]).stem or str(x))[:12] for x in xs)
+    return f"{slug(c.archs)}_{slug(c.tasks)}_{digest}"
+
+
+@dataclass
+class RunSpec:
+    arch: str
+    task: str
+    params: int
+    seed: int
+
+    def run_id(self, study: StudyConfig) -> str:
+        key = json.dumps([self.arch, self.task, self.params, self.seed, study.context, study.tokens, study.batch_size,
+                          study.eval_sequences, study.hparams.get(self.arch, {}), study.val_every_tokens])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+        safe = lambda s: re.sub(r"[^A-Za-z0-9]+", "", Path(s.split(":")[0]).stem if s.endswith(".py") or "/" in s else s.replace(":", "_"))[:24]
+        return f"{safe(self.arch)}-{safe(self.task)}-{format_count(self.params)}-s{self.seed}-{digest}"
+
+
+def plan(study: StudyConfig) -> list[RunSpec]:
+    return [RunSpec(a, t, p, s) for t in study.tasks for a in study.archs for p in study.params for s in study.seeds]

@@ -1,0 +1,330 @@
+"""The study runner: prepares a study, trains and scores each run, and collects the tables.
+
+A run's folder is written under ``runs/.tmp-<id>-<pid>`` and moved into place at once, so a
+run is either absent or complete (layout: :mod:`mnemoscope.store`). The queue of runs and its
+workers live in :mod:`mnemoscope.queue`; the analysis and the report come after, from the
+stored tables (:mod:`mnemoscope.analysis`, :mod:`mnemoscope.report`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from . import files
+from .callbacks import DivergenceGuard, LogSpacedValidation
+from .config import RunSpec, StudyConfig, plan
+from .errors import ContractError, UserError
+from .evaluate import bootstrap_ci, per_position_losses
+from .flops import flops_per_token
+from .model import SIZE_TOLERANCE, active_params, build, check_contract, count_params, size_for, state_size
+from .queue import run_study
+from .registry import ARCHITECTURES, TASKS
+from .specs import format_count, parse_spec
+from .statistics import octave_gain
+from .store import disk_error, environment, jsonable, load_run_model
+from .task import Task
+from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
+
+EVAL_BATCH = 32  # sequences per evaluation forward
+
+RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_config", "target_params",
+               "achieved_params", "active_params", "total_params", "state_size", "batch_size", "tokens_trained", "wall_seconds",
+               "torch_threads",
+               "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
+               "last_octave_gain_high", "status", "diverged_step", "flops_per_token"]
+POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences"]
+
+
+@dataclass
+class Trained:
+    """What :meth:`Study.train` returns: the trained model and how it got there."""
+
+    model: torch.nn.Module
+    arch_config: dict[str, Any]
+    cfg: TrainConfig
+    guard: DivergenceGuard
+    curve: LogSpacedValidation
+    trainer: L.Trainer
+    wall_seconds: float
+    flops_per_token: float
+
+
+class Study:
+    """A study folder: its config, its finished runs, its tables."""
+
+    @classmethod
+    def from_folder(cls, out: Path, missing_hint: str = "", **kwargs) -> "Study":
+        """The study whose ``config.yaml`` lies in ``out``; one clear line where there is none
+        (``missing_hint`` appended) or it is not YAML. ``kwargs`` go to the constructor."""
+        out = Path(out)
+        path = out / "config.yaml"
+        if not path.is_file():
+            raise UserError(f"no study at {out} (no config.yaml){missing_hint}")
+        try:
+            config = StudyConfig.from_dict(yaml.safe_load(path.read_text()))
+        except yaml.YAMLError as exc:
+            raise UserError(f"corrupt YAML in {path}: {str(exc).splitlines()[0]}") from None
+        return cls(config, out, **kwargs)
+
+    def __init__(self, config: StudyConfig, out: Path, trainer_kwargs: dict[str, Any] | None = None,
+                 tasks: dict[str, Task] | None = None):
+        self.config, self.out = config, Path(out)
+        # built tasks by spec; another Study of the same tasks and context may share them (tune's trials)
+        self.tasks: dict[str, Task] = tasks if tasks is not None else {}
+        # devices / num_nodes / strategy for Lightning: one run on many GPUs or nodes
+        self.trainer_kwargs = dict(trainer_kwargs or {})
+        self.rank = 0  # this process's global rank in a multi-process run (0: the one that writes)
+
+    @property
+    def multi_process(self) -> bool:
+        """True when one run spans several processes (Lightning DDP/FSDP): runs then go in plan order
+        in every process, without the queue, and only rank 0 writes."""
+        devices = self.trainer_kwargs.get("devices", 1)
+        return devices not in (1, "1", [0], None) or int(self.trainer_kwargs.get("num_nodes", 1)) > 1
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out / "runs"
+
+    # -- building tasks and models -------------------------------------------------------------
+    def task(self, spec: str) -> Task:
+        if spec not in self.tasks:
+            cls, _, options = parse_spec(spec, TASKS)
+            try:
+                self.tasks[spec] = cls(context_length=self.config.context, **options)
+            except UserError:
+                raise
+            except Exception as exc:
+                raise UserError(f"task {spec!r} failed to build: {type(exc).__name__}: {exc}") from exc
+        return self.tasks[spec]
+
+    def model(self, run: RunSpec):
+        task = self.task(run.task)
+        cls, _, options = parse_spec(run.arch, ARCHITECTURES)
+        # a tuned shape (e.g. depth) is fixed at every size; the width is solved for each
+        options = {**self.config.hparams.get(run.arch, {}).get("shape", {}), **options}
+        config = size_for(cls, run.params, task.vocab_size, task.context_length, options)
+        model = build(cls, task.vocab_size, task.context_length, config)
+        achieved = count_params(model, non_embedding=True)
+        if abs(achieved / run.params - 1) > SIZE_TOLERANCE:
+            raise UserError(f"architecture {run.arch} reached {achieved} non-embedding parameters for target "
+                            f"{run.params} (more than {SIZE_TOLERANCE:.0%} off); change --params or its config")
+        return cls, config, model
+
+    def batch_size(self, context_length: int) -> int:
+        """The study's batch size for a task of this context length (auto: about 1000 steps)."""
+        if self.config.batch_size == "auto":
+            return auto_batch_size(self.config.tokens, context_length)
+        return self.config.batch_size
+
+    def hparams(self, cls, arch: str, context_length: int | None = None) -> TrainConfig:
+        hp = {**getattr(cls, "default_hparams", {}), **self.config.hparams.get(arch, {})}
+        hp = {k: v for k, v in hp.items() if k not in ("shape", "tuning")}  # architecture shape; provenance
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        bad = set(hp) - known
+        if bad:
+            raise UserError(f"unknown hyperparameter(s) for {arch}: {', '.join(sorted(bad))}")
+        batch = self.batch_size(context_length) if context_length else (
+            self.config.batch_size if self.config.batch_size != "auto" else MAX_AUTO_BATCH)
+        return TrainConfig(tokens=self.config.tokens, batch_size=batch,
+                           val_every_tokens=self.config.val_every_tokens, **hp)
+
+    # -- the study -------------------------------------------------------------------------------
+    def prepare(self) -> list[RunSpec]:
+        """Check everything that can be checked before training: names, sizes, data, contracts."""
+        runs = plan(self.config)
+        checked = set()
+        for run in runs:
+            task = self.task(run.task)
+            task.splits()
+            if (run.arch, run.task, run.params) in checked:
+                continue
+            checked.add((run.arch, run.task, run.params))
+            cls, _, model = self.model(run)
+            self.hparams(cls, run.arch)  # unknown hyperparameters fail before anything is written
+            check_contract(model, task.vocab_size, task.context_length, run.arch)
+        self.write_config()
+        return runs
+
+    def write_config(self) -> None:
+        path = self.out / "config.yaml"
+        mine = self.config.to_dict()
+        if path.exists():
+            try:
+                theirs = yaml.safe_load(path.read_text())
+            except yaml.YAMLError:
+                theirs = None
+            if isinstance(theirs, dict) and theirs != mine:
+                diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+                raise UserError(f"{self.out} holds a different study (differs in {', '.join(diff)}); "
+                                f"use --out for a new folder or --config {path} to continue it")
+        files.write_text(path, yaml.safe_dump(mine, sort_keys=False))
+        if not (self.out / "environment.json").exists():
+            files.write_text(self.out / "environment.json", json.dumps(environment(), indent=1))
+
+    def finished(self) -> set[str]:
+        if not self.runs_dir.exists():
+            return set()
+        return {p.name for p in self.runs_dir.iterdir() if (p / "result.json").exists()}
+
+    def run(self, progress: bool = True, log=print, storage: str | None = None, workers: int = 1,
+            heartbeat: int | None = None) -> bool:
+        """Prepare, then drain the study's queue of runs (:mod:`mnemoscope.queue`) with ``workers``
+        processes, and collect the tables. Returns False when ``workers`` is 0 (the queue is only
+        filled, for workers started elsewhere) or this process is not the one that writes."""
+        runs = self.prepare()
+        if self.multi_process:
+            done = self.finished()
+            todo = [r for r in runs if r.run_id(self.config) not in done]
+            log(f"study {self.config.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished -> {self.out}")
+            for i, run in enumerate(todo, 1):
+                log(f"[{i}/{len(todo)}] {run.arch} on {run.task}, {format_count(run.params)} params, seed {run.seed}")
+                self.execute(run, progress=progress)
+            if self.rank != 0:
+                return False
+        elif not run_study(self, runs, storage, workers, heartbeat, progress, log):
+            if workers == 0:
+                return False
+            missing = len({r.run_id(self.config) for r in runs} - self.finished())
+            raise UserError(f"{missing} of {len(runs)} runs did not finish (their workers died repeatedly); "
+                            f"rerun the same command to retry them")
+        self.collect()
+        return True
+
+    def train(self, run: RunSpec, folder: Path, callbacks=(), progress: bool = True,
+              reraise: tuple[type[BaseException], ...] = ()) -> "Trained":
+        """Build the run's model (seeded) and train it, logging into ``folder``: the one training
+        path of a study's runs and of ``study.py tune``'s trials (which add a pruning callback).
+        Errors become one-line UserErrors; a ContractError, an OSError and the ``reraise`` types
+        (e.g. a trial pruned by a callback) pass unchanged."""
+        task = self.task(run.task)
+        splits = task.splits()
+        torch.manual_seed(run.seed)  # initialisation depends on the seed only
+        cls, arch_config, model = self.model(run)
+        cfg = self.hparams(cls, run.arch, task.context_length)
+        cfg.seed = run.seed
+        fpt = flops_per_token(model, task.vocab_size, task.context_length)
+        guard = DivergenceGuard()
+        curve = LogSpacedValidation(splits["validation"], task.context_length, cfg.steps(task.context_length),
+                                    cfg.batch_size * task.context_length, max(cfg.batch_size, EVAL_BATCH))
+        start = time.time()
+        try:
+            _, trainer = fit(model, splits["train"], splits["validation"], task.context_length, cfg, folder,
+                             callbacks=[guard, curve, *callbacks], progress=progress, trainer_kwargs=self.trainer_kwargs)
+        except (ContractError, OSError, *reraise):
+            raise
+        except Exception as exc:
+            raise UserError(f"run {run.run_id(self.config)} failed in training: {type(exc).__name__}: {exc}") from exc
+        return Trained(model, arch_config, cfg, guard, curve, trainer, time.time() - start, fpt)
+
+    def execute(self, run: RunSpec, progress: bool = True) -> dict[str, Any]:
+        """Train and evaluate one run; move its folder into place atomically."""
+        run_id = run.run_id(self.config)
+        task = self.task(run.task)
+        splits = task.splits()
+        # leftovers of this run from a killed process: whoever holds the run's trial owns its files
+        for leftover in self.runs_dir.glob(f".tmp-{run_id}-*") if self.runs_dir.exists() else []:
+            shutil.rmtree(leftover, ignore_errors=True)
+        tmp = self.runs_dir / f".tmp-{run_id}-{os.getpid()}"
+        try:
+            tmp.mkdir(parents=True)
+        except OSError as exc:
+            raise disk_error(exc, tmp) from exc
+        try:
+            trained = self.train(run, tmp / "logs", progress=progress)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_error(exc, tmp) from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        model, arch_config, cfg, guard, curve = (trained.model, trained.arch_config, trained.cfg, trained.guard,
+                                                 trained.curve)
+        self.rank = trained.trainer.global_rank
+        if self.rank != 0:  # other ranks of a multi-process run: rank 0 evaluates and writes
+            shutil.rmtree(tmp, ignore_errors=True)
+            return {}
+        fpt, wall = trained.flops_per_token, trained.wall_seconds
+        model = model.float()
+        T = task.context_length
+        eval_batch = max(cfg.batch_size, EVAL_BATCH)  # no gradients: larger batches than training are free
+        losses, mask = per_position_losses(model, splits["test"], T, self.config.eval_sequences, eval_batch)
+        val_losses, val_mask = per_position_losses(model, splits["validation"], T, min(64, self.config.eval_sequences), eval_batch)
+        mean, lo, hi, n = bootstrap_ci(losses, mask, seed=run.seed)
+        gain = octave_gain(losses, mask, T // 4, T // 2, T, seed=run.seed)
+        status = "diverged" if guard.step is not None or not np.isfinite(losses).all() else "ok"
+        params_nonemb = count_params(model, non_embedding=True)
+        row = {
+            "run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params, "seed": run.seed, "context": T,
+            "arch_config": json.dumps(arch_config, sort_keys=True), "target_params": run.params,
+            "achieved_params": params_nonemb, "active_params": active_params(model), "total_params": count_params(model, non_embedding=False),
+            "state_size": state_size(model, T), "batch_size": cfg.batch_size, "tokens_trained": cfg.steps(T) * cfg.batch_size * T,
+            "wall_seconds": round(wall, 2), "torch_threads": torch.get_num_threads(),
+            "final_val_loss": float((val_losses * val_mask).sum() / max(val_mask.sum(), 1)),
+            "test_loss": float((losses * mask).sum() / max(mask.sum(), 1)),
+            "last_octave_gain": gain[0], "last_octave_gain_low": gain[1], "last_octave_gain_high": gain[2],
+            "status": status, "diverged_step": guard.step, "flops_per_token": fpt,
+        }
+        pp = pd.DataFrame({"run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params,
+                           "seed": run.seed, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
+                           "n_sequences": n.astype(np.int64)})
+        try:
+            pp.to_parquet(tmp / "per_position.parquet", index=False)
+            np.savez_compressed(tmp / "losses.npz", losses=losses, mask=mask)
+            curve.save(tmp / "val_curve.npz")
+            torch.save({"arch": run.arch, "task": run.task, "arch_config": arch_config, "vocab_size": task.vocab_size,
+                        "context_length": T, "state_dict": model.state_dict()}, tmp / "model.pt")
+            metrics = tmp / "logs" / "metrics.csv"
+            if metrics.exists():
+                shutil.move(metrics, tmp / "metrics.csv")
+            shutil.rmtree(tmp / "logs", ignore_errors=True)
+            (tmp / "result.json").write_text(json.dumps(row, indent=1, default=jsonable))
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_error(exc, tmp) from exc
+        final = self.runs_dir / run_id
+        # the whole folder appears at once: a run is either absent or complete, never half-written
+        for attempt in range(2):
+            if (final / "result.json").exists():  # someone finished it first (a retried run): keep theirs
+                shutil.rmtree(tmp, ignore_errors=True)
+                return json.loads((final / "result.json").read_text())
+            if final.exists():
+                shutil.rmtree(final, ignore_errors=True)  # a folder without result.json is no run
+            try:
+                os.replace(tmp, final)
+                return row
+            except OSError as exc:
+                if attempt:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise disk_error(exc, final) from exc
+        return row
+
+    def collect(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Rebuild runs.parquet and per_position.parquet from the finished runs' folders."""
+        rows, tables = [], []
+        for run_id in sorted(self.finished()):
+            folder = self.runs_dir / run_id
+            row = json.loads((folder / "result.json").read_text())
+            if "active_params" not in row:  # a run from before the column existed
+                cls, _, _ = parse_spec(row["arch"], ARCHITECTURES)
+                row["active_params"] = (active_params(load_run_model(folder)[0]) if hasattr(cls, "num_active_params")
+                                        else row["achieved_params"])
+            rows.append(row)
+            tables.append(pd.read_parquet(folder / "per_position.parquet"))
+        runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
+        pp = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=POSITION_COLUMNS)
+        files.write_table(self.out / "runs.parquet", runs)
+        files.write_table(self.out / "per_position.parquet", pp)
+        return runs, pp
