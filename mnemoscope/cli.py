@@ -9,8 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
+from . import files
 from .analysis import VARIANTS, AnalysisSettings, analyze
 from .config import StudyConfig
 from .errors import UserError
@@ -116,10 +115,7 @@ def resolve_config(args):
         path = Path(args.config)
         if not path.is_file():
             raise UserError(f"no such config file: {args.config}")
-        try:
-            base = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"corrupt YAML in {args.config}: {str(exc).splitlines()[0]}") from None
+        base = files.read_yaml(path, args.config) or {}
         if not isinstance(base, dict):
             raise UserError(f"{args.config} is not a YAML mapping")
     flags = {"archs": args.arch, "tasks": args.task, "params": args.params, "context": args.context,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import yaml
 
 from .errors import UserError
 
@@ -79,3 +80,18 @@ def read_optional(path: Path) -> pd.DataFrame:
         return pd.read_csv(path)
     except pd.errors.EmptyDataError:  # an analysis that found no run to fit writes an empty table
         return pd.DataFrame()
+
+
+def read_yaml(path: Path, label: str | None = None):
+    """A YAML file's contents; a syntax error becomes one line with its line and column."""
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"corrupt YAML in {label or path}: {yaml_error(exc)}") from None
+
+
+def yaml_error(exc: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` (1-based, as editors count) of a YAML parse error."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem

@@ -18,14 +18,17 @@ embedding parameters and on a ``width_key`` attribute (or no sizing at all).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from .errors import ContractError, UserError
+from .specs import format_count
 
 SIZE_TOLERANCE = 0.10  # achieved non-embedding params must land within 10% of the target
+TRAINING_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
 
 
 class Architecture(nn.Module):
@@ -180,8 +183,51 @@ def size_for(cls, target: int | None, vocab_size: int, context_length: int, conf
         raise UserError(f"architecture {_name(cls)} failed to size itself to {target} parameters: {exc}") from exc
 
 
+def memory_bytes() -> int | None:
+    """Memory a run can use: the GPU's when training runs on one, else the machine's (None: unknown)."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(cls, vocab_size: int, context_length: int, config: dict[str, Any] | None, name: str,
+                 target: int) -> None:
+    """Refuse, before any allocation, a model whose weights, gradients and optimizer state alone
+    (TRAINING_BYTES_PER_PARAM per parameter) exceed the memory, in one line naming the largest size
+    that fits. ``config`` None: the plain bound of ``target`` parameters (checked before sizing);
+    else the parameters of the model that config builds, counted on the meta device (an
+    architecture that cannot be built there is not checked)."""
+    have = memory_bytes()
+    if have is None:
+        return
+    if config is None:
+        need = TRAINING_BYTES_PER_PARAM * target
+    else:
+        try:
+            with torch.device("meta"):
+                model = cls(vocab_size=vocab_size, context_length=context_length, **config)
+            need = TRAINING_BYTES_PER_PARAM * count_params(model, non_embedding=False)
+        except Exception:
+            return
+    if need <= have:
+        return
+    size = _rough(target) if target < 10**12 else f"{target:.3g}"
+    raise UserError(f"--params {size}: architecture {name} at that size needs {need / 2**30:.3g} GiB for its weights, "
+                    f"gradients and optimizer state alone, more than the {have / 2**30:.3g} GiB here; the largest that "
+                    f"could fit has about {_rough(have // TRAINING_BYTES_PER_PARAM)} parameters in all, "
+                    "embeddings included (fewer with the activations)")
+
+
+def _rough(n: int) -> str:
+    return f"{n / 1e9:.3g}G" if n >= 10**9 else format_count(int(float(f"{n:.3g}")))
+
+
 def check_contract(model: torch.nn.Module, vocab_size: int, context_length: int, name: str) -> None:
-    """A quick check of the architecture contract before any training: shape, finiteness, causality."""
+    """A quick check of the architecture contract before any training: shape, finiteness, no state
+    carried between calls (the same input twice gives the same output), causality."""
     T = min(context_length, 24)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, vocab_size, (2, T), generator=g)
@@ -195,6 +241,10 @@ def check_contract(model: torch.nn.Module, vocab_size: int, context_length: int,
                 raise ContractError(f"architecture {name} returned {shape} for input (2, {T}); expected (2, {T}, {vocab_size})")
             if not torch.isfinite(y).all():
                 raise ContractError(f"architecture {name} produced NaN or inf logits")
+            if not torch.allclose(model(x), y, atol=1e-5, rtol=1e-4):
+                raise ContractError(f"architecture {name} keeps state between calls: the same input twice gave "
+                                    "different outputs (a hidden state or cache kept on self?); every call must "
+                                    "start from fresh state")
             x2 = x.clone()
             x2[:, T // 2:] = (x2[:, T // 2:] + 1) % vocab_size
             y2 = model(x2)

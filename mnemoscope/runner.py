@@ -28,7 +28,8 @@ from .config import RunSpec, StudyConfig, plan
 from .errors import ContractError, UserError
 from .evaluate import bootstrap_ci, per_position_losses
 from .flops import flops_per_token
-from .model import SIZE_TOLERANCE, active_params, build, check_contract, count_params, size_for, state_size
+from .model import (SIZE_TOLERANCE, active_params, build, check_contract, check_memory, count_params, size_for,
+                    state_size)
 from .queue import run_study
 from .registry import ARCHITECTURES, TASKS
 from .specs import format_count, parse_spec
@@ -72,11 +73,7 @@ class Study:
         path = out / "config.yaml"
         if not path.is_file():
             raise UserError(f"no study at {out} (no config.yaml){missing_hint}")
-        try:
-            config = StudyConfig.from_dict(yaml.safe_load(path.read_text()))
-        except yaml.YAMLError as exc:
-            raise UserError(f"corrupt YAML in {path}: {str(exc).splitlines()[0]}") from None
-        return cls(config, out, **kwargs)
+        return cls(StudyConfig.from_dict(files.read_yaml(path)), out, **kwargs)
 
     def __init__(self, config: StudyConfig, out: Path, trainer_kwargs: dict[str, Any] | None = None,
                  tasks: dict[str, Task] | None = None):
@@ -115,7 +112,10 @@ class Study:
         cls, _, options = parse_spec(run.arch, ARCHITECTURES)
         # a tuned shape (e.g. depth) is fixed at every size; the width is solved for each
         options = {**self.config.hparams.get(run.arch, {}).get("shape", {}), **options}
+        # sizes that cannot fit in memory are refused before sizing (a plain bound) and before allocating
+        check_memory(cls, task.vocab_size, task.context_length, None, run.arch, run.params)
         config = size_for(cls, run.params, task.vocab_size, task.context_length, options)
+        check_memory(cls, task.vocab_size, task.context_length, config, run.arch, run.params)
         model = build(cls, task.vocab_size, task.context_length, config)
         achieved = count_params(model, non_embedding=True)
         if abs(achieved / run.params - 1) > SIZE_TOLERANCE:

@@ -20,10 +20,16 @@ def parse_count(text: str | int | float, what: str = "count", minimum: int = 1) 
         value = float(text)
     else:
         m = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)\s*([kmgb]?)\s*", str(text), re.IGNORECASE)
+        if not m and re.fullmatch(r"\s*-\s*[0-9.]+(?:e[+-]?[0-9]+)?\s*[kmgb]?\s*", str(text), re.IGNORECASE):
+            raise UserError(f"{what} must be positive, got {text!r}")
         if not m:
             raise UserError(f"malformed {what} {text!r}: write a number such as 100k, 1.5M or 200000")
         value = float(m.group(1).replace("_", "")) * _SUFFIX[m.group(2).lower()]
-    if value != value or value < minimum:
+    if value != value:
+        raise UserError(f"malformed {what} {text!r}")
+    if value < 0:
+        raise UserError(f"{what} must be positive, got {text!r}")
+    if value < minimum:
         raise UserError(f"{what} must be at least {minimum}, got {text!r}")
     return int(round(value))
 

@@ -197,7 +197,7 @@ def load_tuned(path: Path) -> dict:
     except OSError as exc:
         raise UserError(f"cannot read tuned hyperparameters {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"corrupt YAML in {path}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"corrupt YAML in {path}: {files.yaml_error(exc)}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} is not a mapping of task -> arch -> hyperparameters")
     return data

@@ -92,6 +92,19 @@ PLUGINS = textwrap.dedent('''
     class NaNOutput(Tiny):
         def forward(self, x):
             return super().forward(x) * float("nan")
+
+
+    class KeepsState(Tiny):
+        """Carries its LSTM state from one call to the next on self, as a generator would."""
+        def __init__(self, vocab_size, context_length, width=8):
+            super().__init__(vocab_size, context_length, width)
+            self.rnn = nn.LSTM(width, width, batch_first=True)
+            self.state = None
+
+        def forward(self, x):
+            h, state = self.rnn(self.emb(x), self.state)
+            self.state = tuple(s.detach() for s in state)
+            return self.head(h)
 ''')
 
 
