@@ -20,7 +20,7 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +33,10 @@ from . import files
 from .errors import UserError
 from .evaluate import bootstrap_ci, per_position_losses
 from .runner import Study
-from .statistics import (bootstrap_fit, effective_context, last_significant_octave, octave_gains, paired_gap,
-                         truncation_check)
+from .statistics import (bootstrap_fit, context_resolution, effective_context, format_effective_context,
+                         last_significant_octave, octave_gains, paired_gap, truncation_check)
 from .store import jsonable, load_run_model
-from .task import TokenSplit, eval_offsets
+from .task import Task, TokenSplit, eval_offsets
 
 
 def paired_gaps(study_dir: Path, runs: pd.DataFrame, baseline: str, n_boot: int = 1000) -> pd.DataFrame:
@@ -73,15 +73,25 @@ class Ablation:
     """Loss of the same M target tokens under each variant and context budget n (nats).
 
     ``losses[variant]`` is (M, K) for ``contexts`` (K,); column -1 is the full context, where
-    every variant is the unmodified window. ``available`` (M,) is each target's full context
-    (T for text; less for a target early in a fixed-length instance). ``forward_tokens``
-    counts the tokens fed to the model per variant: the cost.
+    every variant is the unmodified window. ``refined[variant]``: (contexts (J,), losses (M, J)) of
+    the lengths bisected between the last two of the grid (:func:`truncation_ablation`);
+    :meth:`scored` merges both. ``available`` (M,) is each target's full context (T for text;
+    less for a target early in a fixed-length instance). ``forward_tokens`` counts the tokens
+    fed to the model per variant, bisection included: the cost.
     """
 
     contexts: np.ndarray
     losses: dict[str, np.ndarray]
     available: np.ndarray
     forward_tokens: dict[str, int]
+    refined: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def scored(self, variant: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every context the variant was scored at, ascending, and its (M, K + J) losses."""
+        extra_n, extra = self.refined.get(variant, (np.zeros(0, np.int64), self.losses[variant][:, :0]))
+        n = np.concatenate([self.contexts, extra_n])
+        order = np.argsort(n, kind="stable")
+        return n[order], np.concatenate([self.losses[variant], extra], axis=1)[:, order]
 
 
 def ablation_targets(split: TokenSplit, context_length: int, n_targets: int):
@@ -118,7 +128,8 @@ def _last_position_loss(model: nn.Module, inputs: np.ndarray, targets: np.ndarra
 
 def truncation_ablation(model: nn.Module, split: TokenSplit, context_length: int, n_targets: int = 512,
                         batch_size: int | None = None, variants=VARIANTS, contexts=None, seed: int = 0,
-                        device=None, max_tokens: int = 1 << 16) -> Ablation:
+                        device=None, max_tokens: int = 1 << 16, tolerance: float = 0.01,
+                        refine=("truncate",)) -> Ablation:
     """Khandelwal et al.'s ablation: the same targets scored with n tokens of context, n in ``contexts``
     (default 1, 2, 4, ..., T).
 
@@ -132,7 +143,13 @@ def truncation_ablation(model: nn.Module, split: TokenSplit, context_length: int
     sequence gives, for any architecture. (A banded attention mask would not do: with L layers a
     position reaches L(n-1)+1 tokens back, not n.) Windows of one length are batched, up to
     ``max_tokens`` tokens per forward (``batch_size`` sequences, if given, caps it instead).
-    Cost, in forward tokens, about M * 2T for ``truncate`` and M * T * log2(T) for each other variant.
+
+    For the variants in ``refine``, the grid's effective context (within ``tolerance`` of the full
+    context: :func:`mnemoscope.statistics.effective_context`) is then bisected on whole n between
+    the last two lengths tried, the same targets scored at each midpoint, down to one token: a lag
+    of 12 reads 12, not the 16 of the grid (``Ablation.refined``). Cost, in forward tokens, about
+    M * 2T for ``truncate`` (plus at most M * n* for the bisection, n* the effective context) and
+    M * T * log2(T) for each other variant.
     """
     device = torch.device(device or next(model.parameters()).device)
     unknown = set(variants) - set(VARIANTS)
@@ -153,9 +170,35 @@ def truncation_ablation(model: nn.Module, split: TokenSplit, context_length: int
     available = position + 1  # (M,) tokens of context the target has in its window
     target = windows[np.arange(M), available]  # (M,) token ids
     rng = np.random.default_rng(seed)
+
+    def score(variant: str, n: int, counter: list[int]) -> np.ndarray:
+        """(M,) losses of every target under ``variant`` with n tokens of context."""
+        if variant == "truncate" or n == T:
+            keep = np.minimum(n, available)  # a target with fewer tokens available keeps them all
+            starts = available - keep
+        else:  # the full context, tokens farther than n back altered
+            keep = available
+            starts = np.zeros(M, np.int64)
+        rows = np.empty(M, np.float32)
+        for length in np.unique(keep):  # one batch shape per window length
+            sel = np.flatnonzero(keep == length)
+            idx = starts[sel, None] + np.arange(length)[None, :]
+            x = windows[sel[:, None], idx]  # (R, length)
+            cut = length - np.minimum(n, length)  # tokens farther than n back: x[:, :cut]
+            if variant == "shuffle" and n < T and cut > 1:
+                x = x.copy()
+                perm = np.argsort(rng.random((len(sel), cut)), axis=1)
+                x[:, :cut] = np.take_along_axis(x[:, :cut], perm, axis=1)
+            elif variant == "replace" and n < T and cut > 0:
+                x = x.copy()
+                donor = (sel + M // 2) % M  # the window half the split away
+                x[:, :cut] = windows[donor][:, :cut]
+            rows[sel] = _last_position_loss(model, x, target[sel], device, max_tokens, counter)
+        return rows
+
     was_training = model.training
     model.eval()
-    out, cost = {}, {}
+    out, cost, refined = {}, {}, {}
     full = None
     try:
         for variant in variants:
@@ -165,34 +208,37 @@ def truncation_ablation(model: nn.Module, split: TokenSplit, context_length: int
                 if n == T and full is not None:  # every variant's full context is the same window
                     losses[:, k] = full
                     continue
-                if variant == "truncate" or n == T:
-                    keep = np.minimum(n, available)  # a target with fewer tokens available keeps them all
-                    starts = available - keep
-                else:  # the full context, tokens farther than n back altered
-                    keep = available
-                    starts = np.zeros(M, np.int64)
-                rows = np.empty(M, np.float32)
-                for length in np.unique(keep):  # one batch shape per window length
-                    sel = np.flatnonzero(keep == length)
-                    idx = starts[sel, None] + np.arange(length)[None, :]
-                    x = windows[sel[:, None], idx]  # (R, length)
-                    cut = length - np.minimum(n, length)  # tokens farther than n back: x[:, :cut]
-                    if variant == "shuffle" and n < T and cut > 1:
-                        x = x.copy()
-                        perm = np.argsort(rng.random((len(sel), cut)), axis=1)
-                        x[:, :cut] = np.take_along_axis(x[:, :cut], perm, axis=1)
-                    elif variant == "replace" and n < T and cut > 0:
-                        x = x.copy()
-                        donor = (sel + M // 2) % M  # the window half the split away
-                        x[:, :cut] = windows[donor][:, :cut]
-                    rows[sel] = _last_position_loss(model, x, target[sel], device, max_tokens, counter)
-                losses[:, k] = rows
+                losses[:, k] = score(variant, int(n), counter)
                 if n == T:
-                    full = rows
+                    full = losses[:, k]
+            if variant in refine:
+                refined[variant] = _bisect(lambda n: score(variant, n, counter), contexts, losses, tolerance)
             out[variant], cost[variant] = losses, counter[0]
     finally:
         model.train(was_training)
-    return Ablation(contexts, out, available, cost)
+    return Ablation(contexts, out, available, cost, refined)
+
+
+def _bisect(score, contexts: np.ndarray, losses: np.ndarray, tolerance: float):
+    """Lengths between the grid's effective context and the length tried before it, bisected on
+    whole n (each midpoint within ``tolerance`` of the full context or not, as
+    :func:`mnemoscope.statistics.effective_context` decides), with their (M, J) losses."""
+    mean = losses.astype(np.float64).mean(0)
+    limit = mean[-1] * (1 + tolerance)
+    tail = np.flip(np.logical_and.accumulate(np.flip(mean <= limit)))
+    k = int(np.argmax(tail))
+    lo, hi = (int(contexts[k - 1]), int(contexts[k])) if k > 0 else (0, 0)
+    tried, rows = [], []
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        r = score(mid)
+        tried.append(mid)
+        rows.append(r)
+        if r.astype(np.float64).mean() <= limit:
+            hi = mid
+        else:
+            lo = mid
+    return np.array(tried, np.int64), (np.stack(rows, 1) if rows else losses[:, :0])
 
 
 def ablation_table(ab: Ablation, tolerance: float = 0.01, n_boot: int = 1000, seed: int = 0,
@@ -202,14 +248,15 @@ def ablation_table(ab: Ablation, tolerance: float = 0.01, n_boot: int = 1000, se
     rows = []
     rng = np.random.default_rng(seed)
     q = [(100 - level) / 2, 100 - (100 - level) / 2]
-    for variant, losses in ab.losses.items():
+    for variant in ab.losses:
+        contexts, losses = ab.scored(variant)
         M = len(losses)
         idx = rng.integers(0, M, size=(n_boot, M))
         boots = losses[idx].astype(np.float64).mean(1)  # (B, K)
         lo, hi = np.percentile(boots, q, axis=0)
         mean = losses.astype(np.float64).mean(0)
-        eff = effective_context(losses, ab.contexts, tolerance, n_boot, seed)
-        for k, n in enumerate(ab.contexts):
+        eff = effective_context(losses, contexts, tolerance, n_boot, seed)
+        for k, n in enumerate(contexts):
             rows.append({"variant": variant, "context": int(n), "loss": mean[k], "ci_low": lo[k], "ci_high": hi[k],
                          "excess": mean[k] / mean[-1] - 1, "n_targets": M, "effective_context": eff[0],
                          "effective_context_low": eff[1], "effective_context_high": eff[2],
@@ -290,7 +337,8 @@ def analyze_run(folder: Path, task, settings: AnalysisSettings, device=None) -> 
     model, _ = load_run_model(folder, str(device))
     split = task.splits()["test"]
     t0 = time.time()
-    ab = truncation_ablation(model, split, T, settings.n_targets, variants=settings.variants, seed=seed, device=device)
+    ab = truncation_ablation(model, split, T, settings.n_targets, variants=settings.variants, seed=seed, device=device,
+                             tolerance=settings.tolerance)
     context = ablation_table(ab, settings.tolerance, settings.n_boot, seed)
     ablation_seconds = time.time() - t0
     ext = extrapolation(model, split, T, settings.factors, settings.extrapolation_sequences, seed=seed)
@@ -320,6 +368,19 @@ def analyze_run(folder: Path, task, settings: AnalysisSettings, device=None) -> 
             for i, (k, v) in enumerate(label.items()):
                 df.insert(i, k, v)
     return {"fit": fit_row, **tables}
+
+
+def _floor_excess(study, spec: str, folder: Path, seed: int) -> dict:
+    """The task's exact floor and the run's excess over it (``Task.floor_excess``), where the task
+    knows its floor (the lag probe); nothing for the others, or when the task cannot be built now."""
+    try:
+        task = study.task(spec)
+        if type(task).floor_excess is Task.floor_excess:
+            return {}
+        with np.load(folder / "losses.npz") as z:
+            return task.floor_excess(z["losses"], z["mask"], seed=seed) or {}
+    except (UserError, OSError, ValueError, KeyError):
+        return {}
 
 
 def _cached_run(folder: Path, settings: AnalysisSettings):
@@ -366,6 +427,7 @@ def analyze(study, settings: AnalysisSettings | None = None, log=print, device=N
             continue
         folder = study.runs_dir / r.run_id
         result = None if recompute else _cached_run(folder, settings)
+        t0 = None
         if result is None:
             t0 = time.time()
             try:
@@ -374,12 +436,13 @@ def analyze(study, settings: AnalysisSettings | None = None, log=print, device=N
                 log(f"analysis: {r.run_id} failed, left out: {type(exc).__name__}: {exc}")
                 continue
             _store_run(folder, settings, result)
-            f = result["fit"]
-            log(f"analysis: {r.run_id}: alpha {f['alpha']:.3g} [{f['alpha_low']:.3g}, {f['alpha_high']:.3g}] "
-                f"({f['fit_status']}), effective context {f['effective_context']} [{f['effective_context_low']}, "
-                f"{f['effective_context_high']}] tokens, {f['ablation_forward_tokens']:,} forward tokens, "
-                f"{time.time() - t0:.0f} s")
-        fits.append({**result["fit"], **truncation_check(result["context"], settings.tolerance)})
+        fit = {**result["fit"], **truncation_check(result["context"], settings.tolerance),
+               **context_resolution(result["context"]), **_floor_excess(study, r.task, folder, int(r.seed))}
+        if t0 is not None:
+            log(f"analysis: {r.run_id}: alpha {fit['alpha']:.3g} [{fit['alpha_low']:.3g}, {fit['alpha_high']:.3g}] "
+                f"({fit['fit_status']}), effective context {format_effective_context(fit)} tokens, "
+                f"{fit['ablation_forward_tokens']:,} forward tokens, {time.time() - t0:.0f} s")
+        fits.append(fit)
         for name in tables:
             if not result[name].empty:
                 tables[name].append(result[name])

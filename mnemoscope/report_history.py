@@ -15,7 +15,7 @@ import seaborn as sns
 from . import files
 from .figures import figure_png, html_table, img_tag
 from .specs import format_count
-from .statistics import MIN_FIT_POINTS, WRONG_FORM_CHI2
+from .statistics import MIN_FIT_POINTS, WRONG_FORM_CHI2, format_effective_context
 
 
 def gap_table(gaps: pd.DataFrame) -> pd.DataFrame:
@@ -117,19 +117,15 @@ def history_table(fits: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in fits.to_dict("records"):
         get = lambda k: r.get(k, math.nan)  # noqa: E731
-        eff = lambda v: _interval(get(f"effective_context{v}"), get(f"effective_context{v}_low"),  # noqa: E731
-                                  get(f"effective_context{v}_high"), "{:.0f}")
         start, end = get("last_significant_octave_start"), get("last_significant_octave_end")
         octave = f"[{start:.0f}, {end:.0f})" if isinstance(start, (int, float)) and math.isfinite(start) else "none"
         beyond = ""
         if math.isfinite(get("loss_beyond_4x")) or math.isfinite(get("loss_beyond_2x")):
             beyond = " / ".join(f"{get(f'loss_beyond_{f}x'):.3f}" for f in (2, 4) if math.isfinite(get(f"loss_beyond_{f}x")))
-        effective = eff("")
-        if r.get("full_context_worse") is True:  # every n is "within 1%" of a full context that is worse
-            effective = f"not meaningful: {int(get('best_truncated_context'))} tokens beat the full context"
-        rows.append({"arch": r["arch"], "task": r["task"], "size": format_count(int(r["params"])), "seed": r["seed"],
-                     "T": r["context"], "effective context (tokens)": effective, "shuffled beyond n": eff("_shuffle"),
-                     "replaced beyond n": eff("_replace"),
+        rows.append({"arch": r["arch"], "task": r["task"], "size": format_count(int(r["params"])),
+                     "seed": r["seed"], "T": r["context"], "effective context (tokens)": format_effective_context(r),
+                     "shuffled beyond n": format_effective_context(r, "shuffle"),
+                     "replaced beyond n": format_effective_context(r, "replace"),
                      "alpha": _interval(get("alpha"), get("alpha_low"), get("alpha_high")),
                      "L_inf (nats)": _interval(get("L_inf"), get("L_inf_low"), get("L_inf_high")),
                      "fit": f"{r.get('fit_status', '')}, {int(get('n_points'))} pts, chi2/dof {get('chi2_reduced'):.2g}"
@@ -155,10 +151,14 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
     parts.append(
         f"<p><b>Effective context</b> (Khandelwal et al. 2018): the same {int(fits['ablation_targets'].max())} target "
         f"tokens per run are scored with exactly n = 1, 2, 4, ..., T tokens of context from fresh state; it is the "
-        f"smallest n from which on the loss stays within {tol:.0%} of the full-context loss, with a 95% bootstrap "
-        "interval over targets. <i>Shuffled / replaced beyond n</i>: the full context is kept but its tokens farther "
-        "than n back are permuted (does their order matter?) or replaced by text from elsewhere in the test split "
-        "(does their identity matter?). Cost: every (target, n) pair is its own forward pass, "
+        f"smallest n from which on the loss stays within {tol:.0%} of the full-context loss. Between the last two "
+        "lengths of that grid, n is then bisected on whole tokens (position t sees t+1 tokens, so a lag of k reads "
+        "k); a value the grid leaves unresolved reads as its range (e.g. 9-16: somewhere from 9 to 16 tokens; runs "
+        "analysed before the bisection). The interval is a 95% bootstrap over targets, widened to the lengths tried: "
+        "its low end is the length tried below the lowest replicate, plus one. <i>Shuffled / replaced beyond n</i>: "
+        "the full context is kept but its tokens farther than n back are permuted (does their order matter?) or "
+        "replaced by text from elsewhere in the test split (does their identity matter?), on the grid of powers of "
+        "two only. Cost: every (target, n) pair is its own forward pass, "
         f"{int(fits['ablation_forward_tokens'].median()):,} forward tokens per run (median). "
         "<b>alpha, L_inf</b>: the per-position curve fitted as L(t) = L_inf + A t^-alpha (t = tokens of context; "
         "log space, Huber delta 1e-3 summed, L-BFGS-B from 27 starts; 95% intervals from refits on sequences "

@@ -353,6 +353,50 @@ def truncation_check(context: pd.DataFrame, tolerance: float) -> dict[str, Any]:
     return {"full_context_worse": worse, "best_truncated_context": int(best["context"])}
 
 
+def context_resolution(context: pd.DataFrame) -> dict[str, int]:
+    """How finely each variant's effective context is resolved, from the lengths it was scored at
+    (the ablation rows of one run): ``effective_context[_variant]_step``, the point minus the length
+    tried just below it (1: resolved to the token; a grid of powers of two leaves 16 standing for
+    9-16), and ``_min``, the smallest context the interval's low end stands for (the length tried
+    below it, plus one): the interval is [min, high], never narrower than the lengths tried allow."""
+    out: dict[str, int] = {}
+    if context.empty:
+        return out
+    for variant, rows in context.groupby("variant", sort=False):
+        tried = np.sort(rows["context"].to_numpy())
+
+        def below(n):  # the longest length tried below n (0: none)
+            return int(tried[tried < n].max()) if (tried < n).any() else 0
+
+        name = "effective_context" + ("" if variant == "truncate" else f"_{variant}")
+        point, low = int(rows["effective_context"].iloc[0]), int(rows["effective_context_low"].iloc[0])
+        out[name + "_step"], out[name + "_min"] = point - below(point), below(low) + 1
+    return out
+
+
+def format_effective_context(fit: dict, variant: str = "truncate") -> str:
+    """A run's effective context as every output prints it (the analysis's console line, the
+    report's table, the closing summary): ``12 [12, 12]``; a point resolved only to a range of
+    lengths reads ``9-16 [9, 16]``; "not meaningful: N tokens beat the full context" when a
+    truncated context scores better than the whole one (:func:`truncation_check`)."""
+    name = "effective_context" + ("" if variant == "truncate" else f"_{variant}")
+
+    def number(key):  # a finite number (from a dict, a CSV row or numpy), else None
+        v = fit.get(key)
+        ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+        return float(v) if ok else None
+
+    if variant == "truncate" and str(fit.get("full_context_worse")) == "True":  # every n is "within" a worse full one
+        return f"not meaningful: {int(fit['best_truncated_context'])} tokens beat the full context"
+    point, low, high = (number(name + s) for s in ("", "_low", "_high"))
+    if point is None:
+        return ""
+    step, lowest = number(name + "_step") or 1, number(name + "_min")
+    text = f"{int(point)}" if step <= 1 else f"{int(point - step + 1)}-{int(point)}"
+    if low is None or high is None:
+        return text
+    return f"{text} [{int(lowest if lowest is not None else low)}, {int(high)}]"
+
 
 def cluster_ci(values: np.ndarray, weights: np.ndarray, units: np.ndarray, seed: int = 0,
                n_boot: int = 1000) -> tuple[float, float, float]:

@@ -113,6 +113,13 @@ class Task:
                     )
         return self._splits
 
+    def floor_excess(self, losses: np.ndarray, mask: np.ndarray, seed: int = 0) -> dict[str, float] | None:
+        """A run's distance from the task's exact optimal loss, for a task that knows it (a synthetic
+        probe): ``loss_floor``, ``excess_over_floor`` with ``_low`` and ``_high`` (95% interval), from
+        the run's (N, T) test losses and mask. ``study.py analyze`` puts them in fits.csv; the
+        default, a task whose floor is unknown, gives None."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "context_length": self.context_length,
                 "vocab_size": self.vocab_size, **self.options}

@@ -314,6 +314,18 @@ class Lag(Probe):
         o = self.options
         return lag_sequences(n, length, o["vocab"], o["k"], float(o["p"]), rng), None
 
+    def floor_excess(self, losses, mask, seed=0):
+        """The exact floor from position k-1 on (where the lagged token is in view: :func:`lag_entropy`)
+        and the run's mean excess over it, with a 95% bootstrap interval over sequences; fits.csv and
+        the lag view both show it."""
+        k = self.options["k"]
+        floor = self.entropy_per_position(losses.shape[1])
+        excess = losses[:, k - 1:] - floor[None, k - 1:]  # positions whose target depends on a token in view
+        mean, lo, hi = cluster_ci(excess.ravel(), np.asarray(mask)[:, k - 1:].ravel().astype(float),
+                                  np.repeat(np.arange(len(excess)), excess.shape[1]), seed=seed)
+        return {"loss_floor": float(floor[k - 1]), "excess_over_floor": mean, "excess_over_floor_low": lo,
+                "excess_over_floor_high": hi}
+
 
 # -- the task's report section ------------------------------------------------------------------
 def recall_eval(folder: StudyFolder, run_id: str, task) -> pd.DataFrame:
@@ -414,10 +426,9 @@ def lag_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) ->
     fig.tight_layout()
     rows = []
     for r, losses, mask in folder.stored_losses(label_runs(runs)):
-        excess = losses[:, k - 1:] - floor[None, k - 1:]  # positions whose target depends on a token in view
-        mean, lo, hi = cluster_ci(excess.ravel(), mask[:, k - 1:].ravel().astype(float),
-                                  np.repeat(np.arange(len(excess)), excess.shape[1]))
-        rows.append({"model": r["model"], "seed": r["seed"], "excess over floor (nats)": mean, "low": lo, "high": hi})
+        e = task.floor_excess(losses, mask, seed=int(r["seed"]))
+        rows.append({"model": r["model"], "seed": r["seed"], "excess over floor (nats)": e["excess_over_floor"],
+                     "low": e["excess_over_floor_low"], "high": e["excess_over_floor_high"]})
     return (img_tag(figure_png(fig), f"lag loss against its floor for {spec}") +
             paragraph(f"Each token equals the one k={k} back with probability p={task.options['p']}, else is uniform over "
                f"{task.options['vocab']} symbols. Dashed: the exact optimal loss, log({task.options['vocab']}) = "
