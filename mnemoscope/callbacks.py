@@ -1,8 +1,11 @@
 """Lightning callbacks every run uses: stop on divergence, and validation at log-spaced steps
-(the loss-against-compute curve of a run, and what ``study.py tune`` prunes on)."""
+(the loss-against-compute curve of a run, and what ``study.py tune`` prunes on); plain progress
+lines where the output is no terminal."""
 from __future__ import annotations
 
 import math
+import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -102,3 +105,32 @@ class LogSpacedValidation(L.Callback):
         np.savez_compressed(path, steps=np.array([h[0] for h in self.history]),
                             tokens=np.array([h[1] for h in self.history], dtype=np.int64),
                             loss_sum=np.stack([h[2] for h in self.history]), targets=self.targets)
+
+
+class ProgressLines(L.Callback):
+    """Plain progress lines for output that is no terminal (a file, a pipe, a batch job's log),
+    where a progress bar prints nothing readable: ``label: step s/n (p%), loss L, M:SS left`` every
+    tenth of the run or every ``seconds``, whichever comes first, and at the last step."""
+
+    def __init__(self, label: str, n_steps: int, fraction: float = 0.1, seconds: float = 30.0, stream=None):
+        self.label, self.n_steps, self.seconds = label, max(1, n_steps), seconds
+        self.every = max(1, int(round(fraction * self.n_steps)))
+        self.stream = stream
+        self.start = self.last = None
+        self.next_step = self.every
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = self.last = time.time()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step, now = int(trainer.global_step), time.time()
+        if step < self.next_step and now - self.last < self.seconds and step < self.n_steps:
+            return
+        while self.next_step <= step:
+            self.next_step += self.every
+        self.last = now
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        left = (now - self.start) / max(step, 1) * (self.n_steps - step)
+        print(f"{self.label}: step {step}/{self.n_steps} ({100 * step / self.n_steps:.0f}%), loss "
+              f"{float(loss):.4f}, {int(left // 60)}:{int(left % 60):02d} left", file=self.stream or sys.stdout,
+              flush=True)

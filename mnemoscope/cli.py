@@ -11,12 +11,12 @@ from pathlib import Path
 
 from . import files
 from .analysis import VARIANTS, AnalysisSettings, analyze
-from .config import StudyConfig
+from .config import StudyConfig, default_name, legacy_default_name
 from .errors import UserError
 from .queue import RunQueue, check_url, sigterm_as_interrupt
 from .registry import ARCHITECTURES, TASKS
-from .report import write_report
-from .runner import Study
+from .report import summary_lines, write_report
+from .runner import Study, mixed_data
 from .specs import format_count, parse_count
 from .train import distributed_settings
 from .tune import DEFAULT_OUT as TUNE_OUT
@@ -27,7 +27,7 @@ EXAMPLES = """examples:
   python study.py --arch transformer lstm --task code --params 100k 1M --tokens 4M --context 512
   python study.py --arch my_model.py:MyModel transformer  your own architecture from a file
   python study.py --task text:path/to/my/texts            your own text files (one document each)
-  python study.py --config results/NAME/config.yaml       rerun (or resume) a study
+  python study.py --config results/NAME/config.yaml       resume a study, in its own folder
   python study.py list                                    architectures and tasks, plugins included
   python study.py report results/NAME                     rebuild plots and report from the tables
   python study.py analyze results/NAME                    effective context, power-law fits, extrapolation
@@ -60,11 +60,13 @@ def run_parser(prog: str = "study.py") -> argparse.ArgumentParser:
                                           "from 4 to 32 that leaves about 1000 optimizer steps)")
     p.add_argument("--eval-sequences", help=f"held-out sequences scored per run (default {d.eval_sequences})")
     p.add_argument("--name", help="study name (default: derived from the config)")
-    p.add_argument("--out", help="study folder (default results/NAME)")
-    p.add_argument("--config", help="a study.yaml (e.g. a finished study's config.yaml); flags override it")
+    p.add_argument("--out", help="study folder (default results/NAME; with --config DIR/config.yaml of a study: DIR)")
+    p.add_argument("--config", help="a study.yaml, or a study's DIR/config.yaml to continue that study in DIR; "
+                                    "flags override it")
     p.add_argument("--hparams", help="'tuned': each architecture's values from results/tune/tuned.yaml "
                                      "(study.py tune), or the path of another tuned.yaml")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (nor the plain progress lines printed when the output is no terminal)")
     p.add_argument("--no-analysis", action="store_true",
                    help="skip the context analysis at the end (effective context, fits, extrapolation); "
                         "`study.py analyze DIR` adds it later")
@@ -109,6 +111,14 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
     parser.error = error
 
 
+def progress_mode(no_progress: bool) -> bool | str:
+    """Lightning's bar on a terminal; plain lines (run, step, loss, time left) when the output is a
+    file or a pipe; nothing with --no-progress."""
+    if no_progress:
+        return False
+    return True if sys.stderr.isatty() else "lines"
+
+
 def resolve_config(args):
     base = {}
     if args.config:
@@ -122,12 +132,36 @@ def resolve_config(args):
              "tokens": args.tokens, "seeds": args.seeds, "batch_size": args.batch_size,
              "eval_sequences": args.eval_sequences, "name": args.name}
     overrides = {k: v for k, v in flags.items() if v is not None}
-    if overrides and args.config and "name" not in overrides:
-        base.pop("name", None)  # a changed study gets its own name
     config = StudyConfig.from_dict({**base, **overrides})
+    if overrides and args.config and "name" not in overrides and base.get("name") is not None:
+        try:
+            changed = config != StudyConfig.from_dict(base)
+        except UserError:
+            changed = True
+        if changed:  # a changed study gets its own name (flags that change nothing keep the study's)
+            config = StudyConfig.from_dict({**base, **overrides, "name": None})
     if getattr(args, "hparams", None):
         config = apply_tuned(config, args.hparams)
     return config
+
+
+def study_folder(args, config: StudyConfig) -> Path:
+    """--out; else the folder of --config's file when that is a study's own config.yaml (so the
+    study continues where it is); else results/NAME (or results/<the name of a study made before
+    default names were kept whole>, where that study lies)."""
+    if args.out:
+        return Path(args.out)
+    folder = Path(args.config).parent if args.config else None
+    if folder and Path(args.config).name == "config.yaml" and ((folder / "environment.json").exists()
+                                                              or (folder / "runs").is_dir()):
+        return folder
+    out = Path("results") / config.name
+    if not args.config and not args.name and config.name == default_name(config) and not out.exists():
+        legacy = Path("results") / legacy_default_name(config)
+        if (legacy / "config.yaml").is_file():
+            config.name = legacy.name
+            return legacy
+    return out
 
 
 def cmd_run(argv: list[str], prog: str = "study.py") -> int:
@@ -138,17 +172,22 @@ def cmd_run(argv: list[str], prog: str = "study.py") -> int:
     if args.workers < 0:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     config = resolve_config(args)
-    out = Path(args.out) if args.out else Path("results") / config.name
+    out = study_folder(args, config)
     study = Study(config, out, trainer_kwargs=trainer_kwargs)
     if study.multi_process and (args.workers != 1 or args.storage):
         raise UserError("a run on several devices or nodes runs the study's runs in order, one at a time: "
                         "drop --workers and --storage, or use --devices 1 with many workers")
-    if not study.run(progress=not args.no_progress and sys.stderr.isatty(), storage=args.storage,
+    if not study.run(progress=progress_mode(args.no_progress), storage=args.storage,
                      workers=args.workers, heartbeat=args.heartbeat):
         return 0  # the queue is filled for workers elsewhere, or another rank of a multi-process run writes
     if not args.no_analysis:
         analyze(study)  # effective context, fits, extrapolation (runs analysed before are reused)
-    print(f"wrote {write_report(study.out)}")
+    report = write_report(study.out)
+    for line in summary_lines(study.out):
+        print(line)
+    for note in mixed_data(files.read_parquet(study.out / "runs.parquet")):
+        print(f"note: {note}")
+    print(f"wrote {report}")
     return 0
 
 
@@ -169,7 +208,7 @@ def cmd_worker(argv: list[str], prog: str = "study.py") -> int:
                         "study.py --devices N [--num-nodes M] without the queue")
     sigterm_as_interrupt()
     queue = RunQueue(study, args.storage, args.heartbeat, create=False)
-    n = queue.drain(progress=not args.no_progress and sys.stderr.isatty())
+    n = queue.drain(progress=progress_mode(args.no_progress))
     study.collect()
     s = queue.summary()
     print(f"worker done: {n} runs trained here; study {s['finished']}/{s['planned']} runs finished")
@@ -222,7 +261,7 @@ def cmd_tune(argv: list[str], prog: str = "study.py") -> int:
         tune(arch, args.task, args.trials, parse_count(args.params, "parameter count"),
              parse_count(args.tokens, "token budget"), args.context and parse_count(args.context, "context length", 2),
              args.batch_size if args.batch_size == "auto" else parse_count(args.batch_size, "batch size"), Path(args.out), args.storage, args.seed,
-             progress=not args.no_progress and sys.stderr.isatty())
+             progress=progress_mode(args.no_progress))
     return 0
 
 

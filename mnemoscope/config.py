@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .specs import format_count, parse_count
+from .specs import format_count, is_class_path, parse_count, spec_label
 
 
 @dataclass
@@ -80,12 +80,36 @@ class StudyConfig:
         return dataclasses.asdict(self)
 
 
-def default_name(c: StudyConfig) -> str:
+NAME_PART_CHARS = 40  # a default name lists whole architectures (tasks) up to this many characters each
+
+
+def _name_digest(c: StudyConfig) -> str:
     d = c.to_dict()
     d.pop("name")
-    digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:6]
-    slug = lambda xs: "-".join(re.sub(r"[^A-Za-z0-9]+", "", Path(str(x).split(":")[-1]).stem or str(x))[:12] for x in xs)
-    return f"{slug(c.archs)}_{slug(c.tasks)}_{digest}"
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def _slug_word(x) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "", Path(str(x).split(":")[-1]).stem or str(x))
+
+
+def default_name(c: StudyConfig) -> str:
+    """``archs_tasks_digest``: each name whole (never cut mid-word); names past NAME_PART_CHARS
+    characters are counted instead (``transformer-lstm-and3more``); the digest tells studies apart."""
+    def slug(xs):
+        words = [_slug_word(x) for x in xs]
+        for n in range(len(words), 0, -1):  # as many whole names as fit, at least one
+            text = "-".join(words[:n]) + (f"-and{len(words) - n}more" if n < len(words) else "")
+            if len(text) <= NAME_PART_CHARS or n == 1:
+                return text
+    return f"{slug(c.archs)}_{slug(c.tasks)}_{_name_digest(c)}"
+
+
+def legacy_default_name(c: StudyConfig) -> str:
+    """The default name before names were kept whole (each cut at 12 characters): a study made
+    then lies in ``results/<this>``, where rerunning its command finds it."""
+    slug = lambda xs: "-".join(_slug_word(x)[:12] for x in xs)
+    return f"{slug(c.archs)}_{slug(c.tasks)}_{_name_digest(c)}"
 
 
 @dataclass
@@ -95,11 +119,17 @@ class RunSpec:
     params: int
     seed: int
 
-    def run_id(self, study: StudyConfig) -> str:
-        key = json.dumps([self.arch, self.task, self.params, self.seed, study.context, study.tokens, study.batch_size,
-                          study.eval_sequences, study.hparams.get(self.arch, {}), study.val_every_tokens])
-        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
-        safe = lambda s: re.sub(r"[^A-Za-z0-9]+", "", Path(s.split(":")[0]).stem if s.endswith(".py") or "/" in s else s.replace(":", "_"))[:24]
+    def run_id(self, study: StudyConfig, data: str | None = None) -> str:
+        """``arch-task-size-sSEED-digest``: the digest covers everything that decides the run's
+        numbers, the task's ``data`` fingerprint (:meth:`mnemoscope.task.Task.data_fingerprint`)
+        included, so changed data means a new run. ``data=None`` gives the id of a run recorded
+        before data fingerprints were (its folder is recognised by it; its label from the file name)."""
+        key = [self.arch, self.task, self.params, self.seed, study.context, study.tokens, study.batch_size,
+               study.eval_sequences, study.hparams.get(self.arch, {}), study.val_every_tokens]
+        legacy = lambda s: Path(s.split(":")[0]).stem if s.endswith(".py") or "/" in s else s.replace(":", "_")
+        label = legacy if data is None else lambda s: spec_label(s) if is_class_path(s) else legacy(s)
+        digest = hashlib.sha256(json.dumps(key if data is None else [*key, data]).encode()).hexdigest()[:8]
+        safe = lambda s: re.sub(r"[^A-Za-z0-9]+", "", label(s))[:24]
         return f"{safe(self.arch)}-{safe(self.task)}-{format_count(self.params)}-s{self.seed}-{digest}"
 
 

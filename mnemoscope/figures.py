@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .specs import format_count  # noqa: E402
+from .specs import format_count, spec_labels  # noqa: E402
 
 N_BOOT = 1000  # bootstrap replicates of the intervals seaborn draws in views
 
@@ -40,10 +40,11 @@ def paragraph(text: str) -> str:
 
 
 def label_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with ``size`` (e.g. 300k) and ``model`` (arch and size) columns."""
+    """``df`` with ``size`` (e.g. 300k) and ``model`` (arch and size) columns; an architecture given
+    as ``file.py:Class`` is called by its class name (:func:`mnemoscope.specs.spec_label`)."""
     df = df.copy()
     df["size"] = df["params"].map(lambda p: format_count(int(p)))
-    df["model"] = df["arch"] + " " + df["size"]
+    df["model"] = df["arch"].map(spec_labels(df["arch"])) + " " + df["size"]
     return df
 
 

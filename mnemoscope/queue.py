@@ -218,13 +218,15 @@ class RunQueue:
     def summary(self) -> dict[str, int]:
         """Counts for the closing line: runs planned/finished, trials by state, retries."""
         trials = self.trials()
-        planned = {r.run_id(self.study.config) for r in plan(self.study.config)}
+        planned = {self.study.run_id(r) for r in plan(self.study.config)}
         count = lambda state: sum(t.state == state for t in trials)
+        failed = [t for t in trials if t.state == TrialState.FAIL]
         return {"planned": len(planned), "finished": len(planned & self.study.finished()),
                 "waiting": count(TrialState.WAITING), "running": count(TrialState.RUNNING),
                 "complete": count(TrialState.COMPLETE),
-                "failed_stale": sum(t.state == TrialState.FAIL and "error" not in t.user_attrs for t in trials),
-                "failed_error": sum(t.state == TrialState.FAIL and "error" in t.user_attrs for t in trials),
+                "interrupted": sum(bool(t.user_attrs.get("interrupted")) for t in failed),
+                "failed_stale": sum("error" not in t.user_attrs and not t.user_attrs.get("interrupted") for t in failed),
+                "failed_error": sum("error" in t.user_attrs for t in failed),
                 "retries": sum("failed_trial" in t.system_attrs for t in trials)}
 
     # -- filling -------------------------------------------------------------------------------
@@ -239,7 +241,7 @@ class RunQueue:
         live = {t.user_attrs.get("run_id") for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
         added = 0
         for run in runs:
-            run_id = run.run_id(self.study.config)
+            run_id = self.study.run_id(run)
             if run_id in done or run_id in live:
                 continue
             if only_lost:
@@ -288,12 +290,12 @@ class RunQueue:
             self._finish(trial_id, TrialState.COMPLETE, _value(row), status=row.get("status"),
                          diverged_step=row.get("diverged_step"), **attrs)
 
-    def drain(self, progress: bool = True, log=print) -> int:
+    def drain(self, progress: bool | str = True, log=print) -> int:
         """Take runs until none is waiting or running. Returns how many this worker finished.
 
         While others still hold runs, wait: a run whose worker dies comes back after its
         heartbeat goes stale, and any live worker may take it."""
-        runs = {r.run_id(self.study.config): r for r in plan(self.study.config)}
+        runs = {self.study.run_id(r): r for r in plan(self.study.config)}
         finished_here = 0
         while True:
             _retry(lambda: fail_stale_trials(self.optuna), "failing stale runs")
@@ -382,14 +384,14 @@ def worker_command(out: Path, storage: str, heartbeat: int) -> list[str]:
 
 
 def run_study(study, runs, storage: str | None = None, workers: int = 1, heartbeat: int | None = None,
-              progress: bool = True, log=print) -> bool:
+              progress: bool | str = True, log=print) -> bool:
     """Fill the queue with ``runs`` and drain it with ``workers`` processes (this one included).
 
     Returns True when every planned run has finished. ``workers=0`` only fills the queue.
     """
     queue = RunQueue(study, storage, heartbeat, create=True)
     added = queue.fill(runs)
-    done = len({r.run_id(study.config) for r in runs} & study.finished())
+    done = len({study.run_id(r) for r in runs} & study.finished())
     log(f"study {study.config.name}: {len(runs)} runs, {done} already finished, {added} queued "
         f"-> {study.out} (queue: {redact(queue.url)})")
     if workers == 0:
@@ -408,20 +410,29 @@ def run_study(study, runs, storage: str | None = None, workers: int = 1, heartbe
         if gpus > 1:  # one GPU per local worker; this process keeps cuda:0
             env = {**env, "CUDA_VISIBLE_DEVICES": str(i % gpus)}
         procs.append(subprocess.Popen(worker_command(study.out, queue.url, queue.heartbeat), env=env))
+    shown = progress if workers == 1 else ("lines" if progress else False)  # one bar, or lines from several
     try:
-        queue.drain(progress=progress and workers == 1, log=log)
+        queue.drain(progress=shown, log=log)
         # a run whose workers died more than MAX_RETRY times is left failed by the queue; whoever
         # reruns study.py asks for it again (a run that kills every worker kills this one too)
         for _ in range(3):
             if not queue.fill(runs):
                 break
-            queue.drain(progress=progress and workers == 1, log=log)
+            queue.drain(progress=shown, log=log)
     finally:
         for p in procs:
             p.wait()
         torch.set_num_threads(threads_before)
     s = queue.summary()
     if s["retries"] or s["failed_error"]:
-        log(f"queue: {s['complete']} trials complete, {s['failed_stale']} lost with their worker and "
-            f"{s['retries']} retried, {s['failed_error']} failed")
+        log(closing_line(s))
     return s["finished"] == s["planned"]
+
+
+def closing_line(s: dict[str, int]) -> str:
+    """The queue's closing summary: how its trials ended (:meth:`RunQueue.summary`)."""
+    parts = [f"{s['complete']} trials complete"]
+    parts += [f"{s[key]} {what}" for key, what in (("interrupted", "interrupted (Ctrl-C or SIGTERM)"),
+                                                   ("failed_stale", "lost with their worker"),
+                                                   ("failed_error", "failed")) if s.get(key)]
+    return f"queue: {', '.join(parts)}; {s['retries']} retried"

@@ -21,11 +21,12 @@ import yaml
 from . import files, report_history, report_scaling
 from .errors import UserError
 from .figures import figure_png, html_table, img_tag, paragraph
-from .runner import Study
+from .runner import Study, mixed_data
+from .statistics import format_effective_context
 from .store import StudyFolder
 from .task import Task
 from .registry import TASKS
-from .specs import format_count, parse_spec
+from .specs import format_count, parse_spec, spec_labels
 
 
 def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -57,6 +58,7 @@ def per_position_figure(pp: pd.DataFrame, runs: pd.DataFrame | None = None, bins
         keys = ["run_id", "arch", "task", "params", "seed", "bin"]
         pp = pp.groupby(keys, as_index=False, sort=False)[["position", "loss", "ci_low", "ci_high"]].mean()
     pp["context tokens"] = pp["position"] + 1  # position t has t+1 tokens of context
+    pp["arch"] = pp["arch"].map(spec_labels(pp["arch"]))  # file.py:Class -> Class
     pp["size"] = pp["params"].map(lambda p: format_count(int(p)))
     tasks = list(dict.fromkeys(pp["task"]))
     n = max(1, len(tasks))
@@ -88,6 +90,7 @@ def headline_table(runs: pd.DataFrame) -> pd.DataFrame:
     cols = ["arch", "task", "params", "seed", "achieved_params", "state_size", "tokens_trained", "test_loss",
             "last_octave_gain", "last_octave_gain_low", "last_octave_gain_high", "status"]
     t = runs[[c for c in cols if c in runs.columns]].copy()
+    t["arch"] = t["arch"].map(spec_labels(t["arch"]))
     if "last_octave_gain" in t:
         t["falls over last octave?"] = (t["last_octave_gain_low"] > 0).map({True: "yes (95% CI > 0)", False: "no"})
     return t
@@ -116,6 +119,7 @@ def write_report(out: Path) -> Path:
          "<p><code>last_octave_gain</code> = mean loss over positions [T/4, T/2) minus mean loss over [T/2, T), "
          "with a 95% bootstrap interval over sequences. Above zero: the model still gains from its farthest context.</p>"),
         ("Runs", html_table(runs)),
+        ("Data", data_section(out, runs)),
     ]
     for section in SECTIONS:
         sections += section(out, runs, pp)
@@ -129,6 +133,76 @@ table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;pa
 <body><h1>Study {html.escape(out.name)}</h1>{body}</body></html>"""
     files.write_text(out / "report.html", page)
     return out / "report.html"
+
+
+def data_section(out: Path, runs: pd.DataFrame) -> str:
+    """What the study did with each task's data (``data.json``, written when the study ran): each
+    split's documents and tokens, whether a window may span two documents; and a warning when the
+    runs were trained on different versions of a task's data."""
+    parts = [f"<p><b>Note: {html.escape(note)}.</b></p>" for note in mixed_data(runs)]
+    try:
+        data = json.loads((Path(out) / "data.json").read_text())
+    except (OSError, ValueError):
+        data = {}
+    rows = []
+    for spec, versions in data.items():
+        for fingerprint, d in versions.items():
+            for split, e in d.get("splits", {}).items():
+                names = ", ".join(e["names"][:4]) + (f", ... ({e['documents']} in all)" if e["documents"] > 4 else "")
+                rows.append({"task": spec, "data fingerprint": fingerprint, "split": split, "documents": e["documents"],
+                             "tokens": e["tokens"], "which": names,
+                             "windows may cross documents": "yes" if e["windows_cross_documents"] else "no"})
+    if not rows:
+        return "".join(parts) + paragraph("Not recorded: the study ran before studies recorded their data "
+                                          "(<code>data.json</code>); rerunning its command records it and trains nothing.")
+    table = pd.DataFrame(rows)
+    cut = any(str(n).endswith("#test") for n in table["which"])
+    parts.append(html_table(table))
+    parts.append(paragraph(
+        "Tokens of the byte-level tasks (text, code) are bytes. Text and code documents (files) go whole to one split, "
+        "ordered by a hash of their name, about 10% of the bytes to test and 10% to validation"
+        + ("; a corpus of fewer than three files is cut instead, each file's first 80% of bytes for training, the next "
+           "10% for validation and its last 10% for test (names ending in #train, #validation, #test)" if cut else "")
+        + ". Within a split the documents are joined into one stream (a blank line between two) and windows start "
+        "anywhere in it: where <i>windows may cross documents</i>, a window's context may reach back past the start of "
+        "its document into the end of another. Tasks of fixed-length sequences (images, video, math, the probes) start "
+        "windows only at a sequence's start. Table: <code>data.json</code>; the runs' <code>data_fingerprint</code> "
+        "says which version of the data each was trained on."))
+    return "".join(parts)
+
+
+def summary_table(runs: pd.DataFrame, fits: pd.DataFrame, gaps: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: test loss, effective context with its interval, paired gap to the baseline
+    over all positions with its interval, from the study's tables (runs.parquet, fits.csv, gaps.csv)."""
+    fit = {r["run_id"]: r for r in fits.to_dict("records")} if "run_id" in fits else {}
+    gap = {}
+    if not gaps.empty:
+        for g in gaps[gaps["band"] == "all"].to_dict("records"):
+            gap[(g["arch"], g["task"], g["params"], g["seed"])] = f"{g['gap']:+.3f} [{g['gap_low']:+.3f}, {g['gap_high']:+.3f}]"
+    baseline = str(gaps["baseline"].iloc[0]) if not gaps.empty else None
+    labels = spec_labels(runs["arch"])
+    column = f"gap to {labels.get(baseline, baseline)}" if baseline else "gap to the baseline"
+    rows = []
+    for r in runs.to_dict("records"):
+        eff = format_effective_context(fit[r["run_id"]]) if r["run_id"] in fit else "not analysed"
+        rows.append({"arch": labels[r["arch"]], "task": r["task"], "size": format_count(int(r["params"])),
+                     "seed": r["seed"], "test loss": f"{r['test_loss']:.4f}" if r.get("status") == "ok" else r.get("status"),
+                     "effective context": eff,
+                     column: "baseline" if r["arch"] == baseline else
+                     gap.get((r["arch"], r["task"], r["params"], r["seed"]), "")})
+    return pd.DataFrame(rows)
+
+
+def summary_lines(out: Path) -> list[str]:
+    """The summary a study prints when it ends: :func:`summary_table` as text, and how to read it."""
+    out = Path(out)
+    runs = files.read_optional(out / "runs.parquet")
+    if runs.empty:
+        return []
+    table = summary_table(runs, files.read_optional(out / "fits.csv"), files.read_optional(out / "gaps.csv"))
+    return ["summary (test loss in nats per token; effective context in tokens; gap: test loss minus the baseline's "
+            "on the same test sequences, all positions; [95% intervals]):",
+            *("  " + line for line in table.to_string(index=False).splitlines())]
 
 
 def task_sections(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ import seaborn as sns
 
 from . import files
 from .figures import figure_png, html_table, img_tag
-from .specs import format_count
+from .specs import format_count, spec_labels
 from .statistics import MIN_FIT_POINTS, WRONG_FORM_CHI2, format_effective_context
 
 
@@ -26,6 +26,7 @@ def gap_table(gaps: pd.DataFrame) -> pd.DataFrame:
     g["cell"] = [f"{v:+.3f} [{a:+.3f}, {b:+.3f}]" + (" *" if s else "")
                  for v, a, b, s in zip(g["gap"], g["gap_low"], g["gap_high"], g["significant"])]
     order = list(dict.fromkeys(g["band"]))
+    g["arch"] = g["arch"].map(spec_labels(g["arch"]))
     wide = g.pivot_table(index=["task", "params", "arch"], columns="band", values="cell", aggfunc="first", sort=False)
     wide = wide[[b for b in order if b in wide.columns]].reset_index()
     wide["params"] = wide["params"].map(lambda p: format_count(int(p)))
@@ -35,7 +36,7 @@ def gap_table(gaps: pd.DataFrame) -> pd.DataFrame:
 
 def _model_label(df: pd.DataFrame) -> pd.Series:
     multi = df["params"].nunique() > 1
-    return df["arch"] + (" " + df["params"].map(lambda p: format_count(int(p))) if multi else "")
+    return df["arch"].map(spec_labels(df["arch"])) + (" " + df["params"].map(lambda p: format_count(int(p))) if multi else "")
 
 
 def context_figure(context: pd.DataFrame, fits: pd.DataFrame):
@@ -115,6 +116,7 @@ def history_table(fits: pd.DataFrame) -> pd.DataFrame:
     """The section's table: architecture x task (x size, seed) -> effective context, alpha, L_inf,
     last significant octave, with intervals."""
     rows = []
+    labels = spec_labels(fits["arch"]) if not fits.empty else {}
     for r in fits.to_dict("records"):
         get = lambda k: r.get(k, math.nan)  # noqa: E731
         start, end = get("last_significant_octave_start"), get("last_significant_octave_end")
@@ -122,7 +124,7 @@ def history_table(fits: pd.DataFrame) -> pd.DataFrame:
         beyond = ""
         if math.isfinite(get("loss_beyond_4x")) or math.isfinite(get("loss_beyond_2x")):
             beyond = " / ".join(f"{get(f'loss_beyond_{f}x'):.3f}" for f in (2, 4) if math.isfinite(get(f"loss_beyond_{f}x")))
-        rows.append({"arch": r["arch"], "task": r["task"], "size": format_count(int(r["params"])),
+        rows.append({"arch": labels[r["arch"]], "task": r["task"], "size": format_count(int(r["params"])),
                      "seed": r["seed"], "T": r["context"], "effective context (tokens)": format_effective_context(r),
                      "shuffled beyond n": format_effective_context(r, "shuffle"),
                      "replaced beyond n": format_effective_context(r, "replace"),

@@ -13,6 +13,7 @@ import yaml
 
 from .figures import figure_png, html_table, img_tag
 from .scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
+from .specs import spec_labels
 
 
 def _fmt_interval(v, lo, hi, digits=3):
@@ -42,18 +43,18 @@ def size_figure(points: pd.DataFrame, fits: pd.DataFrame):
     """Loss against non-embedding parameters, log-log: points with 95% intervals, fitted L(N) and band."""
     tasks = list(dict.fromkeys(points["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.4), squeeze=False)
-    palette = _palette(list(dict.fromkeys(points["arch"])))
+    palette, name = _palette(list(dict.fromkeys(points["arch"]))), spec_labels(points["arch"])
     for ax, task in zip(axes.flat, tasks):
         for arch, d in points[points["task"] == task].groupby("arch", sort=False):
             c = palette[arch]
             ax.errorbar(d["x"], d["loss"], yerr=[d["loss"] - d["loss_low"], d["loss_high"] - d["loss"]], fmt="o",
-                        color=c, ms=4, capsize=2, label=arch)
+                        color=c, ms=4, capsize=2, label=name[arch])
             f = fits[(fits["arch"] == arch) & (fits["task"] == task) & (fits["law"] == "L(N)")]
             if len(f) and np.isfinite(f["alpha"].iloc[0]):
                 f = f.iloc[0]
                 xs = np.geomspace(d["x"].min() / 1.5, d["x"].max() * 1.5, 100)
                 ax.plot(xs, law(xs, f["L_inf"], f["x0"], f["alpha"]), color=c, lw=1.2,
-                        label=f"{arch}: {f['L_inf']:.3g} + (N/{f['x0']:.2g})^-{f['alpha']:.3g}")
+                        label=f"{name[arch]}: {f['L_inf']:.3g} + (N/{f['x0']:.2g})^-{f['alpha']:.3g}")
                 _band(ax, xs, f["boot_params"], c)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -70,19 +71,19 @@ def compute_figure(curves: pd.DataFrame, front: pd.DataFrame, fits: pd.DataFrame
     """Validation loss against training FLOPs: every run's curve, each architecture's frontier, L(C)."""
     tasks = list(dict.fromkeys(curves["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.4), squeeze=False)
-    palette = _palette(list(dict.fromkeys(curves["arch"])))
+    palette, name = _palette(list(dict.fromkeys(curves["arch"]))), spec_labels(curves["arch"])
     for ax, task in zip(axes.flat, tasks):
         for (arch, run_id), d in curves[curves["task"] == task].groupby(["arch", "run_id"], sort=False):
             ax.plot(d["compute"], d["val_loss"], color=palette[arch], lw=0.6, alpha=0.45)
         for arch, d in front[front["task"] == task].groupby("arch", sort=False):
             c = palette[arch]
-            ax.plot(d["compute"], d["frontier_loss"], color=c, lw=2.2, label=f"{arch} frontier")
+            ax.plot(d["compute"], d["frontier_loss"], color=c, lw=2.2, label=f"{name[arch]} frontier")
             f = fits[(fits["arch"] == arch) & (fits["task"] == task) & (fits["law"] == "L(C)")]
             if len(f) and np.isfinite(f["alpha"].iloc[0]):
                 f = f.iloc[0]
                 xs = np.geomspace(d["compute"].min(), d["compute"].max(), 100)
                 ax.plot(xs, law(xs, f["L_inf"], f["x0"], f["alpha"]), color=c, ls="--", lw=1.2,
-                        label=f"{arch}: {f['L_inf']:.3g} + (C/{f['x0']:.2g})^-{f['alpha']:.3g}")
+                        label=f"{name[arch]}: {f['L_inf']:.3g} + (C/{f['x0']:.2g})^-{f['alpha']:.3g}")
                 _band(ax, xs, f["boot_params"], c)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -99,12 +100,12 @@ def alpha_figure(alphas: pd.DataFrame):
     """alpha of each run's per-position power law against its size (Kaplan et al. 2020, Fig. 20)."""
     tasks = list(dict.fromkeys(alphas["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.0), squeeze=False)
-    palette = _palette(list(dict.fromkeys(alphas["arch"])))
+    palette, name = _palette(list(dict.fromkeys(alphas["arch"]))), spec_labels(alphas["arch"])
     for ax, task in zip(axes.flat, tasks):
         for arch, d in alphas[alphas["task"] == task].groupby("arch", sort=False):
             d = d[np.isfinite(d["alpha"].astype(float))]
             ax.errorbar(d["achieved_params"], d["alpha"], yerr=[d["alpha"] - d["alpha_low"], d["alpha_high"] - d["alpha"]],
-                        fmt="o-", color=palette[arch], ms=4, capsize=2, label=arch)
+                        fmt="o-", color=palette[arch], ms=4, capsize=2, label=name[arch])
         ax.set_xscale("log")
         ax.set_xlabel("non-embedding parameters N")
         ax.set_ylabel("alpha of L(t) = L_inf + A t^-alpha")

@@ -11,6 +11,8 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 import yaml
 
 from . import files
-from .callbacks import DivergenceGuard, LogSpacedValidation
+from .callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines
 from .config import RunSpec, StudyConfig, plan
 from .errors import ContractError, UserError
 from .evaluate import bootstrap_ci, per_position_losses
@@ -44,7 +46,7 @@ RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_conf
                "achieved_params", "active_params", "total_params", "state_size", "batch_size", "tokens_trained", "wall_seconds",
                "torch_threads",
                "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
-               "last_octave_gain_high", "status", "diverged_step", "flops_per_token"]
+               "last_octave_gain_high", "status", "diverged_step", "flops_per_token", "data_fingerprint"]
 POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences"]
 
 
@@ -123,6 +125,18 @@ class Study:
                             f"{run.params} (more than {SIZE_TOLERANCE:.0%} off); change --params or its config")
         return cls, config, model
 
+    def run_id(self, run: RunSpec) -> str:
+        """The run's folder name in ``runs/``: :meth:`RunSpec.run_id` with its task's data fingerprint.
+        A run finished before ids held the data keeps the id it had then (its result.json records
+        no data_fingerprint): a rerun of its study recognises it instead of training it again."""
+        legacy = self.runs_dir / run.run_id(self.config) / "result.json"
+        try:
+            if "data_fingerprint" not in json.loads(legacy.read_text()):
+                return legacy.parent.name
+        except (OSError, ValueError):
+            pass
+        return run.run_id(self.config, self.task(run.task).data_fingerprint())
+
     def batch_size(self, context_length: int) -> int:
         """The study's batch size for a task of this context length (auto: about 1000 steps)."""
         if self.config.batch_size == "auto":
@@ -156,6 +170,7 @@ class Study:
             self.hparams(cls, run.arch)  # unknown hyperparameters fail before anything is written
             check_contract(model, task.vocab_size, task.context_length, run.arch)
         self.write_config()
+        self.write_data()
         return runs
 
     def write_config(self) -> None:
@@ -168,11 +183,25 @@ class Study:
                 theirs = None
             if isinstance(theirs, dict) and theirs != mine:
                 diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-                raise UserError(f"{self.out} holds a different study (differs in {', '.join(diff)}); "
-                                f"use --out for a new folder or --config {path} to continue it")
+                raise UserError(f"{self.out} holds a different study (differs in {', '.join(diff)}); to continue "
+                                f"it run `study.py --config {path}` with no flag that changes it; for this study "
+                                f"give a new folder with --out")
         files.write_text(path, yaml.safe_dump(mine, sort_keys=False))
         if not (self.out / "environment.json").exists():
             files.write_text(self.out / "environment.json", json.dumps(environment(), indent=1))
+
+    def write_data(self) -> None:
+        """``data.json``: what each task's data are (splits, documents, tokens), per data version,
+        for the report; a version the study used before is kept beside the new one."""
+        path = self.out / "data.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        for spec in self.config.tasks:
+            described = self.task(spec).describe_data()
+            data.setdefault(spec, {})[described["data_fingerprint"]] = described
+        files.write_text(path, json.dumps(data, indent=1))
 
     def finished(self) -> set[str]:
         if not self.runs_dir.exists():
@@ -187,7 +216,7 @@ class Study:
         runs = self.prepare()
         if self.multi_process:
             done = self.finished()
-            todo = [r for r in runs if r.run_id(self.config) not in done]
+            todo = [r for r in runs if self.run_id(r) not in done]
             log(f"study {self.config.name}: {len(runs)} runs, {len(runs) - len(todo)} already finished -> {self.out}")
             for i, run in enumerate(todo, 1):
                 log(f"[{i}/{len(todo)}] {run.arch} on {run.task}, {format_count(run.params)} params, seed {run.seed}")
@@ -197,7 +226,7 @@ class Study:
         elif not run_study(self, runs, storage, workers, heartbeat, progress, log):
             if workers == 0:
                 return False
-            missing = len({r.run_id(self.config) for r in runs} - self.finished())
+            missing = len({self.run_id(r) for r in runs} - self.finished())
             raise UserError(f"{missing} of {len(runs)} runs did not finish (their workers died repeatedly); "
                             f"rerun the same command to retry them")
         self.collect()
@@ -208,7 +237,9 @@ class Study:
         """Build the run's model (seeded) and train it, logging into ``folder``: the one training
         path of a study's runs and of ``study.py tune``'s trials (which add a pruning callback).
         Errors become one-line UserErrors; a ContractError, an OSError and the ``reraise`` types
-        (e.g. a trial pruned by a callback) pass unchanged."""
+        (e.g. a trial pruned by a callback) pass unchanged; an interruption (Ctrl-C, SIGTERM) stays
+        a KeyboardInterrupt. ``progress``: True for Lightning's bar, "lines" for a plain line every
+        tenth of the run or 30 s (output that is no terminal), False for nothing."""
         task = self.task(run.task)
         splits = task.splits()
         torch.manual_seed(run.seed)  # initialisation depends on the seed only
@@ -219,21 +250,34 @@ class Study:
         guard = DivergenceGuard()
         curve = LogSpacedValidation(splits["validation"], task.context_length, cfg.steps(task.context_length),
                                     cfg.batch_size * task.context_length, max(cfg.batch_size, EVAL_BATCH))
+        if progress == "lines":
+            callbacks = [*callbacks, ProgressLines(self.run_id(run), cfg.steps(task.context_length))]
         start = time.time()
+        sigint = signal.getsignal(signal.SIGINT)
         try:
             _, trainer = fit(model, splits["train"], splits["validation"], task.context_length, cfg, folder,
-                             callbacks=[guard, curve, *callbacks], progress=progress, trainer_kwargs=self.trainer_kwargs)
+                             callbacks=[guard, curve, *callbacks], progress=progress is True,
+                             trainer_kwargs=self.trainer_kwargs)
         except (ContractError, OSError, *reraise):
             raise
+        except SystemExit as exc:
+            # Lightning ends a fit interrupted by Ctrl-C (or by SIGTERM, which queue.sigterm_as_interrupt
+            # raises as KeyboardInterrupt) with sys.exit(1), SIGINT left ignored: give the interruption
+            # back as what it is, so the command line says so and exits with 130
+            if isinstance(exc.__context__, KeyboardInterrupt) or type(exc).__name__ == "SIGTERMException":
+                raise KeyboardInterrupt from None
+            raise
         except Exception as exc:
-            raise UserError(f"run {run.run_id(self.config)} failed in training: {type(exc).__name__}: {exc}") from exc
+            raise UserError(f"run {self.run_id(run)} failed in training: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if sigint is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, sigint)
         return Trained(model, arch_config, cfg, guard, curve, trainer, time.time() - start, fpt)
 
-    def execute(self, run: RunSpec, progress: bool = True) -> dict[str, Any]:
-        """Train and evaluate one run; move its folder into place atomically."""
-        run_id = run.run_id(self.config)
-        task = self.task(run.task)
-        splits = task.splits()
+    def execute(self, run: RunSpec, progress: bool | str = True) -> dict[str, Any]:
+        """Train and evaluate one run; move its folder into place atomically. Whatever stops it
+        (an error, Ctrl-C, SIGTERM) leaves no ``runs/.tmp-*`` folder behind."""
+        run_id = self.run_id(run)
         # leftovers of this run from a killed process: whoever holds the run's trial owns its files
         for leftover in self.runs_dir.glob(f".tmp-{run_id}-*") if self.runs_dir.exists() else []:
             shutil.rmtree(leftover, ignore_errors=True)
@@ -243,18 +287,20 @@ class Study:
         except OSError as exc:
             raise disk_error(exc, tmp) from exc
         try:
-            trained = self.train(run, tmp / "logs", progress=progress)
+            return self._execute_in(run, run_id, tmp, progress)
         except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise disk_error(exc, tmp) from exc
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already when the run was moved into place
+
+    def _execute_in(self, run: RunSpec, run_id: str, tmp: Path, progress: bool | str) -> dict[str, Any]:
+        task = self.task(run.task)
+        splits = task.splits()
+        trained = self.train(run, tmp / "logs", progress=progress)
         model, arch_config, cfg, guard, curve = (trained.model, trained.arch_config, trained.cfg, trained.guard,
                                                  trained.curve)
         self.rank = trained.trainer.global_rank
         if self.rank != 0:  # other ranks of a multi-process run: rank 0 evaluates and writes
-            shutil.rmtree(tmp, ignore_errors=True)
             return {}
         fpt, wall = trained.flops_per_token, trained.wall_seconds
         model = model.float()
@@ -276,29 +322,25 @@ class Study:
             "test_loss": float((losses * mask).sum() / max(mask.sum(), 1)),
             "last_octave_gain": gain[0], "last_octave_gain_low": gain[1], "last_octave_gain_high": gain[2],
             "status": status, "diverged_step": guard.step, "flops_per_token": fpt,
+            "data_fingerprint": task.data_fingerprint(),
         }
         pp = pd.DataFrame({"run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params,
                            "seed": run.seed, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
                            "n_sequences": n.astype(np.int64)})
-        try:
-            pp.to_parquet(tmp / "per_position.parquet", index=False)
-            np.savez_compressed(tmp / "losses.npz", losses=losses, mask=mask)
-            curve.save(tmp / "val_curve.npz")
-            torch.save({"arch": run.arch, "task": run.task, "arch_config": arch_config, "vocab_size": task.vocab_size,
-                        "context_length": T, "state_dict": model.state_dict()}, tmp / "model.pt")
-            metrics = tmp / "logs" / "metrics.csv"
-            if metrics.exists():
-                shutil.move(metrics, tmp / "metrics.csv")
-            shutil.rmtree(tmp / "logs", ignore_errors=True)
-            (tmp / "result.json").write_text(json.dumps(row, indent=1, default=jsonable))
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise disk_error(exc, tmp) from exc
+        pp.to_parquet(tmp / "per_position.parquet", index=False)
+        np.savez_compressed(tmp / "losses.npz", losses=losses, mask=mask)
+        curve.save(tmp / "val_curve.npz")
+        torch.save({"arch": run.arch, "task": run.task, "arch_config": arch_config, "vocab_size": task.vocab_size,
+                    "context_length": T, "state_dict": model.state_dict()}, tmp / "model.pt")
+        metrics = tmp / "logs" / "metrics.csv"
+        if metrics.exists():
+            shutil.move(metrics, tmp / "metrics.csv")
+        shutil.rmtree(tmp / "logs", ignore_errors=True)
+        (tmp / "result.json").write_text(json.dumps(row, indent=1, default=jsonable))
         final = self.runs_dir / run_id
         # the whole folder appears at once: a run is either absent or complete, never half-written
         for attempt in range(2):
             if (final / "result.json").exists():  # someone finished it first (a retried run): keep theirs
-                shutil.rmtree(tmp, ignore_errors=True)
                 return json.loads((final / "result.json").read_text())
             if final.exists():
                 shutil.rmtree(final, ignore_errors=True)  # a folder without result.json is no run
@@ -307,7 +349,6 @@ class Study:
                 return row
             except OSError as exc:
                 if attempt:
-                    shutil.rmtree(tmp, ignore_errors=True)
                     raise disk_error(exc, final) from exc
         return row
 
@@ -328,3 +369,20 @@ class Study:
         files.write_table(self.out / "runs.parquet", runs)
         files.write_table(self.out / "per_position.parquet", pp)
         return runs, pp
+
+
+def mixed_data(runs: pd.DataFrame) -> list[str]:
+    """One line for each task whose runs were trained on different versions of its data (different
+    ``data_fingerprint``s: its files changed between runs); runs recorded before fingerprints were
+    are not counted."""
+    if "data_fingerprint" not in runs or runs.empty:
+        return []
+    notes = []
+    for task, group in runs.dropna(subset=["data_fingerprint"]).groupby("task", sort=False):
+        versions = list(dict.fromkeys(group["data_fingerprint"]))
+        if len(versions) > 1:
+            counts = ", ".join(f"{v} ({int((group['data_fingerprint'] == v).sum())} runs)" for v in versions)
+            notes.append(f"the runs of task {task} were trained on {len(versions)} versions of its data: {counts}; "
+                         "its tables and report mix them (move the runs of the old data out of runs/, or use a "
+                         "new --out)")
+    return notes

@@ -34,6 +34,27 @@ def parse_count(text: str | int | float, what: str = "count", minimum: int = 1) 
     return int(round(value))
 
 
+def is_class_path(spec: str) -> bool:
+    """True for ``package.module:Class`` and ``path/to/file.py:Class`` (not ``name:options`` nor
+    ``name:PATH``)."""
+    target, sep, attr = str(spec).rpartition(":")
+    return bool(sep) and attr.isidentifier() and (target.endswith(".py") or "." in target or "/" in target)
+
+
+def spec_label(spec: str) -> str:
+    """What plots, tables and run ids call an architecture or task: the class name of
+    ``file.py:Class`` and ``module:Class`` (its path stays in config.yaml), else the spec itself."""
+    return str(spec).rpartition(":")[2] if is_class_path(spec) else str(spec)
+
+
+def spec_labels(specs) -> dict[str, str]:
+    """:func:`spec_label` of each spec; specs whose labels would coincide keep their full text."""
+    specs = list(dict.fromkeys(str(s) for s in specs))
+    labels = {s: spec_label(s) for s in specs}
+    taken = [labels[s] for s in specs]
+    return {s: (label if taken.count(label) == 1 else s) for s, label in labels.items()}
+
+
 def format_count(n: int) -> str:
     for suffix, unit in (("M", 10**6), ("k", 10**3)):
         if n >= unit:

@@ -2,8 +2,9 @@
 
 Layout::
 
-    config.yaml            the fully resolved study (``--config`` on it reruns the same study)
+    config.yaml            the fully resolved study (``--config`` on it resumes the study, in this folder)
     environment.json       package versions, device, git commit
+    data.json              each task's splits, documents and tokens, per version of its data
     runs/<run_id>/         one folder per finished run, moved into place atomically:
         result.json        its row of runs.parquet
         per_position.parquet

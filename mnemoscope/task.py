@@ -79,6 +79,7 @@ class Task:
             raise UserError(f"context length must be at least 2, got {self.context_length}")
         self.options = options
         self._splits: dict[str, TokenSplit] | None = None
+        self._data_fingerprint: str | None = None
 
     @property
     def name(self) -> str:
@@ -113,6 +114,36 @@ class Task:
                     )
         return self._splits
 
+    def data_fingerprint(self) -> str:
+        """Identifies the prepared data by content (16 hex digits): the checksums of every split's
+        arrays (their dtypes, shapes and bytes) and the vocabulary size. The same data give the same
+        fingerprint wherever their files lie; an edited corpus gives another. A run's id includes it."""
+        if getattr(self, "_data_fingerprint", None) is None:
+            splits = self.splits()
+            h = hashlib.sha256(f"vocab {int(self.vocab_size)}".encode())
+            for name in sorted(splits):
+                for part in ("tokens", "mask", "starts"):
+                    arr = getattr(splits[name], part)
+                    if arr is not None:
+                        arr = np.ascontiguousarray(arr)
+                        h.update(f"{name}.{part} {arr.dtype.str} {arr.shape}".encode())
+                        h.update(memoryview(arr).cast("B"))
+            self._data_fingerprint = h.hexdigest()[:16]
+        return self._data_fingerprint
+
+    def describe_data(self) -> dict[str, Any]:
+        """What a study did with the data (for its report): per split, the documents (how many, their
+        names) and tokens; whether an evaluation window may span two documents (a split's documents
+        joined into one stream, windows starting anywhere)."""
+        splits = self.splits()
+        out: dict[str, Any] = {"data_fingerprint": self.data_fingerprint(), "vocab_size": int(self.vocab_size),
+                               "context_length": self.context_length, "splits": {}}
+        for name, s in splits.items():
+            out["splits"][name] = {"documents": len(s.documents), "tokens": int(len(s.tokens)),
+                                   "names": [str(d) for d in s.documents[:DESCRIBED_DOCUMENTS]],
+                                   "windows_cross_documents": s.starts is None and len(s.documents) > 1}
+        return out
+
     def floor_excess(self, losses: np.ndarray, mask: np.ndarray, seed: int = 0) -> dict[str, float] | None:
         """A run's distance from the task's exact optimal loss, for a task that knows it (a synthetic
         probe): ``loss_floor``, ``excess_over_floor`` with ``_low`` and ``_high`` (95% interval), from
@@ -142,6 +173,9 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+DESCRIBED_DOCUMENTS = 50  # document names a study records per split (data.json)
 
 
 def load_or_prepare(task: Task) -> dict[str, TokenSplit]:

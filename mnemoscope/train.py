@@ -17,7 +17,8 @@ from torch import nn
 from .errors import UserError
 from .task import TokenSplit, TrainBatches, eval_offsets, window_batch
 
-for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
+for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric",
+              "lightning.pytorch.trainer.connectors.signal_connector"):  # "Received SIGTERM": the CLI says it in one line
     logging.getLogger(_name).setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*validation_step.*but have no.*val_dataloader.*")

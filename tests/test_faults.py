@@ -306,7 +306,7 @@ def test_same_seed_bitwise_identical_losses_different_seed_differs(tmp_path):
         study = Study(config, tmp_path / folder)
         run = plan(config)[seed_index]
         study.execute(run, progress=False)
-        with np.load(study.runs_dir / run.run_id(config) / "losses.npz") as z:
+        with np.load(study.runs_dir / study.run_id(run) / "losses.npz") as z:
             losses.append(z["losses"].copy())
     assert losses[0].tobytes() == losses[1].tobytes()  # bitwise, not approximately
     assert not np.array_equal(losses[0], losses[2])
@@ -324,9 +324,9 @@ def test_checkpoints_load_with_weights_only_and_nothing_untrusted_is_unpickled(t
     study = Study(config, tmp_path / "s")
     run = plan(config)[0]
     study.execute(run, progress=False)
-    folder = study.runs_dir / run.run_id(config)
+    folder = study.runs_dir / study.run_id(run)
     model, row = load_run_model(folder)
-    assert row["run_id"] == run.run_id(config)
+    assert row["run_id"] == study.run_id(run)
     assert model(torch.zeros(1, 16, dtype=torch.long)).shape == (1, 16, 256)
 
     # a tampered model.pt holding a pickled callable is refused, and its code never runs

@@ -26,6 +26,154 @@ from test_faults import TINY, cli_process
 REPO = Path(__file__).resolve().parent.parent
 
 
+def write_corpus(path: Path, words: str, n: int = 3000, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    vocab = words.split()
+    path.write_text(" ".join(vocab[i] for i in rng.integers(0, len(vocab), n)) + "\n")
+    return path
+
+
+# -- 1. an edited corpus makes new runs; 8. the report says what was done with the data --------------
+def test_an_edited_corpus_makes_new_runs_and_the_study_says_it_mixes_data(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "small.txt", "the quick brown fox jumps over the lazy dog")
+    out = tmp_path / "study"
+    argv = ["--arch", "lstm", "--task", f"text:{corpus}", "--out", str(out), *TINY]
+    assert main(argv) == 0
+    first = pd.read_parquet(out / "runs.parquet")
+    assert len(first) == 1 and isinstance(first["data_fingerprint"].iloc[0], str)
+    capsys.readouterr()
+
+    write_corpus(corpus, "a stitch in time saves nine while rolling stones gather no moss", seed=1)  # overwritten
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "1 runs, 0 already finished" in printed  # not "1 already finished": the data changed
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert len(runs) == 2 and runs["data_fingerprint"].nunique() == 2
+    assert re.search(r"note: the runs of task text:\S+ were trained on 2 versions of its data", printed)
+    html = (out / "report.html").read_text()
+    assert "were trained on 2 versions of its data" in html
+
+    assert main(argv) == 0  # the same data again: nothing to train
+    assert "1 runs, 1 already finished" in capsys.readouterr().out
+
+    # what was done with the data: one file cut in three, each split's documents and tokens
+    data = json.loads((out / "data.json").read_text())[f"text:{corpus}"]
+    assert len(data) == 2  # both versions are described
+    splits = data[first["data_fingerprint"].iloc[0]]["splits"]
+    assert splits["test"]["names"] == ["small.txt#test"] and splits["test"]["documents"] == 1
+    total = sum(s["tokens"] for s in splits.values())
+    assert abs(splits["test"]["tokens"] / total - 0.1) < 0.01
+    assert "<h2>Data</h2>" in html and "small.txt#test" in html and "windows may cross documents" in html
+    assert "its last 10% for test" in html
+
+
+def test_runs_recorded_before_data_fingerprints_are_still_recognised(text_dir, tmp_path, capsys):
+    from mnemoscope.config import StudyConfig, plan
+
+    out = tmp_path / "study"
+    argv = ["--arch", "lstm", "--task", f"text:{text_dir}", "--out", str(out), *TINY]
+    assert main(argv) == 0
+    (folder,) = (out / "runs").iterdir()
+    # the run as an older version wrote it: its id without the data, no data_fingerprint recorded
+    config = StudyConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+    legacy = out / "runs" / plan(config)[0].run_id(config)
+    folder.rename(legacy)
+    row = json.loads((legacy / "result.json").read_text())
+    del row["data_fingerprint"]
+    row["run_id"] = legacy.name
+    (legacy / "result.json").write_text(json.dumps(row))
+    before = (legacy / "result.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "1 runs, 1 already finished" in capsys.readouterr().out
+    assert [p.name for p in (out / "runs").iterdir()] == [legacy.name]
+    assert (legacy / "result.json").stat().st_mtime_ns == before
+    assert pd.read_parquet(out / "runs.parquet")["data_fingerprint"].isna().all()
+
+
+# -- 2. Ctrl-C in a terminal, SIGTERM from a scheduler --------------------------------------------------------
+def interrupted_cleanly(out: Path) -> None:
+    """No temporary folder, no run; the queue counts the run as interrupted, not lost with its worker."""
+    from mnemoscope.queue import RunQueue, closing_line
+    from mnemoscope.runner import Study
+
+    assert not list((out / "runs").glob(".tmp-*")) and not any((out / "runs").iterdir())
+    summary = RunQueue(Study.from_folder(out), create=False).summary()
+    assert summary["interrupted"] == 1 and summary["failed_stale"] == 0 and summary["finished"] == 0
+    line = closing_line(summary)
+    assert "1 interrupted" in line and "lost with their worker" not in line
+
+
+def long_run(text_dir: Path, out: Path) -> list[str]:
+    """10000 steps of a tiny LSTM (seconds): an interrupt comes mid-training."""
+    return ["--arch", "lstm", "--task", f"text:{text_dir}", "--out", str(out), "--params", "2k", "--context", "16",
+            "--tokens", str(10000 * 8 * 16), "--batch-size", "8", "--eval-sequences", "8", "--no-analysis"]
+
+
+def test_ctrl_c_exits_130_with_the_message_and_leaves_no_temporary_folder(text_dir, tmp_path):
+    out = tmp_path / "study"
+    cmd = [sys.executable, str(REPO / "study.py"), *long_run(text_dir, out)]
+    # its own process group, as a shell gives a command; Ctrl-C sends SIGINT to the whole group
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # output to a pipe: plain progress lines, no bar
+            lines.append(line)
+            if re.search(r": step \d+/10000 \(\d+%\), loss [\d.]+, \d+:\d\d left", line):
+                break
+        assert list((out / "runs").glob(".tmp-*")), lines  # training, in its temporary folder
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "interrupted; finished runs are kept, rerun the same command to resume"]
+    interrupted_cleanly(out)
+
+
+def test_sigterm_exits_130_and_leaves_no_temporary_folder(text_dir, tmp_path):
+    """What a scheduler does to a job it preempts (a forked `study.py` process, imports preloaded)."""
+    out = tmp_path / "study"
+    p = cli_process(long_run(text_dir, out))
+    deadline = time.time() + 120
+    while not list((out / "runs").glob(".tmp-*/logs")) and time.time() < deadline and p.is_alive():
+        time.sleep(0.05)
+    time.sleep(0.5)  # into its training steps
+    assert p.is_alive() and list((out / "runs").glob(".tmp-*"))
+    os.kill(p.pid, signal.SIGTERM)
+    p.join(120)
+    assert p.exitcode == 130
+    interrupted_cleanly(out)
+
+
+# -- 3. the refusal's advice, followed, continues the study where it is --------------------------------------
+def test_the_advice_to_continue_a_study_works_verbatim(text_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "mine"
+    assert main(["--arch", "lstm", "--task", f"text:{text_dir}", "--out", str(out), *TINY]) == 0
+    finished = sorted(p.name for p in (out / "runs").iterdir())
+    capsys.readouterr()
+    assert main(["--arch", "lstm", "--task", f"text:{text_dir}", "--out", str(out), *TINY, "--tokens", "3k"]) == 2
+    err = capsys.readouterr().err
+    advice = re.search(r"to continue it run `([^`]+)`", err).group(1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # another folder: the advice must not depend on where it is followed
+    words = shlex.split(advice)
+    assert words[0] == "study.py"
+    assert main(words[1:]) == 0
+    printed = capsys.readouterr().out
+    assert "1 runs, 1 already finished" in printed and f"-> {out}" in printed
+    assert sorted(p.name for p in (out / "runs").iterdir()) == finished
+    assert not (elsewhere / "results").exists()
+    # the study's config.yaml with a flag that changes it is a new study: refused, never a silent retrain elsewhere
+    assert main([*words[1:], "--tokens", "3k"]) == 2
+    assert "holds a different study" in capsys.readouterr().err
+    assert not (elsewhere / "results").exists()
+
+
 # -- 4. effective context to the token, honest about the grid ----------------------------------------------
 def test_lag_k12_reads_12_tokens_of_effective_context(tmp_path, monkeypatch):
     """Position t sees t+1 tokens; its target repeats the token k back, which is in view with n >= k
@@ -66,6 +214,29 @@ def test_an_effective_context_on_a_coarse_grid_is_no_narrower_than_the_grid():
     assert format_effective_context(fit) == "9-16 [9, 16]"  # not "16 [16, 16]": the truth is anywhere in 9-16
 
 
+# -- 4, 5. one tiny lag study: floor columns in fits.csv; console, report and summary agree ---------------------
+def test_lag_floor_in_fits_and_one_effective_context_string_everywhere(tmp_path, capsys):
+    from mnemoscope.tasks.probes import lag_entropy
+
+    out = tmp_path / "lag"
+    assert main(["--arch", "lstm", "--task", "lag:k=12,train_tokens=20000,eval_sequences=16", "--context", "64",
+                 "--params", "2k", "--tokens", "20k", "--batch-size", "8", "--eval-sequences", "16", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    fits = pd.read_csv(out / "fits.csv")
+    row = fits.iloc[0]
+    assert row["loss_floor"] == pytest.approx(lag_entropy(16, 0.8))
+    assert row["excess_over_floor_low"] <= row["excess_over_floor"] <= row["excess_over_floor_high"]
+    assert {"effective_context_step", "effective_context_min"} <= set(fits.columns)
+    console = re.search(r"analysis: \S+: .* effective context (.+?) tokens, ", printed).group(1)
+    html = (out / "report.html").read_text()
+    assert f"<td>{console}</td>" in html  # the report's table cell
+    summary = printed[printed.index("summary ("):]
+    assert console in summary and "gap to" in summary and "wrote " in summary
+    lag_table = html[html.index("distance from the exact floor"):]
+    assert f"{row['excess_over_floor']:.4g}" in lag_table  # the lag view shows the same excess
+
+
 def test_not_meaningful_is_the_one_string_for_a_worse_full_context():
     from mnemoscope import report_history
     from mnemoscope.statistics import format_effective_context
@@ -76,3 +247,50 @@ def test_not_meaningful_is_the_one_string_for_a_worse_full_context():
     text = "not meaningful: 16 tokens beat the full context"
     assert format_effective_context(fit) == text
     assert report_history.history_table(pd.DataFrame([fit]))["effective context (tokens)"].iloc[0] == text
+
+
+# -- 6. plugins named by their class ----------------------------------------------------------------------
+def test_plugins_are_named_by_their_class_and_long_names_are_not_cut(tmp_path):
+    from mnemoscope.config import RunSpec, StudyConfig
+    from mnemoscope.figures import label_runs
+    from mnemoscope.specs import spec_label, spec_labels
+
+    a, b = f"{tmp_path}/thirdparty.py:XTransformer", f"{tmp_path}/thirdparty.py:MinGRULM"
+    assert spec_label(a) == "XTransformer" and spec_label("mypkg.models:MyGRU") == "MyGRU"
+    for unchanged in ("transformer:pos=rotary", "text:/data/small.txt", "lag:k=12", "text:corpus"):
+        assert spec_label(unchanged) == unchanged
+    assert spec_labels([a, f"{tmp_path}/other.py:XTransformer", b])[b] == "MinGRULM"  # clashing labels stay whole
+    config = StudyConfig(archs=[a, b, "lstm"]).normalized()
+    ids = [RunSpec(x, "text", 50_000, 0).run_id(config, "0123456789abcdef") for x in (a, b)]
+    assert ids[0].startswith("XTransformer-text-50k-s0-") and ids[1].startswith("MinGRULM-text-50k-s0-")
+    labels = label_runs(pd.DataFrame({"arch": [a, b], "params": [50_000, 50_000]}))["model"]
+    assert list(labels) == ["XTransformer 50k", "MinGRULM 50k"]
+    assert config.name.startswith("XTransformer-MinGRULM-lstm_text_")
+    long = StudyConfig(archs=["window_transformer", "moe_transformer", "linear_attention", "memory_lstm", "lstm"]).normalized()
+    words = long.name.split("_")[0].split("-")
+    assert words[0] == "windowtransformer" and words[-1].startswith("and") and words[-1].endswith("more")
+    assert all(w in ("windowtransformer", "moetransformer", "linearattention", "memorylstm", "lstm") for w in words[:-1])
+
+
+def test_every_builtin_has_a_description_in_list(capsys):
+    assert main(["list"]) == 0
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  "):
+            name, _, rest = line.strip().partition(" ")
+            assert rest.strip() and not rest.strip().startswith("["), name
+
+
+def test_a_study_named_before_names_were_kept_whole_is_found_where_it_lies(tmp_path, monkeypatch):
+    from mnemoscope.cli import run_parser, resolve_config, study_folder
+    from mnemoscope.config import legacy_default_name
+
+    monkeypatch.chdir(tmp_path)
+    args = run_parser().parse_args(["--arch", "window_transformer", "lstm"])
+    config = resolve_config(args)
+    old = legacy_default_name(config)
+    assert old.startswith("windowtransf-lstm_text_") and config.name.startswith("windowtransformer-lstm_text_")
+    assert study_folder(args, config) == Path("results") / config.name  # nothing there yet: the new name
+    (tmp_path / "results" / old).mkdir(parents=True)
+    (tmp_path / "results" / old / "config.yaml").write_text(yaml.safe_dump({**config.to_dict(), "name": old}))
+    config = resolve_config(args)
+    assert study_folder(args, config) == Path("results") / old and config.name == old  # rerunning finds it
