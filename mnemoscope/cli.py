@@ -12,11 +12,13 @@ from pathlib import Path
 import yaml
 
 from .analysis import VARIANTS, AnalysisSettings, analyze
+from .compare import compare, parse_selection
 from .config import StudyConfig
 from .errors import UserError
 from .queue import RunQueue, check_url, sigterm_as_interrupt
 from .registry import ARCHITECTURES, TASKS
 from .report import write_report
+from .report_compare import summary_lines, write_comparison
 from .runner import Study
 from .specs import format_count, parse_count
 from .train import distributed_settings
@@ -32,6 +34,7 @@ EXAMPLES = """examples:
   python study.py list                                    architectures and tasks, plugins included
   python study.py report results/NAME                     rebuild plots and report from the tables
   python study.py analyze results/NAME                    effective context, power-law fits, extrapolation
+  python study.py compare results/architectures:transformer,lstm results/my-study   runs of several studies, paired gaps
   python study.py tune --arch transformer lstm --task text --trials 30   same Optuna budget for each
   python study.py --arch transformer lstm --params 30k 100k 300k 1M 3M --hparams tuned   a scaling sweep
   python study.py ... --workers 4                         four worker processes drain the study's queue
@@ -42,7 +45,8 @@ EXAMPLES = """examples:
 def run_parser(prog: str = "study.py") -> argparse.ArgumentParser:
     d = StudyConfig()  # the defaults a flag left out takes (flags default to None so --config can fill them)
     usage = (f"{prog} [--arch ARCH ...] [--task TASK ...] [--params N ...] [other flags]\n"
-             f"       {prog} list | report DIR | analyze DIR | worker DIR | tune --arch ARCH ... (each has --help)")
+             f"       {prog} list | report DIR | analyze DIR | compare DIR[:ARCH,...] ... | worker DIR | tune --arch ARCH ... "
+             "(each has --help)")
     p = argparse.ArgumentParser(
         prog=prog, usage=usage, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES.replace("PROG", prog if prog != "study.py" else "python study.py"),
@@ -260,7 +264,35 @@ def cmd_analyze(argv: list[str], prog: str = "study.py") -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "report": cmd_report, "worker": cmd_worker, "tune": cmd_tune, "analyze": cmd_analyze}
+def cmd_compare(argv: list[str], prog: str = "study.py") -> int:
+    p = argparse.ArgumentParser(
+        prog=f"{prog} compare", description="Put runs of several study folders on one figure and one page, with "
+        "paired gaps (bootstrap intervals over sequences) to a baseline for the runs scored on exactly the same test "
+        "data as it; nothing is retrained, and the studies' folders are only read.")
+    _one_line_errors(p)
+    p.add_argument("dirs", nargs="+", metavar="DIR[:ARCH,...]",
+                   help="study folders, each with the architectures to take from it (default: all)")
+    p.add_argument("--baseline", nargs="+", metavar="DIR:ARCH",
+                   help="the run(s) every other is compared with (default: the first folder's first architecture)")
+    p.add_argument("--out", help="folder for compare.html, its figures and tables (default results/compare_NAMES)")
+    args = p.parse_args(argv)
+    selections = [parse_selection(d) for d in args.dirs]
+    baselines = [parse_selection(b) for b in args.baseline] if args.baseline else None
+    c = compare(selections, baselines)
+    out = Path(args.out) if args.out else Path("results") / ("compare_" + "_".join(
+        dict.fromkeys(s.folder.resolve().name for s in selections)))[:100]
+    command = " ".join([prog, "compare", *argv])
+    page = write_comparison(c, out, command)
+    print(f"compare: {len(c.runs)} runs of {len(c.studies)} studies; baseline {', '.join(c.baselines)}")
+    print("\n".join(summary_lines(c)))
+    for line in c.refused:
+        print(line, file=sys.stderr)
+    print(f"wrote {page}")
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "report": cmd_report, "worker": cmd_worker, "tune": cmd_tune, "analyze": cmd_analyze,
+            "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

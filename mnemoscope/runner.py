@@ -26,7 +26,7 @@ from . import files
 from .callbacks import DivergenceGuard, LogSpacedValidation
 from .config import RunSpec, StudyConfig, plan
 from .errors import ContractError, UserError
-from .evaluate import bootstrap_ci, per_position_losses
+from .evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts
 from .flops import flops_per_token
 from .model import SIZE_TOLERANCE, active_params, build, check_contract, count_params, size_for, state_size
 from .queue import run_study
@@ -43,7 +43,8 @@ RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_conf
                "achieved_params", "active_params", "total_params", "state_size", "batch_size", "tokens_trained", "wall_seconds",
                "torch_threads",
                "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
-               "last_octave_gain_high", "status", "diverged_step", "flops_per_token"]
+               "last_octave_gain_high", "status", "diverged_step", "flops_per_token",
+               "scoring_fingerprint", "scoring_parts"]  # what the test losses were scored on (evaluate.scoring_parts)
 POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences"]
 
 
@@ -266,6 +267,7 @@ class Study:
         gain = octave_gain(losses, mask, T // 4, T // 2, T, seed=run.seed)
         status = "diverged" if guard.step is not None or not np.isfinite(losses).all() else "ok"
         params_nonemb = count_params(model, non_embedding=True)
+        scored = scoring_parts(task, self.config.eval_sequences, mask)
         row = {
             "run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params, "seed": run.seed, "context": T,
             "arch_config": json.dumps(arch_config, sort_keys=True), "target_params": run.params,
@@ -276,6 +278,7 @@ class Study:
             "test_loss": float((losses * mask).sum() / max(mask.sum(), 1)),
             "last_octave_gain": gain[0], "last_octave_gain_low": gain[1], "last_octave_gain_high": gain[2],
             "status": status, "diverged_step": guard.step, "flops_per_token": fpt,
+            "scoring_fingerprint": scoring_fingerprint(scored), "scoring_parts": json.dumps(scored, sort_keys=True),
         }
         pp = pd.DataFrame({"run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params,
                            "seed": run.seed, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
