@@ -89,6 +89,10 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", help="devices for each run, as Lightning takes them: 4, auto, or 0,1")
     p.add_argument("--num-nodes", help="machines for each run (Lightning num_nodes; launch with srun/torchrun)")
     p.add_argument("--strategy", help="Lightning strategy for multi-device runs: ddp, fsdp, deepspeed_stage_2, ...")
+    p.add_argument("--logger", nargs="+", metavar="NAME",
+                   help="also log each run's training curves to: tensorboard (STUDY/tensorboard), mlflow (STUDY/mlruns), "
+                        "wandb (STUDY/wandb, offline), with arch, task, size and seed as hyperparameters; csv "
+                        "(runs/<id>/metrics.csv) is always kept. Extras: pip install 'mnemoscope[tensorboard]'")
 
 
 def execution(args) -> dict:
@@ -147,7 +151,7 @@ def cmd_run(argv: list[str], prog: str = "study.py") -> int:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     config = resolve_config(args)
     out = Path(args.out) if args.out else Path("results") / config.name
-    study = Study(config, out, trainer_kwargs=trainer_kwargs)
+    study = Study(config, out, trainer_kwargs=trainer_kwargs, loggers=args.logger)
     if study.multi_process and (args.workers != 1 or args.storage):
         raise UserError("a run on several devices or nodes runs the study's runs in order, one at a time: "
                         "drop --workers and --storage, or use --devices 1 with many workers")
@@ -171,7 +175,8 @@ def cmd_worker(argv: list[str], prog: str = "study.py") -> int:
     args = p.parse_args(argv)
     trainer_kwargs = execution(args)
     out = Path(args.dir)
-    study = Study.from_folder(out, f"; start one with study.py ... --out {out}", trainer_kwargs=trainer_kwargs)
+    study = Study.from_folder(out, f"; start one with study.py ... --out {out}", trainer_kwargs=trainer_kwargs,
+                              loggers=args.logger)
     if study.multi_process:
         raise UserError("a worker trains each run in one process; for runs on several devices or nodes use "
                         "study.py --devices N [--num-nodes M] without the queue")

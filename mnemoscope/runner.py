@@ -35,7 +35,7 @@ from .specs import format_count, parse_spec
 from .statistics import octave_gain
 from .store import disk_error, environment, jsonable, load_run_model
 from .task import Task
-from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
+from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, check_loggers, fit, log_results, tracker_loggers
 
 EVAL_BATCH = 32  # sequences per evaluation forward
 
@@ -60,6 +60,7 @@ class Trained:
     trainer: L.Trainer
     wall_seconds: float
     flops_per_token: float
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the trackers record of the run
 
 
 class Study:
@@ -80,12 +81,14 @@ class Study:
         return cls(config, out, **kwargs)
 
     def __init__(self, config: StudyConfig, out: Path, trainer_kwargs: dict[str, Any] | None = None,
-                 tasks: dict[str, Task] | None = None):
+                 tasks: dict[str, Task] | None = None, loggers: list[str] | None = None):
         self.config, self.out = config, Path(out)
         # built tasks by spec; another Study of the same tasks and context may share them (tune's trials)
         self.tasks: dict[str, Task] = tasks if tasks is not None else {}
         # devices / num_nodes / strategy for Lightning: one run on many GPUs or nodes
         self.trainer_kwargs = dict(trainer_kwargs or {})
+        # Lightning loggers of every run: csv always, tensorboard / mlflow / wandb (study.py --logger)
+        self.loggers = check_loggers(loggers)
         self.rank = 0  # this process's global rank in a multi-process run (0: the one that writes)
 
     @property
@@ -220,15 +223,21 @@ class Study:
         guard = DivergenceGuard()
         curve = LogSpacedValidation(splits["validation"], task.context_length, cfg.steps(task.context_length),
                                     cfg.batch_size * task.context_length, max(cfg.batch_size, EVAL_BATCH))
+        run_id = run.run_id(self.config)
+        hparams = {"arch": run.arch, "task": run.task, "size": format_count(run.params), "params": run.params,
+                   "seed": run.seed, "study": self.config.name, "run_id": run_id, "context": task.context_length,
+                   "tokens": cfg.tokens, "batch_size": cfg.batch_size, "lr": cfg.lr}
         start = time.time()
         try:
+            trackers = tracker_loggers(self.loggers, self.out, self.config.name, run_id, hparams)
             _, trainer = fit(model, splits["train"], splits["validation"], task.context_length, cfg, folder,
-                             callbacks=[guard, curve, *callbacks], progress=progress, trainer_kwargs=self.trainer_kwargs)
+                             callbacks=[guard, curve, *callbacks], progress=progress, trainer_kwargs=self.trainer_kwargs,
+                             loggers=trackers)
         except (ContractError, OSError, *reraise):
             raise
         except Exception as exc:
             raise UserError(f"run {run.run_id(self.config)} failed in training: {type(exc).__name__}: {exc}") from exc
-        return Trained(model, arch_config, cfg, guard, curve, trainer, time.time() - start, fpt)
+        return Trained(model, arch_config, cfg, guard, curve, trainer, time.time() - start, fpt, hparams)
 
     def execute(self, run: RunSpec, progress: bool = True) -> dict[str, Any]:
         """Train and evaluate one run; move its folder into place atomically."""
@@ -280,6 +289,10 @@ class Study:
             "status": status, "diverged_step": guard.step, "flops_per_token": fpt,
             "scoring_fingerprint": scoring_fingerprint(scored), "scoring_parts": json.dumps(scored, sort_keys=True),
         }
+        try:
+            log_results(trained.trainer.loggers, trained.hparams, {k: row[k] for k in ("test_loss", "final_val_loss")})
+        except Exception as exc:  # a tracker's failure costs the run nothing: its files are what counts
+            print(f"warning: run {run_id}: a logger failed to record the results: {type(exc).__name__}: {exc}")
         pp = pd.DataFrame({"run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params,
                            "seed": run.seed, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
                            "n_sequences": n.astype(np.int64)})
