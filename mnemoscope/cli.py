@@ -26,7 +26,7 @@ from .tune import DEFAULT_OUT as TUNE_OUT
 from .tune import apply_tuned, tune
 
 EXAMPLES = """examples:
-  PROG --arch transformer lstm cnn            the default study (text, minutes on a CPU)
+  PROG --arch transformer lstm cnn            the default study (text and recall, minutes on a CPU)
   python study.py --arch transformer lstm --task code --params 100k 1M --tokens 4M --context 512
   python study.py --arch my_model.py:MyModel transformer  your own architecture from a file
   python study.py --task text:path/to/my/texts            your own text files (one document each)

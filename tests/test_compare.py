@@ -161,3 +161,30 @@ def test_each_architecture_keeps_its_colour():
     assert canonical_arch("transformer:pos=learned") == "transformer:pos=learned"
     assert len({tuple(c) for c in crowd.values()}) == len(crowd)  # eleven curves, eleven colours
     assert arch_palette(["other.py:Net", "my.py:Net"])["my.py:Net"] == crowd["my.py:Net"]
+
+
+def test_runs_of_different_tokenizers_are_drawn_in_bits_per_byte(tmp_path):
+    """A run whose tokenizer differs (here: its record edited to say so, two bytes per token) is never
+    paired, and its panel is drawn in bits per byte against bytes of context."""
+    from mnemoscope.compare import compare
+
+    a, b = tmp_path / "bytes", tmp_path / "bpe"
+    shutil.copytree(FIXTURE, a)
+    shutil.copytree(FIXTURE, b)
+    for path in b.glob("runs/*/result.json"):
+        row = json.loads(path.read_text())
+        parts = json.loads(row["scoring_parts"])
+        parts["tokenizer"] = "bpe-test"
+        row["scoring_parts"] = json.dumps(parts)
+        path.write_text(json.dumps(row))
+        pp = pd.read_parquet(path.parent / "per_position.parquet")
+        pp["context_bytes"] = 2 * (pp["position"] + 1)
+        pp.to_parquet(path.parent / "per_position.parquet")
+    c = compare([Selection(a), Selection(b)])
+    assert set(c.curves["y_unit"]) == {"test loss (bits/byte)"} and set(c.curves["x_unit"]) == {"bytes of context"}
+    theirs = c.curves[c.curves["study"] == "bpe"]
+    mine = c.curves[c.curves["study"] == "bytes"]
+    assert (theirs["x"] == 2 * (theirs["position"] + 1)).all() and (mine["x"] == mine["position"] + 1).all()
+    assert np.allclose(theirs["loss"].to_numpy(), mine["loss"].to_numpy() / 2)  # same nats, twice the bytes
+    status = c.runs.set_index("study")[f"vs {c.baselines[0]}"]
+    assert status["bpe"].str.startswith("unpaired: differs in tokenizer (bpe-test vs none)").all()
