@@ -143,7 +143,8 @@ def write_comparison(c: Comparison, out: Path, command: str = "") -> Path:
         figures.append(img_tag(png, "paired gap to the baseline by position"))
     else:
         figures.append(paragraph("No run pairs with a baseline: no gap to draw (see the table below for why)."))
-    wide = ' style="flex-basis:100%"' if c.runs["family"].nunique() > 1 else ""  # side by side: one panel each
+    # side by side only when each figure is one panel wide
+    wide = ' style="flex-basis:100%"' if c.runs["family"].nunique() > 1 or len(c.baselines) > 1 else ""
     studies = ", ".join(f"<code>{html.escape(s)}</code> ({html.escape(str(f))})"
                         for s, f in zip(dict.fromkeys(c.runs["study"]), c.studies))
     legend = ", ".join(f"{html.escape(s)}: <code>{html.escape(str(st))}</code>" for s, st in styles.items())
@@ -176,10 +177,11 @@ def write_comparison(c: Comparison, out: Path, command: str = "") -> Path:
     if command:
         sections.append(("Command", f"<pre>{html.escape(command)}</pre>"))
     body = "\n".join(f"<h2>{html.escape(t)}</h2>\n{h}" for t, h in sections)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>compare: {html.escape(out.name)}</title>
+    names = ", ".join(dict.fromkeys(c.runs["study"]))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>compare: {html.escape(names)}</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}} img{{max-width:100%}}
 .row{{display:flex;flex-wrap:wrap;gap:1em}} .row>div{{flex:1 1 560px}}
 table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head>
-<body><h1>Comparison {html.escape(out.name)}</h1>{body}</body></html>"""
+<body><h1>Comparison of {html.escape(names)}</h1>{body}</body></html>"""
     files.write_text(out / "compare.html", page)
     return out / "compare.html"
