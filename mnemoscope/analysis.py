@@ -39,27 +39,35 @@ from .store import jsonable, load_run_model
 from .task import Task, TokenSplit, eval_offsets
 
 
-def paired_gaps(study_dir: Path, runs: pd.DataFrame, baseline: str, n_boot: int = 1000) -> pd.DataFrame:
-    """:func:`paired_gap` of every finished run against the ``baseline`` architecture's run of the
-    same task, size and seed (read from ``runs/<id>/losses.npz``)."""
+def paired_runs(study_dir: Path, runs: pd.DataFrame, baseline: str):
+    """(row, losses, baseline's losses, mask) for every finished run other than the ``baseline``
+    architecture's, paired with the baseline's run of the same task, size and seed, where both were
+    scored on the same test sequences (read from ``runs/<id>/losses.npz``)."""
     if "status" in runs:
         runs = runs[runs["status"] == "ok"]
-    rows = []
     for (task, params, seed), group in runs.groupby(["task", "params", "seed"], sort=False):
         base_run = group[group["arch"] == baseline]
         if base_run.empty:
             continue
         with np.load(Path(study_dir) / "runs" / base_run["run_id"].iloc[0] / "losses.npz") as z:
             base, mask = z["losses"], z["mask"]
-        for r in group.itertuples():
-            if r.arch == baseline:
+        for r in group.to_dict("records"):
+            if r["arch"] == baseline:
                 continue
-            with np.load(Path(study_dir) / "runs" / r.run_id / "losses.npz") as z:
+            with np.load(Path(study_dir) / "runs" / r["run_id"] / "losses.npz") as z:
                 losses, m = z["losses"], z["mask"]
             if losses.shape != base.shape or not np.array_equal(m, mask):
                 continue  # scored on other sequences (a changed eval setting): no pairing
-            g = paired_gap(losses, base, mask, n_boot, seed=int(seed))
-            rows.append(g.assign(task=task, params=params, seed=seed, arch=r.arch, baseline=baseline))
+            yield r, losses, base, mask
+
+
+def paired_gaps(study_dir: Path, runs: pd.DataFrame, baseline: str, n_boot: int = 1000) -> pd.DataFrame:
+    """:func:`paired_gap` of every finished run against the ``baseline`` architecture's run of the
+    same task, size and seed (:func:`paired_runs`)."""
+    rows = []
+    for r, losses, base, mask in paired_runs(study_dir, runs, baseline):
+        g = paired_gap(losses, base, mask, n_boot, seed=int(r["seed"]))
+        rows.append(g.assign(task=r["task"], params=r["params"], seed=r["seed"], arch=r["arch"], baseline=baseline))
     cols = ["task", "params", "seed", "arch", "baseline", "band", "gap", "gap_low", "gap_high", "significant"]
     return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
 

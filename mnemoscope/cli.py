@@ -11,11 +11,14 @@ from pathlib import Path
 
 from . import files
 from .analysis import VARIANTS, AnalysisSettings, analyze
+from .compare import compare, parse_selection
 from .config import StudyConfig, default_name, legacy_default_name
 from .errors import UserError
 from .queue import RunQueue, check_url, sigterm_as_interrupt
 from .registry import ARCHITECTURES, TASKS
 from .report import summary_lines, write_report
+from .report_compare import summary_lines as comparison_lines
+from .report_compare import write_comparison
 from .runner import Study, mixed_data
 from .specs import format_count, parse_count
 from .train import distributed_settings
@@ -23,7 +26,7 @@ from .tune import DEFAULT_OUT as TUNE_OUT
 from .tune import apply_tuned, tune
 
 EXAMPLES = """examples:
-  PROG --arch transformer lstm cnn            the default study (text, minutes on a CPU)
+  PROG --arch transformer lstm cnn            the default study (text and recall, minutes on a CPU)
   python study.py --arch transformer lstm --task code --params 100k 1M --tokens 4M --context 512
   python study.py --arch my_model.py:MyModel transformer  your own architecture from a file
   python study.py --task text:path/to/my/texts            your own text files (one document each)
@@ -31,6 +34,7 @@ EXAMPLES = """examples:
   python study.py list                                    architectures and tasks, plugins included
   python study.py report results/NAME                     rebuild plots and report from the tables
   python study.py analyze results/NAME                    effective context, power-law fits, extrapolation
+  python study.py compare results/architectures:transformer,lstm results/my-study   runs of several studies, paired gaps
   python study.py tune --arch transformer lstm --task text --trials 30   same Optuna budget for each
   python study.py --arch transformer lstm --params 30k 100k 300k 1M 3M --hparams tuned   a scaling sweep
   python study.py ... --workers 4                         four worker processes drain the study's queue
@@ -41,7 +45,8 @@ EXAMPLES = """examples:
 def run_parser(prog: str = "study.py") -> argparse.ArgumentParser:
     d = StudyConfig()  # the defaults a flag left out takes (flags default to None so --config can fill them)
     usage = (f"{prog} [--arch ARCH ...] [--task TASK ...] [--params N ...] [other flags]\n"
-             f"       {prog} list | report DIR | analyze DIR | worker DIR | tune --arch ARCH ... (each has --help)")
+             f"       {prog} list | report DIR | analyze DIR | compare DIR[:ARCH,...] ... | worker DIR | tune --arch ARCH ... "
+             "(each has --help)")
     p = argparse.ArgumentParser(
         prog=prog, usage=usage, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES.replace("PROG", prog if prog != "study.py" else "python study.py"),
@@ -86,6 +91,10 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", help="devices for each run, as Lightning takes them: 4, auto, or 0,1")
     p.add_argument("--num-nodes", help="machines for each run (Lightning num_nodes; launch with srun/torchrun)")
     p.add_argument("--strategy", help="Lightning strategy for multi-device runs: ddp, fsdp, deepspeed_stage_2, ...")
+    p.add_argument("--logger", nargs="+", metavar="NAME",
+                   help="also log each run's training curves to: tensorboard (STUDY/tensorboard), mlflow (STUDY/mlruns), "
+                        "wandb (STUDY/wandb, offline), with arch, task, size and seed as hyperparameters; csv "
+                        "(runs/<id>/metrics.csv) is always kept. Extras: pip install 'mnemoscope[tensorboard]'")
 
 
 def execution(args) -> dict:
@@ -173,7 +182,7 @@ def cmd_run(argv: list[str], prog: str = "study.py") -> int:
         raise UserError(f"--workers must be 0 or more, got {args.workers}")
     config = resolve_config(args)
     out = study_folder(args, config)
-    study = Study(config, out, trainer_kwargs=trainer_kwargs)
+    study = Study(config, out, trainer_kwargs=trainer_kwargs, loggers=args.logger)
     if study.multi_process and (args.workers != 1 or args.storage):
         raise UserError("a run on several devices or nodes runs the study's runs in order, one at a time: "
                         "drop --workers and --storage, or use --devices 1 with many workers")
@@ -202,7 +211,8 @@ def cmd_worker(argv: list[str], prog: str = "study.py") -> int:
     args = p.parse_args(argv)
     trainer_kwargs = execution(args)
     out = Path(args.dir)
-    study = Study.from_folder(out, f"; start one with study.py ... --out {out}", trainer_kwargs=trainer_kwargs)
+    study = Study.from_folder(out, f"; start one with study.py ... --out {out}", trainer_kwargs=trainer_kwargs,
+                              loggers=args.logger)
     if study.multi_process:
         raise UserError("a worker trains each run in one process; for runs on several devices or nodes use "
                         "study.py --devices N [--num-nodes M] without the queue")
@@ -295,7 +305,35 @@ def cmd_analyze(argv: list[str], prog: str = "study.py") -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "report": cmd_report, "worker": cmd_worker, "tune": cmd_tune, "analyze": cmd_analyze}
+def cmd_compare(argv: list[str], prog: str = "study.py") -> int:
+    p = argparse.ArgumentParser(
+        prog=f"{prog} compare", description="Put runs of several study folders on one figure and one page, with "
+        "paired gaps (bootstrap intervals over sequences) to a baseline for the runs scored on exactly the same test "
+        "data as it; nothing is retrained, and the studies' folders are only read.")
+    _one_line_errors(p)
+    p.add_argument("dirs", nargs="+", metavar="DIR[:ARCH,...]",
+                   help="study folders, each with the architectures to take from it (default: all)")
+    p.add_argument("--baseline", nargs="+", metavar="DIR:ARCH",
+                   help="the run(s) every other is compared with (default: the first folder's first architecture)")
+    p.add_argument("--out", help="folder for compare.html, its figures and tables (default results/compare_NAMES)")
+    args = p.parse_args(argv)
+    selections = [parse_selection(d) for d in args.dirs]
+    baselines = [parse_selection(b) for b in args.baseline] if args.baseline else None
+    c = compare(selections, baselines)
+    out = Path(args.out) if args.out else Path("results") / ("compare_" + "_".join(
+        dict.fromkeys(s.folder.resolve().name for s in selections)))[:100]
+    command = " ".join([prog, "compare", *argv])
+    page = write_comparison(c, out, command)
+    print(f"compare: {len(c.runs)} runs of {len(c.studies)} studies; baseline {', '.join(c.baselines)}")
+    print("\n".join(comparison_lines(c)))
+    for line in c.refused:
+        print(line, file=sys.stderr)
+    print(f"wrote {page}")
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "report": cmd_report, "worker": cmd_worker, "tune": cmd_tune, "analyze": cmd_analyze,
+            "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -5,6 +5,8 @@ sequences, never over positions (positions within one sequence are correlated).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .task import TokenSplit, eval_offsets, window_batch
+from .task import Task, TokenSplit, eval_offsets, window_batch
 
 
 @torch.no_grad()
@@ -98,3 +100,47 @@ def greedy_hits(model: torch.nn.Module, split: TokenSplit, context_length: int, 
     model.train(was)
     cat = lambda xs: torch.cat(xs).numpy()
     return offsets, cat(hits), cat(losses).astype(np.float32), cat(masks), cat(targets)
+
+
+# -- what a run was scored on ------------------------------------------------------------------
+#: the parts of a scoring fingerprint, as a refusal to pair two runs names them
+SCORING_PARTS = {"task": "task data", "tokenizer": "tokenizer", "context": "context length",
+                 "windows": "test windows", "mask": "target mask"}
+
+
+def _digest(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(json.dumps([str(a.dtype), list(a.shape)]).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def scoring_parts(task: Task, n_sequences: int, mask: np.ndarray) -> dict[str, str]:
+    """What a run's per-sequence losses were scored on, part by part: the task's data fingerprint,
+    its tokenizer (a task's ``tokenizer_fingerprint``, attribute or method; "none" without one),
+    the context length, a hash of the test windows (their offsets and tokens, the same
+    ``eval_offsets`` every run uses) and a hash of the target mask (``mask``, (N, T), as stored in
+    ``losses.npz``). Two runs with equal parts were scored on the same targets: their losses pair."""
+    split, T = task.splits()["test"], task.context_length
+    offsets = eval_offsets(split, T, n_sequences)
+    windows = np.asarray(split.tokens)[offsets[:, None] + np.arange(T + 1)[None, :]].astype(np.int64)
+    tokenizer = getattr(task, "tokenizer_fingerprint", None)
+    tokenizer = tokenizer() if callable(tokenizer) else tokenizer
+    return {"task": str(task.fingerprint()), "tokenizer": str(tokenizer or "none"), "context": str(T),
+            "windows": _digest(offsets.astype(np.int64), windows), "mask": _digest(np.asarray(mask, bool))}
+
+
+def scoring_fingerprint(parts: dict[str, str]) -> str:
+    """One hash of :func:`scoring_parts`."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def scoring_difference(a: dict[str, str], b: dict[str, str]) -> str:
+    """Which parts differ, in words: 'context length (32 vs 64), test windows, target mask'."""
+    out = []
+    for key, words in SCORING_PARTS.items():
+        if a.get(key) != b.get(key):
+            out.append(f"{words} ({a.get(key)} vs {b.get(key)})" if key in ("context", "tokenizer") else words)
+    return ", ".join(out)

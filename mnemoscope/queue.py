@@ -378,9 +378,10 @@ def threads_per_worker(workers: int) -> int | None:
     return max(1, cpu_cores() // workers)
 
 
-def worker_command(out: Path, storage: str, heartbeat: int) -> list[str]:
+def worker_command(out: Path, storage: str, heartbeat: int, loggers: list[str] | None = None) -> list[str]:
+    extra = ["--logger", *loggers] if loggers and list(loggers) != ["csv"] else []
     return [sys.executable, "-c", "import sys; from mnemoscope.cli import main; sys.exit(main())",
-            "worker", str(out), "--storage", storage, "--heartbeat", str(heartbeat), "--no-progress"]
+            "worker", str(out), "--storage", storage, "--heartbeat", str(heartbeat), "--no-progress", *extra]
 
 
 def run_study(study, runs, storage: str | None = None, workers: int = 1, heartbeat: int | None = None,
@@ -409,7 +410,7 @@ def run_study(study, runs, storage: str | None = None, workers: int = 1, heartbe
     for i in range(1, workers):
         if gpus > 1:  # one GPU per local worker; this process keeps cuda:0
             env = {**env, "CUDA_VISIBLE_DEVICES": str(i % gpus)}
-        procs.append(subprocess.Popen(worker_command(study.out, queue.url, queue.heartbeat), env=env))
+        procs.append(subprocess.Popen(worker_command(study.out, queue.url, queue.heartbeat, study.loggers), env=env))
     shown = progress if workers == 1 else ("lines" if progress else False)  # one bar, or lines from several
     try:
         queue.drain(progress=shown, log=log)

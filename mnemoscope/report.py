@@ -20,13 +20,14 @@ import yaml
 
 from . import files, report_history, report_scaling
 from .errors import UserError
-from .figures import figure_png, html_table, img_tag, paragraph
+from .analysis import paired_runs
+from .figures import arch_palette, draw_curves, figure_png, html_table, img_tag, paragraph
+from .registry import TASKS
 from .runner import Study, mixed_data
-from .statistics import format_effective_context
+from .specs import format_count, parse_spec, spec_labels
+from .statistics import format_effective_context, paired_gap_curve
 from .store import StudyFolder
 from .task import Task
-from .registry import TASKS
-from .specs import format_count, parse_spec, spec_labels
 
 
 def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -65,8 +66,7 @@ def per_position_figure(pp: pd.DataFrame, runs: pd.DataFrame | None = None, bins
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
-    archs = list(dict.fromkeys(pp["arch"]))
-    palette = dict(zip(archs, sns.color_palette("colorblind", len(archs))))
+    palette = arch_palette(list(runs["arch"]) + list(pp["arch"]) if runs is not None else pp["arch"])
     for ax, task in zip(axes.flat, tasks):
         d = pp[pp["task"] == task]
         # average seeds of one arch x size; bands from the runs' own intervals
@@ -80,6 +80,50 @@ def per_position_figure(pp: pd.DataFrame, runs: pd.DataFrame | None = None, bins
         ax.set_xlabel("tokens of context (position + 1)")
         ax.set_ylabel("test loss (nats/token)")
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def gap_baseline(out: Path, runs: pd.DataFrame) -> str | None:
+    """The architecture the study's gaps are to: gaps.csv's baseline, else the study's first."""
+    gaps = files.read_optional(Path(out) / "gaps.csv")
+    order = list(StudyFolder(out).config().get("archs") or []) + list(runs["arch"])
+    if not gaps.empty and "baseline" in gaps:
+        order.insert(0, str(gaps["baseline"].iloc[0]))
+    return next((a for a in order if a in set(runs["arch"])), None)
+
+
+def gap_figure(out: Path, runs: pd.DataFrame, baseline: str):
+    """Each run's loss minus the ``baseline`` architecture's run of the same task, size and seed on
+    the same test sequences, against context, a panel per task, with 95% paired bootstrap bands
+    over sequences: the quantity a comparison is about, readable with ten curves and more.
+    None when no run pairs (one architecture, or losses not stored)."""
+    rows = []
+    multi = {c: runs[c].nunique() > 1 for c in ("params", "seed")}
+    try:
+        for r, losses, base, mask in paired_runs(out, runs, baseline):
+            c = paired_gap_curve(losses, base, mask, seed=int(r["seed"]))
+            label = r["arch"] + (f" {format_count(int(r['params']))}" if multi["params"] else "") + (
+                f" seed {r['seed']}" if multi["seed"] else "")
+            rows.append(c.assign(key=r["run_id"], label=label, arch=r["arch"], study="", task=r["task"], x=c["position"] + 1))
+    except OSError:
+        return None
+    if not rows:
+        return None
+    df = pd.concat(rows, ignore_index=True)
+    tasks = list(dict.fromkeys(df["task"]))
+    cols = min(len(tasks), 3)
+    fig, axes = plt.subplots(-(-len(tasks) // cols), cols, figsize=(6.2 * cols, 4.4 * -(-len(tasks) // cols)), squeeze=False)
+    palette = arch_palette(runs["arch"])
+    for ax, task in zip(axes.flat, tasks):
+        ax.axhline(0, color="k", lw=1)
+        draw_curves(ax, df[df["task"] == task], palette, y="gap")
+        ax.set_title(f"{task}: minus {baseline}", fontsize=10)
+        ax.set_xlabel("tokens of context (position + 1)")
+        ax.set_ylabel("gap to the baseline (nats/token)")
+        ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
     fig.tight_layout()
@@ -102,6 +146,9 @@ def write_report(out: Path) -> Path:
     runs, pp = load_tables(out)
     if pp.empty:
         raise UserError(f"{out} has no finished runs to report on")
+    order = {t: i for i, t in enumerate(StudyFolder(out).config().get("tasks") or [])}  # panels in the study's order
+    by_task = lambda s: s.map(order).fillna(len(order))  # noqa: E731
+    runs, pp = (t.sort_values("task", key=by_task, kind="stable") for t in (runs, pp))
     png = figure_png(per_position_figure(pp, runs))
     files.atomic_write(out / "per_position.png", lambda p: p.write_bytes(png))
     config = (out / "config.yaml").read_text() if (out / "config.yaml").exists() else "(missing)"
@@ -109,12 +156,24 @@ def write_report(out: Path) -> Path:
         env = json.loads((out / "environment.json").read_text())
     except (OSError, ValueError):
         env = {"note": "environment.json missing or unreadable"}
+    figures = [img_tag(png, "per-position loss")]
+    wide = ' style="flex-basis:100%"' if runs["task"].nunique() > 1 else ""  # side by side: one panel each
+    baseline = gap_baseline(out, runs)
+    fig = gap_figure(out, runs, baseline) if baseline else None
+    if fig is not None:
+        gap_png = figure_png(fig)
+        files.atomic_write(out / "gap_per_position.png", lambda p: p.write_bytes(gap_png))
+        figures.append(img_tag(gap_png, f"gap to {baseline} by position"))
     sections = [
-        ("Per-position loss", img_tag(png, "per-position loss") +
+        ("Per-position loss", '<div class="row">' + "".join(f"<div{wide}>{f}</div>" for f in figures) + "</div>" +
          "<p>Loss at each position of held-out test sequences, in nats per token, averaged in quarter-octave "
          "bins of positions (each of the first 8 positions on its own); bands are the bins' mean 95% bootstrap "
          "intervals over sequences (conservative for a bin's mean). Position t predicts token t+1 from t+1 "
-         "tokens of context. Every position: <code>per_position.parquet</code>; per-task views below.</p>"),
+         "tokens of context. Every position: <code>per_position.parquet</code>; per-task views below."
+         + (f" Right: each run's loss minus {html.escape(str(baseline))}'s (same task, size and seed) on the same "
+            "test sequences, in the same bins, with 95% paired bootstrap intervals over sequences (the noise the "
+            "two share cancels, so differences the left panel's overlapping bands hide show here; "
+            "<code>study.py compare</code> draws it across studies)." if len(figures) > 1 else "") + "</p>"),
         ("Does the loss keep falling over the last octave?", html_table(headline_table(runs)) +
          "<p><code>last_octave_gain</code> = mean loss over positions [T/4, T/2) minus mean loss over [T/2, T), "
          "with a 95% bootstrap interval over sequences. Above zero: the model still gains from its farthest context.</p>"),
@@ -129,6 +188,7 @@ def write_report(out: Path) -> Path:
     body = "\n".join(f"<h2>{html.escape(t)}</h2>\n{h}" for t, h in sections)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(out.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}} img{{max-width:100%}}
+.row{{display:flex;flex-wrap:wrap;gap:1em}} .row>div{{flex:1 1 520px}}
 table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head>
 <body><h1>Study {html.escape(out.name)}</h1>{body}</body></html>"""
     files.write_text(out / "report.html", page)

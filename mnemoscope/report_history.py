@@ -10,10 +10,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from . import files
-from .figures import figure_png, html_table, img_tag
+from .figures import figure_png, html_table, img_tag, model_palette
 from .specs import format_count, spec_labels
 from .statistics import MIN_FIT_POINTS, WRONG_FORM_CHI2, format_effective_context
 
@@ -46,8 +45,7 @@ def context_figure(context: pd.DataFrame, fits: pd.DataFrame):
     df = context.copy()
     df["model"] = _model_label(df)
     tasks = list(dict.fromkeys(df["task"]))
-    models = list(dict.fromkeys(df["model"]))
-    palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
+    palette = model_palette(df)
     styles = {"truncate": "-", "shuffle": "--", "replace": ":"}
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.4), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
@@ -81,8 +79,7 @@ def extrapolation_figure(ext: pd.DataFrame, bins_per_octave: int = 4):
     df["bin"] = np.floor(np.log2(df["position"] + 1) * bins_per_octave)
     g = df.groupby(["task", "model", "length", "bin"], as_index=False)[["position", "loss", "ci_low", "ci_high"]].mean()
     tasks = list(dict.fromkeys(g["task"]))
-    models = list(dict.fromkeys(g["model"]))
-    palette = dict(zip(models, sns.color_palette("colorblind", len(models))))
+    palette = model_palette(df)
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.4), squeeze=False)
     for ax, task in zip(axes.flat, tasks):
         d = g[g["task"] == task]

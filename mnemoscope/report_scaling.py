@@ -8,10 +8,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import yaml
 
-from .figures import figure_png, html_table, img_tag
+from .figures import arch_palette, figure_png, html_table, img_tag
 from .scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
 from .specs import spec_labels
 
@@ -36,7 +35,7 @@ def _band(ax, xs, params_json, color):
 
 
 def _palette(archs):
-    return dict(zip(archs, sns.color_palette("colorblind", len(archs))))
+    return arch_palette(archs)
 
 
 def size_figure(points: pd.DataFrame, fits: pd.DataFrame):

@@ -28,7 +28,7 @@ from . import files
 from .callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines
 from .config import RunSpec, StudyConfig, plan
 from .errors import ContractError, UserError
-from .evaluate import bootstrap_ci, per_position_losses
+from .evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts
 from .flops import flops_per_token
 from .model import (SIZE_TOLERANCE, active_params, build, check_contract, check_memory, count_params, size_for,
                     state_size)
@@ -38,7 +38,7 @@ from .specs import format_count, parse_spec
 from .statistics import octave_gain
 from .store import disk_error, environment, jsonable, load_run_model
 from .task import Task
-from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
+from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, check_loggers, fit, log_results, tracker_loggers
 
 EVAL_BATCH = 32  # sequences per evaluation forward
 
@@ -46,7 +46,8 @@ RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_conf
                "achieved_params", "active_params", "total_params", "state_size", "batch_size", "tokens_trained", "wall_seconds",
                "torch_threads",
                "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
-               "last_octave_gain_high", "status", "diverged_step", "flops_per_token", "data_fingerprint"]
+               "last_octave_gain_high", "status", "diverged_step", "flops_per_token", "data_fingerprint",
+               "scoring_fingerprint", "scoring_parts"]  # what the test losses were scored on (evaluate.scoring_parts)
 POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences"]
 
 
@@ -62,6 +63,7 @@ class Trained:
     trainer: L.Trainer
     wall_seconds: float
     flops_per_token: float
+    hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the trackers record of the run
 
 
 class Study:
@@ -78,12 +80,14 @@ class Study:
         return cls(StudyConfig.from_dict(files.read_yaml(path)), out, **kwargs)
 
     def __init__(self, config: StudyConfig, out: Path, trainer_kwargs: dict[str, Any] | None = None,
-                 tasks: dict[str, Task] | None = None):
+                 tasks: dict[str, Task] | None = None, loggers: list[str] | None = None):
         self.config, self.out = config, Path(out)
         # built tasks by spec; another Study of the same tasks and context may share them (tune's trials)
         self.tasks: dict[str, Task] = tasks if tasks is not None else {}
         # devices / num_nodes / strategy for Lightning: one run on many GPUs or nodes
         self.trainer_kwargs = dict(trainer_kwargs or {})
+        # Lightning loggers of every run: csv always, tensorboard / mlflow / wandb (study.py --logger)
+        self.loggers = check_loggers(loggers)
         self.rank = 0  # this process's global rank in a multi-process run (0: the one that writes)
 
     @property
@@ -250,14 +254,19 @@ class Study:
         guard = DivergenceGuard()
         curve = LogSpacedValidation(splits["validation"], task.context_length, cfg.steps(task.context_length),
                                     cfg.batch_size * task.context_length, max(cfg.batch_size, EVAL_BATCH))
+        run_id = self.run_id(run)
         if progress == "lines":
-            callbacks = [*callbacks, ProgressLines(self.run_id(run), cfg.steps(task.context_length))]
+            callbacks = [*callbacks, ProgressLines(run_id, cfg.steps(task.context_length))]
+        hparams = {"arch": run.arch, "task": run.task, "size": format_count(run.params), "params": run.params,
+                   "seed": run.seed, "study": self.config.name, "run_id": run_id, "context": task.context_length,
+                   "tokens": cfg.tokens, "batch_size": cfg.batch_size, "lr": cfg.lr}
         start = time.time()
         sigint = signal.getsignal(signal.SIGINT)
         try:
+            trackers = tracker_loggers(self.loggers, self.out, self.config.name, run_id, hparams)
             _, trainer = fit(model, splits["train"], splits["validation"], task.context_length, cfg, folder,
                              callbacks=[guard, curve, *callbacks], progress=progress is True,
-                             trainer_kwargs=self.trainer_kwargs)
+                             trainer_kwargs=self.trainer_kwargs, loggers=trackers)
         except (ContractError, OSError, *reraise):
             raise
         except SystemExit as exc:
@@ -268,11 +277,11 @@ class Study:
                 raise KeyboardInterrupt from None
             raise
         except Exception as exc:
-            raise UserError(f"run {self.run_id(run)} failed in training: {type(exc).__name__}: {exc}") from exc
+            raise UserError(f"run {run_id} failed in training: {type(exc).__name__}: {exc}") from exc
         finally:
             if sigint is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, sigint)
-        return Trained(model, arch_config, cfg, guard, curve, trainer, time.time() - start, fpt)
+        return Trained(model, arch_config, cfg, guard, curve, trainer, time.time() - start, fpt, hparams)
 
     def execute(self, run: RunSpec, progress: bool | str = True) -> dict[str, Any]:
         """Train and evaluate one run; move its folder into place atomically. Whatever stops it
@@ -312,6 +321,7 @@ class Study:
         gain = octave_gain(losses, mask, T // 4, T // 2, T, seed=run.seed)
         status = "diverged" if guard.step is not None or not np.isfinite(losses).all() else "ok"
         params_nonemb = count_params(model, non_embedding=True)
+        scored = scoring_parts(task, self.config.eval_sequences, mask)
         row = {
             "run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params, "seed": run.seed, "context": T,
             "arch_config": json.dumps(arch_config, sort_keys=True), "target_params": run.params,
@@ -323,7 +333,12 @@ class Study:
             "last_octave_gain": gain[0], "last_octave_gain_low": gain[1], "last_octave_gain_high": gain[2],
             "status": status, "diverged_step": guard.step, "flops_per_token": fpt,
             "data_fingerprint": task.data_fingerprint(),
+            "scoring_fingerprint": scoring_fingerprint(scored), "scoring_parts": json.dumps(scored, sort_keys=True),
         }
+        try:
+            log_results(trained.trainer.loggers, trained.hparams, {k: row[k] for k in ("test_loss", "final_val_loss")})
+        except Exception as exc:  # a tracker's failure costs the run nothing: its files are what counts
+            print(f"warning: run {run_id}: a logger failed to record the results: {type(exc).__name__}: {exc}")
         pp = pd.DataFrame({"run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params,
                            "seed": run.seed, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
                            "n_sequences": n.astype(np.int64)})

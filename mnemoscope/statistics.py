@@ -317,6 +317,34 @@ def paired_gap(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | None, n_
                          "significant": (lo > 0) | (hi < 0)})
 
 
+def position_bins(T: int, bins_per_octave: int = 4) -> list[tuple[int, int]]:
+    """Contiguous bins of positions [a, b) of 1/``bins_per_octave`` octave of context each (the first
+    positions one by one): what a per-position figure draws at T >= 256 to stay readable."""
+    key = np.floor(np.log2(np.arange(T) + 1) * bins_per_octave)
+    edges = [0] + [int(i) for i in np.flatnonzero(np.diff(key)) + 1] + [T]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def paired_gap_curve(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | None, bins_per_octave: int = 4,
+                     n_boot: int = 1000, seed: int = 0, level: float = 95) -> pd.DataFrame:
+    """:func:`paired_gap` per bin of :func:`position_bins`: the gap to a baseline as a curve over
+    positions, each bin's interval a paired bootstrap over sequences. Columns: ``position`` (the
+    bin's mean position), ``start``, ``end``, ``gap``, ``gap_low``, ``gap_high``."""
+    losses, base = np.asarray(losses, np.float64), np.asarray(base, np.float64)
+    if losses.shape != base.shape:
+        raise UserError(f"paired gap needs the same test sequences: shapes {losses.shape} and {base.shape}")
+    mask = np.ones(losses.shape, bool) if mask is None else np.asarray(mask, bool)
+    bins = position_bins(losses.shape[1], bins_per_octave)
+    sums, counts = _bin_sums(losses - base, mask, bins)
+    point, boot = _bin_means(sums, counts, n_boot, seed)
+    q = [(100 - level) / 2, 100 - (100 - level) / 2]
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.nanpercentile(boot, q, axis=0) if np.isfinite(boot).any() else (point * np.nan, point * np.nan)
+    keep = counts.sum(0) > 0  # bins with no counted target (answer-only tasks) have no gap
+    return pd.DataFrame({"position": [(a + b - 1) / 2 for a, b in bins], "start": [a for a, _ in bins],
+                         "end": [b for _, b in bins], "gap": point, "gap_low": lo, "gap_high": hi})[keep]
+
+
 def effective_context(losses: np.ndarray, contexts: np.ndarray, tolerance: float = 0.01, n_boot: int = 1000,
                       seed: int = 0, level: float = 95) -> tuple[int, int, int]:
     """Smallest context n from which on (every n' >= n) the mean loss is within ``tolerance``

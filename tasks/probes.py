@@ -24,11 +24,10 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from mnemoscope.errors import UserError
 from mnemoscope.evaluate import greedy_hits
-from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, paragraph
+from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
 from mnemoscope.registry import register_task
 from mnemoscope.statistics import cluster_ci
 from mnemoscope.store import StudyFolder
@@ -365,7 +364,7 @@ def recall_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame)
     queries = pd.concat(parts, ignore_index=True)
     queries["accuracy"] = queries["correct"].astype(float)
     acc, loss = _against_distance(queries, "accuracy"), _against_distance(queries, "loss")
-    palette = dict(zip(dict.fromkeys(queries["model"]), sns.color_palette("colorblind", queries["model"].nunique())))
+    palette = model_palette(label_runs(runs))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
     _distance_plot(ax1, acc, "accuracy", palette)
     _distance_plot(ax2, loss, "loss", palette)
@@ -392,7 +391,7 @@ def copy_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -
                                   "distance": d, "loss": per_seq}))
     df = pd.concat(rows, ignore_index=True)
     table = _against_distance(df, "loss")
-    palette = dict(zip(dict.fromkeys(df["model"]), sns.color_palette("colorblind", df["model"].nunique())))
+    palette = model_palette(label_runs(runs))
     fig, ax = plt.subplots(figsize=(6.5, 4))
     _distance_plot(ax, table, "loss", palette)
     ax.axhline(math.log(task.options["symbols"]), color="k", ls=":", lw=1, label="log(symbols): no copying")
@@ -411,7 +410,7 @@ def lag_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) ->
     floor = task.entropy_per_position(T)
     pp = label_runs(pp)
     g = pp.groupby(["model", "position"], as_index=False)[["loss", "ci_low", "ci_high"]].mean()
-    palette = dict(zip(dict.fromkeys(g["model"]), sns.color_palette("colorblind", g["model"].nunique())))
+    palette = model_palette(pp)
     fig, ax = plt.subplots(figsize=(8, 4.2))
     for m, part in g.groupby("model", sort=False):
         ax.plot(part["position"] + 1, part["loss"], color=palette[m], lw=1.2, label=m)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mnemoscope.errors import UserError
-from mnemoscope.figures import N_BOOT, figure_png, html_table, img_tag, label_runs, paragraph
+from mnemoscope.figures import N_BOOT, figure_png, html_table, img_tag, label_runs, model_palette, paragraph
 from mnemoscope.registry import register_task
 from mnemoscope.store import StudyFolder
 from mnemoscope.task import Task, check_options, sequences_split, token_dtype
@@ -189,7 +189,7 @@ def video_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) 
     pp = label_runs(pp)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2, 1]})
     g = pp.groupby(["model", "position"], as_index=False)[["loss", "ci_low", "ci_high"]].mean()
-    palette = dict(zip(dict.fromkeys(g["model"]), sns.color_palette("colorblind", g["model"].nunique())))
+    palette = model_palette(pp)
     for m, part in g.groupby("model", sort=False):
         # a rolling mean over a row of pixels keeps the curve readable at 1,000+ positions
         smooth = part["loss"].rolling(task.size, min_periods=1, center=True).mean()
