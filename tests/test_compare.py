@@ -122,7 +122,7 @@ def test_bring_your_architecture_readme_commands(tmp_path):
     done = subprocess.run(["bash", "-ec", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     study = tmp_path / "results" / "my-rnn"
-    assert [p.name.split("-")[0] for p in (study / "runs").iterdir()] == ["myrnnpyMyRNN"]  # exactly one run
+    assert [p.name.split("-")[0] for p in (study / "runs").iterdir()] == ["MyRNN"]  # exactly one run
     gaps = pd.read_csv(study / "compare" / "gaps.csv")
     mine = gaps[gaps["arch"] == "my_rnn.py:MyRNN"]
     assert set(mine["baseline"]) == {"reference-tiny: transformer:pos=rotary", "reference-tiny: lstm"}
