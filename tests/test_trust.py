@@ -260,7 +260,7 @@ def test_plugins_are_named_by_their_class_and_long_names_are_not_cut(tmp_path):
     for unchanged in ("transformer:pos=rotary", "text:/data/small.txt", "lag:k=12", "text:corpus"):
         assert spec_label(unchanged) == unchanged
     assert spec_labels([a, f"{tmp_path}/other.py:XTransformer", b])[b] == "MinGRULM"  # clashing labels stay whole
-    config = StudyConfig(archs=[a, b, "lstm"]).normalized()
+    config = StudyConfig(archs=[a, b, "lstm"], tasks=["text"]).normalized()
     ids = [RunSpec(x, "text", 50_000, 0).run_id(config, "0123456789abcdef") for x in (a, b)]
     assert ids[0].startswith("XTransformer-text-50k-s0-") and ids[1].startswith("MinGRULM-text-50k-s0-")
     labels = label_runs(pd.DataFrame({"arch": [a, b], "params": [50_000, 50_000]}))["model"]
@@ -285,7 +285,7 @@ def test_a_study_named_before_names_were_kept_whole_is_found_where_it_lies(tmp_p
     from mnemoscope.config import legacy_default_name
 
     monkeypatch.chdir(tmp_path)
-    args = run_parser().parse_args(["--arch", "window_transformer", "lstm"])
+    args = run_parser().parse_args(["--arch", "window_transformer", "lstm", "--task", "text"])
     config = resolve_config(args)
     old = legacy_default_name(config)
     assert old.startswith("windowtransf-lstm_text_") and config.name.startswith("windowtransformer-lstm_text_")
