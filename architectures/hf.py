@@ -196,6 +196,14 @@ _FAMILIES = [
                                "intermediate_size": mult(4 * w / 3), "num_experts": 8, "num_experts_per_tok": 2,
                                "max_position_embeddings": t},
            width_step=4),  # the experts' grouped matmul needs rows of 16 bytes
+    Family("qwen3_next", "Qwen3-Next: 3 gated DeltaNet layers per gated-attention layer, MoE (8 experts, top 2, "
+           "a shared expert)", "hidden_size", "num_hidden_layers", lambda w, n, t, o: {
+               **attention(o, w, head_dim=64), "linear_num_key_heads": (k := heads(w, 32)),
+               "linear_num_value_heads": 2 * k, "linear_key_head_dim": w // k, "linear_value_head_dim": w // k,
+               "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": mult(w / 2),
+               "shared_expert_intermediate_size": mult(w / 2), "max_position_embeddings": t,
+               "layer_types": ["full_attention" if i in spaced(n, 4) else "linear_attention" for i in range(n)]},
+           width_step=8),  # rotary positions on a quarter of each head: a head size divisible by 8
     Family("lfm2", "LFM2: short gated convolutions with an attention layer every 3", "hidden_size",
            "num_hidden_layers", lambda w, n, t, o: {
                **attention(o, w, "num_attention_heads", "num_key_value_heads", None), "intermediate_size": 4 * w,

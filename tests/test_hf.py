@@ -84,7 +84,9 @@ def test_a_wrong_config_key_fails_naming_the_valid_ones(tmp_path, capsys):
 def test_offline_by_construction():
     tf = hf.transformers()
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["USE_HUB_KERNELS"] == "NO"
-    assert tf.__version__
+    from mnemoscope.store import environment
+
+    assert environment()["packages"]["transformers"] == tf.__version__  # a study records the version
 
 
 @needs_transformers
