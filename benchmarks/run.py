@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -709,7 +710,7 @@ def main(argv=None) -> int:
     device_name = (torch.cuda.get_device_name(0) if cuda else
                    f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads "
                    f"(OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}, inherited by the default study)")
-    command = " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
+    command = "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:])
     title = f"Benchmarks ({mode} mode{', torch.compile' if args.compile else ''})"
     header = [
         (f"{block}\n## {title}: {', '.join(run)}, appended" if earlier else f"# {title}"), "",
