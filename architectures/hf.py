@@ -129,7 +129,7 @@ class Family:
 
 
 _FAMILIES = [
-    Family("llama", "Llama: RMSNorm, rotary, SwiGLU MLP (8/3 x width), grouped-query attention", "hidden_size",
+    Family("llama", "Llama: RMSNorm, rotary, SwiGLU MLP (8/3 x width), no biases", "hidden_size",
            "num_hidden_layers", lambda w, n, t, o: {
                **attention(o, w), "intermediate_size": mult(8 * w / 3), "max_position_embeddings": t}),
     Family("gpt2", "GPT-2: LayerNorm, learned positions, GELU MLP (4 x width)", "n_embd", "n_layer",
@@ -142,7 +142,7 @@ _FAMILIES = [
            depths=SSM_DEPTHS, shape_space=(2, 3, 4, 6, 8), hparams=SSM_HPARAMS),
     Family("mamba", "Mamba-1: selective scan, state 16", "hidden_size", "num_hidden_layers",
            lambda w, n, t, o: {"expand": 2, "state_size": 16}, depths=SSM_DEPTHS, shape_space=(2, 3, 4, 6, 8),
-           hparams=SSM_HPARAMS, note="slow: its PyTorch path scans token by token (1/26 of Mamba-2's speed at "
+           hparams=SSM_HPARAMS, note="slow: its PyTorch path scans token by token (about 1/25 of Mamba-2's speed at "
                 "100k parameters, context 256; use_mambapy=True with the mambapy package is faster)"),
     Family("falcon_mamba", "Falcon-Mamba: Mamba-1 with RMS-normalised B, C and dt", "hidden_size",
            "num_hidden_layers", lambda w, n, t, o: {"expand": 2, "state_size": 16}, depths=SSM_DEPTHS,
