@@ -26,6 +26,7 @@ import io
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -495,6 +496,53 @@ def bench_study(args, folder: Path):
     ]
 
 
+#: the reference study's shape (results/hf-families): non-embedding parameters, context, batch
+HF_SHAPE = {"full": (100_000, 256, 4), "tiny": (20_000, 32, 8)}
+HF_BUILTINS = ["ssm", "lstm", "gru"]  # the built-ins the reference study sets beside the families
+
+
+def bench_hf(args, device, split) -> list[dict]:
+    """Training speed of each Hugging Face family (``--arch hf:FAMILY``), and of the built-in
+    recurrent models, against the built-in transformer at the reference study's shape: both in a
+    bare loop (the model's own cost; the harness adds the same to each), in alternating rounds."""
+    params, T, B = HF_SHAPE["tiny" if args.tiny else "full"]
+    try:
+        from mnemoscope.architectures.hf import FAMILIES, installed_version
+    except ImportError:
+        FAMILIES, installed_version = {}, lambda: None
+    version = installed_version()
+    if version is None:
+        return [row("hf", "Hugging Face families vs transformer", float("nan"), "tokens/s", context=T,
+                    detail="skipped: transformers is not installed (pip install -e '.[hf]')")]
+    batches = device_batches(split, T, B, 4, device)
+
+    def loop(arch):
+        cls = ARCHITECTURES.get(arch)
+        torch.manual_seed(0)
+        model = build(cls, VOCAB, T, size_for(cls, params, VOCAB, T, {}))
+        return BareLoop(model, batches, device, getattr(cls, "default_hparams", {}).get("lr", 2e-3), compile=args.compile)
+
+    reference = loop("transformer")
+    out = []
+    for arch in [f"hf:{name}" for name in FAMILIES] + HF_BUILTINS:
+        try:
+            ours = loop(arch)
+        except Exception as exc:  # a family that cannot run here: the row says why
+            out.append(row("hf", f"train {arch}, bare loop", float("nan"), "tokens/s", "built-in transformer",
+                           arch=arch, target_params=params, context=T, batch=B,
+                           detail=" ".join(f"cannot run here: {type(exc).__name__}: {exc}".split())[:300]))
+            continue
+        times = alternate(args.rounds, ours=lambda: ours.run(args.chunk), transformer=lambda: reference.run(args.chunk))
+        n = count_params(ours.model)
+        note = FAMILIES[arch[3:]].note if arch.startswith("hf:") else "built-in"
+        out.append(compared("hf", f"train {arch} {fmt_count(n)} T={T}, bare loop", times["ours"], times["transformer"],
+                            f"built-in transformer {fmt_count(count_params(reference.model))}, bare loop",
+                            work=B * T * args.chunk, arch=arch, target_params=params, params=n, context=T, batch=B,
+                            detail="; ".join(x for x in (f"transformers {version}" if arch.startswith("hf:") else "",
+                                                         note) if x)))
+    return out
+
+
 # -- the table -------------------------------------------------------------------------------
 def format_value(v, unit):
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -528,7 +576,7 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ["fixed", "train", "default", "variants", "eval", "truncation", "flops", "study"]
+SECTIONS = ["fixed", "train", "default", "variants", "eval", "truncation", "flops", "study", "hf"]
 
 
 def main(argv=None) -> int:
@@ -547,6 +595,10 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", nargs="+", type=int, help="non-embedding parameter targets (default 1M 5M)")
     p.add_argument("--contexts", nargs="+", type=int, help="context lengths (default 256 1024)")
     p.add_argument("--skip", nargs="+", default=[], choices=SECTIONS, help="sections to leave out")
+    p.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections (e.g. --only hf)")
+    p.add_argument("--append", action="store_true",
+                   help="keep the other sections' rows already in --out: replace only the rows (in benchmarks.csv) "
+                        "and the block (in benchmarks.md) of the sections run")
     p.add_argument("--compile", action="store_true", help="torch.compile the harness's model and the references")
     p.add_argument("--threads", type=int, help="torch threads on a CPU (default 1: CPU seconds then measure one core)")
     p.add_argument("--study-tokens", help="training tokens per run of the default study (default: its own, 2M)")
@@ -568,7 +620,7 @@ def main(argv=None) -> int:
     tokens_per_step = args.tokens_per_step or (256 if args.tiny else 32768 if cuda else 1024)
     sizes = args.sizes or SHAPES[mode][0]
     contexts = args.contexts or SHAPES[mode][1]
-    run = [s for s in SECTIONS if s not in args.skip]
+    run = [s for s in SECTIONS if s not in args.skip and (args.only is None or s in args.only)]
     started, load0 = time.time(), os.getloadavg()
     folder = Path(tempfile.mkdtemp(prefix="mnemoscope-bench-"))
     split = synthetic_split(folder, 200_000 if args.tiny else 4_000_000, seed=0)
@@ -638,18 +690,30 @@ def main(argv=None) -> int:
     if "study" in run:  # the default study, end to end, in its own process
         rows += bench_study(args, folder)
         log(f"study: {rows[-2]['value']:.1f} s, {rows[-1]['value']:.0f} MiB")
+    if "hf" in run:  # the Hugging Face families' training speed against the built-in transformer
+        hf_rows = bench_hf(args, device, split)
+        rows += hf_rows
+        log("hf: " + ", ".join(f"{r['arch']} {r['ratio']:.3f}" for r in hf_rows if r["arch"]))
 
     df = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "benchmarks.csv", index=False)
+    block = f"<!-- sections: {' '.join(run)} -->"  # where --append finds this run's block again
+    kept, earlier = pd.DataFrame(), ""
+    if args.append and (out / "benchmarks.csv").exists():  # other sections' rows stay as they were
+        kept = pd.read_csv(out / "benchmarks.csv")
+        kept = kept[~kept.section.isin(set(df.section))]
+        earlier = (out / "benchmarks.md").read_text() if (out / "benchmarks.md").exists() else ""
+        earlier = earlier.split("\n" + block)[0].rstrip() + "\n\n"
+    pd.concat([kept, df], ignore_index=True).to_csv(out / "benchmarks.csv", index=False)
     load1 = os.getloadavg()
     device_name = (torch.cuda.get_device_name(0) if cuda else
                    f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads "
                    f"(OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}, inherited by the default study)")
-    command = " ".join(["python -m benchmarks.run", *(argv if argv is not None else sys.argv[1:])])
+    command = "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:])
+    title = f"Benchmarks ({mode} mode{', torch.compile' if args.compile else ''})"
     header = [
-        f"# Benchmarks ({mode} mode{', torch.compile' if args.compile else ''})", "",
+        (f"{block}\n## {title}: {', '.join(run)}, appended" if earlier else f"# {title}"), "",
         f"Regenerate: `{command}`  ",
         f"Device: {device_name}; torch {torch.__version__}. Training steps of {tokens_per_step} tokens (B x T); "
         f"Each training figure comes from rounds of {args.chunk} step(s) of the harness then {args.chunk} of each "
@@ -664,7 +728,7 @@ def main(argv=None) -> int:
     if args.note:
         header.append(args.note + "  ")
     text = "\n".join(header) + "\n\n" + markdown(df) + "\n"
-    (out / "benchmarks.md").write_text(text)
+    (out / "benchmarks.md").write_text(earlier + text)
     print(text)
     shutil.rmtree(folder, ignore_errors=True)
     return 0

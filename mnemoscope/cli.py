@@ -234,6 +234,9 @@ def cmd_list(argv: list[str], prog: str = "study.py") -> int:
             obj = registry.get(name)
             doc = (obj.__doc__ or "").strip().splitlines()
             print(f"  {name:<20} {doc[0] if doc else ''}  [{registry.origin(name)}]")
+        for prefix in registry.prefixes():  # families made on demand, e.g. hf:llama
+            for name, line in registry.listing(prefix):
+                print(f"  {name:<20} {line}")
     return 0
 
 

@@ -38,6 +38,8 @@ class Architecture(nn.Module):
     width_key: str | None = None
     #: widths tried are multiples of this.
     width_multiple: int = 8
+    #: the finest width step tried when a small target needs one (2: a width whose heads must be even).
+    width_step: int = 1
     #: training hyperparameters this architecture prefers (the study may override them).
     default_hparams: dict[str, Any] = {}
     #: True if the model accepts sequences longer than ``context_length`` at evaluation time.
@@ -134,7 +136,7 @@ def solve_width(cls, target: int, vocab_size: int, context_length: int, fixed: d
         return dict(fixed)
     best: tuple[float, dict] | None = None
     # preferred width multiple first; small models may need finer widths to land near the target
-    for step in sorted({int(getattr(cls, "width_multiple", 8)), 1}, reverse=True):
+    for step in sorted({int(getattr(cls, "width_multiple", 8)), int(getattr(cls, "width_step", 1))}, reverse=True):
         best = _solve_width_step(cls, key, step, target, vocab_size, context_length, fixed, best)
         if best[0] < math.log(1.05):
             break

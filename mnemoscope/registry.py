@@ -5,6 +5,9 @@
    ``[project.entry-points."mnemoscope.architectures"] mygru = "mypkg.model:MyGRU"``.
 3. A path given where a name is expected: ``package.module:Class`` or ``path/to/file.py:Class``.
 
+A prefix stands for a family of classes made on demand: ``hf:llama`` asks the resolver registered
+for ``hf`` (``Registry.add_prefix``) for the class of ``llama``.
+
 A duplicate name fails; an unknown name fails with the known names and the close matches.
 """
 from __future__ import annotations
@@ -27,6 +30,7 @@ class Registry:
         self.builtin_module = builtin_module  # imported once to run the built-ins' decorators
         self._entries: dict[str, Any] = {}
         self._origins: dict[str, str] = {}
+        self._prefixes: dict[str, tuple[Callable[[str], Any], Callable[[], list[tuple[str, str]]]]] = {}
         self._loaded = False
 
     # -- the three ways in -------------------------------------------------------------
@@ -51,6 +55,21 @@ class Registry:
             obj.registered_name = name
         except (AttributeError, TypeError):
             pass
+
+    def add_prefix(self, prefix: str, resolve: Callable[[str], Any], listing: Callable[[], list[tuple[str, str]]]) -> None:
+        """``prefix:NAME`` resolves to ``resolve(NAME)`` (which raises RegistryError for an unknown
+        NAME); ``listing()`` gives (spec, one line) for `study.py list`."""
+        if prefix in self._entries or (prefix in self._prefixes and self._prefixes[prefix][0] is not resolve):
+            raise RegistryError(f"duplicate {self.kind} prefix {prefix!r}")
+        self._prefixes[prefix] = (resolve, listing)
+
+    def prefixes(self) -> list[str]:
+        self._load()
+        return sorted(self._prefixes)
+
+    def listing(self, prefix: str) -> list[tuple[str, str]]:
+        self._load()
+        return self._prefixes[prefix][1]()
 
     def _load(self) -> None:
         if self._loaded:
@@ -77,10 +96,13 @@ class Registry:
         return self._origins.get(name, "")
 
     def get(self, spec: str) -> Any:
-        """A registered name, ``module:Class`` or ``path/to/file.py:Class``."""
+        """A registered name, ``prefix:NAME``, ``module:Class`` or ``path/to/file.py:Class``."""
         self._load()
         if spec in self._entries:
             return self._entries[spec]
+        head, sep, rest = spec.partition(":")
+        if sep and head in self._prefixes:
+            return self._prefixes[head][0](rest)
         if ":" in spec:
             return load_object(spec, self.kind)
         known = ", ".join(sorted(self._entries))

@@ -65,26 +65,39 @@ def format_count(n: int) -> str:
 
 def _value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value):
+        return float(value)  # 1e-5: YAML 1.1 reads an exponent without a dot as a string
+    return value
+
+
+def _options(text: str, spec: str) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for item in text.split(","):
+        key, eq, val = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"malformed option {item!r} in {spec!r}: expected key=value")
+        options[key.strip()] = _value(val.strip())
+    return options
 
 
 def parse_spec(spec: str, registry: Registry) -> tuple[Any, str, dict[str, Any]]:
-    """``name``, ``name:key=value,key=value``, ``name:PATH`` (a task's source), ``module:Class``
-    or ``path/file.py:Class``. Returns (class, label, options)."""
+    """``name``, ``name:key=value,key=value``, ``name:PATH`` (a task's source), ``prefix:NAME`` and
+    ``prefix:NAME:key=value,...`` (``hf:llama``), ``module:Class`` or ``path/file.py:Class``.
+    Returns (class, label, options)."""
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"empty {registry.kind} name")
     head, sep, rest = spec.partition(":")
+    if sep and head in registry.prefixes():  # prefix:NAME[:key=value,...], e.g. hf:llama:num_key_value_heads=1
+        name, sep, rest = rest.partition(":")
+        return registry.get(f"{head}:{name}"), spec, _options(rest, spec) if sep else {}
     if sep and head in registry.names():
         options: dict[str, Any] = {}
         if rest:
             if "=" in rest:
-                for item in rest.split(","):
-                    key, eq, val = item.partition("=")
-                    if not eq or not key.strip():
-                        raise UserError(f"malformed option {item!r} in {spec!r}: expected key=value")
-                    options[key.strip()] = _value(val.strip())
+                options = _options(rest, spec)
             else:
                 options["source"] = rest
         return registry.get(head), spec, options

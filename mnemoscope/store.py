@@ -132,7 +132,8 @@ def jsonable(o):
 def environment() -> dict[str, Any]:
     """Package versions, device, git commit: written once into a study folder."""
     versions = {}
-    for pkg in ("torch", "lightning", "numpy", "pandas", "pyarrow", "seaborn", "matplotlib", "optuna", "scipy"):
+    for pkg in ("torch", "lightning", "numpy", "pandas", "pyarrow", "seaborn", "matplotlib", "optuna", "scipy",
+                "transformers"):  # transformers: the hf: families (optional)
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -64,6 +64,15 @@ def test_tiny_benchmark_has_every_row(tmp_path):
     study = section("study")
     assert list(study.row) == ["default study wall time", "default study peak memory"]
     assert (study.value > 0).all()
+    hf = section("hf")  # the Hugging Face families against the built-in transformer, where installed
+    if has_gpt2:
+        from mnemoscope.architectures.hf import FAMILIES
+
+        assert sorted(hf.arch) == sorted([f"hf:{name}" for name in FAMILIES] + ["gru", "lstm", "ssm"])
+        assert (hf.ratio > 0).all() and np.isfinite(hf.ratio).all() and (hf.value > 0).all()
+        assert hf.reference.str.startswith("built-in transformer").all()
+    else:
+        assert len(hf) == 1 and "not installed" in hf.detail.iloc[0]
     table = (tmp_path / "benchmarks.md").read_text()
     assert "Regenerate: `python -m benchmarks.run --tiny" in table
     for name in df.row:
@@ -94,3 +103,22 @@ def test_paired_ratio_and_verdict():
     assert policy.done(times, started=time.perf_counter(), first="harness")
     times = {"harness": ours[:10], "bare": noisy[:10]}
     assert not policy.done(times, started=time.perf_counter(), first="harness")
+
+
+def test_append_replaces_only_the_sections_run(tmp_path, monkeypatch):
+    """--only hf --append: the other sections' rows and table stay; a second run replaces its own block."""
+    import benchmarks.run as bench
+
+    monkeypatch.setattr(bench, "bench_hf", lambda args, device, split: [
+        bench.row("hf", "train hf:llama", 10.0, "tokens/s", "built-in transformer", 20.0, 0.5, arch="hf:llama")])
+    pd.DataFrame([bench.row("train", "train lstm 1M T=256", 5.0, "tokens/s", arch="lstm")]).to_csv(
+        tmp_path / "benchmarks.csv", index=False)
+    (tmp_path / "benchmarks.md").write_text("# Benchmarks (full mode)\n\n| train lstm 1M T=256 |\n")
+    for _ in range(2):
+        assert bench.main(["--tiny", "--only", "hf", "--append", "--out", str(tmp_path)]) == 0
+    df = pd.read_csv(tmp_path / "benchmarks.csv")
+    assert list(df.row) == ["train lstm 1M T=256", "train hf:llama"]
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert text.startswith("# Benchmarks (full mode)") and "| train lstm 1M T=256 |" in text
+    assert text.count("<!-- sections: hf -->") == 1 and text.count("| train hf:llama |") == 1
+    assert "Regenerate: `python -m benchmarks.run --tiny --only hf --append" in text
