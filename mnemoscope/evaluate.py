@@ -45,6 +45,19 @@ def per_position_losses(model: nn.Module, split: TokenSplit, context_length: int
     return torch.cat(losses).cpu().numpy().astype(np.float32), mask.numpy()
 
 
+def window_bytes(split: TokenSplit, context_length: int, n_sequences: int, token_bytes: np.ndarray | None):
+    """Bytes of text in the same windows ``per_position_losses`` scores: ``(context, target)``, both
+    (N, T) int64, ``context[i, t]`` the bytes of tokens 0..t of window i (position t's context),
+    ``target[i, t]`` the bytes of token t+1 (its target). None when ``token_bytes`` is None (the
+    task's tokens are not text)."""
+    if token_bytes is None:
+        return None
+    offsets = eval_offsets(split, context_length, n_sequences)
+    window = np.asarray(split.tokens)[offsets[:, None] + np.arange(context_length + 1)[None, :]]
+    b = np.asarray(token_bytes, dtype=np.int64)[window]
+    return np.cumsum(b[:, :-1], axis=1), b[:, 1:]
+
+
 def _masked_mean(losses, mask, axis=0):
     """Mean of the counted entries; NaN where nothing was counted (a resample of a sparse mask
     may hold no target at a position: that replicate says nothing there, it is not a loss of 0)."""
