@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .model import token_losses
 from .task import TokenSplit, eval_offsets, window_batch
 
 
@@ -37,10 +38,9 @@ def per_position_losses(model: nn.Module, split: TokenSplit, context_length: int
     for i in range(0, len(offsets), batch_size):
         x, y = x_all[i:i + batch_size], y_all[i:i + batch_size]  # (B, T)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x)  # (B, T, V)
-        # (B*T, V) rows: the class dimension last and contiguous, as the kernel is fastest
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        losses.append(loss.view(y.shape))  # (B, T)
+            # (B*T, V) rows, the class dimension last and contiguous, as the kernel is fastest; in
+            # chunks of positions at a large vocabulary, so (B, T, V) logits are never held at once
+            losses.append(token_losses(model, x, y))  # (B, T)
     model.train(was_training)
     return torch.cat(losses).cpu().numpy().astype(np.float32), mask.numpy()
 

@@ -64,6 +64,16 @@ def test_tiny_benchmark_has_every_row(tmp_path):
     study = section("study")
     assert list(study.row) == ["default study wall time", "default study peak memory"]
     assert (study.value > 0).all()
+    output = section("output layer")  # per vocabulary: speed, the head's share, two peak memories
+    assert sorted(output.row.str.extract(r"V=(\d+)$")[0].astype(int).unique()) == [256, 4096]
+    for _, rows in output.groupby(output.row.str.extract(r"V=(\d+)$")[0]):
+        assert len(rows) == 4
+        speed = rows[rows.row.str.startswith("train step")]
+        assert len(speed) == 1 and 0 < speed.ratio.iloc[0] < np.inf and speed.reference_value.iloc[0] > 0
+        share = rows[rows.unit == "share"]
+        assert len(share) == 1 and 0 < share.value.iloc[0] < 1.5
+        memory = rows[rows.unit == "MiB"]
+        assert len(memory) == 2 and (memory.value >= 0).all() and (memory.reference_value >= 0).all()
     table = (tmp_path / "benchmarks.md").read_text()
     assert "Regenerate: `python -m benchmarks.run --tiny" in table
     for name in df.row:
