@@ -104,3 +104,27 @@ def test_paired_ratio_and_verdict():
     assert policy.done(times, started=time.perf_counter(), first="harness")
     times = {"harness": ours[:10], "bare": noisy[:10]}
     assert not policy.done(times, started=time.perf_counter(), first="harness")
+
+
+def test_gpu_study_runs_end_to_end_at_cpu_scale(tmp_path):
+    """benchmarks/gpu_study.sh with TINY=1: the GPU study's pipeline (C corpus, BPE, windows inside
+    one file, the study, the analysis) on a small corpus made here."""
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"f{i:02d}.c").write_text("".join(
+            f"static int f{i}_{j}(int x)\n{{\n\treturn x * {j} + {i};\n}}\n\n" for j in range(40)))
+    out = tmp_path / "study"
+    env = {**os.environ, "TINY": "1", "CORPUS": str(corpus), "PYTHON": sys.executable,
+           "MNEMOSCOPE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_study.sh"), str(out)], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert sorted(runs.arch) == ["lstm", "transformer"] and (runs.status == "ok").all()
+    assert len(list((out / "tokenizers").glob("*.json"))) == 1
+    fits = pd.read_csv(out / "fits.csv")
+    assert len(fits) == 2 and fits.effective_context.between(1, 32).all()
+    assert (fits.effective_context_bytes >= fits.effective_context).all()  # a BPE token holds a byte or more
+    buckets = pd.read_parquet(out / "extrapolation_buckets.parquet")
+    assert set(buckets.arch) == {"lstm", "transformer"} and buckets.bucket_end.max() == 4 * 32
