@@ -65,11 +65,15 @@ class CNN(Architecture):
     def shape_candidates(cls, target, context_length):
         yield {"n_stack": 1 if target < 3e6 else 2}
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The final hidden states (B, T, C): the logits are ``head(features(tokens))``."""
         x = self.tok_emb(tokens).transpose(1, 2)  # (B, C, T)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x.transpose(1, 2)))  # (B, T, V)
+        return self.ln_f(x.transpose(1, 2))  # (B, T, C)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(tokens))  # (B, T, V)
 
     def state_size(self, seq_len: int) -> int:
         return (self.receptive_field - 1) * self.channels  # past inputs each layer must keep

@@ -38,10 +38,14 @@ class GRU(Architecture):
         # same depth schedule as the built-in lstm, so the two recurrent nets differ only in the cell
         yield {"n_layer": 1 if target < 5e4 else 2 if target < 5e6 else 3}
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The final hidden states (B, T, C): the logits are ``head(features(tokens))``."""
         x = self.tok_emb(tokens)  # (B, T, C)
         y, _ = self.rnn(x)  # zero initial state: fresh for every sequence
-        return self.head(self.ln_f(y))  # (B, T, V)
+        return self.ln_f(y)  # (B, T, C)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(tokens))  # (B, T, V)
 
     def state_size(self, seq_len: int) -> int:
         return self.n_layer * self.d_model  # one hidden vector per layer, independent of length

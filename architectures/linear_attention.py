@@ -119,14 +119,18 @@ class LinearAttention(Architecture):
     # the transformer's depth schedule, so the two differ only in the token mixer
     shape_candidates = Transformer.shape_candidates
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The final hidden states (B, T, C): the logits are ``head(features(tokens))``."""
         B, T = tokens.shape  # (B, T)
         x = self.tok_emb(tokens)  # (B, T, C)
         rotated = 2 * (self.d_model // self.n_head // 2)
         rotary = rotary_tables(T, rotated, tokens.device) if rotated else None
         for block in self.blocks:
             x = block(x, rotary)
-        return self.head(self.ln_f(x))  # (B, T, V)
+        return self.ln_f(x)  # (B, T, C)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(tokens))  # (B, T, V)
 
     def state_size(self, seq_len: int) -> int:
         return self.n_layer * self.n_head * (self.d_model // self.n_head) ** 2  # one hd x hd state per head

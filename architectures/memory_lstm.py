@@ -57,11 +57,15 @@ class MemoryLSTM(Architecture):
         # the built-in lstm's depth schedule, so the two differ only by the memory
         yield {"n_layer": 1 if target < 5e4 else 2 if target < 5e6 else 3}
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The final hidden states (B, T, C): the logits are ``head(features(tokens))``."""
         x = self.tok_emb(tokens)  # (B, T, C)
         h, _ = self.rnn(x)  # (B, T, C); zero initial state: fresh for every sequence
         h = h + self.memory(self.ln_mem(h))  # read from states 0..t at each t
-        return self.head(self.ln_f(h))  # (B, T, V)
+        return self.ln_f(h)  # (B, T, C)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(tokens))  # (B, T, V)
 
     def state_size(self, seq_len: int) -> int:
         # h and c per layer, plus the memory's keys and values for every past position

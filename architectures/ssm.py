@@ -157,11 +157,15 @@ class SSM(Architecture):
             if n_layer >= 1:
                 yield {"n_layer": n_layer}
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The final hidden states (B, T, C): the logits are ``head(features(tokens))``."""
         x = self.tok_emb(tokens)  # (B, T, C)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))  # (B, T, V)
+        return self.ln_f(x)  # (B, T, C)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(tokens))  # (B, T, V)
 
     def state_size(self, seq_len: int) -> int:
         m = self.blocks[0].mixer

@@ -125,6 +125,10 @@ class Transformer(Architecture):
                 yield {"n_layer": n_layer}
 
     def forward(self, tokens: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.features(tokens, attn_mask))  # (B, T, V)
+
+    def features(self, tokens: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The final hidden states (B, T, C): the logits are ``head(features(tokens))``."""
         B, T = tokens.shape  # (B, T)
         x = self.tok_emb(tokens)  # (B, T, C)
         rotary = None
@@ -136,7 +140,7 @@ class Transformer(Architecture):
             rotary = rotary_tables(T, self.d_model // self.n_head, tokens.device)
         for block in self.blocks:
             x = block(x, rotary, attn_mask)
-        return self.head(self.ln_f(x))  # (B, T, V)
+        return self.ln_f(x)  # (B, T, C)
 
     def embedding_parameters(self):
         return [self.tok_emb.weight] + ([self.pos_emb.weight] if self.pos_emb is not None else [])

@@ -38,11 +38,11 @@ class WindowTransformer(Transformer):
         """Tokens that can influence one prediction through the whole stack, the current one included."""
         return self.n_layer * (self.window - 1) + 1
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def features(self, tokens: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         T = tokens.shape[1]
-        if T <= self.window:  # the band covers everything: the plain causal (fast, flash) path
-            return super().forward(tokens)
-        return super().forward(tokens, attn_mask=banded_causal_mask(T, self.window, tokens.device))
+        if attn_mask is not None or T <= self.window:  # a mask given, or the band covers everything (plain causal)
+            return super().features(tokens, attn_mask)
+        return super().features(tokens, attn_mask=banded_causal_mask(T, self.window, tokens.device))
 
     def state_size(self, seq_len: int) -> int:
         return 2 * self.n_layer * self.d_model * min(seq_len, self.window)  # a KV cache of the last `window` tokens

@@ -32,11 +32,12 @@ from torch import nn
 from . import files
 from .errors import UserError
 from .evaluate import bootstrap_ci, per_position_losses
+from .model import has_features
 from .runner import Study
 from .statistics import (bootstrap_fit, context_resolution, effective_context, format_effective_context,
                          last_significant_octave, octave_gains, paired_gap, truncation_check)
 from .store import jsonable, load_run_model
-from .task import Task, TokenSplit, eval_offsets
+from .task import Task, TokenSplit, eval_offsets, n_windows
 
 
 def paired_runs(study_dir: Path, runs: pd.DataFrame, baseline: str):
@@ -128,8 +129,9 @@ def _last_position_loss(model: nn.Module, inputs: np.ndarray, targets: np.ndarra
         x = torch.from_numpy(inputs[i:i + step]).to(device)
         y = torch.from_numpy(targets[i:i + step]).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x)  # (B, n, V)
-        out[i:i + step] = F.cross_entropy(logits[:, -1].float(), y, reduction="none").cpu().numpy()
+            # only the last position's logits: (B, V), not (B, n, V), where the model exposes features/head
+            logits = model.head(model.features(x)[:, -1]) if has_features(model) else model(x)[:, -1]
+        out[i:i + step] = F.cross_entropy(logits.float(), y, reduction="none").cpu().numpy()
         counter[0] += x.numel()
     return out
 
@@ -283,18 +285,55 @@ def extrapolation(model: nn.Module, split: TokenSplit, context_length: int, fact
     """Per-position loss on test windows ``factor`` x the training context (positions past T were
     never trained on). Empty for a model that does not extrapolate, or a task whose sequences have
     a fixed length. Columns: factor, length, position, loss, ci_low, ci_high, n_sequences."""
+    return long_context(model, split, context_length, factors, n_sequences, batch_size, seed)[0]
+
+
+def long_context(model: nn.Module, split: TokenSplit, context_length: int, factors=(2, 4), n_sequences: int = 64,
+                 batch_size: int = 16, seed: int = 0, n_boot: int = 200) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`extrapolation`'s per-position table, and the same losses in **position buckets** of
+    the training length T, [0, T), [T, 2T), ..., as long-context evaluations report them (Flash
+    Linear Attention's ``evals/ppl.py`` buckets PG-19 by 2048-token blocks): the mean loss of each
+    bucket with a bootstrap interval over sequences (columns factor, length, bucket_start,
+    bucket_end, loss, ci_low, ci_high, n_sequences). With a task of ``windows=document`` every
+    window lies inside one document, so a long window is one stretch of one book."""
     if not extrapolates(model) or split.starts is not None:
-        return pd.DataFrame()
-    tables = []
+        return pd.DataFrame(), pd.DataFrame()
+    tables, buckets = [], []
+    rng = np.random.default_rng(seed)
     for f in factors:
         L = int(f * context_length)
-        if len(split.tokens) < L + 1:
+        if n_windows(split, L) < 1:
             continue  # the test split holds no window this long
         losses, mask = per_position_losses(model, split, L, n_sequences, batch_size)
-        mean, lo, hi, n = bootstrap_ci(losses, mask, n_boot=200, seed=seed)
+        mean, lo, hi, n = bootstrap_ci(losses, mask, n_boot=n_boot, seed=seed)
         tables.append(pd.DataFrame({"factor": f, "length": L, "position": np.arange(L), "loss": mean,
                                     "ci_low": lo, "ci_high": hi, "n_sequences": n.astype(np.int64)}))
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        m = mask.astype(np.float64)
+        idx = rng.integers(0, len(losses), size=(n_boot, len(losses)))
+        for start in range(0, L, context_length):
+            end = min(L, start + context_length)
+            num, den = (losses[:, start:end] * m[:, start:end]).sum(1), m[:, start:end].sum(1)
+            if den.sum() == 0:
+                continue
+            boots = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1)
+            b_lo, b_hi = np.percentile(boots, [2.5, 97.5])
+            buckets.append({"factor": f, "length": L, "bucket_start": start, "bucket_end": end,
+                            "loss": num.sum() / den.sum(), "ci_low": b_lo, "ci_high": b_hi,
+                            "n_sequences": int((den > 0).sum())})
+    return (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()), pd.DataFrame(buckets)
+
+
+def context_bytes(split: TokenSplit, context_length: int, n_targets: int, contexts, token_bytes) -> dict[int, float]:
+    """Mean bytes of text in the n tokens before each truncation-ablation target, for each n of
+    ``contexts``: the effective context in bytes (empty when the task's tokens are not text)."""
+    if token_bytes is None:
+        return {}
+    windows, position = ablation_targets(split, context_length, n_targets)
+    b = np.asarray(token_bytes, np.int64)[windows]  # (M, T+1)
+    cum = np.concatenate([np.zeros((len(b), 1), np.int64), np.cumsum(b, axis=1)], axis=1)
+    end = position + 1  # the target's context is window tokens [end - n, end)
+    return {int(n): float((cum[np.arange(len(b)), end] - cum[np.arange(len(b)), np.maximum(end - n, 0)]).mean())
+            for n in contexts}
 
 
 # -- a whole study -----------------------------------------------------------------------------------
@@ -349,7 +388,10 @@ def analyze_run(folder: Path, task, settings: AnalysisSettings, device=None) -> 
                              tolerance=settings.tolerance)
     context = ablation_table(ab, settings.tolerance, settings.n_boot, seed)
     ablation_seconds = time.time() - t0
-    ext = extrapolation(model, split, T, settings.factors, settings.extrapolation_sequences, seed=seed)
+    token_bytes = task.token_bytes() if hasattr(task, "token_bytes") else None
+    nbytes = context_bytes(split, T, settings.n_targets, ab.contexts, token_bytes)
+    context["context_bytes"] = context["context"].map(nbytes) if nbytes else np.nan
+    ext, buckets = long_context(model, split, T, settings.factors, settings.extrapolation_sequences, seed=seed)
     fit_row = {**label, "context": T, "n_sequences": int(len(losses)), **{k: v for k, v in fit.items() if k in FIT_COLUMNS},
                "last_octave_gain": octaves["gain"].iloc[-1], "last_octave_gain_low": octaves["gain_low"].iloc[-1],
                "last_octave_gain_high": octaves["gain_high"].iloc[-1],
@@ -363,6 +405,8 @@ def analyze_run(folder: Path, task, settings: AnalysisSettings, device=None) -> 
         name = "effective_context" + ("" if variant == "truncate" else f"_{variant}")
         for suffix in ("", "_low", "_high"):
             fit_row[name + suffix] = int(first["effective_context" + suffix])
+            if variant == "truncate":  # the same in bytes of text (NaN where tokens are not text)
+                fit_row[f"{name}_bytes{suffix}"] = nbytes.get(int(first["effective_context" + suffix]), math.nan)
     if not ext.empty:
         m = mask.astype(np.float64)
         fit_row["loss_last_half"] = float((losses[:, T // 2:] * m[:, T // 2:]).sum() / max(m[:, T // 2:].sum(), 1))
@@ -370,7 +414,7 @@ def analyze_run(folder: Path, task, settings: AnalysisSettings, device=None) -> 
             part = ext[(ext["factor"] == f) & (ext["position"] >= T)]
             if not part.empty:
                 fit_row[f"loss_beyond_{f}x"] = float(part["loss"].mean())
-    tables = {"context": context, "octaves": octaves, "extrapolation": ext}
+    tables = {"context": context, "octaves": octaves, "extrapolation": ext, "extrapolation_buckets": buckets}
     for df in tables.values():
         if not df.empty:
             for i, (k, v) in enumerate(label.items()):
@@ -399,13 +443,15 @@ def _cached_run(folder: Path, settings: AnalysisSettings):
         if stored["settings"] != json.loads(json.dumps(dataclasses.asdict(settings))):
             return None
         return {"fit": stored["fit"], **{name: pd.read_parquet(folder / "analysis" / f"{name}.parquet")
-                                         for name in ("context", "octaves", "extrapolation")}}
+                                         for name in ("context", "octaves", "extrapolation")},
+                # absent from analyses stored before it existed
+                "extrapolation_buckets": files.read_optional(folder / "analysis" / "extrapolation_buckets.parquet")}
     except (OSError, ValueError, KeyError):
         return None
 
 
 def _store_run(folder: Path, settings: AnalysisSettings, result: dict) -> None:
-    for name in ("context", "octaves", "extrapolation"):
+    for name in ("context", "octaves", "extrapolation", "extrapolation_buckets"):
         files.write_parquet(folder / "analysis" / f"{name}.parquet", result[name])
     files.write_text(folder / "analysis" / "fit.json",
                   json.dumps({"settings": dataclasses.asdict(settings), "fit": result["fit"]}, indent=1, default=jsonable))
@@ -414,8 +460,8 @@ def _store_run(folder: Path, settings: AnalysisSettings, result: dict) -> None:
 def analyze(study, settings: AnalysisSettings | None = None, log=print, device=None,
             recompute: bool = False, baseline: str | None = None) -> dict[str, pd.DataFrame]:
     """Analyse every finished, non-diverged run of a study from its stored models and tables, and
-    write ``fits.csv``, ``context.parquet``, ``octaves.parquet`` and ``extrapolation.parquet``
-    into the study folder, and ``gaps.csv``: every architecture against ``baseline`` (default: the
+    write ``fits.csv``, ``context.parquet``, ``octaves.parquet``, ``extrapolation.parquet`` and
+    ``extrapolation_buckets.parquet`` into the study folder, and ``gaps.csv``: every architecture against ``baseline`` (default: the
     study's first) on the same test sequences. ``study``: a :class:`mnemoscope.runner.Study`, or a
     study folder.
 
@@ -428,7 +474,7 @@ def analyze(study, settings: AnalysisSettings | None = None, log=print, device=N
     runs, _ = study.collect()
     if runs.empty:
         raise UserError(f"{study.out} has no finished runs to analyse")
-    fits, tables = [], {"context": [], "octaves": [], "extrapolation": []}
+    fits, tables = [], {"context": [], "octaves": [], "extrapolation": [], "extrapolation_buckets": []}
     for r in runs.itertuples():
         if getattr(r, "status", "ok") != "ok":
             log(f"analysis: skipping {r.run_id} (status {r.status})")

@@ -12,9 +12,9 @@ import warnings
 import numpy as np
 import seaborn as sns
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .model import token_losses
 from .task import Task, TokenSplit, eval_offsets, window_batch
 
 
@@ -39,12 +39,24 @@ def per_position_losses(model: nn.Module, split: TokenSplit, context_length: int
     for i in range(0, len(offsets), batch_size):
         x, y = x_all[i:i + batch_size], y_all[i:i + batch_size]  # (B, T)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x)  # (B, T, V)
-        # (B*T, V) rows: the class dimension last and contiguous, as the kernel is fastest
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        losses.append(loss.view(y.shape))  # (B, T)
+            # (B*T, V) rows, the class dimension last and contiguous, as the kernel is fastest; in
+            # chunks of positions at a large vocabulary, so (B, T, V) logits are never held at once
+            losses.append(token_losses(model, x, y))  # (B, T)
     model.train(was_training)
     return torch.cat(losses).cpu().numpy().astype(np.float32), mask.numpy()
+
+
+def window_bytes(split: TokenSplit, context_length: int, n_sequences: int, token_bytes: np.ndarray | None):
+    """Bytes of text in the same windows ``per_position_losses`` scores: ``(context, target)``, both
+    (N, T) int64, ``context[i, t]`` the bytes of tokens 0..t of window i (position t's context),
+    ``target[i, t]`` the bytes of token t+1 (its target). None when ``token_bytes`` is None (the
+    task's tokens are not text)."""
+    if token_bytes is None:
+        return None
+    offsets = eval_offsets(split, context_length, n_sequences)
+    window = np.asarray(split.tokens)[offsets[:, None] + np.arange(context_length + 1)[None, :]]
+    b = np.asarray(token_bytes, dtype=np.int64)[window]
+    return np.cumsum(b[:, :-1], axis=1), b[:, 1:]
 
 
 def _masked_mean(losses, mask, axis=0):

@@ -8,7 +8,10 @@ An architecture is a plain ``nn.Module``:
 * ``num_params(non_embedding=True)``: parameters, without (or with) the token/position
   embeddings, as in Kaplan et al. 2020;
 * ``state_size(seq_len)``: numbers carried forward per step when generating (KV cache,
-  hidden state, receptive-field buffer), or ``None`` if unknown.
+  hidden state, receptive-field buffer), or ``None`` if unknown;
+* optionally ``features(tokens)`` -> ``(B, T, C)`` and ``head`` (``C -> V``) with
+  ``forward(tokens) == head(features(tokens))``: the harness then takes the loss in chunks of
+  positions (:func:`token_losses`), never holding ``(B, T, V)`` logits at a large vocabulary.
 
 Subclassing :class:`Architecture` gives sensible defaults for the last two and a generic
 ``config_for_params`` that solves for a width to match a target non-embedding parameter count.
@@ -22,7 +25,9 @@ import os
 from typing import Any, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .errors import ContractError, UserError
 from .specs import format_count
@@ -60,6 +65,55 @@ class Architecture(nn.Module):
     def config_for_params(cls, target: int, vocab_size: int, context_length: int, **fixed) -> dict[str, Any]:
         """A config whose non-embedding parameter count is as close as possible to ``target``."""
         return solve_width(cls, target, vocab_size, context_length, fixed)
+
+
+#: logits computed at once (rows x vocabulary) when the loss is taken in chunks: 8M floats (32 MB in fp32)
+LOSS_CHUNK_ELEMENTS = 1 << 23
+
+
+def has_features(model: nn.Module) -> bool:
+    """Whether a model exposes the optional ``features(tokens)`` -> (B, T, C) and ``head`` (C -> V)
+    whose composition is its forward pass, so that the loss can be taken in chunks of positions."""
+    return callable(getattr(model, "features", None)) and callable(getattr(model, "head", None))
+
+
+def _chunk_losses(head: nn.Module, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(h).float(), y, reduction="none")
+
+
+def token_losses(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor,
+                 chunk_elements: int | None = LOSS_CHUNK_ELEMENTS) -> torch.Tensor:
+    """Next-token losses (B, T) in nats, fp32, of ``targets`` given ``tokens`` (both (B, T)).
+
+    Where the whole (B, T, V) logits fit in ``chunk_elements``, or the model has no
+    ``features``/``head`` pair, one forward pass gives them all (the plain path). Otherwise the
+    output layer and the cross-entropy run over chunks of positions, so that no more than
+    ``chunk_elements`` logits exist at once; with gradients on, each chunk is checkpointed (its
+    logits are recomputed in the backward pass instead of kept), so training's peak memory does not
+    hold (B, T, V) either. ``chunk_elements=None``: always the plain path.
+    """
+    B, T = tokens.shape
+    head = getattr(model, "head", None)
+    vocab = getattr(head, "out_features", None)
+    if (chunk_elements is None or not has_features(model)
+            or (vocab is not None and B * T * vocab <= chunk_elements)):
+        logits = model(tokens)  # (B, T, V)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none").view(B, T)
+    h = model.features(tokens).flatten(0, 1)  # (B*T, C)
+    y = targets.flatten()
+    if vocab is None:  # a head that is not one nn.Linear: its width from one row
+        vocab = head(h[:1]).shape[-1]
+    rows = max(1, chunk_elements // vocab)
+    grad = torch.is_grad_enabled()
+    out = []
+    # torch.split, not slicing: one backward node gathers the chunks' gradients (a slice's backward
+    # would make a zero tensor of h's whole shape for every chunk)
+    for h_i, y_i in zip(torch.split(h, rows), torch.split(y, rows)):
+        if grad:
+            out.append(checkpoint(_chunk_losses, head, h_i, y_i, use_reentrant=False))
+        else:
+            out.append(_chunk_losses(head, h_i, y_i))
+    return torch.cat(out).view(B, T)
 
 
 def count_params(model: nn.Module, non_embedding: bool = True, _use_method: bool = True) -> int:

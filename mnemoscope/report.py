@@ -28,6 +28,7 @@ from .specs import format_count, parse_spec, spec_labels
 from .statistics import format_effective_context, paired_gap_curve
 from .store import StudyFolder
 from .task import Task
+from .tokenizer import corpus_and_tokenization, with_bytes
 
 
 def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -39,7 +40,7 @@ def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     missing = {"run_id", "arch", "task", "params", "position", "loss", "ci_low", "ci_high"} - set(pp.columns)
     if missing:
         raise UserError(f"corrupt table {out / 'per_position.parquet'}: missing columns {', '.join(sorted(missing))}")
-    return runs, pp
+    return runs, with_bytes(pp)
 
 
 BINS_PER_OCTAVE = 4
@@ -130,6 +131,48 @@ def gap_figure(out: Path, runs: pd.DataFrame, baseline: str):
     return fig
 
 
+def bytes_figure(pp: pd.DataFrame, bins_per_octave: int = BINS_PER_OCTAVE):
+    """Loss in bits per byte against bytes of context, one facet per corpus: the tokenizations of
+    one corpus (``text``, ``text:bpe=1024``) share a panel, a line style each. Positions are
+    binned as in :func:`per_position_figure`; a bin's value is its mean loss over its mean target
+    bytes (bits per byte of the bin), its band the runs' intervals scaled alike. None when no
+    task's tokens are text."""
+    pp = pp.dropna(subset=["loss", "context_bytes", "target_bytes"]).copy()
+    if pp.empty:
+        return None
+    pp["bin"] = np.floor(np.log2(pp["position"] + 1) * bins_per_octave)
+    keys = ["run_id", "arch", "task", "params", "seed", "bin"]
+    pp = pp.groupby(keys, as_index=False, sort=False)[["loss", "ci_low", "ci_high", "context_bytes", "target_bytes"]].mean()
+    split = pp["task"].map(corpus_and_tokenization)
+    pp["corpus"], pp["tokens"] = split.str[0], split.str[1]
+    if pp["params"].nunique() > 1:
+        pp["tokens"] = pp["tokens"] + ", " + pp["params"].map(lambda p: format_count(int(p)))
+    scale = 1 / (pp["target_bytes"] * np.log(2))
+    for col in ("loss", "ci_low", "ci_high"):
+        pp[col] = pp[col] * scale
+    corpora = list(dict.fromkeys(pp["corpus"]))
+    cols = min(len(corpora), 3)
+    rows = (len(corpora) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
+    palette = arch_palette(pp["arch"])  # the same colour per architecture as every other figure
+    for ax, corpus in zip(axes.flat, corpora):
+        d = pp[pp["corpus"] == corpus]
+        g = d.groupby(["arch", "tokens", "bin"], as_index=False)[["loss", "ci_low", "ci_high", "context_bytes"]].mean()
+        sns.lineplot(data=g, x="context_bytes", y="loss", hue="arch", style="tokens", palette=palette, ax=ax,
+                     errorbar=None, linewidth=1.4)
+        for (arch, _), part in g.groupby(["arch", "tokens"]):
+            ax.fill_between(part["context_bytes"], part["ci_low"], part["ci_high"], color=palette[arch], alpha=0.2, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_title(corpus)
+        ax.set_xlabel("bytes of context (mean over the test windows)")
+        ax.set_ylabel("test loss (bits/byte)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(corpora):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
 def headline_table(runs: pd.DataFrame) -> pd.DataFrame:
     cols = ["arch", "task", "params", "seed", "achieved_params", "state_size", "tokens_trained", "test_loss",
             "last_octave_gain", "last_octave_gain_low", "last_octave_gain_high", "status"]
@@ -174,6 +217,7 @@ def write_report(out: Path) -> Path:
             "test sequences, in the same bins, with 95% paired bootstrap intervals over sequences (the noise the "
             "two share cancels, so differences the left panel's overlapping bands hide show here; "
             "<code>study.py compare</code> draws it across studies)." if len(figures) > 1 else "") + "</p>"),
+        *bytes_section(out, pp),
         ("Does the loss keep falling over the last octave?", html_table(headline_table(runs)) +
          "<p><code>last_octave_gain</code> = mean loss over positions [T/4, T/2) minus mean loss over [T/2, T), "
          "with a 95% bootstrap interval over sequences. Above zero: the model still gains from its farthest context.</p>"),
@@ -263,6 +307,22 @@ def summary_lines(out: Path) -> list[str]:
     return ["summary (test loss in nats per token; effective context in tokens; gap: test loss minus the baseline's "
             "on the same test sequences, all positions; [95% intervals]):",
             *("  " + line for line in table.to_string(index=False).splitlines())]
+
+
+def bytes_section(out: Path, pp: pd.DataFrame) -> list[tuple[str, str]]:
+    """The per-position curves in bits per byte against bytes of context (``per_position_bytes.png``),
+    where the study's tasks are text."""
+    fig = bytes_figure(pp)
+    if fig is None:
+        return []
+    png = figure_png(fig)
+    files.atomic_write(out / "per_position_bytes.png", lambda p: p.write_bytes(png))
+    return [("Per-position loss per byte", img_tag(png, "per-position loss in bits per byte") +
+             "<p>The same curves in the units of text rather than tokens: loss in bits per byte (a bin's mean loss "
+             "over its targets' mean bytes, divided by ln 2) against the mean bytes of context at each position "
+             "(<code>context_bytes</code>, <code>target_bytes</code> in <code>per_position.parquet</code>). "
+             "Tokenizations of one corpus (bytes, BPE) share a panel, so their curves compare at equal "
+             "text.</p>")]
 
 
 def task_sections(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:

@@ -188,4 +188,23 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
                      "(recurrent and convolutional ones; a transformer only with rotary positions); positions past the "
                      "dotted line were never trained on. Averaged in quarter-octave bins; bands: 95% bootstrap "
                      "intervals over sequences.</p>")
+    buckets = files.read_optional(out / "extrapolation_buckets.parquet")
+    if not buckets.empty:
+        parts.append("<h3>Loss by position bucket</h3>" + html_table(bucket_table(buckets)) +
+                     "<p>The longest windows scored above, their mean loss in buckets of the training length "
+                     "(nats per token, 95% bootstrap intervals over sequences), as long-context evaluations report "
+                     "it: a model that uses context past its training length keeps falling after the first "
+                     "bucket. Table: <code>extrapolation_buckets.parquet</code>.</p>")
     return [(title, "\n".join(parts))]
+
+
+def bucket_table(buckets: pd.DataFrame) -> pd.DataFrame:
+    """A row per run (its longest windows), a column per position bucket."""
+    b = buckets[buckets["factor"] == buckets.groupby("run_id")["factor"].transform("max")].copy()
+    b["model"] = _model_label(b)
+    b["bucket"] = b["bucket_start"].astype(str) + "-" + (b["bucket_end"] - 1).astype(str)
+    b["cell"] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(b["loss"], b["ci_low"], b["ci_high"])]
+    wide = b.pivot_table(index=["task", "model"], columns="bucket", values="cell", aggfunc="first", sort=False)
+    wide = wide[list(dict.fromkeys(b["bucket"]))].reset_index()
+    wide.columns.name = None
+    return wide

@@ -28,7 +28,7 @@ from . import files
 from .callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines
 from .config import RunSpec, StudyConfig, plan
 from .errors import ContractError, UserError
-from .evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts
+from .evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
 from .flops import flops_per_token
 from .model import (SIZE_TOLERANCE, active_params, build, check_contract, check_memory, count_params, size_for,
                     state_size)
@@ -48,7 +48,8 @@ RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_conf
                "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
                "last_octave_gain_high", "status", "diverged_step", "flops_per_token", "data_fingerprint",
                "scoring_fingerprint", "scoring_parts"]  # what the test losses were scored on (evaluate.scoring_parts)
-POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences"]
+POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences",
+                    "context_bytes", "target_bytes"]
 
 
 @dataclass
@@ -175,6 +176,10 @@ class Study:
             check_contract(model, task.vocab_size, task.context_length, run.arch)
         self.write_config()
         self.write_data()
+        for spec in dict.fromkeys(r.task for r in runs):  # e.g. a trained tokenizer, to decode the runs' tokens
+            for rel, src in self.task(spec).study_files().items():
+                if not (self.out / rel).exists() or (self.out / rel).read_bytes() != Path(src).read_bytes():
+                    files.atomic_write(self.out / rel, lambda p, src=src: shutil.copyfile(src, p))
         return runs
 
     def write_config(self) -> None:
@@ -318,6 +323,8 @@ class Study:
         losses, mask = per_position_losses(model, splits["test"], T, self.config.eval_sequences, eval_batch)
         val_losses, val_mask = per_position_losses(model, splits["validation"], T, min(64, self.config.eval_sequences), eval_batch)
         mean, lo, hi, n = bootstrap_ci(losses, mask, seed=run.seed)
+        # bytes of text in each window's context and in each target (None: the task's tokens are not text)
+        nbytes = window_bytes(splits["test"], T, self.config.eval_sequences, task.token_bytes())
         gain = octave_gain(losses, mask, T // 4, T // 2, T, seed=run.seed)
         status = "diverged" if guard.step is not None or not np.isfinite(losses).all() else "ok"
         params_nonemb = count_params(model, non_embedding=True)
@@ -341,9 +348,15 @@ class Study:
             print(f"warning: run {run_id}: a logger failed to record the results: {type(exc).__name__}: {exc}")
         pp = pd.DataFrame({"run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params,
                            "seed": run.seed, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
-                           "n_sequences": n.astype(np.int64)})
+                           "n_sequences": n.astype(np.int64), "context_bytes": np.nan, "target_bytes": np.nan})
+        stored = {}
+        if nbytes is not None:
+            pp["context_bytes"] = nbytes[0].mean(0)
+            with np.errstate(invalid="ignore"):  # NaN where no target counts
+                pp["target_bytes"] = (nbytes[1] * mask).sum(0) / mask.sum(0)
+            stored = {"bytes": nbytes[0].astype(np.int32), "target_bytes": nbytes[1].astype(np.int32)}
         pp.to_parquet(tmp / "per_position.parquet", index=False)
-        np.savez_compressed(tmp / "losses.npz", losses=losses, mask=mask)
+        np.savez_compressed(tmp / "losses.npz", losses=losses, mask=mask, **stored)
         curve.save(tmp / "val_curve.npz")
         torch.save({"arch": run.arch, "task": run.task, "arch_config": arch_config, "vocab_size": task.vocab_size,
                     "context_length": T, "state_dict": model.state_dict()}, tmp / "model.pt")

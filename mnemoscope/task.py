@@ -36,13 +36,16 @@ class TokenSplit:
 
     ``mask[i]`` is True where token i counts as a target (None: every token counts).
     ``starts`` lists the only offsets a window may start at (None: anywhere), for tasks whose
-    sequences have a fixed length (an image, a clip, a probe instance).
+    sequences have a fixed length (an image, a clip, a probe instance). ``spans`` (D, 2), when
+    given, holds each document's [start, end) in ``tokens``: every window then lies inside one
+    document (None: windows may cross from one document into the next).
     """
 
     tokens: np.ndarray
     mask: np.ndarray | None = None
     starts: np.ndarray | None = None
     documents: list[str] = field(default_factory=list)
+    spans: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -112,6 +115,11 @@ class Task:
                         f"task {self.name}: the {split_name} split holds {len(self._splits[split_name])} tokens, "
                         f"fewer than one sequence of context {self.context_length}; use a shorter --context or more data"
                     )
+            for split_name, split in self._splits.items():
+                if split.spans is not None and split.starts is None and n_windows(split, self.context_length) < 1:
+                    raise UserError(f"task {self.name}: no document of the {split_name} split holds "
+                                    f"{self.context_length + 1} tokens, so no window fits inside one; use a shorter "
+                                    f"--context, or let windows cross documents (windows=any)")
         return self._splits
 
     def data_fingerprint(self) -> str:
@@ -151,6 +159,25 @@ class Task:
         default, a task whose floor is unknown, gives None."""
         return None
 
+    def token_bytes(self) -> np.ndarray | None:
+        """Bytes of text each token id stands for, a (vocab_size,) integer array, so that context can
+        be counted in bytes as well as tokens; None (the default) when tokens are not text."""
+        return None
+
+    def prepared_files(self) -> dict[str, bytes]:
+        """Files prepared with the arrays (e.g. a trained tokenizer), kept and checksummed in the
+        cache beside them; read back with ``prepared_path(name)``."""
+        return {}
+
+    def prepared_path(self, name: str) -> Path:
+        """Where the cached file ``name`` of ``prepared_files`` lies (prepares the data if needed)."""
+        self.splits()
+        return self._cache_folder / name
+
+    def study_files(self) -> dict[str, Path]:
+        """Files a study keeps in its folder for this task: relative path there -> file to copy."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "context_length": self.context_length,
                 "vocab_size": self.vocab_size, **self.options}
@@ -181,6 +208,7 @@ DESCRIBED_DOCUMENTS = 50  # document names a study records per split (data.json)
 def load_or_prepare(task: Task) -> dict[str, TokenSplit]:
     """Load the task's prepared arrays from the cache (checksums verified) or prepare them."""
     folder = cache_root() / task.name / task.fingerprint()
+    task._cache_folder = folder
     meta_path = folder / "meta.json"
     if meta_path.exists():
         try:
@@ -203,7 +231,7 @@ def _save(folder: Path, splits: dict[str, TokenSplit], task: Task) -> None:
     for name in [*SPLITS, *(n for n in splits if n not in SPLITS)]:
         s = splits[name]
         entry = {"documents": list(s.documents), "n_tokens": int(len(s.tokens)), "dtype": str(s.tokens.dtype), "files": {}}
-        for part in ("tokens", "mask", "starts"):
+        for part in ("tokens", "mask", "starts", "spans"):
             arr = getattr(s, part)
             if arr is None:
                 continue
@@ -211,6 +239,10 @@ def _save(folder: Path, splits: dict[str, TokenSplit], task: Task) -> None:
             np.save(path, np.ascontiguousarray(arr))
             entry["files"][part] = {"file": path.name, "sha256": _sha256(path)}
         meta["splits"][name] = entry
+    meta["files"] = {}
+    for name, data in task.prepared_files().items():
+        (tmp / name).write_bytes(data)
+        meta["files"][name] = _sha256(tmp / name)
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     try:
         os.replace(tmp, folder)  # atomic: a concurrent or killed preparation leaves no half cache
@@ -219,6 +251,9 @@ def _save(folder: Path, splits: dict[str, TokenSplit], task: Task) -> None:
 
 
 def _load(folder: Path, meta: dict) -> dict[str, TokenSplit]:
+    for name, sha in meta.get("files", {}).items():
+        if _sha256(folder / name) != sha:
+            raise ValueError(f"checksum mismatch in {folder / name}")
     out = {}
     for name in [*SPLITS, *(n for n in meta["splits"] if n not in SPLITS)]:
         entry = meta["splits"][name]
@@ -309,7 +344,7 @@ class TrainBatches(torch.utils.data.Dataset):
 
     def __init__(self, split: TokenSplit, context_length: int, batch_size: int, n_steps: int, seed: int):
         self.split, self.T, self.B, self.n_steps, self.seed = split, context_length, batch_size, n_steps, seed
-        self.n_offsets = len(split.starts) if split.starts is not None else len(split.tokens) - context_length
+        self.n_offsets = len(split.starts) if split.starts is not None else n_windows(split, context_length)
         if self.n_offsets <= 0:
             raise UserError(f"training split ({len(split.tokens)} tokens) is shorter than one sequence of {context_length + 1}")
 
@@ -319,7 +354,7 @@ class TrainBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int):
         rng = np.random.default_rng([self.seed, step])
         idx = rng.integers(0, self.n_offsets, size=self.B)
-        offsets = self.split.starts[idx] if self.split.starts is not None else idx
+        offsets = self.split.starts[idx] if self.split.starts is not None else window_offset(self.split, self.T, idx)
         return window_batch(self.split, np.asarray(offsets), self.T)
 
 
@@ -353,15 +388,36 @@ def eval_offsets(split: TokenSplit, T: int, n: int) -> np.ndarray:
         if len(starts) <= n:
             return starts
         return starts[np.linspace(0, len(starts) - 1, n).round().astype(np.int64)]
-    last = len(split.tokens) - T - 1
-    n = min(n, last + 1)
-    return np.linspace(0, last, n).round().astype(np.int64)
+    total = n_windows(split, T)
+    n = min(n, total)
+    return window_offset(split, T, np.linspace(0, total - 1, n).round().astype(np.int64))
+
+
+def n_windows(split: TokenSplit, T: int) -> int:
+    """How many windows of T+1 tokens the split holds (each inside one document with ``spans``)."""
+    if split.spans is None:
+        return max(0, len(split.tokens) - T)
+    spans = np.asarray(split.spans, dtype=np.int64).reshape(-1, 2)
+    return int(np.maximum(spans[:, 1] - spans[:, 0] - T, 0).sum())
+
+
+def window_offset(split: TokenSplit, T: int, index: np.ndarray) -> np.ndarray:
+    """Offsets of windows number ``index`` (0 <= index < n_windows): the index itself, or, with
+    ``spans``, counted document by document so that no window crosses a document's end."""
+    index = np.asarray(index, dtype=np.int64)
+    if split.spans is None:
+        return index
+    spans = np.asarray(split.spans, dtype=np.int64).reshape(-1, 2)
+    counts = np.maximum(spans[:, 1] - spans[:, 0] - T, 0)
+    ends = np.cumsum(counts)
+    doc = np.searchsorted(ends, index, side="right")
+    return spans[doc, 0] + index - (ends[doc] - counts[doc])
 
 
 # -- helpers for fixed-length sequences and for options ----------------------------------------------
 def token_dtype(vocab_size: int):
     """The smallest unsigned integer type that holds every token id."""
-    return np.uint8 if vocab_size <= 256 else np.uint16
+    return np.uint8 if vocab_size <= 256 else np.uint16 if vocab_size <= 1 << 16 else np.uint32
 
 
 def sequences_split(sequences: np.ndarray, documents: list[str], mask: np.ndarray | None = None) -> TokenSplit:

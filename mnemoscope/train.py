@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UserError
+from .model import token_losses
 from .task import TokenSplit, TrainBatches, eval_offsets, window_batch
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric",
@@ -69,8 +70,19 @@ class TrainConfig:
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean nats per counted target, computed in fp32."""
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-    m = mask.flatten().to(loss.dtype)
-    return (loss * m).sum() / m.sum().clamp_min(1)
+    return masked_mean(loss, mask)
+
+
+def masked_mean(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of per-target losses over the counted targets."""
+    m = mask.flatten().to(losses.dtype)
+    return (losses.flatten() * m).sum() / m.sum().clamp_min(1)
+
+
+def sequence_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean nats per counted target; at a large vocabulary the output layer and the loss run in
+    chunks of positions (:func:`mnemoscope.model.token_losses`), so the (B, T, V) logits are never held."""
+    return masked_mean(token_losses(model, x, y), mask)
 
 
 class LanguageModel(L.LightningModule):
@@ -95,7 +107,7 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y, m = batch
-        loss = masked_cross_entropy(self.model(x), y, m)
+        loss = sequence_loss(self.model, x, y, m)
         # only on the steps the logger writes (same metrics.csv): Lightning's self.log costs 1-3 ms
         # of CPU per call (cProfile), as much as a small model's whole forward pass
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
@@ -104,7 +116,7 @@ class LanguageModel(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y, m = batch
-        loss = masked_cross_entropy(self.model(x), y, m)
+        loss = sequence_loss(self.model, x, y, m)
         self.log("val_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 

@@ -1,4 +1,5 @@
-"""``code``: byte-level Python source from the CPython standard library, split by file.
+"""``code``: Python source from the CPython standard library, split by file; as bytes by
+default (``code:bpe=4096`` for subwords, see :mod:`mnemoscope.tokenizer`).
 
 The standard library that every Python installation carries (``sysconfig``'s ``stdlib``
 path), without ``site-packages`` and without the test suites (which repeat themselves).
@@ -10,7 +11,8 @@ import sysconfig
 from pathlib import Path
 
 from mnemoscope.registry import register_task
-from mnemoscope.task import Task, byte_splits, read_user_documents
+from mnemoscope.task import read_user_documents
+from mnemoscope.tokenizer import TextTask
 
 SKIP = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
 
@@ -21,8 +23,8 @@ def stdlib_files() -> list[Path]:
 
 
 @register_task("code")
-class Code(Task):
-    """Python source files as bytes (the standard library by default; code:PATH for your own)."""
+class Code(TextTask):
+    """Python source files as bytes or subwords (the standard library by default; code:PATH for your own)."""
 
     vocab_size = 256
     default_context = 256
@@ -34,10 +36,8 @@ class Code(Task):
         self.options.pop("_root")
         return fp
 
-    def build_splits(self):
+    def documents(self):
         if self.source:
-            docs = read_user_documents(self.source, suffixes=(".py",))
-        else:
-            root = Path(sysconfig.get_paths()["stdlib"])
-            docs = [(str(p.relative_to(root)), p.read_bytes()) for p in stdlib_files()]
-        return byte_splits(docs)
+            return read_user_documents(self.source, suffixes=(".py",))
+        root = Path(sysconfig.get_paths()["stdlib"])
+        return [(str(p.relative_to(root)), p.read_bytes()) for p in stdlib_files()]

