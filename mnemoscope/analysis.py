@@ -389,7 +389,8 @@ def analyze_run(folder: Path, task, settings: AnalysisSettings, device=None) -> 
     context = ablation_table(ab, settings.tolerance, settings.n_boot, seed)
     ablation_seconds = time.time() - t0
     token_bytes = task.token_bytes() if hasattr(task, "token_bytes") else None
-    nbytes = context_bytes(split, T, settings.n_targets, ab.contexts, token_bytes)
+    # every n, not only the grid's: the effective context may be a bisected length
+    nbytes = context_bytes(split, T, settings.n_targets, range(1, T + 1), token_bytes)
     context["context_bytes"] = context["context"].map(nbytes) if nbytes else np.nan
     ext, buckets = long_context(model, split, T, settings.factors, settings.extrapolation_sequences, seed=seed)
     fit_row = {**label, "context": T, "n_sequences": int(len(losses)), **{k: v for k, v in fit.items() if k in FIT_COLUMNS},
