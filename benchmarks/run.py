@@ -791,6 +791,13 @@ def main(argv=None) -> int:
         f"Load average (1 min) {load0[0]:.1f} at the start, {load1[0]:.1f} at the end "
         f"(above {os.cpu_count()}: the machine was shared with other work); total {time.time() - started:.0f} s.  ",
     ]
+    if "output" in run:
+        vocabs, T_out, B_out, params_out, chunk_out = OUTPUT_SHAPES[mode]
+        header.append(f"The output-layer rows have their own shape: the transformer at {fmt_count(params_out)} "
+                      f"parameters, T={T_out}, {B_out} sequences per step ({B_out * T_out} tokens), "
+                      f"V = {' / '.join(map(str, vocabs))}, chunks of at most "
+                      f"{fmt_count(chunk_out or ol.LOSS_CHUNK_ELEMENTS)} logits; each round is one step of each "
+                      f"side (chunked, full logits, the output layer alone), after one untimed round.  ")
     if args.note:
         header.append(args.note + "  ")
     text = "\n".join(header) + "\n\n" + markdown(df) + "\n"
