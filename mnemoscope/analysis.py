@@ -494,8 +494,9 @@ def analyze(study, settings: AnalysisSettings | None = None, log=print, device=N
         fit = {**result["fit"], **truncation_check(result["context"], settings.tolerance),
                **context_resolution(result["context"]), **_floor_excess(study, r.task, folder, int(r.seed))}
         if t0 is not None:
+            eff = format_effective_context(fit)
             log(f"analysis: {r.run_id}: alpha {fit['alpha']:.3g} [{fit['alpha_low']:.3g}, {fit['alpha_high']:.3g}] "
-                f"({fit['fit_status']}), effective context {format_effective_context(fit)} tokens, "
+                f"({fit['fit_status']}), effective context {eff}{'' if eff.startswith('not') else ' tokens'}, "
                 f"{fit['ablation_forward_tokens']:,} forward tokens, {time.time() - t0:.0f} s")
         fits.append(fit)
         for name in tables:
