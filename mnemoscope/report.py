@@ -25,7 +25,7 @@ from .figures import arch_palette, draw_curves, figure_png, html_table, img_tag,
 from .registry import TASKS
 from .runner import Study, mixed_data
 from .specs import format_count, parse_spec, spec_labels
-from .statistics import format_effective_context, paired_gap_curve
+from .statistics import format_effective_context, format_gap, paired_gap_curve
 from .store import StudyFolder
 from .task import Task
 from .tokenizer import corpus_and_tokenization, with_bytes
@@ -282,7 +282,7 @@ def summary_table(runs: pd.DataFrame, fits: pd.DataFrame, gaps: pd.DataFrame) ->
     gap = {}
     if not gaps.empty:
         for g in gaps[gaps["band"] == "all"].to_dict("records"):
-            gap[(g["arch"], g["task"], g["params"], g["seed"])] = f"{g['gap']:+.3f} [{g['gap_low']:+.3f}, {g['gap_high']:+.3f}]"
+            gap[(g["arch"], g["task"], g["params"], g["seed"])] = format_gap(g["gap"], g["gap_low"], g["gap_high"])
     baseline = str(gaps["baseline"].iloc[0]) if not gaps.empty else None
     labels = spec_labels(runs["arch"])
     column = f"gap to {labels.get(baseline, baseline)}" if baseline else "gap to the baseline"

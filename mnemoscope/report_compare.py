@@ -13,7 +13,9 @@ import pandas as pd
 from . import files
 from .compare import Comparison, runs_table
 from .figures import STUDY_STYLES, arch_palette, draw_curves, figure_png, html_table, img_tag, paragraph
+from .report_history import gap_cells
 from .specs import format_count
+from .statistics import format_gap
 
 
 def _legend(fig, axes) -> None:
@@ -85,16 +87,8 @@ def gap_table(gaps: pd.DataFrame) -> pd.DataFrame:
     """A row per run and baseline, a column per band: gap [95% interval], * where it excludes zero."""
     if gaps.empty:
         return gaps
-    g = gaps.copy()
-    g["cell"] = [f"{v:+.3f} [{a:+.3f}, {b:+.3f}]" + (" *" if s else "")
-                 for v, a, b, s in zip(g["gap"], g["gap_low"], g["gap_high"], g["significant"])]
-    order = list(dict.fromkeys(g["band"]))
-    g["size"] = g["params"].map(lambda p: format_count(int(p)))
-    wide = g.pivot_table(index=["baseline", "label", "task", "size", "seed"], columns="band", values="cell",
-                         aggfunc="first", sort=False)
-    wide = wide[[b for b in order if b in wide.columns]].reset_index()
-    wide.columns.name = None
-    return wide
+    return gap_cells(gaps.assign(size=gaps["params"].map(lambda p: format_count(int(p)))),
+                     ["baseline", "label", "task", "size", "seed"])
 
 
 def summary_lines(c: Comparison) -> list[str]:
@@ -114,7 +108,7 @@ def summary_lines(c: Comparison) -> list[str]:
                 parts.append(f"vs {b}: {status}")
             else:
                 bands = rows[~rows["band"].isin(["all", "growth"])]
-                cell = lambda x: f"{x['gap']:+.3f} [{x['gap_low']:+.3f}, {x['gap_high']:+.3f}]"  # noqa: E731
+                cell = lambda x: format_gap(x["gap"], x["gap_low"], x["gap_high"])  # noqa: E731
                 last, every = bands.iloc[-1], rows[rows["band"] == "all"].iloc[0]
                 parts.append(f"vs {b}: {cell(every)} all positions, {cell(last)} at {last['band']}")
         lines.append(f"  {r['label']:<{width}}  [{r['task']}] test {r['test_loss']:.3f}  " + "; ".join(parts))

@@ -14,22 +14,28 @@ import pandas as pd
 from . import files
 from .figures import figure_png, html_table, img_tag, model_palette
 from .specs import format_count, spec_labels
-from .statistics import MIN_FIT_POINTS, WRONG_FORM_CHI2, format_effective_context
+from .statistics import MIN_FIT_POINTS, WRONG_FORM_CHI2, format_effective_context, format_gap
+
+
+def gap_cells(gaps: pd.DataFrame, index: list[str]) -> pd.DataFrame:
+    """Band rows of paired gaps (as in gaps.csv) made wide: a row per ``index``, a column per band,
+    each cell the gap [95% interval], * where the interval excludes zero."""
+    g = gaps.copy()
+    g["cell"] = [format_gap(v, a, b) + (" *" if s else "")
+                 for v, a, b, s in zip(g["gap"], g["gap_low"], g["gap_high"], g["significant"])]
+    order = list(dict.fromkeys(g["band"]))
+    wide = g.pivot_table(index=index, columns="band", values="cell", aggfunc="first", sort=False)
+    wide = wide[[b for b in order if b in wide.columns]].reset_index()
+    wide.columns.name = None
+    return wide
 
 
 def gap_table(gaps: pd.DataFrame) -> pd.DataFrame:
     """Wide table for the report: a row per task, size and architecture, a column per band."""
     if gaps.empty:
         return gaps
-    g = gaps.copy()
-    g["cell"] = [f"{v:+.3f} [{a:+.3f}, {b:+.3f}]" + (" *" if s else "")
-                 for v, a, b, s in zip(g["gap"], g["gap_low"], g["gap_high"], g["significant"])]
-    order = list(dict.fromkeys(g["band"]))
-    g["arch"] = g["arch"].map(spec_labels(g["arch"]))
-    wide = g.pivot_table(index=["task", "params", "arch"], columns="band", values="cell", aggfunc="first", sort=False)
-    wide = wide[[b for b in order if b in wide.columns]].reset_index()
+    wide = gap_cells(gaps.assign(arch=gaps["arch"].map(spec_labels(gaps["arch"]))), ["task", "params", "arch"])
     wide["params"] = wide["params"].map(lambda p: format_count(int(p)))
-    wide.columns.name = None
     return wide
 
 

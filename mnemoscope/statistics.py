@@ -426,6 +426,12 @@ def format_effective_context(fit: dict, variant: str = "truncate") -> str:
     return f"{text} [{int(lowest if lowest is not None else low)}, {int(high)}]"
 
 
+def format_gap(gap: float, low: float, high: float) -> str:
+    """A paired gap with its 95% interval as every table and console line prints it:
+    ``+0.089 [+0.077, +0.102]``."""
+    return f"{gap:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def cluster_ci(values: np.ndarray, weights: np.ndarray, units: np.ndarray, seed: int = 0,
                n_boot: int = 1000) -> tuple[float, float, float]:
     """Weighted mean of ``values`` and a 95% bootstrap interval resampling whole ``units``
