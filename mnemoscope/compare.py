@@ -26,12 +26,9 @@ from .errors import UserError
 from .evaluate import SCORING_PARTS, scoring_difference, scoring_fingerprint, scoring_parts
 from .runner import Study
 from .specs import format_count
-from .statistics import paired_gap, paired_gap_curve
+from .statistics import format_effective_context, paired_gap, paired_gap_curve
 from .store import StudyFolder
-
-#: columns of a run's per_position.parquet that may hold the bytes of text its context spans
-BYTE_COLUMNS = ("context_bytes", "bytes_of_context", "bytes")
-
+from .tokenizer import with_bytes
 
 @dataclass
 class Selection:
@@ -175,16 +172,13 @@ def _labelled(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-def _byte_scale(pp: pd.DataFrame, tokenizer: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """(bytes of context, bytes per token) at each position, or None when the run's table does not say."""
-    for col in BYTE_COLUMNS:
-        if col in pp:
-            b = pp[col].to_numpy(float)
-            return b, b / (pp["position"].to_numpy(float) + 1)
-    if tokenizer == "none":  # byte-level: one token is one byte
-        ones = np.ones(len(pp))
-        return pp["position"].to_numpy(float) + 1, ones
-    return None
+def _byte_scale(pp: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """(bytes of context, bytes per token) at each position, or None when the run's table does not
+    say (a table from before the bytes columns: filled for byte-level text by ``with_bytes``)."""
+    b = with_bytes(pp)["context_bytes"].to_numpy(float)
+    if np.isnan(b).all():
+        return None
+    return b, b / (pp["position"].to_numpy(float) + 1)
 
 
 def _curves(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -200,7 +194,7 @@ def _curves(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
             y = pp[["loss", "ci_low", "ci_high"]].to_numpy(float)
             unit = ("tokens of context (position + 1)", "test loss (nats/token)")
             if in_bytes:
-                scale = _byte_scale(pp, (r["parts"] or {}).get("tokenizer", "?"))
+                scale = _byte_scale(pp)
                 if scale is None:
                     continue  # cannot be put in bytes: left out of the figure (the table keeps it)
                 scales[r["key"]] = scale
@@ -335,8 +329,7 @@ def fits_of(runs: pd.DataFrame) -> pd.Series:
         by_id = fits.set_index("run_id")
         for i, run_id in group["run_id"].items():
             if run_id in by_id.index:
-                f = by_id.loc[run_id]
-                out[i] = f"{f['effective_context']:.0f} [{f['effective_context_low']:.0f}, {f['effective_context_high']:.0f}]"
+                out[i] = format_effective_context(by_id.loc[run_id].to_dict())
     return out
 
 
