@@ -52,12 +52,6 @@ def label_runs(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def palette(names) -> dict:
-    """One colour per name, in order of first appearance (colour-blind safe)."""
-    names = list(dict.fromkeys(names))
-    return dict(zip(names, sns.color_palette("colorblind", len(names))))
-
-
 # -- one colour per architecture, the same in every figure of a study and of a comparison -------------
 #: the built-ins, each with its own colour-blind-safe colour, whatever else a figure shows
 BUILTIN_ARCHS = ("transformer", "lstm", "cnn", "gru", "ssm", "linear_attention", "window_transformer",

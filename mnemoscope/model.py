@@ -168,10 +168,11 @@ def _name(cls) -> str:
     return getattr(cls, "registered_name", getattr(cls, "__name__", repr(cls)))
 
 
-def _count_on_meta(cls, vocab_size, context_length, config) -> int:
+def _count_on_meta(cls, vocab_size, context_length, config, non_embedding: bool = True) -> int:
+    """Parameters of the model ``config`` builds, counted on the meta device (nothing allocated)."""
     with torch.device("meta"):
         model = cls(vocab_size=vocab_size, context_length=context_length, **config)
-    return count_params(model, non_embedding=True)
+    return count_params(model, non_embedding=non_embedding)
 
 
 def solve_width(cls, target: int, vocab_size: int, context_length: int, fixed: dict[str, Any]) -> dict[str, Any]:
@@ -263,9 +264,7 @@ def check_memory(cls, vocab_size: int, context_length: int, config: dict[str, An
         need = TRAINING_BYTES_PER_PARAM * target
     else:
         try:
-            with torch.device("meta"):
-                model = cls(vocab_size=vocab_size, context_length=context_length, **config)
-            need = TRAINING_BYTES_PER_PARAM * count_params(model, non_embedding=False)
+            need = TRAINING_BYTES_PER_PARAM * _count_on_meta(cls, vocab_size, context_length, config, non_embedding=False)
         except Exception:
             return
     if need <= have:

@@ -8,11 +8,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import yaml
 
 from .figures import arch_palette, figure_png, html_table, img_tag
 from .scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
 from .specs import spec_labels
+from .store import StudyFolder
 
 
 def _fmt_interval(v, lo, hi, digits=3):
@@ -34,15 +34,11 @@ def _band(ax, xs, params_json, color):
     ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
 
 
-def _palette(archs):
-    return arch_palette(archs)
-
-
 def size_figure(points: pd.DataFrame, fits: pd.DataFrame):
     """Loss against non-embedding parameters, log-log: points with 95% intervals, fitted L(N) and band."""
     tasks = list(dict.fromkeys(points["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.4), squeeze=False)
-    palette, name = _palette(list(dict.fromkeys(points["arch"]))), spec_labels(points["arch"])
+    palette, name = arch_palette(points["arch"]), spec_labels(points["arch"])
     for ax, task in zip(axes.flat, tasks):
         for arch, d in points[points["task"] == task].groupby("arch", sort=False):
             c = palette[arch]
@@ -70,7 +66,7 @@ def compute_figure(curves: pd.DataFrame, front: pd.DataFrame, fits: pd.DataFrame
     """Validation loss against training FLOPs: every run's curve, each architecture's frontier, L(C)."""
     tasks = list(dict.fromkeys(curves["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.4), squeeze=False)
-    palette, name = _palette(list(dict.fromkeys(curves["arch"]))), spec_labels(curves["arch"])
+    palette, name = arch_palette(curves["arch"]), spec_labels(curves["arch"])
     for ax, task in zip(axes.flat, tasks):
         for (arch, run_id), d in curves[curves["task"] == task].groupby(["arch", "run_id"], sort=False):
             ax.plot(d["compute"], d["val_loss"], color=palette[arch], lw=0.6, alpha=0.45)
@@ -99,7 +95,7 @@ def alpha_figure(alphas: pd.DataFrame):
     """alpha of each run's per-position power law against its size (Kaplan et al. 2020, Fig. 20)."""
     tasks = list(dict.fromkeys(alphas["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.2 * len(tasks), 4.0), squeeze=False)
-    palette, name = _palette(list(dict.fromkeys(alphas["arch"]))), spec_labels(alphas["arch"])
+    palette, name = arch_palette(alphas["arch"]), spec_labels(alphas["arch"])
     for ax, task in zip(axes.flat, tasks):
         for arch, d in alphas[alphas["task"] == task].groupby("arch", sort=False):
             d = d[np.isfinite(d["alpha"].astype(float))]
@@ -132,10 +128,7 @@ def exponent_table(fits: pd.DataFrame, nopt: pd.DataFrame) -> pd.DataFrame:
 
 def tuning_table(study_dir: Path) -> pd.DataFrame:
     """Per architecture, what was tuned and with how many trials (from config.yaml's hparams)."""
-    try:
-        config = yaml.safe_load((Path(study_dir) / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return pd.DataFrame()
+    config = StudyFolder(study_dir).config()
     rows = []
     for arch in config.get("archs", []):
         hp = (config.get("hparams") or {}).get(arch, {})

@@ -87,14 +87,14 @@ class _Reader:
             self.refs.append(sym)
             return sym
         if kind in (2, 6, 3, 5, 17, 239, 240):  # pairlists, calls, closures, promises, dots
-            attr = self.item() if has_attr else None
+            if has_attr:
+                self.item()  # the node's attributes: read past them
             tag = self.item() if has_tag else None
             car = self.item()
             cdr = self.item()
             node = [(tag[1] if isinstance(tag, tuple) else tag, car)]
             if isinstance(cdr, list):
                 node += cdr
-            del attr
             return node
         if kind == 9:  # CHARSXP
             n = self.int()
