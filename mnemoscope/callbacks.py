@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .evaluate import per_position_losses
+from .history import write_step
 from .task import TokenSplit
 
 VAL_SEQUENCES = 64  # validation windows scored at each log-spaced point (as train.fit's loop does)
@@ -41,6 +42,12 @@ class DivergenceGuard(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self._check(trainer)
+
+    def state_dict(self):  # kept in a mid-run checkpoint: a resumed run compares with the same first loss
+        return {"first": self.first, "step": self.step}
+
+    def load_state_dict(self, state):
+        self.first, self.step = state.get("first"), state.get("step")
 
     def _check(self, trainer) -> None:
         if not self.pending:
@@ -92,6 +99,14 @@ class LogSpacedValidation(L.Callback):
         self.history.append((step, step * self.tokens_per_step, sums))
         pl_module.log("val_loss_logspaced", float(sums.sum() / max(self.targets.sum(), 1)), on_step=True, on_epoch=False)
 
+    def state_dict(self):  # kept in a mid-run checkpoint: the curve of a resumed run is whole
+        return {"history": [(s, t, v.tolist()) for s, t, v in self.history],
+                "targets": None if self.targets is None else self.targets.tolist()}
+
+    def load_state_dict(self, state):
+        self.history = [(int(s), int(t), np.asarray(v, np.float64)) for s, t, v in state.get("history", [])]
+        self.targets = None if state.get("targets") is None else np.asarray(state["targets"], np.float64)
+
     @property
     def last_loss(self) -> float:
         """Mean validation loss (nats/token) at the latest point, NaN before the first."""
@@ -107,17 +122,48 @@ class LogSpacedValidation(L.Callback):
                             loss_sum=np.stack([h[2] for h in self.history]), targets=self.targets)
 
 
+class TrainingHistory(L.Callback):
+    """Per-position loss through training (:mod:`mnemoscope.history`): after each kept step but the
+    last (the run's final evaluation is that one), the same test windows as the final evaluation
+    scored at every position, and the weights kept unless ``keep_weights`` is False, written into
+    ``folder/history/``. Only the process that writes (rank 0) scores."""
+
+    def __init__(self, split: TokenSplit, context_length: int, n_sequences: int, steps: list[int],
+                 tokens_per_step: int, folder: Path, keep_weights: bool = True, batch_size: int = 32):
+        self.split, self.T, self.n_sequences, self.batch_size = split, context_length, n_sequences, batch_size
+        self.steps, self.tokens_per_step, self.folder, self.keep_weights = set(steps[:-1]), tokens_per_step, folder, keep_weights
+        self.seconds = 0.0  # time spent scoring: the cost of the history (benchmarks)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = int(trainer.global_step)
+        if step not in self.steps or not trainer.is_global_zero:
+            return
+        t0 = time.perf_counter()
+        losses, mask = per_position_losses(pl_module.model, self.split, self.T, self.n_sequences, self.batch_size)
+        write_step(self.folder, step, step * self.tokens_per_step, losses, mask,
+                   pl_module.model.state_dict() if self.keep_weights else None)
+        self.seconds += time.perf_counter() - t0
+
+    def state_dict(self):
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state):
+        self.seconds = float(state.get("seconds", 0.0))
+
+
 class ProgressLines(L.Callback):
     """Plain progress lines for output that is no terminal (a file, a pipe, a batch job's log),
     where a progress bar prints nothing readable: ``label: step s/n (p%), loss L, M:SS left`` every
     tenth of the run or every ``seconds``, whichever comes first, and at the last step."""
 
-    def __init__(self, label: str, n_steps: int, fraction: float = 0.1, seconds: float = 30.0, stream=None):
+    def __init__(self, label: str, n_steps: int, fraction: float = 0.1, seconds: float = 30.0, stream=None,
+                 start: int = 0):
         self.label, self.n_steps, self.seconds = label, max(1, n_steps), seconds
         self.every = max(1, int(round(fraction * self.n_steps)))
         self.stream = stream
         self.start = self.last = None
-        self.next_step = self.every
+        self.first_step = start  # a resumed run starts here: the time left is measured from it
+        self.next_step = (start // self.every + 1) * self.every
 
     def on_train_start(self, trainer, pl_module):
         self.start = self.last = time.time()
@@ -130,7 +176,7 @@ class ProgressLines(L.Callback):
             self.next_step += self.every
         self.last = now
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        left = (now - self.start) / max(step, 1) * (self.n_steps - step)
+        left = (now - self.start) / max(step - self.first_step, 1) * (self.n_steps - step)
         print(f"{self.label}: step {step}/{self.n_steps} ({100 * step / self.n_steps:.0f}%), loss "
               f"{float(loss):.4f}, {int(left // 60)}:{int(left % 60):02d} left", file=self.stream or sys.stdout,
               flush=True)

@@ -14,6 +14,7 @@ from .analysis import VARIANTS, AnalysisSettings, analyze
 from .compare import compare, parse_selection
 from .config import StudyConfig, default_name, legacy_default_name
 from .errors import UserError
+from .growth import analyze_growth
 from .queue import RunQueue, check_url, sigterm_as_interrupt
 from .registry import ARCHITECTURES, TASKS
 from .report import summary_lines, write_report
@@ -75,6 +76,15 @@ def run_parser(prog: str = "study.py") -> argparse.ArgumentParser:
     p.add_argument("--no-analysis", action="store_true",
                    help="skip the context analysis at the end (effective context, fits, extrapolation); "
                         "`study.py analyze DIR` adds it later")
+    p.add_argument("--history", type=_int, help=f"kept steps per run for context use through training: the test "
+                                                 f"windows scored at every position and the weights kept, one per "
+                                                 f"octave of training tokens (default {d.history}; 0: none)")
+    p.add_argument("--no-keep-weights", action="store_true",
+                   help="keep no weights at the kept steps (the per-position curves and in-context learning score "
+                        "stay; the effective context through training needs the weights)")
+    p.add_argument("--checkpoint-every", metavar="DURATION",
+                   help=f"save a mid-run checkpoint every this much training, e.g. 30s, 10m, 1h, or off "
+                        f"(default {d.checkpoint_every}); a stopped study resumes each run from its last checkpoint")
     add_execution_flags(p)
     p.add_argument("--workers", type=_int, default=1,
                    help="worker processes on this machine draining the study's queue (default 1; 0: only fill "
@@ -139,12 +149,13 @@ def resolve_config(args):
             raise UserError(f"{args.config} is not a YAML mapping")
     flags = {"archs": args.arch, "tasks": args.task, "params": args.params, "context": args.context,
              "tokens": args.tokens, "seeds": args.seeds, "batch_size": args.batch_size,
-             "eval_sequences": args.eval_sequences, "name": args.name}
+             "eval_sequences": args.eval_sequences, "name": args.name, "history": args.history,
+             "keep_weights": False if args.no_keep_weights else None, "checkpoint_every": args.checkpoint_every}
     overrides = {k: v for k, v in flags.items() if v is not None}
     config = StudyConfig.from_dict({**base, **overrides})
     if overrides and args.config and "name" not in overrides and base.get("name") is not None:
-        try:
-            changed = config != StudyConfig.from_dict(base)
+        try:  # how runs execute and what they keep (history, checkpoints) changes no study
+            changed = config.identity() != StudyConfig.from_dict(base).identity()
         except UserError:
             changed = True
         if changed:  # a changed study gets its own name (flags that change nothing keep the study's)
@@ -191,6 +202,7 @@ def cmd_run(argv: list[str], prog: str = "study.py") -> int:
         return 0  # the queue is filled for workers elsewhere, or another rank of a multi-process run writes
     if not args.no_analysis:
         analyze(study)  # effective context, fits, extrapolation (runs analysed before are reused)
+        analyze_growth(study)  # the effective context at each kept step, and its law
     report = write_report(study.out)
     for line in summary_lines(study.out):
         print(line)
@@ -304,6 +316,7 @@ def cmd_analyze(argv: list[str], prog: str = "study.py") -> int:
     variants = ("truncate",) + tuple(v for v in dict.fromkeys(args.variants) if v != "truncate")  # truncate: always
     settings = AnalysisSettings(n_targets=args.targets, tolerance=args.tolerance, variants=variants)
     analyze(Path(args.dir), settings, device=args.device, recompute=args.recompute, baseline=args.baseline)
+    analyze_growth(Path(args.dir), settings, device=args.device, recompute=args.recompute)
     print(write_report(Path(args.dir)))
     return 0
 
@@ -355,5 +368,5 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print("error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished runs are kept, rerun the same command to resume", file=sys.stderr)
+        print("interrupted; finished runs are kept and a run under way resumes from its checkpoint: rerun the same command", file=sys.stderr)
         return 130

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkpoints import DEFAULT_CHECKPOINT_EVERY, parse_duration
 from .errors import UserError
+from .history import HISTORY_POINTS
 from .specs import format_count, is_class_path, parse_count, spec_label
 
 
@@ -32,6 +34,10 @@ class StudyConfig:
     eval_sequences: int = 256
     hparams: dict[str, dict[str, Any]] = field(default_factory=dict)  # per arch: lr, warmup_fraction, ...
     val_every_tokens: int | None = None
+    # how a run is executed and what it keeps; none of these changes a run's numbers (nor its id)
+    history: int = HISTORY_POINTS  # kept steps per run for context use through training (0: none)
+    keep_weights: bool = True  # the weights at the kept steps (runs/<id>/history/*.pt), for the effective context
+    checkpoint_every: str | None = DEFAULT_CHECKPOINT_EVERY  # mid-run checkpoints every this much training; None: off
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":
@@ -63,6 +69,12 @@ class StudyConfig:
             c.context = parse_count(c.context, "context length", minimum=2)
         if c.val_every_tokens is not None:
             c.val_every_tokens = parse_count(c.val_every_tokens, "val_every_tokens")
+        if isinstance(c.history, bool) or not isinstance(c.history, int) or c.history < 0:
+            raise UserError(f"history must be a whole number of kept steps (0: none), got {c.history!r}")
+        if not isinstance(c.keep_weights, bool):
+            raise UserError(f"keep_weights must be true or false, got {c.keep_weights!r}")
+        every = parse_duration(c.checkpoint_every, "checkpoint_every")
+        c.checkpoint_every = None if every is None else str(c.checkpoint_every).strip()
         for s in c.seeds:
             if isinstance(s, bool) or not isinstance(s, int) or s < 0:
                 raise UserError(f"seeds must be non-negative integers, got {s!r}")
@@ -81,13 +93,27 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def identity(self) -> dict[str, Any]:
+        """What makes the study this study: every key but those of :data:`EXECUTION_KEYS`."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
+
+    @property
+    def checkpoint_seconds(self) -> float | None:
+        return parse_duration(self.checkpoint_every, "checkpoint_every")
+
+
+#: keys that decide how runs execute and what they keep, never their numbers: left out of a default
+#: study name's digest (a study started before they existed keeps its name)
+EXECUTION_KEYS = ("history", "keep_weights", "checkpoint_every")
+
 
 NAME_PART_CHARS = 40  # a default name lists whole architectures (tasks) up to this many characters each
 
 
 def _name_digest(c: StudyConfig) -> str:
     d = c.to_dict()
-    d.pop("name")
+    for key in ("name", *EXECUTION_KEYS):
+        d.pop(key)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:6]
 
 

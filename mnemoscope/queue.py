@@ -183,7 +183,7 @@ class RunQueue:
             raise UserError(f"--heartbeat must be at least 1 second, got {heartbeat}")
         self.storage = open_storage(self.url, self.heartbeat)
         name = study.config.name
-        mine = json.dumps(study.config.to_dict(), sort_keys=True)
+        mine = json.dumps(study.config.identity(), sort_keys=True)  # history, checkpoints: the same study
         try:
             if create:
                 self.optuna = _retry(lambda: optuna.create_study(study_name=name, storage=self.storage,

@@ -8,6 +8,7 @@ stored tables (:mod:`mnemoscope.analysis`, :mod:`mnemoscope.report`).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -25,11 +26,13 @@ import torch
 import yaml
 
 from . import files
-from .callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines
+from .callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines, TrainingHistory
+from .checkpoints import Elapsed, checkpoint_step, latest_checkpoint
 from .config import RunSpec, StudyConfig, plan
 from .errors import ContractError, UserError
 from .evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
 from .flops import flops_per_token
+from .history import history_steps, run_tables, write_step
 from .model import (SIZE_TOLERANCE, active_params, build, check_contract, check_memory, count_params, size_for,
                     state_size)
 from .queue import run_study
@@ -65,6 +68,8 @@ class Trained:
     wall_seconds: float
     flops_per_token: float
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the trackers record of the run
+    history: TrainingHistory | None = None  # the through-training scoring (None: not kept)
+    resumed_from: int | None = None  # the step a resumed run continued from (None: trained in one go)
 
 
 class Study:
@@ -190,7 +195,12 @@ class Study:
                 theirs = yaml.safe_load(path.read_text())
             except yaml.YAMLError:
                 theirs = None
-            if isinstance(theirs, dict) and theirs != mine:
+            try:  # a config written before a key existed holds that key's default
+                theirs = StudyConfig.from_dict(theirs).identity() if isinstance(theirs, dict) else None
+            except UserError:
+                theirs = None
+            if isinstance(theirs, dict) and theirs != self.config.identity():
+                mine = self.config.identity()
                 diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
                 raise UserError(f"{self.out} holds a different study (differs in {', '.join(diff)}); to continue "
                                 f"it run `study.py --config {path}` with no flag that changes it; for this study "
@@ -215,7 +225,8 @@ class Study:
     def finished(self) -> set[str]:
         if not self.runs_dir.exists():
             return set()
-        return {p.name for p in self.runs_dir.iterdir() if (p / "result.json").exists()}
+        # .partial-* and .tmp-*: runs under way (or stopped), never finished ones
+        return {p.name for p in self.runs_dir.iterdir() if not p.name.startswith(".") and (p / "result.json").exists()}
 
     def run(self, progress: bool = True, log=print, storage: str | None = None, workers: int = 1,
             heartbeat: int | None = None) -> bool:
@@ -242,13 +253,17 @@ class Study:
         return True
 
     def train(self, run: RunSpec, folder: Path, callbacks=(), progress: bool = True,
-              reraise: tuple[type[BaseException], ...] = ()) -> "Trained":
+              reraise: tuple[type[BaseException], ...] = (), work: Path | None = None) -> "Trained":
         """Build the run's model (seeded) and train it, logging into ``folder``: the one training
         path of a study's runs and of ``study.py tune``'s trials (which add a pruning callback).
         Errors become one-line UserErrors; a ContractError, an OSError and the ``reraise`` types
         (e.g. a trial pruned by a callback) pass unchanged; an interruption (Ctrl-C, SIGTERM) stays
         a KeyboardInterrupt. ``progress``: True for Lightning's bar, "lines" for a plain line every
-        tenth of the run or 30 s (output that is no terminal), False for nothing."""
+        tenth of the run or 30 s (output that is no terminal), False for nothing.
+
+        ``work``: the run's working folder (a study's run, not a tuning trial): its mid-run
+        checkpoints go to ``work/checkpoints`` (resumed from when present) and the kept steps of
+        its history to ``work/history`` (:mod:`mnemoscope.history`)."""
         task = self.task(run.task)
         splits = task.splits()
         torch.manual_seed(run.seed)  # initialisation depends on the seed only
@@ -260,18 +275,32 @@ class Study:
         curve = LogSpacedValidation(splits["validation"], task.context_length, cfg.steps(task.context_length),
                                     cfg.batch_size * task.context_length, max(cfg.batch_size, EVAL_BATCH))
         run_id = self.run_id(run)
+        n_steps = cfg.steps(task.context_length)
+        history, checkpoints, resumed_from = None, None, None
+        if work is not None:
+            checkpoints = Path(work) / "checkpoints"
+            resume = latest_checkpoint(checkpoints)
+            resumed_from = checkpoint_step(resume) if resume is not None else None
+            if self.config.history:
+                history = TrainingHistory(splits["test"], task.context_length, self.config.eval_sequences,
+                                          history_steps(n_steps, self.config.history),
+                                          cfg.batch_size * task.context_length, Path(work), self.config.keep_weights,
+                                          max(cfg.batch_size, EVAL_BATCH))
+                callbacks = [*callbacks, history]
+        elapsed = Elapsed()
+        callbacks = [*callbacks, elapsed]
         if progress == "lines":
-            callbacks = [*callbacks, ProgressLines(run_id, cfg.steps(task.context_length))]
+            callbacks = [*callbacks, ProgressLines(run_id, n_steps, start=resumed_from or 0)]
         hparams = {"arch": run.arch, "task": run.task, "size": format_count(run.params), "params": run.params,
                    "seed": run.seed, "study": self.config.name, "run_id": run_id, "context": task.context_length,
                    "tokens": cfg.tokens, "batch_size": cfg.batch_size, "lr": cfg.lr}
-        start = time.time()
         sigint = signal.getsignal(signal.SIGINT)
         try:
             trackers = tracker_loggers(self.loggers, self.out, self.config.name, run_id, hparams)
             _, trainer = fit(model, splits["train"], splits["validation"], task.context_length, cfg, folder,
                              callbacks=[guard, curve, *callbacks], progress=progress is True,
-                             trainer_kwargs=self.trainer_kwargs, loggers=trackers)
+                             trainer_kwargs=self.trainer_kwargs, loggers=trackers, checkpoint_dir=checkpoints,
+                             checkpoint_every=self.config.checkpoint_seconds if checkpoints is not None else None)
         except (ContractError, OSError, *reraise):
             raise
         except SystemExit as exc:
@@ -286,31 +315,62 @@ class Study:
         finally:
             if sigint is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, sigint)
-        return Trained(model, arch_config, cfg, guard, curve, trainer, time.time() - start, fpt, hparams)
+        if checkpoints is not None and guard.step is None and trainer.global_step < n_steps and not self.multi_process:
+            # stopped early without diverging: Lightning's Slurm handler (requeue signal) or a callback
+            # asked it to stop; the checkpoint holds the run, which is not finished
+            raise KeyboardInterrupt
+        return Trained(model, arch_config, cfg, guard, curve, trainer, elapsed.seconds, fpt, hparams, history,
+                       resumed_from)
 
     def execute(self, run: RunSpec, progress: bool | str = True) -> dict[str, Any]:
-        """Train and evaluate one run; move its folder into place atomically. Whatever stops it
-        (an error, Ctrl-C, SIGTERM) leaves no ``runs/.tmp-*`` folder behind."""
+        """Train and evaluate one run; move its folder into place atomically.
+
+        The run works in ``runs/.partial-<run_id>/``, which outlives a stop (an error in the run
+        removes it; Ctrl-C, SIGTERM, SIGKILL or a lost machine leave it): its mid-run checkpoint and
+        the kept steps of its history are there, and whoever runs the run next resumes from them.
+        A process holds the folder's lock while it works; should another still hold it (a worker
+        wrongly taken for dead), the run starts afresh in ``runs/.tmp-<run_id>-<pid>/`` instead."""
         run_id = self.run_id(run)
-        # leftovers of this run from a killed process: whoever holds the run's trial owns its files
+        # leftovers of this run from a killed process of an older version: whoever holds the run's trial owns its files
         for leftover in self.runs_dir.glob(f".tmp-{run_id}-*") if self.runs_dir.exists() else []:
             shutil.rmtree(leftover, ignore_errors=True)
-        tmp = self.runs_dir / f".tmp-{run_id}-{os.getpid()}"
+        work = self.runs_dir / f".partial-{run_id}"
         try:
-            tmp.mkdir(parents=True)
+            work.mkdir(parents=True, exist_ok=True)
+            lock = open(work / ".lock", "a+")
         except OSError as exc:
-            raise disk_error(exc, tmp) from exc
+            raise disk_error(exc, work) from exc
         try:
-            return self._execute_in(run, run_id, tmp, progress)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            lock, work = None, self.runs_dir / f".tmp-{run_id}-{os.getpid()}"
+            try:
+                work.mkdir(parents=True)
+            except OSError as exc:
+                raise disk_error(exc, work) from exc
+        finished = False
+        try:
+            row = self._execute_in(run, run_id, work, progress)
+            finished = True
+            return row
         except OSError as exc:
-            raise disk_error(exc, tmp) from exc
+            raise disk_error(exc, work) from exc
+        except (KeyboardInterrupt, SystemExit):
+            raise  # a stop: the partial folder keeps the run for the next one to resume
+        except BaseException:
+            finished = True  # a run that failed would fail again from its checkpoint: start it afresh next time
+            raise
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)  # gone already when the run was moved into place
+            if finished or lock is None:
+                shutil.rmtree(work, ignore_errors=True)  # gone already when the run was moved into place
+            if lock is not None:
+                lock.close()
 
     def _execute_in(self, run: RunSpec, run_id: str, tmp: Path, progress: bool | str) -> dict[str, Any]:
         task = self.task(run.task)
         splits = task.splits()
-        trained = self.train(run, tmp / "logs", progress=progress)
+        trained = self.train(run, tmp / "logs", progress=progress, work=tmp)
         model, arch_config, cfg, guard, curve = (trained.model, trained.arch_config, trained.cfg, trained.guard,
                                                  trained.curve)
         self.rank = trained.trainer.global_rank
@@ -360,10 +420,21 @@ class Study:
         curve.save(tmp / "val_curve.npz")
         torch.save({"arch": run.arch, "task": run.task, "arch_config": arch_config, "vocab_size": task.vocab_size,
                     "context_length": T, "state_dict": model.state_dict()}, tmp / "model.pt")
+        if trained.history is not None:  # the last kept step is the run's end: its losses, its model.pt
+            write_step(tmp, cfg.steps(T), row["tokens_trained"], losses, mask, None)
+            label = {k: row[k] for k in ("run_id", "arch", "task", "params", "seed")}
+            positions, steps = run_tables(tmp, label, pp["context_bytes"].to_numpy(), seed=run.seed)
+            positions.to_parquet(tmp / "history.parquet", index=False)
+            steps.to_parquet(tmp / "history_steps.parquet", index=False)
+            row["history_seconds"] = round(trained.history.seconds, 2)
+        if trained.resumed_from is not None:
+            row["resumed_from_step"] = trained.resumed_from
         metrics = tmp / "logs" / "metrics.csv"
         if metrics.exists():
             shutil.move(metrics, tmp / "metrics.csv")
         shutil.rmtree(tmp / "logs", ignore_errors=True)
+        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # the run is whole: nothing to resume from
+        (tmp / ".lock").unlink(missing_ok=True)
         (tmp / "result.json").write_text(json.dumps(row, indent=1, default=jsonable))
         final = self.runs_dir / run_id
         # the whole folder appears at once: a run is either absent or complete, never half-written
@@ -396,6 +467,11 @@ class Study:
         pp = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=POSITION_COLUMNS)
         files.write_table(self.out / "runs.parquet", runs)
         files.write_table(self.out / "per_position.parquet", pp)
+        for name in ("history", "history_steps"):  # context use through training, where the runs kept it
+            parts = [files.read_optional(self.runs_dir / r / f"{name}.parquet") for r in sorted(self.finished())]
+            parts = [p for p in parts if not p.empty]
+            if parts:
+                files.write_table(self.out / f"{name}.parquet", pd.concat(parts, ignore_index=True))
         return runs, pp
 
 

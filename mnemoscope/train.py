@@ -1,6 +1,7 @@
 """One generic LightningModule trains any architecture (the architecture knows nothing of training)."""
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import logging
 import math
@@ -11,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import pandas as pd
 from lightning.pytorch.strategies import StrategyRegistry
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoints import LAST, AtomicCheckpointIO, GracefulStop, ResumableBatches, checkpoint_step, latest_checkpoint
 from .errors import UserError
 from .model import token_losses
 from .task import TokenSplit, TrainBatches, eval_offsets, window_batch
@@ -27,6 +30,9 @@ warnings.filterwarnings("ignore", ".*does not have many workers.*")
 warnings.filterwarnings("ignore", ".*validation_step.*but have no.*val_dataloader.*")
 warnings.filterwarnings("ignore", ".*GPU available but not used.*")
 warnings.filterwarnings("ignore", ".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+# a resumed run: its checkpoint and log folders hold the first sitting's files on purpose
+warnings.filterwarnings("ignore", ".*Checkpoint directory .* exists and is not empty.*")
+warnings.filterwarnings("ignore", ".*Experiment logs directory .* exists and is not empty.*")
 
 
 PROGRESS_REFRESH_STEPS = 10  # the progress bar redraws every this many steps (each redraw ~1 ms of CPU)
@@ -248,19 +254,24 @@ def log_results(loggers, hparams: dict[str, Any], metrics: dict[str, float]) -> 
 
 def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_length: int, cfg: TrainConfig,
         log_dir: Path, callbacks: list | None = None, progress: bool = True, trainer_kwargs: dict | None = None,
-        loggers: list | None = None):
+        loggers: list | None = None, checkpoint_dir: Path | None = None, checkpoint_every: float | None = None):
     """Train ``model`` for ``cfg.tokens`` tokens. Returns the Lightning module and trainer.
 
     ``trainer_kwargs`` go to Lightning's Trainer as they are, e.g. ``devices=8, num_nodes=4,
     strategy="ddp"`` for one run on many GPUs (see :func:`distributed_settings`). ``loggers``:
-    Lightning loggers to log into besides the CSV one in ``log_dir`` (:func:`tracker_loggers`)."""
+    Lightning loggers to log into besides the CSV one in ``log_dir`` (:func:`tracker_loggers`).
+
+    ``checkpoint_dir``: where ``last.ckpt`` is written every ``checkpoint_every`` seconds of
+    training and on Ctrl-C/SIGTERM (:mod:`mnemoscope.checkpoints`); a checkpoint found there is
+    resumed from, the data continuing with the batch of the next step. None: no checkpoints."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     n_steps = cfg.steps(context_length)
+    resume = latest_checkpoint(checkpoint_dir)
+    start = checkpoint_step(resume) if resume is not None else 0
     # pinned batches: the copy to a GPU is then truly asynchronous (from pageable memory CUDA
     # synchronizes the stream before copying, i.e. once per step)
-    data = torch.utils.data.DataLoader(TrainBatches(train, context_length, cfg.batch_size, n_steps, cfg.seed),
-                                       batch_size=None, shuffle=False, num_workers=0,
-                                       pin_memory=torch.cuda.is_available())
+    data = ResumableBatches(TrainBatches(train, context_length, cfg.batch_size, n_steps, cfg.seed), start,
+                            pin_memory=torch.cuda.is_available())
     offsets = eval_offsets(validation, context_length, 64)
     val_batches = [window_batch(validation, offsets[i:i + cfg.batch_size], context_length)
                    for i in range(0, len(offsets), cfg.batch_size)]
@@ -270,6 +281,8 @@ def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_len
     if cfg.compile:
         model.compile()
     lm = LanguageModel(model, cfg, n_steps)
+    if resume is not None:
+        _keep_metrics(Path(log_dir))
     logger = [L.pytorch.loggers.CSVLogger(str(log_dir), name="", version=""), *(loggers or [])]
     # deterministic kernels on the CPU; trainer_kwargs may override it
     settings = {"deterministic": not torch.cuda.is_available(), **accelerator_settings(), **(trainer_kwargs or {})}
@@ -285,14 +298,49 @@ def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_len
         # model, 3.7-4.3 ms per step with it, 2.6-3.2 without, 2.7-3.1 redrawing every 10 steps),
         # 2% of the default study's LSTM step
         callbacks.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))
+    plugins = []
+    if checkpoint_dir is not None:
+        last = Path(checkpoint_dir) / LAST
+        callbacks.append(GracefulStop(last))
+        if checkpoint_every:
+            callbacks.append(L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=str(checkpoint_dir), filename=last.stem, save_top_k=1, enable_version_counter=False,
+                train_time_interval=datetime.timedelta(seconds=checkpoint_every), save_on_train_epoch_end=False))
+        plugins.append(AtomicCheckpointIO())
+        trainer_kwargs = {"default_root_dir": str(checkpoint_dir), **(trainer_kwargs or {})}  # Slurm's hpc_ckpt_N.ckpt
+        settings.update(trainer_kwargs)
     trainer = L.Trainer(
-        max_steps=n_steps, max_epochs=1, gradient_clip_val=cfg.grad_clip, logger=logger,
-        callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress,
+        max_steps=n_steps, max_epochs=1, gradient_clip_val=cfg.grad_clip, logger=logger, plugins=plugins or None,
+        callbacks=callbacks, enable_checkpointing=bool(checkpoint_dir is not None and checkpoint_every),
+        enable_progress_bar=progress,
         enable_model_summary=False, log_every_n_steps=max(1, min(50, n_steps // 20)),
         val_check_interval=val_every if val_every and val_every < n_steps else None,
         limit_val_batches=len(val_batches) if val_every else 0, num_sanity_val_steps=0, **settings,
     )
     # with N processes (DDP) each sees 1/N of the batches: the schedule spans the steps actually taken
     lm.n_steps = math.ceil(n_steps / trainer.world_size)
-    trainer.fit(lm, train_dataloaders=data, val_dataloaders=val_batches if val_every else None)
+    trainer.fit(lm, train_dataloaders=data, val_dataloaders=val_batches if val_every else None,
+                ckpt_path=str(resume) if resume is not None else None, weights_only=True)
+    _join_metrics(Path(log_dir))
     return lm, trainer
+
+
+def _keep_metrics(log_dir: Path) -> None:
+    """Before a resumed fit: Lightning's CSV logger starts metrics.csv afresh, so the part written
+    before the stop is moved aside (:func:`_join_metrics` puts the parts back together)."""
+    path = log_dir / "metrics.csv"
+    if path.exists():
+        n = len(list(log_dir.glob("metrics-part*.csv")))
+        os.replace(path, log_dir / f"metrics-part{n:03d}.csv")
+
+
+def _join_metrics(log_dir: Path) -> None:
+    """metrics.csv of a run stopped and resumed: the parts in order, the rows after the resume last."""
+    parts = sorted(log_dir.glob("metrics-part*.csv"))
+    if not parts:
+        return
+    tables = [pd.read_csv(p) for p in [*parts, log_dir / "metrics.csv"] if p.exists() and p.stat().st_size]
+    if tables:
+        pd.concat(tables, ignore_index=True).to_csv(log_dir / "metrics.csv", index=False)
+    for p in parts:
+        p.unlink()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -129,7 +130,8 @@ def make_plugins(folder: Path) -> Path:
 def snapshot(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` (the queue database aside: opening it is not writing a result)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(folder).rglob("*")) if p.is_file() and not p.name.startswith("queue.db")}
+            for p in sorted(Path(folder).rglob("*")) if p.is_file() and not p.name.startswith("queue.db")
+            and not any(part.startswith(".partial-") for part in p.relative_to(folder).parts)}  # work under way
 
 
 def check_tables(out: Path, expected_runs: int, T: int = 16) -> pd.DataFrame:
@@ -139,7 +141,8 @@ def check_tables(out: Path, expected_runs: int, T: int = 16) -> pd.DataFrame:
     assert len(runs) == expected_runs and runs["run_id"].is_unique
     assert len(pp) == expected_runs * T and not pp.duplicated(["run_id", "position"]).any()
     assert set(pp["run_id"]) == set(runs["run_id"])
-    folders = sorted(p.name for p in (out / "runs").iterdir())
+    # a stopped run's working folder (.partial-*) is no stray: the next run of the study resumes from it
+    folders = sorted(p.name for p in (out / "runs").iterdir() if not p.name.startswith(".partial-"))
     assert folders == sorted(runs["run_id"]), f"stray folders: {folders}"
     for run_id in runs["run_id"]:
         folder = out / "runs" / run_id
@@ -188,7 +191,7 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path):
         p = cli_process(argv)
         time.sleep(rng.uniform(0.1, 3.0))
         if p.is_alive():
-            mid_run += any((out / "runs").glob(".tmp-*")) if (out / "runs").exists() else 0
+            mid_run += any((out / "runs").glob(".partial-*")) if (out / "runs").exists() else 0
             p.kill()  # SIGKILL: no handler, no cleanup
             kills += 1
         p.join()
@@ -198,13 +201,13 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path):
                 pd.read_parquet(out / table)
         if (out / "runs").exists():
             for folder in (out / "runs").iterdir():
-                assert folder.name.startswith(".tmp-") or (folder / "result.json").exists()
+                assert folder.name.startswith((".tmp-", ".partial-")) or (folder / "result.json").exists()
     assert kills >= 10
     p = cli_process(argv)
     p.join(300)
     assert p.exitcode == 0
     check_tables(out, expected_runs=4)
-    assert not list((out / "runs").glob(".tmp-*"))
+    assert not list((out / "runs").glob(".tmp-*")) and not list((out / "runs").glob(".partial-*"))
 
     import optuna
 
@@ -263,11 +266,12 @@ def test_full_disk_gives_one_clear_line_and_loses_nothing(tmp_path, capfd, monke
     argv = ["--arch", "lstm", "--seeds", "0", "1", "--task", f"text:{corpus}", "--out", str(out), *TINY]
     real_save, calls = torch.save, []
 
-    def disk_fills_up(*args, **kwargs):  # the first run's weights fit; then the disk is full
-        calls.append(1)
-        if len(calls) > 1:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(*args, **kwargs)
+    def disk_fills_up(obj, f, *args, **kwargs):  # the first run's final weights fit; then the disk is full
+        if str(f).endswith("model.pt"):
+            calls.append(1)
+            if len(calls) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", disk_fills_up)
     capfd.readouterr()
@@ -380,3 +384,69 @@ def test_divergence_guard_reading_losses_in_groups_records_the_first_bad_step():
     assert explodes.step is None and not trainer.should_stop
     explodes.on_train_end(trainer, None)  # what is left is read when training ends
     assert explodes.step == 3 and trainer.should_stop
+
+
+# -- runs that survive any stop: mid-run checkpoints ------------------------------------------------------
+RESUMABLE = ["--arch", "transformer", "--params", "5k", "--context", "32", "--tokens", str(1200 * 4 * 32),
+             "--batch-size", "4", "--eval-sequences", "16", "--no-progress", "--no-analysis", "--seeds", "0"]
+
+
+def _run_files(out: Path) -> tuple[dict, dict, pd.DataFrame, str]:
+    (run,) = [p for p in (out / "runs").iterdir() if not p.name.startswith(".")]
+    row = json.loads((run / "result.json").read_text())
+    weights = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+    return row, weights, pd.read_parquet(run / "history_steps.parquet"), (run / "metrics.csv").read_text()
+
+
+def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_same_end(tmp_path):
+    """SIGKILL half-way through training, then the same command: the run resumes from its last
+    mid-run checkpoint (not step 0) and ends with the uninterrupted run's test loss, weights and
+    through-training measurements (deterministic CPU kernels: to 1e-6)."""
+    corpus = make_corpus(tmp_path / "texts")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert main([*RESUMABLE, "--task", f"text:{corpus}", "--out", str(whole)]) == 0
+    argv = [*RESUMABLE, "--task", f"text:{corpus}", "--out", str(killed), "--checkpoint-every", "0.05s"]
+    p = cli_process(argv)
+    from mnemoscope.checkpoints import checkpoint_step
+
+    deadline, step = time.time() + 120, 0
+    while time.time() < deadline and p.is_alive():
+        ckpt = list((killed / "runs").glob(".partial-*/checkpoints/last.ckpt")) if (killed / "runs").exists() else []
+        if ckpt:
+            try:
+                step = checkpoint_step(ckpt[0])
+            except Exception:
+                step = 0
+            if step >= 300:
+                break
+        time.sleep(0.02)
+    p.kill()  # SIGKILL: no handler runs, nothing is saved at the kill
+    p.join()
+    assert 300 <= step < 1200, step
+    assert main(argv) == 0
+    row_a, w_a, hist_a, _ = _run_files(whole)
+    row_b, w_b, hist_b, metrics_b = _run_files(killed)
+    assert row_b["resumed_from_step"] >= step  # resumed, not restarted
+    assert abs(row_a["test_loss"] - row_b["test_loss"]) <= 1e-6
+    assert max(float((w_a[k] - w_b[k]).abs().max()) for k in w_a) <= 1e-6
+    assert list(hist_a["step"]) == list(hist_b["step"]) and len(hist_a) == 8
+    assert np.allclose(hist_a["loss"], hist_b["loss"], atol=1e-6) and np.allclose(hist_a["icl_score"], hist_b["icl_score"], atol=1e-6)
+    assert not list((killed / "runs").glob(".partial-*"))  # moved into place, its checkpoints removed
+    assert not list((killed / "runs").glob("*/checkpoints"))
+    # the training log of both sittings, without a step twice
+    steps = pd.read_csv(io.StringIO(metrics_b))["step"].dropna()
+    assert steps.is_unique
+
+
+def test_resumed_batches_continue_where_they_stopped():
+    """The loader of a run resumed at step s yields exactly the batches of steps s, s+1, ... of the
+    uninterrupted run: none seen twice, none skipped."""
+    from mnemoscope.checkpoints import ResumableBatches
+    from mnemoscope.task import TokenSplit, TrainBatches
+
+    split = TokenSplit(np.arange(5000) % 97, None)
+    batches = TrainBatches(split, 16, 4, n_steps=20, seed=3)
+    whole = [b[0] for b in ResumableBatches(batches)]
+    resumed = [b[0] for b in ResumableBatches(batches, start=7)]
+    assert len(whole) == 20 and len(resumed) == 13
+    assert all(torch.equal(a, b) for a, b in zip(whole[7:], resumed))

@@ -93,11 +93,15 @@ def test_runs_recorded_before_data_fingerprints_are_still_recognised(text_dir, t
 
 # -- 2. Ctrl-C in a terminal, SIGTERM from a scheduler --------------------------------------------------------
 def interrupted_cleanly(out: Path) -> None:
-    """No temporary folder, no run; the queue counts the run as interrupted, not lost with its worker."""
+    """No finished run; the run's partial folder holds a checkpoint saved on the signal; the queue
+    counts the run as interrupted, not lost with its worker."""
+    from mnemoscope.checkpoints import checkpoint_step
     from mnemoscope.queue import RunQueue, closing_line
     from mnemoscope.runner import Study
 
-    assert not list((out / "runs").glob(".tmp-*")) and not any((out / "runs").iterdir())
+    folders = list((out / "runs").iterdir())
+    assert len(folders) == 1 and folders[0].name.startswith(".partial-"), folders
+    assert 0 < checkpoint_step(folders[0] / "checkpoints" / "last.ckpt") < 10000
     summary = RunQueue(Study.from_folder(out), create=False).summary()
     assert summary["interrupted"] == 1 and summary["failed_stale"] == 0 and summary["finished"] == 0
     line = closing_line(summary)
@@ -110,7 +114,7 @@ def long_run(text_dir: Path, out: Path) -> list[str]:
             "--tokens", str(10000 * 8 * 16), "--batch-size", "8", "--eval-sequences", "8", "--no-analysis"]
 
 
-def test_ctrl_c_exits_130_with_the_message_and_leaves_no_temporary_folder(text_dir, tmp_path):
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_the_message(text_dir, tmp_path):
     out = tmp_path / "study"
     cmd = [sys.executable, str(REPO / "study.py"), *long_run(text_dir, out)]
     # its own process group, as a shell gives a command; Ctrl-C sends SIGINT to the whole group
@@ -122,7 +126,7 @@ def test_ctrl_c_exits_130_with_the_message_and_leaves_no_temporary_folder(text_d
             lines.append(line)
             if re.search(r": step \d+/10000 \(\d+%\), loss [\d.]+, \d+:\d\d left", line):
                 break
-        assert list((out / "runs").glob(".tmp-*")), lines  # training, in its temporary folder
+        assert list((out / "runs").glob(".partial-*")), lines  # training, in its working folder
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal does
         rest, err = proc.communicate(timeout=120)
     finally:
@@ -130,19 +134,19 @@ def test_ctrl_c_exits_130_with_the_message_and_leaves_no_temporary_folder(text_d
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130, err[-3000:]
     assert [line for line in err.splitlines() if line.strip()] == [
-        "interrupted; finished runs are kept, rerun the same command to resume"]
+        "interrupted; finished runs are kept and a run under way resumes from its checkpoint: rerun the same command"]
     interrupted_cleanly(out)
 
 
-def test_sigterm_exits_130_and_leaves_no_temporary_folder(text_dir, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_130(text_dir, tmp_path):
     """What a scheduler does to a job it preempts (a forked `study.py` process, imports preloaded)."""
     out = tmp_path / "study"
     p = cli_process(long_run(text_dir, out))
     deadline = time.time() + 120
-    while not list((out / "runs").glob(".tmp-*/logs")) and time.time() < deadline and p.is_alive():
+    while not list((out / "runs").glob(".partial-*/logs")) and time.time() < deadline and p.is_alive():
         time.sleep(0.05)
     time.sleep(0.5)  # into its training steps
-    assert p.is_alive() and list((out / "runs").glob(".tmp-*"))
+    assert p.is_alive() and list((out / "runs").glob(".partial-*"))
     os.kill(p.pid, signal.SIGTERM)
     p.join(120)
     assert p.exitcode == 130

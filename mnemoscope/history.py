@@ -1,0 +1,160 @@
+"""Context use through training: what a run keeps at its kept steps, and the tables made of it.
+
+At ``history`` kept steps, spaced evenly in log training tokens over the run's last octaves (the
+default, 8 steps, is one per octave from 1/128 of the run to its end), a run scores the same test
+windows as its final evaluation, at every position, and keeps the weights::
+
+    runs/<run_id>/history/step-0000123.npz   losses (N, T) nats, mask (N, T), step, tokens
+    runs/<run_id>/history/step-0000123.pt    the weights at that step (state_dict; --no-keep-weights: none)
+
+The last kept step is the run's end: its losses are the run's ``losses.npz`` and its weights
+``model.pt``. From these files :func:`run_tables` makes the run's ``history.parquet`` (per step and
+position: mean loss with a bootstrap interval over windows, the bytes of context) and
+``history_steps.parquet`` (per step: mean loss and the in-context learning score with its
+interval); :mod:`mnemoscope.growth` adds the effective context at each step from the kept weights.
+
+**The in-context learning score** (Olsson et al. 2022): the loss with about 500 tokens of context
+minus the loss with about 50, negative when later tokens are predicted better. Here: the mean loss
+over the positions whose context is within 10% of ``late`` tokens, minus the same around ``early``;
+``late`` is 500 where the context allows (T >= 550), else ``T * 500 / 550`` rounded, and
+``early = late / 10`` (:func:`icl_positions`). Its interval bootstraps over windows.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import files
+from .evaluate import bootstrap_ci
+from .errors import UserError
+
+HISTORY_POINTS = 8  # kept steps per run (0: none)
+HISTORY_SPAN = 128  # the first kept step is at this fraction of the run (1/128: seven octaves before the end)
+ICL_LATE, ICL_EARLY, ICL_BAND = 500, 50, 0.10  # Olsson et al.'s tokens of context, and the band around each
+_STEP_FILE = re.compile(r"step-(\d+)\.npz$")
+
+
+def history_steps(n_steps: int, points: int = HISTORY_POINTS, span: int = HISTORY_SPAN) -> list[int]:
+    """The kept steps of a run of ``n_steps``: ``points`` steps evenly spaced in log(step) from
+    ``n_steps / span`` to ``n_steps`` (duplicates merged at short runs), the last always included."""
+    if points <= 0:
+        return []
+    if points == 1:
+        return [int(n_steps)]
+    first = max(1.0, n_steps / span)
+    steps = {int(round(s)) for s in np.geomspace(first, n_steps, points)}
+    return sorted(s for s in steps | {int(n_steps)} if 1 <= s <= n_steps)
+
+
+def icl_positions(context_length: int) -> tuple[int, int]:
+    """(early, late): the tokens of context the in-context learning score compares (Olsson's 50
+    and 500 where the context allows; scaled down with shorter contexts)."""
+    late = ICL_LATE if context_length >= ICL_LATE * (1 + ICL_BAND) else \
+        max(2, int(round(context_length * ICL_LATE / (ICL_LATE * (1 + ICL_BAND)))))
+    return max(1, int(round(late * ICL_EARLY / ICL_LATE))), late
+
+
+def _band(n: int, T: int) -> np.ndarray:
+    """Positions (0-based, position p has p+1 tokens of context) whose context is within ICL_BAND of n."""
+    lo, hi = max(1, int(math.floor(n * (1 - ICL_BAND)))), min(T, int(math.ceil(n * (1 + ICL_BAND))))
+    return np.arange(lo - 1, hi)
+
+
+def icl_score(losses: np.ndarray, mask: np.ndarray, n_boot: int = 1000, seed: int = 0,
+              level: float = 95) -> dict[str, float]:
+    """Olsson et al.'s in-context learning score of per-window losses (N, T): mean loss around
+    ``late`` tokens of context minus around ``early`` (:func:`icl_positions`), each window's
+    difference of its counted targets; the interval bootstraps over windows (those with a counted
+    target in both bands)."""
+    T = losses.shape[1]
+    early, late = icl_positions(T)
+    m = np.asarray(mask, np.float64)
+    x = np.asarray(losses, np.float64)
+
+    def band_mean(pos):
+        count = m[:, pos].sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (x[:, pos] * m[:, pos]).sum(1) / count, count > 0
+
+    a, ok_a = band_mean(_band(early, T))
+    b, ok_b = band_mean(_band(late, T))
+    ok = ok_a & ok_b
+    out = {"icl_early": early, "icl_late": late, "icl_windows": int(ok.sum())}
+    if not ok.any():
+        return {**out, "icl_score": math.nan, "icl_low": math.nan, "icl_high": math.nan}
+    d = (b - a)[ok]
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    lo, hi = np.percentile(boots, [(100 - level) / 2, 100 - (100 - level) / 2])
+    return {**out, "icl_score": float(d.mean()), "icl_low": float(lo), "icl_high": float(hi)}
+
+
+# -- the files of a run's history ---------------------------------------------------------------------
+def history_dir(run_folder: Path) -> Path:
+    return Path(run_folder) / "history"
+
+
+def write_step(run_folder: Path, step: int, tokens: int, losses: np.ndarray, mask: np.ndarray,
+               state_dict: dict | None = None) -> None:
+    """One kept step's per-window losses (and weights, unless None), each file written atomically."""
+    folder = history_dir(run_folder)
+    if state_dict is not None:
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
+        files.atomic_write(folder / f"step-{step:07d}.pt", lambda p: torch.save(weights, p))
+    files.atomic_write(folder / f"step-{step:07d}.npz",
+                       lambda p: np.savez_compressed(open(p, "wb"), losses=losses.astype(np.float32),
+                                                     mask=np.asarray(mask, bool), step=step, tokens=tokens))
+
+
+def read_steps(run_folder: Path) -> list[dict]:
+    """The kept steps of a run, in order: dicts of step, tokens, losses, mask, weights (a path or None)."""
+    out = []
+    folder = history_dir(run_folder)
+    for p in sorted(folder.glob("step-*.npz")) if folder.is_dir() else []:
+        if not _STEP_FILE.search(p.name):
+            continue
+        with np.load(p) as z:
+            step = int(z["step"])
+            row = {"step": step, "tokens": int(z["tokens"]), "losses": z["losses"], "mask": z["mask"]}
+        pt = p.with_suffix(".pt")
+        row["weights"] = pt if pt.exists() else None
+        out.append(row)
+    return out
+
+
+def load_step_weights(path: Path, device: str = "cpu") -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot load the kept weights {path}: {type(exc).__name__}: {exc}") from None
+
+
+def run_tables(run_folder: Path, label: dict, context_bytes: np.ndarray | None = None, n_boot: int = 1000,
+               seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A run's ``history.parquet`` (step, tokens, position, loss, ci_low, ci_high, context_bytes) and
+    ``history_steps.parquet`` (step, tokens, loss, the in-context learning score with its interval),
+    from its kept steps; each row labelled with ``label`` (run_id, arch, task, params, seed).
+    ``context_bytes`` (T,): mean bytes of context at each position, where tokens are text."""
+    positions, steps = [], []
+    for s in read_steps(run_folder):
+        losses, mask = s["losses"], s["mask"]
+        mean, lo, hi, n = bootstrap_ci(losses, mask, n_boot=n_boot, seed=seed)
+        T = losses.shape[1]
+        positions.append(pd.DataFrame({"step": s["step"], "tokens": s["tokens"], "position": np.arange(T),
+                                       "loss": mean, "ci_low": lo, "ci_high": hi, "n_sequences": n.astype(np.int64),
+                                       "context_bytes": context_bytes if context_bytes is not None else np.nan}))
+        m = np.asarray(mask, np.float64)
+        steps.append({"step": s["step"], "tokens": s["tokens"], "loss": float((losses * m).sum() / max(m.sum(), 1)),
+                      **icl_score(losses, mask, n_boot, seed), "weights_kept": s["weights"] is not None})
+    pos = pd.concat(positions, ignore_index=True) if positions else pd.DataFrame()
+    st = pd.DataFrame(steps)
+    for df in (pos, st):
+        if not df.empty:
+            for i, (k, v) in enumerate(label.items()):
+                df.insert(i, k, v)
+    return pos, st
