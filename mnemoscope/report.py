@@ -18,7 +18,7 @@ import pandas as pd
 import seaborn as sns
 import yaml
 
-from . import files, report_history, report_scaling
+from . import files, report_growth, report_history, report_scaling
 from .errors import UserError
 from .analysis import paired_runs
 from .figures import arch_palette, draw_curves, figure_png, html_table, img_tag, paragraph
@@ -356,5 +356,6 @@ def task_sections(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple
 SECTIONS: list[Callable[[Path, pd.DataFrame, pd.DataFrame], list[tuple[str, str]]]] = [
     task_sections,  # each task's own view
     report_history.report_section,  # how much history: effective context, fits, extrapolation (study.py analyze)
+    report_growth.report_section,  # how context use grows with training: kept steps, ICL score, law (--history)
     report_scaling.report_section,  # L(N), L(C), frontier, alpha(N), tuning: only for size sweeps
 ]

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import random
 import re
+import signal
 import sys
 import textwrap
 import time
@@ -165,14 +166,14 @@ def _cli(argv: list[str], env: dict[str, str]) -> None:
 _CTX = None
 
 
-def cli_process(argv: list[str]) -> multiprocessing.Process:
+def cli_process(argv: list[str], extra_env: dict[str, str] | None = None) -> multiprocessing.Process:
     """Start ``study.py argv`` in a child process (forked from a forkserver holding the imports)."""
     global _CTX
     if _CTX is None:
         _CTX = multiprocessing.get_context("forkserver")
         _CTX.set_forkserver_preload(["mnemoscope.cli", "mnemoscope.runner", "mnemoscope.queue", "mnemoscope.report",
                                      "mnemoscope.architectures", "mnemoscope.tasks", "test_faults"])
-    env = {"MNEMOSCOPE_CACHE": os.environ["MNEMOSCOPE_CACHE"], "OMP_NUM_THREADS": "1"}
+    env = {"MNEMOSCOPE_CACHE": os.environ["MNEMOSCOPE_CACHE"], "OMP_NUM_THREADS": "1", **(extra_env or {})}
     p = _CTX.Process(target=_cli, args=(argv, env), daemon=True)
     p.start()
     return p
@@ -450,3 +451,35 @@ def test_resumed_batches_continue_where_they_stopped():
     resumed = [b[0] for b in ResumableBatches(batches, start=7)]
     assert len(whole) == 20 and len(resumed) == 13
     assert all(torch.equal(a, b) for a, b in zip(whole[7:], resumed))
+
+
+def test_slurm_requeue_signal_saves_a_checkpoint_requeues_and_the_rerun_resumes(tmp_path):
+    """Under Slurm (its environment variables set), Lightning's SLURMEnvironment handles the requeue
+    signal (SIGUSR1, as `sbatch --signal=USR1@90` sends it): it saves hpc_ckpt_1.ckpt and calls
+    `scontrol requeue JOBID` (a stand-in here that records its arguments). The scheduler's SIGTERM
+    then ends the job with a checkpoint and exit 130; the requeued job (the same command) resumes."""
+    corpus = make_corpus(tmp_path / "texts")
+    out, bin_dir, calls = tmp_path / "study", tmp_path / "bin", tmp_path / "scontrol.calls"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "mnemoscope-test", "SLURM_JOB_ID": "4242", "SLURM_NODEID": "0",
+             "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS_PER_NODE": "1",
+             "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    argv = [*RESUMABLE, "--task", f"text:{corpus}", "--out", str(out), "--checkpoint-every", "off"]
+    p = cli_process(argv, slurm)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.is_alive() and not list((out / "runs").glob(".partial-*/history/step-*.npz")):
+        time.sleep(0.02)  # training has started once the first kept step is written
+    os.kill(p.pid, signal.SIGUSR1)
+    while time.time() < deadline and p.is_alive() and not calls.exists():
+        time.sleep(0.02)
+    assert calls.exists() and calls.read_text().split() == ["requeue", "4242"]
+    (partial,) = list((out / "runs").glob(".partial-*"))
+    assert list((partial / "checkpoints").glob("hpc_ckpt_*.ckpt"))
+    os.kill(p.pid, signal.SIGTERM)  # the scheduler ends the job after the requeue
+    p.join(120)
+    assert p.exitcode == 130
+    assert main(argv) == 0  # the requeued job
+    (run,) = [q for q in (out / "runs").iterdir() if not q.name.startswith(".")]
+    assert json.loads((run / "result.json").read_text())["resumed_from_step"] > 0
