@@ -2,7 +2,10 @@
 # The reference study in tokens at the scale where Kaplan et al. saw LSTMs plateau, in one command
 # on one CUDA GPU (sized for an H200 in bf16, under 8 minutes): a 20M-parameter transformer and
 # LSTM, context 1024 BPE tokens, 200M training tokens each, on C source, then the analysis
-# (effective context by truncation, power-law fits, scoring to 4x the context in buckets).
+# (effective context by truncation, power-law fits, scoring to 4x the context in buckets), with the
+# context use through training: 10 kept steps per run (per-position loss, in-context learning score,
+# weights; then the effective context at each and its law C(D) = a D^g) and a mid-run checkpoint
+# every 2 minutes, so a run stopped by the time limit or a preemption resumes where it stopped.
 #
 #   bash benchmarks/gpu_study.sh [OUT]          default OUT=results/gpu-study
 #   TINY=1 CORPUS=DIR bash benchmarks/gpu_study.sh OUT
@@ -23,10 +26,12 @@ CACHE=${MNEMOSCOPE_CACHE:-$HOME/.cache/mnemoscope}
 if [ "${TINY:-0}" = 1 ]; then
   [ -n "${CORPUS:-}" ] || { echo "TINY=1 needs CORPUS=DIR (a small folder of text files)"; exit 2; }
   ARCHS="transformer lstm"; SIZE=20k; CONTEXT=32; TOKENS=20k; BATCH=8; BPE=300; EVAL=8; TARGETS=16; LIMIT=600
+  HISTORY=6; EVERY=1s
 else
   $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device: TINY=1 runs this at CPU scale')"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
   ARCHS="transformer lstm"; SIZE=20M; CONTEXT=1024; TOKENS=200M; BATCH=64; BPE=8192; EVAL=512; TARGETS=256; LIMIT=420
+  HISTORY=10; EVERY=2m
   if [ -z "${CORPUS:-}" ]; then
     CORPUS="$CACHE/linux-c"
     if [ ! -d "$CORPUS" ]; then
@@ -45,6 +50,8 @@ echo "corpus: $CORPUS ($(du -sh "$CORPUS" | cut -f1))"
 TASK="text:source=$CORPUS,bpe=$BPE,windows=document"
 # the study, then the analysis: truncation (the anchors' effective context), fits, 2x and 4x context
 timeout "$LIMIT" $PY study.py --arch $ARCHS --task "$TASK" --params $SIZE --context $CONTEXT --tokens $TOKENS \
-  --batch-size $BATCH --eval-sequences $EVAL --seeds 0 --no-analysis --no-progress --out "$OUT"
+  --batch-size $BATCH --eval-sequences $EVAL --seeds 0 --history $HISTORY --checkpoint-every $EVERY \
+  --no-analysis --no-progress --out "$OUT"
+# the final analysis and, from the kept weights, the effective context at every kept step and its law
 $PY study.py analyze "$OUT" --variants truncate --targets $TARGETS
-echo "done: $OUT/report.html (rerun the same command to resume an interrupted study)"
+echo "done: $OUT/report.html (rerun the same command to resume an interrupted study from its checkpoints)"

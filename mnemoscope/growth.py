@@ -52,6 +52,7 @@ def _run_model(run_folder: Path, device: str):
     meta = torch.load(path, map_location="cpu", weights_only=True)
     cls, _, _ = parse_spec(meta["arch"], ARCHITECTURES)
     model = build(cls, int(meta["vocab_size"]), int(meta["context_length"]), meta["arch_config"])
+    model.load_state_dict(meta["state_dict"])  # the run's end; the kept steps' weights replace it in turn
     return model.to(device).eval(), meta
 
 
@@ -63,7 +64,7 @@ def ablate_steps(run_folder: Path, task, settings: AnalysisSettings, seed: int, 
     if not steps:
         return pd.DataFrame(), {}
     model, meta = _run_model(run_folder, device)
-    final = dict(model.state_dict())
+    final = {k: v.clone() for k, v in model.state_dict().items()}  # loading a step's weights overwrites the model's own
     T = int(meta["context_length"])
     split = task.splits()["test"]
     token_bytes = task.token_bytes() if hasattr(task, "token_bytes") else None
@@ -177,6 +178,7 @@ def crossing(first: dict, first_boots: np.ndarray, other: dict, other_boots: np.
     which the crossing exists (paired: both laws' replicates drew the same targets); ``defined`` the
     share of them."""
     def d_star(la1, g1, la2, g2):
+        la1, g1, la2, g2 = (np.asarray(v, np.float64) for v in (la1, g1, la2, g2))
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return np.where(g1 > g2, np.exp((math.log(ratio) + la2 - la1) / (g1 - g2)), np.nan)
 

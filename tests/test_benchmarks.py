@@ -156,3 +156,8 @@ def test_gpu_study_runs_end_to_end_at_cpu_scale(tmp_path):
     assert (fits.effective_context_bytes >= fits.effective_context).all()  # a BPE token holds a byte or more
     buckets = pd.read_parquet(out / "extrapolation_buckets.parquet")
     assert set(buckets.arch) == {"lstm", "transformer"} and buckets.bucket_end.max() == 4 * 32
+    # the through-training measurements: kept steps with their score, and the effective context at each
+    growth = pd.read_parquet(out / "growth.parquet")
+    assert growth.groupby("arch").size().to_dict() == {"lstm": 6, "transformer": 6}
+    assert growth.effective_context.between(1, 32).all() and growth.icl_score.notna().all()
+    assert len(pd.read_csv(out / "growth_fits.csv")) == 2

@@ -1,0 +1,117 @@
+"""Context use through training: the kept steps, the in-context learning score, the effective
+context at each kept step, its law C(D) = a D^g and the 4x crossing, and the report's section."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mnemoscope.cli import main
+from mnemoscope.growth import _first_within, crossing, fit_growth
+from mnemoscope.history import history_steps, icl_positions, icl_score
+
+
+def test_kept_steps_are_one_per_octave_by_default_and_never_repeat():
+    assert history_steps(1280) == [10, 20, 40, 80, 160, 320, 640, 1280]
+    short = history_steps(15)
+    assert short == sorted(set(short)) and short[0] == 1 and short[-1] == 15
+    assert history_steps(1000, 0) == [] and history_steps(1000, 1) == [1000]
+
+
+def test_icl_positions_are_olssons_where_the_context_allows():
+    assert icl_positions(1024) == (50, 500) and icl_positions(550) == (50, 500)
+    early, late = icl_positions(256)
+    assert (early, late) == (23, 233)  # scaled by 256/550
+
+
+def test_icl_score_measures_the_late_minus_early_loss_with_an_interval():
+    rng = np.random.default_rng(0)
+    N, T = 400, 1024
+    losses = 3.0 + 0.3 * rng.standard_normal((N, T))
+    losses[:, 449:550] -= 0.4  # positions with 450-550 tokens of context are 0.4 nats better
+    s = icl_score(losses, np.ones((N, T), bool))
+    assert s["icl_early"] == 50 and s["icl_late"] == 500 and s["icl_windows"] == N
+    assert s["icl_low"] < -0.4 < s["icl_high"] and abs(s["icl_score"] + 0.4) < 0.02
+    flat = icl_score(3.0 + 0.3 * rng.standard_normal((N, T)), np.ones((N, T), bool))
+    assert flat["icl_low"] < 0 < flat["icl_high"]
+    # windows whose targets in a band are all masked do not count; none at all: NaN
+    mask = np.ones((N, T), bool)
+    mask[:, 40:60] = False
+    assert math.isnan(icl_score(losses, mask)["icl_score"])
+
+
+def _synthetic(C_of_step: dict[int, int], M: int = 200, seed: int = 0):
+    """Ablation losses whose effective context at each step is exactly C_of_step[step]."""
+    rng = np.random.default_rng(seed)
+    contexts = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256])
+    raw, rows = {}, []
+    for step, C in C_of_step.items():
+        losses = 3.0 + 0.05 * rng.standard_normal((M, len(contexts)))
+        losses[:, contexts < C] += 0.5  # worse than full context by far more than 1% below C
+        raw[step] = (contexts, losses)
+        rows.append({"step": step, "tokens": step * 1000, "effective_context": C, "effective_context_low": C,
+                     "effective_context_high": C, "full_context_worse": False})
+    return pd.DataFrame(rows), raw
+
+
+def test_the_law_recovers_a_known_exponent_and_the_crossing_its_point():
+    steps = [1, 2, 4, 8, 16, 32]
+    fast, raw_fast = _synthetic({s: min(256, 2 * s) for s in steps})  # C = 2 D/1000: g = 1
+    slow, raw_slow = _synthetic({s: 4 for s in steps}, seed=1)  # C = 4: g = 0, flat
+    assert all(_first_within(raw_fast[s][1].mean(0), raw_fast[s][0], 0.01) == min(256, 2 * s) for s in steps)
+    idx = np.random.default_rng(0).integers(0, 200, size=(300, 200))
+    f, fb = fit_growth(fast, raw_fast, 256, 0.01, idx=idx)
+    s, sb = fit_growth(slow, raw_slow, 256, 0.01, idx=idx)
+    assert f["fit_status"] == "ok" and abs(f["g"] - 1) < 1e-6 and f["g_low"] - 1e-9 <= 1 <= f["g_high"] + 1e-9
+    assert s["fit_status"] == "flat" and abs(s["g"]) < 1e-6
+    c = crossing(f, fb, s, sb)
+    # 2 D / 1000 = 4 * 4  ->  D = 8000 tokens, inside the trained range (1000 to 32000)
+    assert abs(c["tokens"] - 8000) < 1 and c["tokens_low"] - 1 <= 8000 <= c["tokens_high"] + 1 and c["extrapolation"] < 1
+    assert c["defined"] == 1.0
+    # the other way round the first never gets there
+    assert math.isnan(crossing(s, sb, f, fb)["tokens"])
+
+
+def test_a_law_needs_three_steps_and_says_when_it_reaches_the_whole_context():
+    few, raw = _synthetic({1: 2, 2: 4})
+    assert fit_growth(few, raw, 256, 0.01)[0]["fit_status"] == "too few points"
+    capped, raw = _synthetic({1: 64, 2: 128, 4: 256})
+    assert fit_growth(capped, raw, 256, 0.01)[0]["capped"]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_study_keeps_its_history_and_reports_how_context_use_grows(text_dir, tmp_path, keep):
+    """A tiny study: each run keeps its steps; analyze adds the effective context at each (from the
+    kept weights) and the law; the report has the section, with intervals."""
+    out = tmp_path / "study"
+    argv = ["--arch", "transformer", "lstm", "--task", f"text:{text_dir}", "--params", "3k", "--context", "16",
+            "--tokens", "20k", "--batch-size", "8", "--eval-sequences", "16", "--history", "5", "--no-progress",
+            "--out", str(out)] + ([] if keep else ["--no-keep-weights"])
+    assert main(argv) == 0
+    steps = pd.read_parquet(out / "history_steps.parquet")
+    assert steps.groupby("arch").size().to_dict() == {"lstm": 5, "transformer": 5}
+    assert (steps["icl_low"] <= steps["icl_score"]).all() and (steps["icl_score"] <= steps["icl_high"]).all()
+    history = pd.read_parquet(out / "history.parquet")
+    assert len(history) == 2 * 5 * 16 and history["context_bytes"].notna().all()
+    # the last kept step is the run's end: the same losses as its final per-position table
+    final = pd.read_parquet(out / "per_position.parquet")
+    last = history[history["step"] == history["step"].max()]
+    assert np.allclose(last.sort_values(["run_id", "position"])["loss"],
+                       final.sort_values(["run_id", "position"])["loss"])
+    weights = sorted(p.name for p in out.glob("runs/*/history/*.pt"))
+    assert len(weights) == (2 * 4 if keep else 0)  # the last step's weights are model.pt
+    growth = pd.read_parquet(out / "growth.parquet")
+    page = (out / "report.html").read_text()
+    assert "How context use grows with training" in page and "in-context learning score" in page
+    # at the last kept step, the effective context is the final analysis's (the same model, targets, rule)
+    fits = pd.read_csv(out / "fits.csv").set_index("run_id")
+    ends = growth[growth["step"] == growth.groupby("run_id")["step"].transform("max")].set_index("run_id")
+    assert (ends["effective_context"] == fits.loc[ends.index, "effective_context"]).all()
+    if keep:
+        assert growth["effective_context"].notna().sum() == 10
+        assert (growth["effective_context_low"] <= growth["effective_context"]).all()
+        assert len(pd.read_csv(out / "growth_fits.csv")) == 2
+    else:  # no weights: the curves and the score at every step, the effective context only at the end
+        assert growth["effective_context"].notna().sum() == 2
