@@ -161,3 +161,16 @@ def test_gpu_study_runs_end_to_end_at_cpu_scale(tmp_path):
     assert growth.groupby("arch").size().to_dict() == {"lstm": 6, "transformer": 6}
     assert growth.effective_context.between(1, 32).all() and growth.icl_score.notna().all()
     assert len(pd.read_csv(out / "growth_fits.csv")) == 2
+
+
+def test_history_benchmark_measures_the_share_of_a_run_and_a_checkpoints_cost(tmp_path):
+    """benchmarks/history.py --tiny: per shape, a step's, a kept step's and a checkpoint's time, the
+    through-training scoring's share of a run and the disk of the kept weights."""
+    from benchmarks import history
+
+    assert history.main(["--tiny", "--rounds", "1", "--out", str(tmp_path)]) == 0
+    df = pd.read_csv(tmp_path / "history.csv")
+    assert list(df["shape"]) == ["tiny transformer", "tiny lstm"]
+    assert (df["kept_steps"] == 8).all() and (df["step_s"] > 0).all() and df["history_share"].between(0, 1).all()
+    assert (df["checkpoint_mb"] > 0).all() and (df["checkpoint_s"] > 0).all() and (df["kept_weights_mb"] > 0).all()
+    assert "| tiny lstm |" in (tmp_path / "history.md").read_text()
