@@ -158,3 +158,27 @@ def run_tables(run_folder: Path, label: dict, context_bytes: np.ndarray | None =
             for i, (k, v) in enumerate(label.items()):
                 df.insert(i, k, v)
     return pos, st
+
+
+STILL_LEARNING = 0.02  # a run whose loss still falls by more than this fraction per octave of training tokens
+
+
+def still_learning(steps: pd.DataFrame, threshold: float = STILL_LEARNING) -> dict[str, float]:
+    """Runs still changing fast at their last kept step: run_id -> the fall of the mean test loss
+    between the last two kept steps, as a fraction of the last loss per octave (doubling) of
+    training tokens, where it exceeds ``threshold``. Such a run's numbers depend on exactly where
+    training stopped (and so on the last bits of floating-point order: another CPU can land
+    elsewhere); a budget past that point, or several seeds, says how much."""
+    out = {}
+    if steps.empty or "run_id" not in steps:
+        return out
+    for run_id, g in steps.sort_values("tokens").groupby("run_id", sort=False):
+        if len(g) < 2:
+            continue
+        a, b = g.iloc[-2], g.iloc[-1]
+        octaves = math.log2(b["tokens"] / a["tokens"]) if a["tokens"] > 0 else 0
+        if octaves > 0 and b["loss"] > 0:
+            fall = (a["loss"] - b["loss"]) / b["loss"] / octaves
+            if fall > threshold:
+                out[run_id] = float(fall)
+    return out

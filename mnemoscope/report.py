@@ -304,9 +304,10 @@ def summary_lines(out: Path) -> list[str]:
     if runs.empty:
         return []
     table = summary_table(runs, files.read_optional(out / "fits.csv"), files.read_optional(out / "gaps.csv"))
-    return ["summary (test loss in nats per token; effective context in tokens; gap: test loss minus the baseline's "
-            "on the same test sequences, all positions; [95% intervals]):",
-            *("  " + line for line in table.to_string(index=False).splitlines())]
+    lines = ["summary (test loss in nats per token; effective context in tokens; gap: test loss minus the baseline's "
+             "on the same test sequences, all positions; [95% intervals]):",
+             *("  " + line for line in table.to_string(index=False).splitlines())]
+    return lines + report_growth.still_learning_lines(out, runs)
 
 
 def bytes_section(out: Path, pp: pd.DataFrame) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from matplotlib.colors import LogNorm
 from . import files
 from .figures import STUDY_STYLES, arch_palette, figure_png, html_table, img_tag
 from .growth import RATIO
-from .history import ICL_BAND
+from .history import ICL_BAND, STILL_LEARNING, still_learning
 from .specs import format_count, spec_labels
 
 TITLE = "How context use grows with training"
@@ -205,6 +205,18 @@ def _method(growth: pd.DataFrame) -> str:
             f"<code>growth_crossings.csv</code>.</p>")
 
 
+def still_learning_lines(out: Path, runs: pd.DataFrame) -> list[str]:
+    """One line per run still changing fast at its last kept step (:func:`mnemoscope.history.still_learning`)."""
+    fast = still_learning(files.read_optional(Path(out) / "history_steps.parquet"))
+    lines = []
+    for r in runs[runs["run_id"].isin(fast)].to_dict("records") if fast else []:
+        lines.append(f"note: {spec_labels([r['arch']])[r['arch']]} on {r['task']} ({format_count(int(r['params']))}, seed "
+                     f"{r['seed']}) is still learning at its last kept step (test loss falling "
+                     f"{fast[r['run_id']]:.1%} per doubling of training tokens): its numbers depend on where training "
+                     f"stopped; more --tokens, or --seeds, say by how much")
+    return lines
+
+
 def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
     """The section, where the runs kept a history (none otherwise)."""
     out = Path(out)
@@ -220,6 +232,10 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
     text = findings(growth, fits, crossings)
     if text:
         parts.append(f"<p>{html.escape(text)}</p>")
+    notes = still_learning_lines(out, runs)
+    if notes:
+        parts.append("<p>" + "<br>".join(html.escape(n.removeprefix("note: ")) for n in notes) +
+                     f" (flagged where the loss falls more than {STILL_LEARNING:.0%} per doubling).</p>")
     parts.append(img_tag(figure_png(growth_figure(growth, fits)), "effective context and in-context learning "
                                                                   "score against training tokens"))
     parts.append(img_tag(figure_png(curves_figure(history)), "per-position loss at each kept step"))
