@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from .evaluate import per_position_losses
-from .history import write_step
-from .task import TokenSplit
+from .history import window_stride, write_step
+from .task import TokenSplit, eval_offsets
 
 VAL_SEQUENCES = 64  # validation windows scored at each log-spaced point (as train.fit's loop does)
 POINTS_PER_DECADE = 5  # validation points per decade of training steps
@@ -124,13 +124,15 @@ class LogSpacedValidation(L.Callback):
 
 class TrainingHistory(L.Callback):
     """Per-position loss through training (:mod:`mnemoscope.history`): after each kept step but the
-    last (the run's final evaluation is that one), the same test windows as the final evaluation
-    scored at every position, and the weights kept unless ``keep_weights`` is False, written into
+    last (the run's final evaluation is that one), every k-th test window of the final evaluation
+    (:func:`mnemoscope.history.window_stride`) scored at every position, and the weights kept unless ``keep_weights`` is False, written into
     ``folder/history/``. Only the process that writes (rank 0) scores."""
 
     def __init__(self, split: TokenSplit, context_length: int, n_sequences: int, steps: list[int],
                  tokens_per_step: int, folder: Path, keep_weights: bool = True, batch_size: int = 32):
-        self.split, self.T, self.n_sequences, self.batch_size = split, context_length, n_sequences, batch_size
+        self.split, self.T, self.batch_size = split, context_length, batch_size
+        # every k-th window of the final evaluation's: the same windows at every kept step, the last included
+        self.offsets = eval_offsets(split, context_length, n_sequences)[::window_stride(n_sequences)]
         self.steps, self.tokens_per_step, self.folder, self.keep_weights = set(steps[:-1]), tokens_per_step, folder, keep_weights
         self.seconds = 0.0  # time spent scoring: the cost of the history (benchmarks)
 
@@ -139,7 +141,8 @@ class TrainingHistory(L.Callback):
         if step not in self.steps or not trainer.is_global_zero:
             return
         t0 = time.perf_counter()
-        losses, mask = per_position_losses(pl_module.model, self.split, self.T, self.n_sequences, self.batch_size)
+        losses, mask = per_position_losses(pl_module.model, self.split, self.T, batch_size=self.batch_size,
+                                           offsets=self.offsets)
         write_step(self.folder, step, step * self.tokens_per_step, losses, mask,
                    pl_module.model.state_dict() if self.keep_weights else None)
         self.seconds += time.perf_counter() - t0

@@ -20,8 +20,10 @@ from .task import Task, TokenSplit, eval_offsets, window_batch
 
 @torch.no_grad()
 def per_position_losses(model: nn.Module, split: TokenSplit, context_length: int, n_sequences: int = 256,
-                        batch_size: int = 32, device: torch.device | str | None = None):
-    """Loss in nats at every position of up to ``n_sequences`` held-out windows.
+                        batch_size: int = 32, device: torch.device | str | None = None,
+                        offsets: np.ndarray | None = None):
+    """Loss in nats at every position of up to ``n_sequences`` held-out windows (or of the windows
+    starting at ``offsets``, when given).
 
     Returns ``(losses, mask)``, both (N, T): ``losses[i, t]`` is -log p(token t+1 | tokens 0..t)
     of sequence i, computed in fp32 from one forward pass per batch; ``mask`` marks the targets
@@ -30,7 +32,7 @@ def per_position_losses(model: nn.Module, split: TokenSplit, context_length: int
     device = torch.device(device or next(model.parameters()).device)
     was_training = model.training
     model.eval()
-    offsets = eval_offsets(split, context_length, n_sequences)
+    offsets = eval_offsets(split, context_length, n_sequences) if offsets is None else np.asarray(offsets)
     # every window gathered at once and moved in one copy; losses stay on the device until the
     # end, so a GPU never waits on the host between batches (one sync, not one per batch)
     x_all, y_all, mask = window_batch(split, offsets, context_length)  # (N, T) each

@@ -1,14 +1,15 @@
 """Context use through training: what a run keeps at its kept steps, and the tables made of it.
 
 At ``history`` kept steps, spaced evenly in log training tokens over the run's last octaves (the
-default, 8 steps, is one per octave from 1/128 of the run to its end), a run scores the same test
-windows as its final evaluation, at every position, and keeps the weights::
+default, 8 steps, is one per octave from 1/128 of the run to its end), a run scores test windows
+at every position (every k-th window of its final evaluation, at most ``HISTORY_WINDOWS``: the
+same at every step) and keeps the weights::
 
     runs/<run_id>/history/step-0000123.npz   losses (N, T) nats, mask (N, T), step, tokens
     runs/<run_id>/history/step-0000123.pt    the weights at that step (state_dict; --no-keep-weights: none)
 
-The last kept step is the run's end: its losses are the run's ``losses.npz`` and its weights
-``model.pt``. From these files :func:`run_tables` makes the run's ``history.parquet`` (per step and
+The last kept step is the run's end: its losses are those windows' rows of the run's
+``losses.npz``, its weights ``model.pt``. From these files :func:`run_tables` makes the run's ``history.parquet`` (per step and
 position: mean loss with a bootstrap interval over windows, the bytes of context) and
 ``history_steps.parquet`` (per step: mean loss and the in-context learning score with its
 interval); :mod:`mnemoscope.growth` adds the effective context at each step from the kept weights.
@@ -34,6 +35,7 @@ from .evaluate import bootstrap_ci
 from .errors import UserError
 
 HISTORY_POINTS = 8  # kept steps per run (0: none)
+HISTORY_WINDOWS = 128  # test windows scored at a kept step: every k-th of the final evaluation's, at most this many
 HISTORY_SPAN = 128  # the first kept step is at this fraction of the run (1/128: seven octaves before the end)
 ICL_LATE, ICL_EARLY, ICL_BAND = 500, 50, 0.10  # Olsson et al.'s tokens of context, and the band around each
 _STEP_FILE = re.compile(r"step-(\d+)\.npz$")
@@ -49,6 +51,12 @@ def history_steps(n_steps: int, points: int = HISTORY_POINTS, span: int = HISTOR
     first = max(1.0, n_steps / span)
     steps = {int(round(s)) for s in np.geomspace(first, n_steps, points)}
     return sorted(s for s in steps | {int(n_steps)} if 1 <= s <= n_steps)
+
+
+def window_stride(n_sequences: int, windows: int = HISTORY_WINDOWS) -> int:
+    """k: the kept steps score every k-th window of the final evaluation's ``n_sequences`` (the same
+    windows at every step, the last step included)."""
+    return max(1, math.ceil(n_sequences / windows))
 
 
 def icl_positions(context_length: int) -> tuple[int, int]:

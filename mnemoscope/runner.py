@@ -32,7 +32,7 @@ from .config import RunSpec, StudyConfig, plan
 from .errors import ContractError, UserError
 from .evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
 from .flops import flops_per_token
-from .history import history_steps, run_tables, write_step
+from .history import history_steps, run_tables, window_stride, write_step
 from .model import (SIZE_TOLERANCE, active_params, build, check_contract, check_memory, count_params, size_for,
                     state_size)
 from .queue import run_study
@@ -421,9 +421,11 @@ class Study:
         torch.save({"arch": run.arch, "task": run.task, "arch_config": arch_config, "vocab_size": task.vocab_size,
                     "context_length": T, "state_dict": model.state_dict()}, tmp / "model.pt")
         if trained.history is not None:  # the last kept step is the run's end: its losses, its model.pt
-            write_step(tmp, cfg.steps(T), row["tokens_trained"], losses, mask, None)
+            stride = window_stride(self.config.eval_sequences)  # the windows the kept steps scored
+            write_step(tmp, cfg.steps(T), row["tokens_trained"], losses[::stride], mask[::stride], None)
             label = {k: row[k] for k in ("run_id", "arch", "task", "params", "seed")}
-            positions, steps = run_tables(tmp, label, pp["context_bytes"].to_numpy(), seed=run.seed)
+            positions, steps = run_tables(tmp, label, None if nbytes is None else nbytes[0][::stride].mean(0),
+                                          seed=run.seed)
             positions.to_parquet(tmp / "history.parquet", index=False)
             steps.to_parquet(tmp / "history_steps.parquet", index=False)
             row["history_seconds"] = round(trained.history.seconds, 2)

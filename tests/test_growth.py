@@ -115,3 +115,20 @@ def test_a_study_keeps_its_history_and_reports_how_context_use_grows(text_dir, t
         assert len(pd.read_csv(out / "growth_fits.csv")) == 2
     else:  # no weights: the curves and the score at every step, the effective context only at the end
         assert growth["effective_context"].notna().sum() == 2
+
+
+def test_kept_steps_score_every_kth_window_of_the_final_evaluation(text_dir, tmp_path):
+    """At most HISTORY_WINDOWS windows per kept step: every k-th of the final evaluation's, the same at
+    every step; the last kept step is those rows of the run's final losses."""
+    from mnemoscope.history import read_steps, window_stride
+
+    assert window_stride(256) == 2 and window_stride(128) == 1 and window_stride(300) == 3
+    out = tmp_path / "study"
+    assert main(["--arch", "lstm", "--task", f"text:{text_dir}", "--params", "3k", "--context", "16", "--tokens", "10k",
+                 "--batch-size", "8", "--eval-sequences", "200", "--history", "3", "--no-progress", "--no-analysis",
+                 "--out", str(out)]) == 0
+    (run,) = [p for p in (out / "runs").iterdir()]
+    steps = read_steps(run)
+    assert [s["losses"].shape[0] for s in steps] == [100, 100, 100]
+    with np.load(run / "losses.npz") as z:
+        assert np.array_equal(steps[-1]["losses"], z["losses"][::2])
