@@ -129,19 +129,6 @@ def describe(pattern: tuple[str, ...]) -> str:
     return " + ".join(f"{c} {kind}" for kind, c in counts.items()) + f" per {len(pattern)} layers"
 
 
-def summary(types) -> str:
-    """A stack's layer types in a few words: '2 x (3 linear_attention, 1 full_attention)'."""
-    types = [str(t) for t in types or []]
-    if not types:
-        return ""
-    unit = period_of(types) or (types[0],)
-    parts = ", ".join(f"{c} {k}" for k, c in Counter(unit).items())
-    reps, rest = divmod(len(types), len(unit))
-    if rest or len(unit) == 1:
-        return ", ".join(f"{c} {k}" for k, c in Counter(types).items())
-    return f"{reps} x ({parts})" if reps > 1 else parts
-
-
 def layer_types(config) -> list[str]:
     """The kinds of a config's layers, in order (transformers' ``layer_types``), or []."""
     try:
