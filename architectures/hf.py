@@ -149,7 +149,8 @@ _FAMILIES = [
                "attn_layer_period": min(8, n), "attn_layer_offset": min(8, n) // 2, "mamba_d_state": 16,
                "max_position_embeddings": t},
            width_step=4,  # the experts' grouped matmul needs rows of 16 bytes
-           defaults={"use_mamba_kernels": False}, min_depth=2, shape_space=(2, 3, 4, 6), note="slow: Mamba-1's token-by-token PyTorch path"),
+           defaults={"use_mamba_kernels": False}, min_depth=2, shape_space=(2, 3, 4, 6),
+           note="slow: Mamba-1's token-by-token PyTorch path"),
     Family("mixtral", "Mixtral: Llama with 8 SwiGLU experts per layer, top 2", "hidden_size", "num_hidden_layers",
            lambda w, n, t, o: {**attention(o, w), "intermediate_size": mult(4 * w / 3), "num_local_experts": 8,
                                "num_experts_per_tok": 2, "max_position_embeddings": t},
@@ -167,7 +168,7 @@ _FAMILIES = [
                "shared_expert_intermediate_size": mult(w / 2), "max_position_embeddings": t,
                "layer_types": repeat(QWEN3_NEXT, n)},
            width_step=8, pattern=QWEN3_NEXT, depths=in_periods(ATTENTION_DEPTHS, 4), min_depth=4,
-           shape_space=(4, 8), mlp="moe_intermediate_size"),  # rotary positions on a quarter of each head: a head size divisible by 8
+           shape_space=(4, 8), mlp="moe_intermediate_size"),  # rotary on a quarter of each head: head size % 8 == 0
     Family("lfm2", "LFM2: short gated convolutions, 2 per attention layer", "hidden_size",
            "num_hidden_layers", lambda w, n, t, o: {
                **attention(o, w, "num_attention_heads", "num_key_value_heads", None), "intermediate_size": 4 * w,
@@ -440,7 +441,8 @@ def listing() -> list[tuple[str, str]]:
             line = ""
             status = {**status, name: status.get(name) or str(exc)}
         why = status.get(name)
-        lines.append((f"{PREFIX}:{name}", f"{line}  [transformers {version}" + (f"; cannot run here: {why}]" if why else "]")))
+        lines.append((f"{PREFIX}:{name}",
+                      f"{line}  [transformers {version}" + (f"; cannot run here: {why}]" if why else "]")))
     return lines
 
 
