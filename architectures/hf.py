@@ -438,7 +438,7 @@ def listing() -> list[tuple[str, str]]:
             if f.pattern:
                 line += f"; layers: {describe(f.pattern)}, at least {len(f.pattern)} layers"
         except RegistryError as exc:
-            line = ""
+            line = transformers().models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[name]  # its class
             status = {**status, name: status.get(name) or str(exc)}
         why = status.get(name)
         lines.append((f"{PREFIX}:{name}",
