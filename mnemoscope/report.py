@@ -173,11 +173,29 @@ def bytes_figure(pp: pd.DataFrame, bins_per_octave: int = BINS_PER_OCTAVE):
     return fig
 
 
+def layers_of(arch_config: str | None) -> str:
+    """A run's depth and, for a hybrid, its kinds of layer, from its recorded config: '4 (3
+    linear_attention, 1 full_attention)'."""
+    try:
+        config = json.loads(arch_config or "{}")
+    except ValueError:
+        return ""
+    types = config.get("layer_types")
+    if isinstance(types, list) and types:
+        kinds = ", ".join(f"{types.count(k)} {k}" for k in dict.fromkeys(map(str, types)))
+        return f"{len(types)} ({kinds})"
+    depth = next((config[k] for k in ("n_layer", "num_hidden_layers", "n_layers", "num_layers") if k in config), None)
+    return "" if depth is None else str(depth)
+
+
 def headline_table(runs: pd.DataFrame) -> pd.DataFrame:
     cols = ["arch", "task", "params", "seed", "achieved_params", "state_size", "tokens_trained", "test_loss",
             "last_octave_gain", "last_octave_gain_low", "last_octave_gain_high", "status"]
     t = runs[[c for c in cols if c in runs.columns]].copy()
     t["arch"] = t["arch"].map(spec_labels(t["arch"]))
+    if "arch_config" in runs:
+        t.insert(t.columns.get_loc("achieved_params") + 1 if "achieved_params" in t else len(t.columns), "layers",
+                 runs["arch_config"].map(layers_of))
     if "last_octave_gain" in t:
         t["falls over last octave?"] = (t["last_octave_gain_low"] > 0).map({True: "yes (95% CI > 0)", False: "no"})
     return t
