@@ -350,14 +350,15 @@ def cmd_score(argv: list[str], prog: str = "study.py") -> int:
     p.add_argument("--extrapolate", action="store_true",
                    help="allow a context longer than a model was made for (scored on purpose past its length)")
     p.add_argument("--sequences", type=_int, default=256, help="test windows per model (default 256)")
-    p.add_argument("--targets", type=_int, default=256, help="targets of the truncation ablation (default 256)")
+    p.add_argument("--targets", type=_int, default=256,
+                   help="targets of the truncation ablation (default 256; 0: no ablation, no effective context)")
     p.add_argument("--no-bisect", action="store_true", help="effective context on the grid 1, 2, 4, ... only, "
                    "without bisecting between its last two lengths (cheaper for a large model)")
     p.add_argument("--batch-size", type=_int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--out", help="folder to write (default results/score_TASK_ctxN)")
     args = p.parse_args(argv)
-    if args.sequences < 1 or args.targets < 1 or args.batch_size < 1:
-        raise UserError("--sequences, --targets and --batch-size must be at least 1")
+    if args.sequences < 1 or args.targets < 0 or args.batch_size < 1:
+        raise UserError("--sequences and --batch-size must be at least 1, --targets at least 0")
     context = parse_count(args.context, "context length", 2) if args.context else None
     if context is None:
         context = build_task(args.task, None).context_length

@@ -179,6 +179,46 @@ def window_losses(model, split: TokenSplit, T: int, n: int, batch_size: int, par
     return {"losses": np.stack(done).astype(np.float32), "mask": mask}
 
 
+def _ablation(model, split, T: int, s: Settings, token_bytes, work: Path, seed: int, log, label: str):
+    """The truncation ablation's table (with bytes of context) and its fields of the fit row; with
+    ``s.targets`` 0, none (an empty table: the effective context is not measured)."""
+    if s.targets == 0:
+        return pd.DataFrame(), {"full_context_loss": math.nan, "ablation_targets": 0, "ablation_forward_tokens": 0,
+                                **{f"effective_context{b}{x}": math.nan for b in ("", "_bytes") for x in ("", "_low", "_high")}}
+
+    def ablated():
+        ab = truncation_ablation(model, split, T, s.targets, variants=s.variants, seed=seed,
+                                 tolerance=s.tolerance, max_tokens=s.max_tokens,
+                                 refine=("truncate",) if s.bisect else ())
+        out = {"contexts": ab.contexts, "available": ab.available,
+               "cost": np.array([ab.forward_tokens[v] for v in s.variants], np.int64)}
+        for v in s.variants:
+            out[f"loss_{v}"] = ab.losses[v]
+            if v in ab.refined:
+                out[f"refined_n_{v}"], out[f"refined_{v}"] = ab.refined[v]
+        return out
+
+    t1 = time.time()
+    a = _stage(work, "ablation", ablated)
+    log(f"score: {label}: truncation ablation on {len(a['available'])} targets, {time.time() - t1:.0f} s")
+    ab = Ablation(a["contexts"], {v: a[f"loss_{v}"] for v in s.variants}, a["available"],
+                  {v: int(c) for v, c in zip(s.variants, a["cost"])},
+                  {v: (a[f"refined_n_{v}"], a[f"refined_{v}"]) for v in s.variants if f"refined_n_{v}" in a})
+    context = ablation_table(ab, s.tolerance, s.n_boot, seed)
+    cbytes = context_bytes(split, T, s.targets, range(1, T + 1), token_bytes)
+    context["context_bytes"] = context["context"].map(cbytes) if cbytes else np.nan
+    fit = {"full_context_loss": float(ab.losses[s.variants[0]][:, -1].mean()),
+           "ablation_targets": int(len(ab.available)), "ablation_forward_tokens": int(sum(ab.forward_tokens.values()))}
+    for variant in s.variants:
+        first = context[context["variant"] == variant].iloc[0]
+        name = "effective_context" + ("" if variant == "truncate" else f"_{variant}")
+        for suffix in ("", "_low", "_high"):
+            fit[name + suffix] = int(first["effective_context" + suffix])
+            if variant == "truncate":
+                fit[f"{name}_bytes{suffix}"] = cbytes.get(int(first["effective_context" + suffix]), math.nan)
+    return context, {**fit, **truncation_check(context, s.tolerance), **context_resolution(context)}
+
+
 def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print) -> dict:
     """Every number of one model, its stages kept in ``work``: the result row, the per-position
     table, the stored losses, and the fit, context, octave and bucket tables."""
@@ -208,27 +248,7 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print) -> d
               "windows": _digest(np.asarray(split.starts, np.int64), np.asarray(split.tokens, np.int64)),
               "mask": _digest(np.asarray(mask, bool))})
 
-    def ablated():
-        ab = truncation_ablation(model, split, T, s.targets, variants=s.variants, seed=seed,
-                                 tolerance=s.tolerance, max_tokens=s.max_tokens,
-                                 refine=("truncate",) if s.bisect else ())
-        out = {"contexts": ab.contexts, "available": ab.available,
-               "cost": np.array([ab.forward_tokens[v] for v in s.variants], np.int64)}
-        for v in s.variants:
-            out[f"loss_{v}"] = ab.losses[v]
-            if v in ab.refined:
-                out[f"refined_n_{v}"], out[f"refined_{v}"] = ab.refined[v]
-        return out
-
-    t1 = time.time()
-    a = _stage(work, "ablation", ablated)
-    log(f"score: {loaded.label}: truncation ablation on {len(a['available'])} targets, {time.time() - t1:.0f} s")
-    ab = Ablation(a["contexts"], {v: a[f"loss_{v}"] for v in s.variants}, a["available"],
-                  {v: int(c) for v, c in zip(s.variants, a["cost"])},
-                  {v: (a[f"refined_n_{v}"], a[f"refined_{v}"]) for v in s.variants if f"refined_n_{v}" in a})
-    context = ablation_table(ab, s.tolerance, s.n_boot, seed)
-    cbytes = context_bytes(split, T, s.targets, range(1, T + 1), token_bytes)
-    context["context_bytes"] = context["context"].map(cbytes) if cbytes else np.nan
+    context, ablation_fit = _ablation(model, split, T, s, token_bytes, work, seed, log, loaded.label)
     octaves = octave_gains(losses, mask, s.n_boot, seed)
     start, end = last_significant_octave(octaves)
     fit = bootstrap_fit(losses, mask, n_boot=200 if start is not None else 0, seed=seed)
@@ -263,18 +283,8 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print) -> d
     fit_row = {**label, "context": T, "n_sequences": int(len(losses)), **{k: v for k, v in fit.items() if k in FIT_COLUMNS},
                "last_octave_gain": octaves["gain"].iloc[-1], "last_octave_gain_low": octaves["gain_low"].iloc[-1],
                "last_octave_gain_high": octaves["gain_high"].iloc[-1], "last_significant_octave_start": start,
-               "last_significant_octave_end": end, "full_context_loss": float(ab.losses[s.variants[0]][:, -1].mean()),
-               "tolerance": s.tolerance, "ablation_targets": int(len(ab.available)),
-               "ablation_forward_tokens": int(sum(ab.forward_tokens.values())), "extrapolates": s.extrapolate,
-               "training_context": loaded.training_context}
-    for variant in s.variants:
-        first = context[context["variant"] == variant].iloc[0]
-        name = "effective_context" + ("" if variant == "truncate" else f"_{variant}")
-        for suffix in ("", "_low", "_high"):
-            fit_row[name + suffix] = int(first["effective_context" + suffix])
-            if variant == "truncate":
-                fit_row[f"{name}_bytes{suffix}"] = cbytes.get(int(first["effective_context" + suffix]), math.nan)
-    fit_row.update(truncation_check(context, s.tolerance), **context_resolution(context))
+               "last_significant_octave_end": end, "tolerance": s.tolerance, "extrapolates": s.extrapolate,
+               "training_context": loaded.training_context, **ablation_fit}
     tables = {"context": context, "octaves": octaves, "extrapolation_buckets": buckets}
     for df in tables.values():  # each row labelled with its model, as analyze labels a run's
         for i, (k, v) in enumerate(label.items()):

@@ -175,6 +175,10 @@ def test_bad_model_fails_in_one_line_and_writes_nothing(case, text_dir, tmp_path
     assert len(err) == 1 and err[0].startswith("error:"), err
     assert not out.exists()
     if case == "context":  # on purpose, as an extrapolation, it is scored
-        assert main(["score", str(path), "--task", f"text:{text_dir}", *extra, "--extrapolate", *FAST, "--out", str(out)]) == 0
+        assert main(["score", str(path), "--task", f"text:{text_dir}", *extra, "--extrapolate", "--sequences", "6",
+                     "--targets", "0", "--out", str(out)]) == 0
         buckets = pd.read_parquet(out / "extrapolation_buckets.parquet")
         assert list(buckets["past_training_length"]) == [False, True]
+        fits = pd.read_csv(out / "fits.csv")  # --targets 0: no ablation, no effective context
+        assert fits["ablation_targets"].iloc[0] == 0 and fits["effective_context"].isna().all()
+        assert (out / "report.html").exists()
