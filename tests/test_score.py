@@ -103,6 +103,10 @@ def test_a_run_folder_reproduces_its_study_and_pairs_with_it(study, text_dir, tm
     assert "already scored" in capsys.readouterr().out
     c = compare([Selection(study), Selection(out)])
     assert "paired with study: transformer" in set(c.runs["vs study: transformer"])
+    # the same weights as a plugin architecture with a state dict: the task's own tokens, the same numbers
+    plugin = tmp_path / "plugin"
+    assert main(["score", f"transformer@{run / 'model.pt'}", *args[2:-2], "--out", str(plugin)]) == 0
+    np.testing.assert_allclose(pd.read_parquet(plugin / "per_position.parquet")["loss"], theirs["loss"], atol=1e-5, rtol=0)
 
 
 def test_hf_folder_gguf_and_run_read_text_through_their_own_tokenizers(study, text_dir, tmp_path):
