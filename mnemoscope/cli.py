@@ -21,6 +21,7 @@ from .report import summary_lines, write_report
 from .report_compare import summary_lines as comparison_lines
 from .report_compare import write_comparison
 from .runner import Study, mixed_data
+from .score import Settings, build_task, score
 from .specs import format_count, parse_count
 from .train import distributed_settings
 from .tune import DEFAULT_OUT as TUNE_OUT
@@ -36,6 +37,7 @@ EXAMPLES = """examples:
   python study.py report results/NAME                     rebuild plots and report from the tables
   python study.py analyze results/NAME                    effective context, power-law fits, extrapolation
   python study.py compare results/architectures:transformer,lstm results/my-study   runs of several studies, paired gaps
+  python study.py score results/NAME/runs/ID model.gguf --task books --context 2048   models trained elsewhere
   python study.py tune --arch transformer lstm --task text --trials 30   same Optuna budget for each
   python study.py --arch transformer lstm --params 30k 100k 300k 1M 3M --hparams tuned   a scaling sweep
   python study.py ... --workers 4                         four worker processes drain the study's queue
@@ -46,7 +48,7 @@ EXAMPLES = """examples:
 def run_parser(prog: str = "study.py") -> argparse.ArgumentParser:
     d = StudyConfig()  # the defaults a flag left out takes (flags default to None so --config can fill them)
     usage = (f"{prog} [--arch ARCH ...] [--task TASK ...] [--params N ...] [other flags]\n"
-             f"       {prog} list | report DIR | analyze DIR | compare DIR[:ARCH,...] ... | worker DIR | tune --arch ARCH ... "
+             f"       {prog} list | report DIR | analyze DIR | compare DIR[:ARCH,...] ... | score MODEL ... --task TASK | worker DIR | tune --arch ARCH ... "
              "(each has --help)")
     p = argparse.ArgumentParser(
         prog=prog, usage=usage, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -348,8 +350,42 @@ def cmd_compare(argv: list[str], prog: str = "study.py") -> int:
     return 0
 
 
+def cmd_score(argv: list[str], prog: str = "study.py") -> int:
+    p = argparse.ArgumentParser(
+        prog=f"{prog} score", description="Measure models trained elsewhere as a study measures its own: a run "
+        "folder, a Hugging Face folder, a GGUF file or ARCH@WEIGHTS, each reading the task's test documents through "
+        "its own tokenizer (docs/score.md). Nothing is trained or downloaded; the models' folders are only read.")
+    _one_line_errors(p)
+    p.add_argument("models", nargs="+", metavar="MODEL", help="run folder, Hugging Face folder, .gguf file, or "
+                   "ARCH@WEIGHTS (a registered name or file.py:Class with a state dict)")
+    p.add_argument("--task", required=True, help="the task whose test documents are scored (e.g. books)")
+    p.add_argument("--context", help="tokens of context per window (default: the task's)")
+    p.add_argument("--extrapolate", action="store_true",
+                   help="allow a context longer than a model was made for (scored on purpose past its length)")
+    p.add_argument("--sequences", type=_int, default=256, help="test windows per model (default 256)")
+    p.add_argument("--targets", type=_int, default=256,
+                   help="targets of the truncation ablation (default 256; 0: no ablation, no effective context)")
+    p.add_argument("--no-bisect", action="store_true", help="effective context on the grid 1, 2, 4, ... only, "
+                   "without bisecting between its last two lengths (cheaper for a large model)")
+    p.add_argument("--batch-size", type=_int, default=8, help="windows per forward pass (default 8)")
+    p.add_argument("--out", help="folder to write (default results/score_TASK_ctxN)")
+    args = p.parse_args(argv)
+    if args.sequences < 1 or args.targets < 0 or args.batch_size < 1:
+        raise UserError("--sequences and --batch-size must be at least 1, --targets at least 0")
+    context = parse_count(args.context, "context length", 2) if args.context else None
+    if context is None:
+        context = build_task(args.task, None).context_length
+    out = Path(args.out) if args.out else Path("results") / f"score_{''.join(c if c.isalnum() else '-' for c in args.task)}_ctx{context}"
+    runs = score(args.models, Settings(args.task, context, args.sequences, args.targets, extrapolate=args.extrapolate,
+                                       batch_size=args.batch_size, bisect=not args.no_bisect), out)
+    for r in runs.to_dict("records"):
+        print(f"{r['arch']}: {r['test_loss']:.4f} nats/token over {r['context']} tokens of context ({r['run_id']})")
+    print(write_report(out))
+    return 0
+
+
 COMMANDS = {"list": cmd_list, "report": cmd_report, "worker": cmd_worker, "tune": cmd_tune, "analyze": cmd_analyze,
-            "compare": cmd_compare}
+            "compare": cmd_compare, "score": cmd_score}
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

@@ -1,0 +1,188 @@
+"""study.py score: models trained elsewhere (a study's run folder, a Hugging Face folder, a GGUF
+file), each through its own tokenizer, measured as a study measures its own; bad input refused in
+one line with nothing written. Every model is tiny and made here; nothing is downloaded."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mnemoscope.cli import main
+from mnemoscope.compare import Selection, compare
+from mnemoscope.score import byte_starts
+from mnemoscope.score_pairs import pair_bytes
+
+transformers = pytest.importorskip("transformers")
+TINY = ["--params", "8k", "--tokens", "6k", "--eval-sequences", "8", "--batch-size", "8", "--no-progress", "--no-analysis"]
+FAST = ["--sequences", "6", "--targets", "4"]
+
+
+@pytest.fixture
+def study(text_dir, tmp_path):
+    """A finished tiny study (a transformer, bytes, context 16) whose run keeps its weights."""
+    out = tmp_path / "study"
+    assert main(["--arch", "transformer", "--task", f"text:{text_dir}", "--context", "16", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def _bpe(text_dir, n=300):
+    from mnemoscope.tokenizer import train_bpe
+    return train_bpe([p.read_text() for p in sorted(Path(text_dir).glob("*.txt"))], n)
+
+
+def _llama(text_dir, vocab=None, max_context=64, seed=0):
+    torch.manual_seed(seed)
+    tok = _bpe(text_dir)
+    cfg = transformers.LlamaConfig(vocab_size=vocab or tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=max_context, tie_word_embeddings=False)
+    return tok, transformers.LlamaForCausalLM(cfg).eval()
+
+
+def hf_folder(text_dir, folder, **kwargs):
+    """A random Hugging Face Llama with a BPE of the test's texts, saved as transformers saves one."""
+    tok, model = _llama(text_dir, **kwargs)
+    model.save_pretrained(folder)
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok).save_pretrained(folder)
+    return folder
+
+
+def gguf_file(text_dir, path):
+    """The same random Llama written as a GGUF file (fp32 tensors, GPT-2-style BPE in its metadata)."""
+    gguf = pytest.importorskip("gguf")
+    tok, model = _llama(text_dir)
+    V = tok.get_vocab_size()
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(64), w.add_embedding_length(32), w.add_block_count(2), w.add_feed_forward_length(64)
+    w.add_head_count(4), w.add_head_count_kv(2), w.add_layer_norm_rms_eps(model.config.rms_norm_eps), w.add_vocab_size(V)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])])
+    w.add_token_types([1] * V)
+    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in json.loads(tok.to_str())["model"]["merges"]])
+    w.add_bos_token_id(0), w.add_eos_token_id(0)
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    parts = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    names.update({f"model.layers.{i}.{a}.weight": f"blk.{i}.{b}.weight" for i in range(2) for a, b in parts.items()})
+    for k, v in model.state_dict().items():
+        x = v.numpy().astype(np.float32)
+        heads = 4 if "q_proj" in k else 2 if "k_proj" in k else 0
+        if heads:  # llama.cpp's rotary layout of q and k, which transformers undoes on loading
+            x = x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+        w.add_tensor(names[k], x)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    return path
+
+
+def test_a_run_folder_reproduces_its_study_and_pairs_with_it(study, text_dir, tmp_path, capsys):
+    run = next(p for p in (study / "runs").iterdir() if (p / "result.json").exists())
+    before = sorted(p.name for p in run.iterdir())
+    out = tmp_path / "scored"
+    args = ["score", str(run), "--task", f"text:{text_dir}", "--context", "16", "--sequences", "8", "--targets", "4",
+            "--out", str(out)]
+    assert main(args) == 0
+    mine = pd.read_parquet(out / "per_position.parquet")
+    theirs = pd.read_parquet(run / "per_position.parquet")
+    assert len(mine) == len(theirs) == 16
+    np.testing.assert_allclose(mine["loss"], theirs["loss"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(mine["context_bytes"], theirs["context_bytes"])
+    row = pd.read_parquet(out / "runs.parquet").iloc[0]
+    assert row["scoring_fingerprint"] == json.loads((run / "result.json").read_text())["scoring_fingerprint"]
+    assert sorted(p.name for p in run.iterdir()) == before  # the model's folder is only read
+    fits = pd.read_csv(out / "fits.csv")
+    assert 1 <= fits["effective_context"].iloc[0] <= 16 and fits["effective_context_bytes"].notna().all()
+    for f in ("config.yaml", "context.parquet", "octaves.parquet", "extrapolation_buckets.parquet", "report.html"):
+        assert (out / f).exists(), f
+    capsys.readouterr()
+    assert main(args) == 0  # a rerun finds the model finished and scores nothing
+    assert "already scored" in capsys.readouterr().out
+    c = compare([Selection(study), Selection(out)])
+    assert "paired with study: transformer" in set(c.runs["vs study: transformer"])
+    # the same weights as a plugin architecture with a state dict: the task's own tokens, the same numbers
+    plugin = tmp_path / "plugin"
+    assert main(["score", f"transformer@{run / 'model.pt'}", *args[2:-2], "--out", str(plugin)]) == 0
+    np.testing.assert_allclose(pd.read_parquet(plugin / "per_position.parquet")["loss"], theirs["loss"], atol=1e-5, rtol=0)
+
+
+def test_hf_folder_gguf_and_run_read_text_through_their_own_tokenizers(study, text_dir, tmp_path):
+    folder = hf_folder(text_dir, tmp_path / "tiny-llama")
+    (tmp_path / "gguf").mkdir()
+    gguf = gguf_file(text_dir, tmp_path / "gguf" / "tiny.gguf")
+    run = next(p for p in (study / "runs").iterdir() if (p / "result.json").exists())
+    out = tmp_path / "scored"
+    # the same corpus named another way than the run's study named it: the run reads it as bytes,
+    # on the byte-aligned windows every model shares
+    assert main(["score", str(folder), str(gguf), str(run), "--task", f"text:source={text_dir}", "--context", "16",
+                 *FAST, "--out", str(out)]) == 0
+    runs = pd.read_parquet(out / "runs.parquet").set_index("arch")
+    assert set(runs["windows"]) == {"byte-aligned"} and set(runs["kind"]) == {"hf", "gguf", "run"}
+    assert runs.loc["tiny", "test_loss"] == pytest.approx(runs.loc["tiny-llama", "test_loss"], abs=1e-5)
+    with np.load(out / "runs" / runs.loc["transformer", "run_id"] / "losses.npz") as z:
+        assert (z["target_bytes"][z["mask"]] == 1).all()  # bytes: one per token
+    with np.load(out / "runs" / runs.loc["tiny-llama", "run_id"] / "losses.npz") as a, \
+            np.load(out / "runs" / runs.loc["transformer", "run_id"] / "losses.npz") as b:
+        assert (a["window_starts"] == b["window_starts"]).all()  # the same bytes of the same documents
+        assert a["target_bytes"][a["mask"]].mean() > 1.5  # a BPE token holds several bytes
+    gaps = pd.read_csv(out / "byte_gaps.csv")
+    same = gaps[gaps["arch"] == "tiny"]  # the GGUF holds the HF folder's weights and tokenizer
+    assert len(same) and np.allclose(same["gap"], 0, atol=1e-5)
+    other = gaps[gaps["arch"] == "transformer"]
+    assert len(other) and np.isfinite(other[["gap", "gap_low", "gap_high"]]).all().all()
+    assert (out / "per_position_bytes.png").stat().st_size > 0
+
+
+def test_byte_pairing_of_a_model_with_itself_is_zero_and_windows_start_at_lines():
+    docs = [("a", b"line one\nline two is longer\n" * 40), ("b", b"words and more\n" * 40), ("c", b"short\n")]
+    starts = byte_starts(docs, 16, 10)
+    assert len(starts) == 10 and {d for d, _ in starts} == {0, 1}  # c is too short for a window
+    assert all(at == 0 or docs[d][1][at - 1:at] == b"\n" for d, at in starts)  # each at a line's start
+    assert byte_starts(docs, 16, 10) == starts  # the text alone decides them
+    rng = np.random.default_rng(0)
+    tb = rng.integers(1, 5, size=(6, 20))
+    z = {"losses": rng.random((6, 20)).astype(np.float32), "mask": np.ones((6, 20), bool),
+         "bytes": np.cumsum(tb, 1), "target_bytes": np.roll(tb, -1, 1)}
+    g = pair_bytes(z, z, n_boot=50)
+    assert len(g) and np.allclose(g[["gap", "gap_low", "gap_high"]], 0) and (g["bpb"] == g["baseline_bpb"]).all()
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no-weights", "run-no-weights", "not-causal", "vocab", "context",
+                                  "text-file"])
+def test_bad_model_fails_in_one_line_and_writes_nothing(case, text_dir, tmp_path, capsys, request):
+    path = tmp_path / "model"
+    extra = []
+    if case == "empty":
+        path.mkdir()
+    elif case == "no-weights":
+        _llama(text_dir)[1].config.save_pretrained(path)
+    elif case == "run-no-weights":
+        study = request.getfixturevalue("study")
+        path = next(p for p in (study / "runs").iterdir() if (p / "result.json").exists())
+        (path / "model.pt").unlink()
+    elif case == "not-causal":
+        transformers.DistilBertConfig(vocab_size=300, dim=32, n_layers=1, n_heads=2, hidden_dim=64).save_pretrained(path)
+    elif case == "vocab":  # a tokenizer of 300 ids, a model with 100 rows
+        hf_folder(text_dir, path, vocab=100)
+    elif case == "context":
+        hf_folder(text_dir, path, max_context=32)
+        extra = ["--context", "48"]
+    elif case == "text-file":
+        path.write_text("not a model")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["score", str(path), "--task", f"text:{text_dir}", *(extra or ["--context", "16"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert not out.exists()
+    if case == "context":  # on purpose, as an extrapolation, it is scored
+        assert main(["score", str(path), "--task", f"text:{text_dir}", *extra, "--extrapolate", "--sequences", "6",
+                     "--targets", "0", "--out", str(out)]) == 0
+        buckets = pd.read_parquet(out / "extrapolation_buckets.parquet")
+        assert list(buckets["past_training_length"]) == [False, True]
+        fits = pd.read_csv(out / "fits.csv")  # --targets 0: no ablation, no effective context
+        assert fits["ablation_targets"].iloc[0] == 0 and fits["effective_context"].isna().all()
+        assert (out / "report.html").exists()
