@@ -40,6 +40,11 @@ def mlflow_uri(folder: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(folder) / MLFLOW_DB).resolve()}"
 
 
+def mlflow_artifacts(folder: Path) -> str | None:
+    """Where a run's artifacts go: beside the study's SQLite store (None: the server's own place)."""
+    return None if os.environ.get("MLFLOW_TRACKING_URI") else (Path(folder) / MLFLOW_ARTIFACTS).resolve().as_uri()
+
+
 def check_stores(names) -> None:
     """Open each tracker's store as a run will, once, away from the study (MLflow: a SQLite store
     in a temporary folder, or the server of ``MLFLOW_TRACKING_URI``): a tracker that cannot record
@@ -54,8 +59,8 @@ def check_stores(names) -> None:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UserError(f"--logger mlflow cannot open its store {uri if 'MLFLOW_TRACKING_URI' in os.environ else 'sqlite:///STUDY/' + MLFLOW_DB}: "
-                            f"{type(exc).__name__}: {first}") from None
+            shown = uri if os.environ.get("MLFLOW_TRACKING_URI") else f"sqlite:///STUDY/{MLFLOW_DB}"
+            raise UserError(f"--logger mlflow cannot open its store {shown}: {type(exc).__name__}: {first}") from None
 
 
 def open_stores(names, folder: Path, experiment: str) -> None:
@@ -66,7 +71,7 @@ def open_stores(names, folder: Path, experiment: str) -> None:
 
         client = MlflowClient(tracking_uri=mlflow_uri(folder))
         if client.get_experiment_by_name(experiment) is None:
-            client.create_experiment(experiment, artifact_location=(Path(folder) / MLFLOW_ARTIFACTS).resolve().as_uri())
+            client.create_experiment(experiment, artifact_location=mlflow_artifacts(folder))
 
 
 def tracker_loggers(names, folder: Path, experiment: str, run_name: str, hparams: dict[str, Any]) -> list:
@@ -84,7 +89,7 @@ def tracker_loggers(names, folder: Path, experiment: str, run_name: str, hparams
         elif name == "mlflow":
             lg = L.pytorch.loggers.MLFlowLogger(experiment_name=experiment, run_name=run_name,
                                                 tracking_uri=mlflow_uri(folder), tags=tags,
-                                                artifact_location=(Path(folder) / MLFLOW_ARTIFACTS).resolve().as_uri())
+                                                artifact_location=mlflow_artifacts(folder))
         elif name == "wandb":
             lg = L.pytorch.loggers.WandbLogger(name=run_name, project=experiment, save_dir=str(folder),
                                                offline=os.environ.get("WANDB_MODE") != "online",
