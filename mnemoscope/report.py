@@ -201,8 +201,10 @@ def headline_table(out: Path, runs: pd.DataFrame) -> pd.DataFrame:
 def findings_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
     return [("Findings", findings_html(findings(out, runs)) + paragraph(
         "Generated from this study's tables (<code>runs.parquet</code>, <code>fits.csv</code>, <code>gaps.csv</code>): "
-        "gaps are paired on the same test sequences with 95% bootstrap intervals over sequences; where runs of several "
-        "sizes exist, the sentences speak of the largest. The figures and tables below give every run."))]
+        "gaps are paired on the same test sequences with 95% bootstrap intervals over sequences (a gap that <i>loses "
+        "ground</i> rises with context: the model falls further behind, or its lead shrinks); effective context: the "
+        "tokens of context from which a run's loss stays within the tolerance of its full-context loss. Where runs of "
+        "several sizes exist, the sentences speak of the largest. The figures and tables below give every run."))]
 
 
 def curves_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:

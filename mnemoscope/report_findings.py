@@ -87,8 +87,8 @@ def findings(out: Path, runs: pd.DataFrame) -> list[tuple[str, str]]:
             f = f[f["params"] == f["params"].max()]
             cells = [f"{labels.get(r['arch'], r['arch'])} {format_effective_context(r)}" for r in f.to_dict("records")]
             tol = f["tolerance"].iloc[0] if "tolerance" in f else 0.01
-            parts.append(f"Effective context (tokens of context from which the loss stays within {tol:.0%} of its "
-                         f"full-context loss, of {int(f['context'].iloc[0])}): {'; '.join(cells)}.")
+            parts.append(f"Effective context (tokens, of {int(f['context'].iloc[0])}; within {tol:.0%} of the "
+                         f"full-context loss): {'; '.join(cells)}.")
         g = gaps[gaps["task"] == task] if not gaps.empty else pd.DataFrame()
         if not g.empty:
             parts.append(gap_sentence(g, labels))
@@ -135,11 +135,11 @@ def gap_sentence(g: pd.DataFrame, labels: dict, key: str = "arch") -> str:
             shrinks.append(cell)
     base = labels.get(base, base)
     out = []
-    if grows:
-        out.append(f"Falls further behind {base} as context grows (paired gap, nats/token, 95% interval): "
+    if grows:  # the gap rises: behind and falling further back, or ahead by less
+        out.append(f"Loses ground to {base} as context grows (paired gap, nats/token, 95% interval): "
                    f"{'; '.join(grows)}.")
     if shrinks:
-        out.append(f"Catches up with {base} as context grows: {'; '.join(shrinks)}.")
+        out.append(f"Gains ground on {base} as context grows: {'; '.join(shrinks)}.")
     if flat:
         out.append(f"No significant growth of the gap to {base} (growth, last band minus first): {'; '.join(flat)}.")
     return " ".join(out)
