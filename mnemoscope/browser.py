@@ -39,7 +39,9 @@ CHECK_SCRIPT = """<script>window.addEventListener("load", () => {
   }
   const out = document.createElement("pre");
   out.id = "mnemoscope-check";
-  out.textContent = JSON.stringify({title: document.title, images: images, sections: sections});
+  const first = Array.from(document.body.children).filter(e => e.tagName === "H2").map(e => e.textContent.trim());
+  out.textContent = JSON.stringify({title: document.title, images: images, sections: sections,
+    page_width: document.documentElement.scrollWidth, window_width: window.innerWidth, order: first});
   document.body.appendChild(out);
 });</script>"""
 
@@ -65,17 +67,18 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
         return subprocess.run([exe, *flags, *args], capture_output=True, text=True, timeout=timeout)
 
 
-def check_page(page: Path, timeout: float = 120) -> dict:
-    """Load ``page`` (a copy, with a checking script added) in headless Chromium. Returns
-    ``{"title", "images": [{"alt", "ok", "width", "height"}], "sections": [{"title", "text", "media"}],
-    "broken": [alt of each image that did not decode], "empty": [title of each h2 section with
-    neither text nor an image or table]}``."""
+def check_page(page: Path, timeout: float = 120, width: int = 1400) -> dict:
+    """Load ``page`` (a copy, with a checking script added) in headless Chromium, ``width`` CSS
+    pixels wide. Returns ``{"title", "images": [{"alt", "ok", "width", "height"}], "sections":
+    [{"title", "text", "media"}], "broken": [alt of each image that did not decode], "empty": [title
+    of each h2 section with neither text nor an image or table], "page_width", "window_width"
+    (a page wider than its window runs off the right edge), "order": [h2 titles in order]}``."""
     page = Path(page)
     text = page.read_text()
     with tempfile.TemporaryDirectory(prefix="mnemoscope-page-") as tmp:
         copy = Path(tmp) / page.name  # the pages are self-contained: their images travel with them
         copy.write_text(text.replace("</body>", CHECK_SCRIPT + "</body>") if "</body>" in text else text + CHECK_SCRIPT)
-        done = _run(["--dump-dom", copy.as_uri()], timeout)
+        done = _run([f"--window-size={width},900", "--dump-dom", copy.as_uri()], timeout)
     m = re.search(r'<pre id="mnemoscope-check">(.*?)</pre>', done.stdout, re.S)
     if not m:
         raise RuntimeError(f"Chromium did not report on {page} (exit {done.returncode}): {done.stderr[-500:]}")

@@ -6,8 +6,12 @@ Every user error ends in one line on stderr and exit status 2, never a traceback
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
+
+from tqdm import tqdm  # Lightning's progress bars (a dependency of lightning)
 
 from . import files
 from .analysis import VARIANTS, AnalysisSettings, analyze
@@ -104,7 +108,7 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-nodes", help="machines for each run (Lightning num_nodes; launch with srun/torchrun)")
     p.add_argument("--strategy", help="Lightning strategy for multi-device runs: ddp, fsdp, deepspeed_stage_2, ...")
     p.add_argument("--logger", nargs="+", metavar="NAME",
-                   help="also log each run's training curves to: tensorboard (STUDY/tensorboard), mlflow (STUDY/mlruns), "
+                   help="also log each run's training curves to: tensorboard (STUDY/tensorboard), mlflow (STUDY/mlflow.db), "
                         "wandb (STUDY/wandb, offline), with arch, task, size and seed as hyperparameters; csv "
                         "(runs/<id>/metrics.csv) is always kept. Extras: pip install 'mnemoscope[tensorboard]'")
 
@@ -242,6 +246,14 @@ def cmd_worker(argv: list[str], prog: str = "study.py") -> int:
 
 
 def cmd_list(argv: list[str], prog: str = "study.py") -> int:
+    p = argparse.ArgumentParser(prog=f"{prog} list", description="List the architectures and tasks a study can use: "
+                                "the built-ins, installed plugins, and the families made on demand (hf:FAMILY).")
+    _one_line_errors(p)
+    p.parse_args(argv)
+    # the hf: families are listed by building them: transformers' notes on its slower fallback kernels
+    # (no mamba_ssm, no causal_conv1d) say nothing about the list, and would land in the middle of it
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
     for registry in (ARCHITECTURES, TASKS):
         print(f"{registry.kind}s:")
         for name in registry.names():
@@ -323,6 +335,10 @@ def cmd_analyze(argv: list[str], prog: str = "study.py") -> int:
     return 0
 
 
+#: `study.py compare`'s exit status when a pairing asked for with --baseline is refused (page written)
+UNPAIRED_EXIT = 3
+
+
 def cmd_compare(argv: list[str], prog: str = "study.py") -> int:
     p = argparse.ArgumentParser(
         prog=f"{prog} compare", description="Put runs of several study folders on one figure and one page, with "
@@ -333,13 +349,21 @@ def cmd_compare(argv: list[str], prog: str = "study.py") -> int:
                    help="study folders, each with the architectures to take from it (default: all)")
     p.add_argument("--baseline", nargs="+", metavar="DIR:ARCH",
                    help="the run(s) every other is compared with (default: the first folder's first architecture)")
-    p.add_argument("--out", help="folder for compare.html, its figures and tables (default results/compare_NAMES)")
+    p.add_argument("--out", help="folder for compare.html, its figures and tables (default results/compare_NAMES); "
+                                 "never inside a compared study, whose folder is only read")
+    p.add_argument("--allow-unpaired", action="store_true",
+                   help=f"exit 0 even when runs cannot pair with a baseline asked for with --baseline (default: exit "
+                        f"{UNPAIRED_EXIT}, the page and tables written all the same)")
     args = p.parse_args(argv)
     selections = [parse_selection(d) for d in args.dirs]
     baselines = [parse_selection(b) for b in args.baseline] if args.baseline else None
-    c = compare(selections, baselines)
     out = Path(args.out) if args.out else Path("results") / ("compare_" + "_".join(
         dict.fromkeys(s.folder.resolve().name for s in selections)))[:100]
+    for s in [*selections, *(baselines or [])]:  # a study's own files (gaps.csv, figures) would be overwritten
+        if out.resolve() == s.folder.resolve() or s.folder.resolve() in out.resolve().parents:
+            raise UserError(f"--out {out} lies inside the compared study {s.folder}, which compare only reads: "
+                            f"give a folder outside it, e.g. --out {Path(s.folder).parent / (s.folder.resolve().name + '-compare')}")
+    c = compare(selections, baselines)
     command = " ".join([prog, "compare", *argv])
     page = write_comparison(c, out, command)
     print(f"compare: {len(c.runs)} runs of {len(c.studies)} studies; baseline {', '.join(c.baselines)}")
@@ -347,6 +371,10 @@ def cmd_compare(argv: list[str], prog: str = "study.py") -> int:
     for line in c.refused:
         print(line, file=sys.stderr)
     print(f"wrote {page}")
+    if c.refused and not args.allow_unpaired:
+        print(f"compare: {len(c.refused)} pairing(s) asked for with --baseline refused (exit status {UNPAIRED_EXIT}; "
+              "--allow-unpaired accepts them)", file=sys.stderr)
+        return UNPAIRED_EXIT
     return 0
 
 
@@ -404,5 +432,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print("error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        for bar in list(getattr(tqdm, "_instances", ())):  # a bar closed later would redraw under the line below
+            bar.close()
         print("interrupted; finished runs are kept and a run under way resumes from its checkpoint: rerun the same command", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of our output left (study.py list | head -1): stop quietly, as a command killed by
+        # SIGPIPE does; stdout goes to /dev/null so that Python's own flush at exit cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13

@@ -310,6 +310,15 @@ def config_differences(folders: list[Path], runs: pd.DataFrame) -> pd.DataFrame:
     """The settings in which the studies' config.yaml differ: a row per key, a column per study."""
     names = list(dict.fromkeys(runs["study"]))
     configs = {name: StudyFolder(folder).config() for name, folder in zip(names, folders)}
+    for name, c in configs.items():  # context None: each task's own, which the runs know
+        if c.get("context") is None:
+            known = sorted({int(x) for x in runs.loc[runs["study"] == name, "context"].dropna()}) if "context" in runs else []
+            c["context"] = f"each task's own ({', '.join(map(str, known))})" if known else None
+    for name, folder in zip(names, folders):  # the code each study ran
+        env = StudyFolder(folder).environment()
+        commit = env.get("git_commit")
+        configs[name]["mnemoscope commit"] = (commit[:10] + (" (with uncommitted changes)" if env.get("git_dirty") else "")
+                                              if commit else "not recorded")
     keys = list(dict.fromkeys(k for c in configs.values() for k in c))
     rows = []
     for k in keys:
@@ -337,6 +346,9 @@ def runs_table(c: Comparison) -> pd.DataFrame:
     """The page's and runs.csv's table: a row per run, what it was scored on, how it pairs."""
     t = c.runs.copy()
     t["size"] = t["params"].map(lambda p: format_count(int(p)))
+    known = pd.Series([int(p["context"]) if p and str(p.get("context", "")).isdigit() else None for p in t["parts"]],
+                      index=t.index, dtype=object)
+    t["context"] = t["context"].astype(object).where(t["context"].notna(), known) if "context" in t else known
     t["effective context"] = fits_of(t)
     t["fingerprint"] = t["scoring_fingerprint"].fillna("unknown")
     for part in SCORING_PARTS:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import html
 import inspect
+import textwrap
 from io import BytesIO
 
 import matplotlib
@@ -35,8 +36,35 @@ def img_tag(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def html_table(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="", border=0)
+#: tables longer than this are folded (``<details>``): the page opens on its findings and figures
+FOLD_ROWS = 16
+
+
+def html_table(df: pd.DataFrame, fold: str | None = None) -> str:
+    """The table as HTML (4 significant digits; long cells wrap, so a table never runs off the
+    page). Folded under a ``<details>`` line when it has more than FOLD_ROWS rows (or ``fold``
+    given: that line's text)."""
+    table = '<div class="table">' + df.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="", border=0) + "</div>"
+    if fold is None and len(df) <= FOLD_ROWS:
+        return table
+    return f"<details><summary>{html.escape(fold or f'{len(df)} rows')}</summary>{table}</details>"
+
+
+#: the style of every page (report, comparison): at 1400 px nothing runs off the right edge (long
+#: cells and preformatted text wrap; images shrink to the page)
+PAGE_STYLE = """body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em} img{max-width:100%}
+.row{display:flex;flex-wrap:wrap;gap:1em} .row>div{flex:1 1 520px;min-width:0}
+.table{overflow-x:auto;max-width:100%} table{border-collapse:collapse;font-size:12px;margin:0.4em 0}
+td,th{border:1px solid #ccc;padding:2px 6px;overflow-wrap:break-word}
+th{background:#f4f4f4} pre{white-space:pre-wrap;overflow-wrap:anywhere} summary{cursor:pointer;color:#345}
+ul.findings li{margin:0.35em 0;line-height:1.4}"""
+
+
+def page_html(title: str, heading: str, sections: list[tuple[str, str]]) -> str:
+    """A self-contained page: a heading, then an ``<h2>`` and its HTML per section."""
+    body = "\n".join(f"<h2>{html.escape(t)}</h2>\n{h}" for t, h in sections)
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n'
+            f"<style>{PAGE_STYLE}</style></head>\n<body><h1>{html.escape(heading)}</h1>{body}</body></html>")
 
 
 def paragraph(text: str) -> str:
@@ -101,6 +129,41 @@ def arch_palette(archs) -> dict:
         if name not in out:
             out[name] = colors[canonical_arch(name)]
     return out
+
+
+def arch_labels_colors(archs) -> tuple[dict, dict]:
+    """({spec: label}, {label: colour}) for a study's or a comparison's architectures: one label
+    (:func:`mnemoscope.specs.spec_labels`: ``file.py:Class`` -> ``Class``) and one colour
+    (:func:`arch_palette`, chosen by the spec) per architecture, the same in every figure."""
+    archs = list(dict.fromkeys(str(a) for a in archs))
+    labels, colors = spec_labels(archs), arch_palette(archs)
+    return labels, {labels[a]: colors[a] for a in archs}
+
+
+def wrap_title(text: str, width_in: float, fontsize: float = 10) -> str:
+    """A panel's title wrapped to the panel's width (``width_in`` inches) rather than cut."""
+    return textwrap.fill(str(text), max(16, int(width_in * 72 / (fontsize * 0.6))), break_long_words=True)
+
+
+def legend_below(fig, axes, fontsize: float = 8) -> None:
+    """One legend for the whole figure, under its panels, where it covers no curve: each label
+    once (the panels' legends removed); then the layout, leaving the legend its room."""
+    handles, labels = {}, []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles and not lab.startswith("_"):
+                handles[lab] = h
+                labels.append(lab)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    per = 0.6 + 0.075 * max((len(lab) for lab in labels), default=0)  # inches a label takes at fontsize 8
+    ncol = max(1, min(len(labels), int(fig.get_figwidth() // per)))
+    rows = -(-len(labels) // ncol) if labels else 0
+    if labels:
+        fig.set_figheight(fig.get_figheight() + 0.2 * rows + 0.1)
+        fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=ncol, fontsize=fontsize,
+                   frameon=False)
+    fig.tight_layout(rect=(0, min(0.5, (0.18 * rows + 0.1 * bool(rows)) / fig.get_figheight()), 1, 1))
 
 
 def model_palette(df: pd.DataFrame, key: str = "model") -> dict:

@@ -225,6 +225,32 @@ def _solve_width_step(cls, key, step, target, vocab_size, context_length, fixed,
     return best
 
 
+#: option names that count an architecture's blocks (layers): 0 would leave a model without one,
+#: whose embeddings and final norm alone then "are" the parameter target
+DEPTH_KEYS = ("n_layer", "n_layers", "num_layers", "num_hidden_layers", "depth", "n_blocks", "num_blocks")
+#: option names of a width (channels, hidden units, heads): each must be at least 1
+WIDTH_KEYS = ("d_model", "hidden_size", "n_embd", "channels", "intermediate_size", "num_attention_heads", "n_head")
+#: what the harness gives every architecture from the task: never an option
+TASK_KEYS = ("vocab_size", "context_length")
+
+
+def check_shape_options(cls, name: str, options: dict[str, Any]) -> None:
+    """Refuse, in one line, options no model can be built from: a vocabulary or context length
+    (the task's), zero blocks, a width below 1."""
+    for key in TASK_KEYS:
+        if key in options:
+            raise UserError(f"architecture {name}: {key} is not an option, the task sets it (its vocabulary, "
+                            f"--context); drop {key}={options[key]}")
+    width = getattr(cls, "width_key", None)
+    for key, value in options.items():
+        if key not in DEPTH_KEYS and key not in WIDTH_KEYS and key != width:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            what = ("a model needs at least one block (layer): with none, its embeddings and output alone would "
+                    "be sized to --params" if key in DEPTH_KEYS else "a width must be a whole number, at least 1")
+            raise UserError(f"architecture {name}: {key}={value!r} refused; {what}")
+
+
 def size_for(cls, target: int | None, vocab_size: int, context_length: int, config: dict[str, Any]) -> dict[str, Any]:
     """Resolve an architecture's config for a target non-embedding parameter count (or none)."""
     if target is None:

@@ -391,9 +391,11 @@ def run_study(study, runs, storage: str | None = None, workers: int = 1, heartbe
     Returns True when every planned run has finished. ``workers=0`` only fills the queue.
     """
     queue = RunQueue(study, storage, heartbeat, create=True)
-    added = queue.fill(runs)
+    queue.fill(runs)
     done = len({study.run_id(r) for r in runs} & study.finished())
-    log(f"study {study.config.name}: {len(runs)} runs, {done} already finished, {added} queued "
+    # a resumed study's unfinished runs may be in the queue already (waiting, or held by a worker):
+    # "to run" counts them all, not only those this call added
+    log(f"study {study.config.name}: {len(runs)} runs, {done} already finished, {len(runs) - done} to run "
         f"-> {study.out} (queue: {redact(queue.url)})")
     if workers == 0:
         log(f"join with: python study.py worker {study.out} --storage {redact(queue.url)}")

@@ -19,16 +19,18 @@ import seaborn as sns
 import yaml
 
 from . import files, report_growth, report_history, report_scaling
+from .report_findings import findings, findings_html, findings_lines, flags
 from .errors import UserError
 from .analysis import paired_runs
-from .figures import arch_palette, draw_curves, figure_png, html_table, img_tag, paragraph
+from .figures import (arch_labels_colors, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below,
+                      page_html, paragraph, wrap_title)
 from .registry import TASKS
 from .runner import Study, mixed_data
 from .specs import format_count, parse_spec, spec_labels
 from .statistics import format_effective_context, format_gap, paired_gap_curve
 from .store import StudyFolder
 from .task import Task
-from .tokenizer import corpus_and_tokenization, with_bytes
+from .tokenizer import byte_level_spec, corpus_and_tokenization, windows_inside_documents, with_bytes
 
 
 def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -60,14 +62,14 @@ def per_position_figure(pp: pd.DataFrame, runs: pd.DataFrame | None = None, bins
         keys = ["run_id", "arch", "task", "params", "seed", "bin"]
         pp = pp.groupby(keys, as_index=False, sort=False)[["position", "loss", "ci_low", "ci_high"]].mean()
     pp["context tokens"] = pp["position"] + 1  # position t has t+1 tokens of context
-    pp["arch"] = pp["arch"].map(spec_labels(pp["arch"]))  # file.py:Class -> Class
+    labels, palette = arch_labels_colors(list(runs["arch"]) + list(pp["arch"]) if runs is not None else pp["arch"])
+    pp["arch"] = pp["arch"].map(labels)  # file.py:Class -> Class, as in every figure of the study
     pp["size"] = pp["params"].map(lambda p: format_count(int(p)))
     tasks = list(dict.fromkeys(pp["task"]))
     n = max(1, len(tasks))
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
-    palette = arch_palette(list(runs["arch"]) + list(pp["arch"]) if runs is not None else pp["arch"])
     for ax, task in zip(axes.flat, tasks):
         d = pp[pp["task"] == task]
         # average seeds of one arch x size; bands from the runs' own intervals
@@ -77,13 +79,13 @@ def per_position_figure(pp: pd.DataFrame, runs: pd.DataFrame | None = None, bins
         for (arch, size), part in g.groupby(["arch", "size"]):
             ax.fill_between(part["context tokens"], part["ci_low"], part["ci_high"], color=palette[arch], alpha=0.2, lw=0)
         ax.set_xscale("log", base=2)
-        ax.set_title(task)
+        ax.set_title(wrap_title(task, 6.2))
         ax.set_xlabel("tokens of context (position + 1)")
         ax.set_ylabel("test loss (nats/token)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
-    fig.tight_layout()
+    legend_below(fig, axes.flat)
     return fig
 
 
@@ -103,10 +105,11 @@ def gap_figure(out: Path, runs: pd.DataFrame, baseline: str):
     None when no run pairs (one architecture, or losses not stored)."""
     rows = []
     multi = {c: runs[c].nunique() > 1 for c in ("params", "seed")}
+    labels, _ = arch_labels_colors(runs["arch"])
     try:
         for r, losses, base, mask in paired_runs(out, runs, baseline):
             c = paired_gap_curve(losses, base, mask, seed=int(r["seed"]))
-            label = r["arch"] + (f" {format_count(int(r['params']))}" if multi["params"] else "") + (
+            label = labels[r["arch"]] + (f" {format_count(int(r['params']))}" if multi["params"] else "") + (
                 f" seed {r['seed']}" if multi["seed"] else "")
             rows.append(c.assign(key=r["run_id"], label=label, arch=r["arch"], study="", task=r["task"], x=c["position"] + 1))
     except OSError:
@@ -121,17 +124,16 @@ def gap_figure(out: Path, runs: pd.DataFrame, baseline: str):
     for ax, task in zip(axes.flat, tasks):
         ax.axhline(0, color="k", lw=1)
         draw_curves(ax, df[df["task"] == task], palette, y="gap")
-        ax.set_title(f"{task}: minus {baseline}", fontsize=10)
+        ax.set_title(wrap_title(f"{task}: minus {labels.get(baseline, baseline)}", 6.2), fontsize=10)
         ax.set_xlabel("tokens of context (position + 1)")
         ax.set_ylabel("gap to the baseline (nats/token)")
-        ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
-    fig.tight_layout()
+    legend_below(fig, axes.flat)
     return fig
 
 
-def bytes_figure(pp: pd.DataFrame, bins_per_octave: int = BINS_PER_OCTAVE):
+def bytes_figure(pp: pd.DataFrame, bins_per_octave: int = BINS_PER_OCTAVE, archs=None):
     """Loss in bits per byte against bytes of context, one facet per corpus: the tokenizations of
     one corpus (``text``, ``text:bpe=1024``) share a panel, a line style each. Positions are
     binned as in :func:`per_position_figure`; a bin's value is its mean loss over its mean target
@@ -154,7 +156,8 @@ def bytes_figure(pp: pd.DataFrame, bins_per_octave: int = BINS_PER_OCTAVE):
     cols = min(len(corpora), 3)
     rows = (len(corpora) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
-    palette = arch_palette(pp["arch"])  # the same colour per architecture as every other figure
+    labels, palette = arch_labels_colors(pp["arch"] if archs is None else archs)  # one label, one colour
+    pp["arch"] = pp["arch"].map(labels)
     for ax, corpus in zip(axes.flat, corpora):
         d = pp[pp["corpus"] == corpus]
         g = d.groupby(["arch", "tokens", "bin"], as_index=False)[["loss", "ci_low", "ci_high", "context_bytes"]].mean()
@@ -163,13 +166,13 @@ def bytes_figure(pp: pd.DataFrame, bins_per_octave: int = BINS_PER_OCTAVE):
         for (arch, _), part in g.groupby(["arch", "tokens"]):
             ax.fill_between(part["context_bytes"], part["ci_low"], part["ci_high"], color=palette[arch], alpha=0.2, lw=0)
         ax.set_xscale("log", base=2)
-        ax.set_title(corpus)
+        ax.set_title(wrap_title(corpus, 6.2))
         ax.set_xlabel("bytes of context (mean over the test windows)")
         ax.set_ylabel("test loss (bits/byte)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(corpora):]:
         ax.set_visible(False)
-    fig.tight_layout()
+    legend_below(fig, axes.flat)
     return fig
 
 
@@ -188,35 +191,44 @@ def layers_of(arch_config: str | None) -> str:
     return "" if depth is None else str(depth)
 
 
-def headline_table(runs: pd.DataFrame) -> pd.DataFrame:
-    cols = ["arch", "task", "params", "seed", "achieved_params", "state_size", "tokens_trained", "test_loss",
-            "last_octave_gain", "last_octave_gain_low", "last_octave_gain_high", "status"]
-    t = runs[[c for c in cols if c in runs.columns]].copy()
-    t["arch"] = t["arch"].map(spec_labels(t["arch"]))
-    if "arch_config" in runs:
-        t.insert(t.columns.get_loc("achieved_params") + 1 if "achieved_params" in t else len(t.columns), "layers",
-                 runs["arch_config"].map(layers_of))
-    if "last_octave_gain" in t:
-        t["falls over last octave?"] = (t["last_octave_gain_low"] > 0).map({True: "yes (95% CI > 0)", False: "no"})
-    return t
+def headline_table(out: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """A row per run, in words and units: size, tokens trained, test loss, the gain over the last
+    octave of positions with its interval, and the run's flag (diverged, worse than uniform)."""
+    labels = spec_labels(runs["arch"])
+    flag = flags(out, runs)
+    rows = []
+    for (_, r), f in zip(runs.iterrows(), flag):
+        row = {"architecture": labels[r["arch"]], "task": r["task"], "size": format_count(int(r["params"])),
+               "seed": r["seed"], "parameters (non-embedding)": f"{int(r['achieved_params']):,}"}
+        if "arch_config" in r and layers_of(r["arch_config"]):
+            row["layers"] = layers_of(r["arch_config"])
+        if "state_size" in r and pd.notna(r["state_size"]):
+            row["state (numbers carried)"] = f"{int(r['state_size']):,}"
+        row["tokens trained"] = format_count(int(float(f"{r['tokens_trained']:.3g}"))) if pd.notna(r.get("tokens_trained")) else ""
+        row["test loss (nats/token)"] = f"{r['test_loss']:.3f}"
+        if "last_octave_gain" in r and pd.notna(r["last_octave_gain"]):
+            row["gain over the last octave (nats) [95%]"] = format_gap(r["last_octave_gain"], r["last_octave_gain_low"],
+                                                                       r["last_octave_gain_high"])
+            row["still falling?"] = "yes" if r["last_octave_gain_low"] > 0 else "no"
+        row["status"] = f or "ok"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def write_report(out: Path) -> Path:
-    """Rebuild per_position.png and report.html from the stored tables alone."""
-    out = Path(out)
-    runs, pp = load_tables(out)
-    if pp.empty:
-        raise UserError(f"{out} has no finished runs to report on")
-    order = {t: i for i, t in enumerate(StudyFolder(out).config().get("tasks") or [])}  # panels in the study's order
-    by_task = lambda s: s.map(order).fillna(len(order))  # noqa: E731
-    runs, pp = (t.sort_values("task", key=by_task, kind="stable") for t in (runs, pp))
+def findings_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
+    return [("Findings", findings_html(findings(out, runs)) + paragraph(
+        "Generated from this study's tables (<code>runs.parquet</code>, <code>fits.csv</code>, <code>gaps.csv</code>): "
+        "gaps are paired on the same test sequences with 95% bootstrap intervals over sequences (a gap that <i>loses "
+        "ground</i> rises with context: the model falls further behind, or its lead shrinks); effective context: the "
+        "tokens of context from which a run's loss stays within the tolerance of its full-context loss. Where runs of "
+        "several sizes exist, the sentences speak of the largest. The figures and tables below give every run."))]
+
+
+def curves_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
+    """The per-position curves (``per_position.png``) and the paired gaps to the baseline beside or
+    under them (``gap_per_position.png``)."""
     png = figure_png(per_position_figure(pp, runs))
     files.atomic_write(out / "per_position.png", lambda p: p.write_bytes(png))
-    config = (out / "config.yaml").read_text() if (out / "config.yaml").exists() else "(missing)"
-    try:
-        env = json.loads((out / "environment.json").read_text())
-    except (OSError, ValueError):
-        env = {"note": "environment.json missing or unreadable"}
     figures = [img_tag(png, "per-position loss")]
     wide = ' style="flex-basis:100%"' if runs["task"].nunique() > 1 else ""  # side by side: one panel each
     baseline = gap_baseline(out, runs)
@@ -225,35 +237,66 @@ def write_report(out: Path) -> Path:
         gap_png = figure_png(fig)
         files.atomic_write(out / "gap_per_position.png", lambda p: p.write_bytes(gap_png))
         figures.append(img_tag(gap_png, f"gap to {baseline} by position"))
-    sections = [
-        ("Per-position loss", '<div class="row">' + "".join(f"<div{wide}>{f}</div>" for f in figures) + "</div>" +
-         "<p>Loss at each position of held-out test sequences, in nats per token, averaged in quarter-octave "
-         "bins of positions (each of the first 8 positions on its own); bands are the bins' mean 95% bootstrap "
-         "intervals over sequences (conservative for a bin's mean). Position t predicts token t+1 from t+1 "
-         "tokens of context. Every position: <code>per_position.parquet</code>; per-task views below."
-         + (f" Right: each run's loss minus {html.escape(str(baseline))}'s (same task, size and seed) on the same "
-            "test sequences, in the same bins, with 95% paired bootstrap intervals over sequences (the noise the "
-            "two share cancels, so differences the left panel's overlapping bands hide show here; "
-            "<code>study.py compare</code> draws it across studies)." if len(figures) > 1 else "") + "</p>"),
-        *bytes_section(out, pp),
-        ("Does the loss keep falling over the last octave?", html_table(headline_table(runs)) +
-         "<p><code>last_octave_gain</code> = mean loss over positions [T/4, T/2) minus mean loss over [T/2, T), "
-         "with a 95% bootstrap interval over sequences. Above zero: the model still gains from its farthest context.</p>"),
-        ("Runs", html_table(runs)),
-        ("Data", data_section(out, runs)),
-    ]
-    for section in SECTIONS:
+    name = spec_labels(runs["arch"]).get(baseline, baseline)
+    return [("Per-position loss", '<div class="row">' + "".join(f"<div{wide}>{f}</div>" for f in figures) + "</div>" +
+             "<p>Loss at each position of held-out test sequences, in nats per token, averaged in quarter-octave "
+             "bins of positions (each of the first 8 positions on its own); bands are the bins' mean 95% bootstrap "
+             "intervals over sequences (conservative for a bin's mean). Position t predicts token t+1 from t+1 "
+             "tokens of context. Every position: <code>per_position.parquet</code>; per-task views below."
+             + (f" The second figure (<code>gap_per_position.png</code>): each run's loss minus {html.escape(str(name))}'s "
+                "(same task, size and seed) on the same test sequences, in the same bins, with 95% paired bootstrap "
+                "intervals over sequences (the noise the two share cancels, so differences the first figure's "
+                "overlapping bands hide show here; <code>study.py compare</code> draws it across studies)."
+                if len(figures) > 1 else "") + "</p>")]
+
+
+def last_octave_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
+    return [("Does the loss keep falling over the last octave?", html_table(headline_table(out, runs)) + paragraph(
+        "<i>Gain over the last octave</i>: mean loss over positions [T/4, T/2) minus mean loss over [T/2, T), with a "
+        "95% bootstrap interval over sequences (<code>last_octave_gain</code> in <code>runs.parquet</code>); "
+        "<i>still falling</i> when that interval lies above zero: the model still gains from its farthest context. "
+        "<i>Worse than uniform</i>: a test loss above ln V (V: the vocabulary), what a model that predicts every token "
+        "equally likely scores."))]
+
+
+def runs_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
+    summary = summary_table(runs, files.read_optional(out / "fits.csv"), files.read_optional(out / "gaps.csv"),
+                            flags(out, runs))
+    return [("Runs", html_table(summary) + html_table(runs, fold=f"every column of runs.parquet ({len(runs)} runs)") +
+             paragraph("Test loss in nats per token; effective context in tokens; the gap is paired on the same test "
+                       "sequences over all positions, [95% interval]. Folded: the stored table as it is."))]
+
+
+def data_page_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
+    return [("Data", data_section(out, runs))]
+
+
+def settings_sections(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
+    config = (out / "config.yaml").read_text() if (out / "config.yaml").exists() else "(missing)"
+    try:
+        env = json.loads((out / "environment.json").read_text())
+    except (OSError, ValueError):
+        env = {"note": "environment.json missing or unreadable"}
+    return [("Configuration", f"<pre>{html.escape(config)}</pre><p>Rerun with <code>python study.py --config "
+                              f"{html.escape(str(out / 'config.yaml'))}</code>.</p>"),
+            ("Environment", f"<details><summary>versions, device, commit</summary><pre>"
+                            f"{html.escape(yaml.safe_dump(env, sort_keys=False))}</pre></details>")]
+
+
+def write_report(out: Path) -> Path:
+    """Rebuild the figures and report.html from the stored tables alone: the page's sections are
+    those of ``HEAD``, then ``SECTIONS``, then ``TAIL``."""
+    out = Path(out)
+    runs, pp = load_tables(out)
+    if pp.empty:
+        raise UserError(f"{out} has no finished runs to report on")
+    order = {t: i for i, t in enumerate(StudyFolder(out).config().get("tasks") or [])}  # panels in the study's order
+    by_task = lambda s: s.map(order).fillna(len(order))  # noqa: E731
+    runs, pp = (t.sort_values("task", key=by_task, kind="stable") for t in (runs, pp))
+    sections = []
+    for section in [*HEAD, *SECTIONS, *TAIL]:
         sections += section(out, runs, pp)
-    sections += [("Configuration", f"<pre>{html.escape(config)}</pre><p>Rerun with <code>python study.py --config "
-                                   f"{html.escape(str(out / 'config.yaml'))}</code>.</p>"),
-                 ("Environment", f"<pre>{html.escape(yaml.safe_dump(env, sort_keys=False))}</pre>")]
-    body = "\n".join(f"<h2>{html.escape(t)}</h2>\n{h}" for t, h in sections)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(out.name)}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}} img{{max-width:100%}}
-.row{{display:flex;flex-wrap:wrap;gap:1em}} .row>div{{flex:1 1 520px}}
-table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head>
-<body><h1>Study {html.escape(out.name)}</h1>{body}</body></html>"""
-    files.write_text(out / "report.html", page)
+    files.write_text(out / "report.html", page_html(out.name, f"Study {out.name}", sections))
     return out / "report.html"
 
 
@@ -268,12 +311,14 @@ def data_section(out: Path, runs: pd.DataFrame) -> str:
         data = {}
     rows = []
     for spec, versions in data.items():
+        inside = windows_inside_documents(spec)  # a data.json written before spans were looked at says "yes"
         for fingerprint, d in versions.items():
             for split, e in d.get("splits", {}).items():
                 names = ", ".join(e["names"][:4]) + (f", ... ({e['documents']} in all)" if e["documents"] > 4 else "")
-                rows.append({"task": spec, "data fingerprint": fingerprint, "split": split, "documents": e["documents"],
+                rows.append({"task": spec, "tokens are": tokens_are(spec, d.get("vocab_size")),
+                             "data fingerprint": fingerprint, "split": split, "documents": e["documents"],
                              "tokens": e["tokens"], "which": names,
-                             "windows may cross documents": "yes" if e["windows_cross_documents"] else "no"})
+                             "windows may cross documents": "yes" if e["windows_cross_documents"] and not inside else "no"})
     if not rows:
         return "".join(parts) + paragraph("Not recorded: the study ran before studies recorded their data "
                                           "(<code>data.json</code>); rerunning its command records it and trains nothing.")
@@ -281,19 +326,36 @@ def data_section(out: Path, runs: pd.DataFrame) -> str:
     cut = any(str(n).endswith("#test") for n in table["which"])
     parts.append(html_table(table))
     parts.append(paragraph(
-        "Tokens of the byte-level tasks (text, code) are bytes. Text and code documents (files) go whole to one split, "
+        "<i>Tokens are</i>: bytes (256 ids) for text at byte level; a byte-level BPE trained on the training split alone "
+        "(<code>bpe=N</code>, kept in <code>tokenizers/</code>), or the tokenizer file the study names "
+        "(<code>tokenizer=PATH</code>), with the size of its vocabulary. <i>Which</i>: the first documents' names; "
+        "<code>data.json</code> lists the first 50 of each split. Text and code documents (files) go whole to one split, "
         "ordered by a hash of their name, about 10% of the bytes to test and 10% to validation"
         + ("; a corpus of fewer than three files is cut instead, each file's first 80% of bytes for training, the next "
            "10% for validation and its last 10% for test (names ending in #train, #validation, #test)" if cut else "")
         + ". Within a split the documents are joined into one stream (a blank line between two) and windows start "
         "anywhere in it: where <i>windows may cross documents</i>, a window's context may reach back past the start of "
-        "its document into the end of another. Tasks of fixed-length sequences (images, video, math, the probes) start "
+        "its document into the end of another; with <code>windows=document</code> (the default of <code>books</code>) "
+        "every window lies inside one document. Tasks of fixed-length sequences (images, video, math, the probes) start "
         "windows only at a sequence's start. Table: <code>data.json</code>; the runs' <code>data_fingerprint</code> "
         "says which version of the data each was trained on."))
     return "".join(parts)
 
 
-def summary_table(runs: pd.DataFrame, fits: pd.DataFrame, gaps: pd.DataFrame) -> pd.DataFrame:
+def tokens_are(spec: str, vocab: int | None) -> str:
+    """What a task's tokens are, in words: bytes, a trained BPE of N tokens, a given tokenizer."""
+    tokenization = corpus_and_tokenization(spec)[1]
+    v = f" ({vocab:,} tokens)" if vocab else ""
+    if tokenization.startswith("bpe="):
+        return f"byte-level BPE trained on the training split{v}"
+    if tokenization.startswith("tokenizer="):
+        return f"the tokenizer {tokenization.partition('=')[2]}{v}"
+    if byte_level_spec(spec):
+        return "bytes (256)"
+    return f"the task's own{v}"
+
+
+def summary_table(runs: pd.DataFrame, fits: pd.DataFrame, gaps: pd.DataFrame, flag: pd.Series | None = None) -> pd.DataFrame:
     """One row per run: test loss, effective context with its interval, paired gap to the baseline
     over all positions with its interval, from the study's tables (runs.parquet, fits.csv, gaps.csv)."""
     fit = {r["run_id"]: r for r in fits.to_dict("records")} if "run_id" in fits else {}
@@ -305,10 +367,12 @@ def summary_table(runs: pd.DataFrame, fits: pd.DataFrame, gaps: pd.DataFrame) ->
     labels = spec_labels(runs["arch"])
     column = f"gap to {labels.get(baseline, baseline)}" if baseline else "gap to the baseline"
     rows = []
-    for r in runs.to_dict("records"):
+    flag = flag if flag is not None else pd.Series("", index=runs.index)
+    for r, f in zip(runs.to_dict("records"), flag):
         eff = format_effective_context(fit[r["run_id"]]) if r["run_id"] in fit else "not analysed"
+        loss = f"{r['test_loss']:.4f}" if r.get("status") == "ok" else r.get("status")
         rows.append({"arch": labels[r["arch"]], "task": r["task"], "size": format_count(int(r["params"])),
-                     "seed": r["seed"], "test loss": f"{r['test_loss']:.4f}" if r.get("status") == "ok" else r.get("status"),
+                     "seed": r["seed"], "test loss": loss + (" (worse than uniform)" if f.startswith("worse") else ""),
                      "effective context": eff,
                      column: "baseline" if r["arch"] == baseline else
                      gap.get((r["arch"], r["task"], r["params"], r["seed"]), "")})
@@ -321,17 +385,19 @@ def summary_lines(out: Path) -> list[str]:
     runs = files.read_optional(out / "runs.parquet")
     if runs.empty:
         return []
-    table = summary_table(runs, files.read_optional(out / "fits.csv"), files.read_optional(out / "gaps.csv"))
-    lines = ["summary (test loss in nats per token; effective context in tokens; gap: test loss minus the baseline's "
-             "on the same test sequences, all positions; [95% intervals]):",
-             *("  " + line for line in table.to_string(index=False).splitlines())]
-    return lines + report_growth.still_learning_lines(out, runs)
+    table = summary_table(runs, files.read_optional(out / "fits.csv"), files.read_optional(out / "gaps.csv"),
+                          flags(out, runs))
+    return ["findings:", *findings_lines(findings(out, runs)),
+            "summary (test loss in nats per token; effective context in tokens; gap: test loss minus the baseline's "
+            "on the same test sequences, all positions; [95% intervals]):",
+            *("  " + line for line in table.to_string(index=False).splitlines()),
+            *report_growth.still_learning_lines(out, runs)]
 
 
-def bytes_section(out: Path, pp: pd.DataFrame) -> list[tuple[str, str]]:
+def bytes_section(out: Path, pp: pd.DataFrame, archs=None) -> list[tuple[str, str]]:
     """The per-position curves in bits per byte against bytes of context (``per_position_bytes.png``),
     where the study's tasks are text."""
-    fig = bytes_figure(pp)
+    fig = bytes_figure(pp, archs=archs)
     if fig is None:
         return []
     png = figure_png(fig)
@@ -371,10 +437,16 @@ def task_sections(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple
     return sections
 
 
-#: The sections this page shows after its own, each (study_dir, runs, per_position) -> [(title, html)].
-SECTIONS: list[Callable[[Path, pd.DataFrame, pd.DataFrame], list[tuple[str, str]]]] = [
+Section = Callable[[Path, pd.DataFrame, pd.DataFrame], list[tuple[str, str]]]
+#: The page's sections in order, each (study_dir, runs, per_position) -> [(title, html)]: first what the
+#: study found and its curves (HEAD), then the analyses (SECTIONS: add a section here), then the runs,
+#: the data and the settings (TAIL).
+HEAD: list[Section] = [findings_section, curves_section, lambda out, runs, pp: bytes_section(out, pp, runs["arch"]),
+                       last_octave_section]
+SECTIONS: list[Section] = [
     task_sections,  # each task's own view
     report_history.report_section,  # how much history: effective context, fits, extrapolation (study.py analyze)
     report_growth.report_section,  # how context use grows with training: kept steps, ICL score, law (--history)
     report_scaling.report_section,  # L(N), L(C), frontier, alpha(N), tuning: only for size sweeps
 ]
+TAIL: list[Section] = [runs_section, data_page_section, settings_sections]

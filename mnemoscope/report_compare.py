@@ -12,49 +12,26 @@ import pandas as pd
 
 from . import files
 from .compare import Comparison, runs_table
-from .figures import STUDY_STYLES, arch_palette, draw_curves, figure_png, html_table, img_tag, paragraph
+from .figures import (STUDY_STYLES, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below, page_html,
+                      paragraph, wrap_title)
+from .report_findings import findings_html, findings_lines, gap_sentence
 from .report_history import gap_cells
 from .specs import format_count
 from .statistics import format_gap
-
-
-def _legend(fig, axes) -> None:
-    handles, labels = {}, []
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-    if labels:
-        ncol = max(1, min(len(labels), int(fig.get_figwidth() // 3.4)))  # labels of about 50 characters
-        fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-
-
-def _rows(n_labels: int, n_panels: int) -> int:
-    """Rows of the legend under a figure n_panels wide."""
-    return -(-n_labels // max(1, int(6.4 * n_panels // 3.4)))
-
-
-def _layout(fig, n_labels: int) -> None:
-    rows = -(-n_labels // max(1, int(fig.get_figwidth() // 3.4)))
-    fig.tight_layout(rect=(0, min(0.5, (0.18 * rows + 0.1) / fig.get_figheight()), 1, 1))
 
 
 def curves_figure(c: Comparison, colors: dict, styles: dict):
     """Loss against context, a panel per task family (bits per byte against bytes where the
     panel mixes tokenizers); colour: architecture, line style: study; 95% bands over sequences."""
     families = list(dict.fromkeys(c.curves["family"]))
-    n_labels = c.curves["label"].nunique()
-    fig, axes = plt.subplots(1, len(families), figsize=(6.4 * len(families), 4.4 + 0.2 * _rows(n_labels, len(families))),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(families), figsize=(6.4 * len(families), 4.4), squeeze=False)
     for ax, family in zip(axes.flat, families):
         d = c.curves[c.curves["family"] == family]
         draw_curves(ax, d, colors, styles)
-        ax.set_title(family)
+        ax.set_title(wrap_title(family, 6.4))
         ax.set_xlabel(d["x_unit"].iloc[0])
         ax.set_ylabel(d["y_unit"].iloc[0])
-    _legend(fig, axes.flat)
-    _layout(fig, n_labels)
+    legend_below(fig, axes.flat)
     return fig
 
 
@@ -63,9 +40,8 @@ def gaps_figure(c: Comparison, colors: dict, styles: dict):
     task family, a column per baseline; 95% paired bootstrap bands over sequences."""
     g = c.gap_curves
     families = list(dict.fromkeys(g["family"]))
-    n_labels = g["label"].nunique()
     fig, axes = plt.subplots(len(families), len(c.baselines), squeeze=False,
-                             figsize=(6.4 * len(c.baselines), 4.2 * len(families) + 0.2 * _rows(n_labels, len(c.baselines))))
+                             figsize=(6.4 * len(c.baselines), 4.2 * len(families)))
     for i, family in enumerate(families):
         for j, base in enumerate(c.baselines):
             ax = axes[i, j]
@@ -73,13 +49,12 @@ def gaps_figure(c: Comparison, colors: dict, styles: dict):
             ax.axhline(0, color="k", lw=1)
             if not d.empty:
                 draw_curves(ax, d, colors, styles, y="gap")
-            ax.set_title(f"{family}: minus {base}", fontsize=10)
+            ax.set_title(wrap_title(f"{family}: minus {base}", 6.4), fontsize=10)
             ax.set_xlabel("tokens of context (position + 1)" if d.empty or d["y_unit"].iloc[0].endswith("token)")
                           else "bytes of context")
             ax.set_ylabel(d["y_unit"].iloc[0] if not d.empty else "gap")
             ax.set_xscale("log", base=2)
-    _legend(fig, axes.flat)
-    _layout(fig, n_labels)
+    legend_below(fig, axes.flat)
     return fig
 
 
@@ -94,7 +69,7 @@ def gap_table(gaps: pd.DataFrame) -> pd.DataFrame:
 def summary_lines(c: Comparison) -> list[str]:
     """What the console prints: per run, its test loss and, per baseline, its gap over all positions
     and in the last band with intervals, or why it is unpaired."""
-    lines = []
+    lines = ["findings:", *findings_lines(comparison_findings(c, runs_table(c))), "runs:"]
     width = max(len(x) for x in c.runs["label"])
     for r in c.runs.to_dict("records"):
         parts = []
@@ -113,6 +88,50 @@ def summary_lines(c: Comparison) -> list[str]:
                 parts.append(f"vs {b}: {cell(every)} all positions, {cell(last)} at {last['band']}")
         lines.append(f"  {r['label']:<{width}}  [{r['task']}] test {r['test_loss']:.3f}  " + "; ".join(parts))
     return lines
+
+
+def readable_runs(table: pd.DataFrame, baselines: list[str]) -> pd.DataFrame:
+    """The runs' table in words: study, architecture, task, size, seed, context, test loss (3
+    decimals), effective context, and how each run pairs with each baseline."""
+    cols = {"study": "study", "arch": "architecture", "task": "task", "size": "size", "seed": "seed",
+            "context": "context (tokens)", "test_loss": "test loss (nats/token)", "effective context": "effective context",
+            **{f"vs {b}": f"vs {b}" for b in baselines}}
+    t = table[[c for c in cols if c in table]].rename(columns=cols)
+    t["test loss (nats/token)"] = table["test_loss"].map(lambda v: f"{v:.3f}")
+    return t
+
+
+def comparison_findings(c: Comparison, table: pd.DataFrame) -> list[tuple[str, str]]:
+    """[(heading, sentence)]: per task, the compared runs by test loss and their effective
+    contexts; per baseline, which gaps grow; runs that pair with no baseline; studies made by
+    different commits."""
+    items = []
+    effective = dict(zip(table["run_id"] + table["study"], table.get("effective context", pd.Series("", index=table.index))))
+    for task, d in c.runs.groupby("task", sort=False):
+        top = d.assign(label=d["label"] + (" (" + d["params"].map(lambda p: format_count(int(p))) + ")"
+                                           if c.runs["params"].nunique() > 1 else ""))
+        mean = top.groupby("label", sort=False)["test_loss"].mean().sort_values()
+        parts = [f"test loss, lowest first: {', '.join(f'{lab} {v:.3f}' for lab, v in mean.items())} nats/token."]
+        eff = [f"{r['label']} {effective.get(r['run_id'] + r['study'])}" for r in top.to_dict("records")
+               if effective.get(r["run_id"] + r["study"])]
+        if eff:
+            parts.append(f"Effective context (tokens, from each study's fits.csv): {'; '.join(eff)}.")
+        for b in c.baselines:
+            g = c.gaps[(c.gaps["task"] == task) & (c.gaps["baseline"] == b)]
+            if not g.empty:
+                parts.append(gap_sentence(g.assign(baseline=b), {}, key="label"))
+        items.append((task, " ".join(parts)))
+    for b in c.baselines:
+        unpaired = c.runs[c.runs[f"vs {b}"].str.startswith("unpaired")]
+        if not unpaired.empty:
+            why = "; ".join(f"{n} {s.removeprefix('unpaired: ')}" for s, n in unpaired[f"vs {b}"].value_counts().items())
+            items.append(("unpaired", f"{len(unpaired)} run(s) have no paired gap to {b}: scored on other data ({why})."))
+    commits = c.configs[c.configs["setting"] == "mnemoscope commit"] if not c.configs.empty else c.configs
+    if not commits.empty:
+        row = commits.iloc[0]
+        items.append(("code", "The studies were made by different commits of mnemoscope: " + ", ".join(
+            f"{s} {row[s]}" for s in commits.columns if s != "setting") + "; their numbers may differ for that reason too."))
+    return items
 
 
 def write_comparison(c: Comparison, out: Path, command: str = "") -> Path:
@@ -143,11 +162,14 @@ def write_comparison(c: Comparison, out: Path, command: str = "") -> Path:
                         for s, f in zip(dict.fromkeys(c.runs["study"]), c.studies))
     legend = ", ".join(f"{html.escape(s)}: <code>{html.escape(str(st))}</code>" for s, st in styles.items())
     sections = [
+        ("Findings", findings_html(comparison_findings(c, table)) + paragraph(
+            "Generated from the tables below: gaps are paired on the same test sequences, with 95% bootstrap intervals "
+            "over sequences; where runs of several sizes exist, the sentences speak of the largest.")),
         ("Per-position loss and the gap to the baseline",
          f'<div class="row">{"".join(f"<div{wide}>{x}</div>" for x in figures)}</div>' + paragraph(
-             f"Runs of {studies}. Left: test loss at every position, averaged in quarter-octave bins of positions; "
-             "bands: the bins' mean 95% bootstrap intervals over sequences. Right: each run's loss minus its "
-             "baseline's on the <b>same</b> test sequences, with 95% paired bootstrap intervals over sequences "
+             f"Runs of {studies}. The first figure: test loss at every position, averaged in quarter-octave bins of "
+             "positions; bands: the bins' mean 95% bootstrap intervals over sequences. The second: each run's loss "
+             "minus its baseline's on the <b>same</b> test sequences, with 95% paired bootstrap intervals over sequences "
              f"(only for runs scored on exactly what the baseline was scored on). Colour: architecture (the same in "
              f"every figure of mnemoscope); line style: study ({legend}). Where one panel mixes tokenizers, loss is "
              "in bits per byte against bytes of context. Tables: <code>curves.parquet</code>, "
@@ -156,7 +178,8 @@ def write_comparison(c: Comparison, out: Path, command: str = "") -> Path:
          (html_table(gap_table(c.gaps)) if not c.gaps.empty else paragraph("No run pairs with a baseline.")) +
          paragraph("Nats per token; positive: worse than the baseline. * marks an interval that excludes zero; "
                    "<i>growth</i>: the last band's gap minus the first's. Table: <code>gaps.csv</code>.")),
-        ("Runs, and how each pairs", html_table(table) + paragraph(
+        ("Runs, and how each pairs", html_table(readable_runs(table, c.baselines)) +
+         html_table(table, fold=f"every column of runs.csv, with what each run was scored on ({len(table)} runs)") + paragraph(
             "A run's <i>fingerprint</i> hashes exactly what its test losses were scored on: the task's data, the "
             "tokenizer, the context length, the test windows (offsets and tokens) and the targets' mask "
             "(<code>scored_*</code> columns). Runs pair only when they agree on all of it; otherwise the column names "
@@ -170,12 +193,6 @@ def write_comparison(c: Comparison, out: Path, command: str = "") -> Path:
         sections.append(("Refused pairings", "".join(paragraph(html.escape(line)) for line in c.refused)))
     if command:
         sections.append(("Command", f"<pre>{html.escape(command)}</pre>"))
-    body = "\n".join(f"<h2>{html.escape(t)}</h2>\n{h}" for t, h in sections)
     names = ", ".join(dict.fromkeys(c.runs["study"]))
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>compare: {html.escape(names)}</title>
-<style>body{{font-family:sans-serif;max-width:1400px;margin:auto;padding:1em}} img{{max-width:100%}}
-.row{{display:flex;flex-wrap:wrap;gap:1em}} .row>div{{flex:1 1 560px}}
-table{{border-collapse:collapse;font-size:12px}} td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head>
-<body><h1>Comparison of {html.escape(names)}</h1>{body}</body></html>"""
-    files.write_text(out / "compare.html", page)
+    files.write_text(out / "compare.html", page_html(f"compare: {names}", f"Comparison of {names}", sections))
     return out / "compare.html"

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import files
-from .figures import figure_png, html_table, img_tag, model_palette
+from .figures import figure_png, html_table, img_tag, legend_below, model_palette, wrap_title
 from .specs import format_count, spec_labels
 from .statistics import MIN_FIT_POINTS, WRONG_FORM_CHI2, format_effective_context, format_gap
 
@@ -68,10 +68,10 @@ def context_figure(context: pd.DataFrame, fits: pd.DataFrame):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("tokens of context given (n)")
         ax.set_ylabel("loss on the same targets (nats/token)")
-        ax.set_title(f"{task}  (solid: truncated; dashed: beyond n shuffled; dotted: replaced)", fontsize=9)
+        ax.set_title(wrap_title(f"{task}  (solid: truncated; dashed: beyond n shuffled; dotted: replaced)", 6.2, 9),
+                     fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    legend_below(fig, axes.flat)
     return fig
 
 
@@ -99,10 +99,9 @@ def extrapolation_figure(ext: pd.DataFrame, bins_per_octave: int = 4):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("tokens of context (position + 1)")
         ax.set_ylabel("test loss (nats/token)")
-        ax.set_title(task)
+        ax.set_title(wrap_title(task, 6.2))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    legend_below(fig, axes.flat)
     return fig
 
 

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .figures import arch_palette, figure_png, html_table, img_tag
+from .figures import arch_palette, figure_png, html_table, img_tag, legend_below, wrap_title
 from .scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
 from .specs import spec_labels
 from .store import StudyFolder
@@ -55,10 +55,9 @@ def size_figure(points: pd.DataFrame, fits: pd.DataFrame):
         ax.set_yscale("log")
         ax.set_xlabel("non-embedding parameters N")
         ax.set_ylabel("test loss (nats/token)")
-        ax.set_title(task)
+        ax.set_title(wrap_title(task, 6.2))
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    legend_below(fig, axes.flat, 7)
     return fig
 
 
@@ -84,10 +83,9 @@ def compute_figure(curves: pd.DataFrame, front: pd.DataFrame, fits: pd.DataFrame
         ax.set_yscale("log")
         ax.set_xlabel("training compute C (FLOPs, counted)")
         ax.set_ylabel("validation loss (nats/token)")
-        ax.set_title(task)
+        ax.set_title(wrap_title(task, 6.2))
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    legend_below(fig, axes.flat, 7)
     return fig
 
 
@@ -104,10 +102,9 @@ def alpha_figure(alphas: pd.DataFrame):
         ax.set_xscale("log")
         ax.set_xlabel("non-embedding parameters N")
         ax.set_ylabel("alpha of L(t) = L_inf + A t^-alpha")
-        ax.set_title(task)
+        ax.set_title(wrap_title(task, 6.2))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    legend_below(fig, axes.flat, 7)
     return fig
 
 

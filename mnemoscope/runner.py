@@ -33,15 +33,16 @@ from .errors import ContractError, UserError
 from .evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
 from .flops import flops_per_token
 from .history import history_steps, run_tables, window_stride, write_step
-from .model import (SIZE_TOLERANCE, active_params, build, check_contract, check_memory, count_params, size_for,
-                    state_size)
+from .model import (SIZE_TOLERANCE, active_params, build, check_contract, check_memory, check_shape_options, count_params,
+                    size_for, state_size)
 from .queue import run_study
 from .registry import ARCHITECTURES, TASKS
 from .specs import format_count, parse_spec
 from .statistics import octave_gain
 from .store import disk_error, environment, jsonable, load_run_model
 from .task import Task
-from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, check_loggers, fit, log_results, tracker_loggers
+from .trackers import check_loggers, check_stores, log_results, open_stores, tracker_loggers
+from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
 
 EVAL_BATCH = 32  # sequences per evaluation forward
 
@@ -124,6 +125,7 @@ class Study:
         cls, _, options = parse_spec(run.arch, ARCHITECTURES)
         # a tuned shape (e.g. depth) is fixed at every size; the width is solved for each
         options = {**self.config.hparams.get(run.arch, {}).get("shape", {}), **options}
+        check_shape_options(cls, run.arch, options)  # no block, no width, the task's own keys: one line
         # sizes that cannot fit in memory are refused before sizing (a plain bound) and before allocating
         check_memory(cls, task.vocab_size, task.context_length, None, run.arch, run.params)
         config = size_for(cls, run.params, task.vocab_size, task.context_length, options)
@@ -169,9 +171,14 @@ class Study:
     def prepare(self) -> list[RunSpec]:
         """Check everything that can be checked before training: names, sizes, data, contracts."""
         runs = plan(self.config)
+        check_stores(self.loggers)  # a tracker that cannot record fails before anything is written
         checked = set()
         for run in runs:
             task = self.task(run.task)
+            if self.config.tokens < task.context_length:  # not one training window: refused before any work
+                raise UserError(f"--context {task.context_length} (task {run.task}): one training window holds more "
+                                f"tokens than the whole budget, --tokens {format_count(self.config.tokens)}; give a "
+                                f"shorter --context, or --tokens of at least {format_count(task.context_length)}")
             task.splits()
             if (run.arch, run.task, run.params) in checked:
                 continue
@@ -181,6 +188,7 @@ class Study:
             check_contract(model, task.vocab_size, task.context_length, run.arch)
         self.write_config()
         self.write_data()
+        open_stores(self.loggers, self.out, self.config.name)
         for spec in dict.fromkeys(r.task for r in runs):  # e.g. a trained tokenizer, to decode the runs' tokens
             for rel, src in self.task(spec).study_files().items():
                 if not (self.out / rel).exists() or (self.out / rel).read_bytes() != Path(src).read_bytes():

@@ -79,6 +79,9 @@ def _options(text: str, spec: str) -> dict[str, Any]:
         key, eq, val = item.partition("=")
         if not eq or not key.strip():
             raise UserError(f"malformed option {item!r} in {spec!r}: expected key=value")
+        if not val.strip():
+            raise UserError(f"option {key.strip()}= has no value in {spec!r}: give one ({key.strip()}=VALUE) or "
+                            "leave the option out")
         options[key.strip()] = _value(val.strip())
     return options
 

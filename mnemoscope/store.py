@@ -63,6 +63,14 @@ class StudyFolder:
             return {}
         return d if isinstance(d, dict) else {}
 
+    def environment(self) -> dict[str, Any]:
+        """The study's ``environment.json`` (versions, device, commit); empty when missing or unreadable."""
+        try:
+            d = json.loads((self.out / "environment.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return d if isinstance(d, dict) else {}
+
     @property
     def eval_sequences(self) -> int:
         """Test sequences each run was scored on."""
@@ -133,7 +141,7 @@ def environment() -> dict[str, Any]:
     """Package versions, device, git commit: written once into a study folder."""
     versions = {}
     for pkg in ("torch", "lightning", "numpy", "pandas", "pyarrow", "seaborn", "matplotlib", "optuna", "scipy",
-                "transformers"):  # transformers: the hf: families (optional)
+                "transformers", "tokenizers"):  # optional: the hf: families; bpe= and tokenizer=
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

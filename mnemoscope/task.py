@@ -149,7 +149,9 @@ class Task:
         for name, s in splits.items():
             out["splits"][name] = {"documents": len(s.documents), "tokens": int(len(s.tokens)),
                                    "names": [str(d) for d in s.documents[:DESCRIBED_DOCUMENTS]],
-                                   "windows_cross_documents": s.starts is None and len(s.documents) > 1}
+                                   "names_listed": min(len(s.documents), DESCRIBED_DOCUMENTS),  # the first ones
+                                   "windows_cross_documents": s.starts is None and s.spans is None
+                                                              and len(s.documents) > 1}
         return out
 
     def floor_excess(self, losses: np.ndarray, mask: np.ndarray, seed: int = 0) -> dict[str, float] | None:

@@ -37,6 +37,7 @@ WINDOWS = ("any", "document")
 TOKENIZATION_OPTIONS = ("bpe", "tokenizer")
 #: the BPE recipe; part of the cache key, so a change of recipe trains again
 BPE_RECIPE = "bytelevel-bpe-1"
+MAX_BPE = 1 << 20  # the largest bpe= vocabulary (its reason: TextTask's message)
 INSTALL = "pip install tokenizers (or pip install -e '.[bpe]')"
 
 
@@ -103,6 +104,21 @@ def token_byte_lengths(tok, vocab_size: int) -> np.ndarray:
     return out
 
 
+def utf8_text(name: str, data: bytes, task: str) -> str:
+    """A document's text for a subword tokenizer, which reads UTF-8: decoded exactly, or refused in
+    one line naming the document and the first byte that is not UTF-8 (replacing such bytes would
+    change the text, and two tokenizations of one corpus would no longer compare at equal text)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        base, cut, part = str(name).rpartition("#")
+        where = f"the {part} part" if cut and part in SPLITS else f"offset {exc.start}"
+        raise UserError(f"task {task}: {base if cut and part in SPLITS else name} is not UTF-8 (byte "
+                        f"0x{data[exc.start]:02x} in {where}; "
+                        "perhaps Latin-1 or Windows-1252); bpe= and tokenizer= read UTF-8 text: convert it first "
+                        "(e.g. iconv -f latin1 -t utf-8), or train on its bytes (no bpe= or tokenizer=)") from None
+
+
 class TextTask(Task):
     """A task made of documents of text, tokenized as bytes, a trained BPE or the user's tokenizer.
     Subclasses implement ``documents()`` -> [(name, bytes)]."""
@@ -117,9 +133,11 @@ class TextTask(Task):
         bpe, path = options.get("bpe"), options.get("tokenizer")
         if bpe is not None and path is not None:
             raise UserError(f"task {self.name}: give bpe= or tokenizer=, not both")
-        if bpe is not None and (isinstance(bpe, bool) or not isinstance(bpe, int) or not 256 < bpe <= 1 << 20):
+        if bpe is not None and (isinstance(bpe, bool) or not isinstance(bpe, int) or not 256 < bpe <= MAX_BPE):
             raise UserError(f"task {self.name}: bpe must be a whole number of tokens above 256 (the byte "
-                            f"alphabet), e.g. {self.name}:bpe=4096; got {bpe!r}")
+                            f"alphabet) and at most {MAX_BPE} (2^20: the embedding and output layers, vocabulary x "
+                            f"width each, would otherwise outweigh any model a study sizes, and no corpus trained on "
+                            f"here holds that many merges), e.g. {self.name}:bpe=4096; got {bpe!r}")
         windows = options.get("windows", self.default_windows)
         if windows not in WINDOWS:
             raise UserError(f"task {self.name}: windows must be one of {', '.join(WINDOWS)}, not {windows!r}")
@@ -166,7 +184,7 @@ class TextTask(Task):
             encoded = {s: [np.frombuffer(d, dtype=np.uint8) for _, d in parts[s]] for s in SPLITS}
             sep = np.frombuffer(SEPARATOR, dtype=np.uint8)
         else:
-            texts = {s: [d.decode("utf-8", errors="replace") for _, d in parts[s]] for s in SPLITS}
+            texts = {s: [utf8_text(name, d, self.name) for name, d in parts[s]] for s in SPLITS}
             if self._tokenizer is None:  # trained on the training split alone
                 self._tokenizer = train_bpe(texts["train"], self.vocab_size)
             encoded = {s: [np.asarray(e.ids, dtype=np.int64) for e in self._tokenizer.encode_batch(texts[s])]
@@ -256,6 +274,17 @@ def byte_level_spec(spec: str) -> bool:
     except Exception:  # a plugin that cannot be imported now: nothing is known of its tokens
         return False
     return isinstance(cls, type) and issubclass(cls, TextTask) and not set(options) & set(TOKENIZATION_OPTIONS)
+
+
+def windows_inside_documents(spec: str) -> bool:
+    """Whether a task spec names text whose windows lie inside one document (``windows=document``,
+    the default of ``books``): what a study's data.json says, corrected for studies whose data.json
+    was written before it looked at the documents' spans. False when the task cannot be resolved."""
+    try:
+        cls, _, options = parse_spec(spec, TASKS)
+    except Exception:  # a plugin that cannot be imported now: nothing is known of its windows
+        return False
+    return isinstance(cls, type) and issubclass(cls, TextTask) and options.get("windows", cls.default_windows) == "document"
 
 
 def with_bytes(pp):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import logging
 import math
 import os
@@ -190,66 +189,6 @@ def distributed_settings(devices: str | None = None, num_nodes: str | None = Non
             raise UserError(f"unknown --strategy {strategy!r} (Lightning knows: {', '.join(known)})")
         out["strategy"] = strategy
     return out
-
-
-#: --logger choices: Lightning's loggers, and the package each needs (any one of them)
-LOGGERS = {"csv": (), "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
-
-
-def check_loggers(names) -> list[str]:
-    """``--logger`` names, checked: known, and their package installed (one line naming the extra
-    to install otherwise). CSV is always kept (a run's metrics.csv comes from it)."""
-    names = list(dict.fromkeys(["csv", *(names or [])]))
-    for name in names:
-        if name not in LOGGERS:
-            raise UserError(f"unknown logger {name!r} (known: {', '.join(LOGGERS)})")
-        if LOGGERS[name] and not any(importlib.util.find_spec(pkg) for pkg in LOGGERS[name]):
-            raise UserError(f"--logger {name} needs the {LOGGERS[name][0]} package: pip install 'mnemoscope[{name}]'")
-    return names
-
-
-def tracker_loggers(names, folder: Path, experiment: str, run_name: str, hparams: dict[str, Any]) -> list:
-    """Lightning loggers besides CSV for one run, in their offline modes, writing under the study
-    folder ``folder``: TensorBoard event files in ``tensorboard/<run>/``, an MLflow file store in
-    ``mlruns/`` (or the server of ``MLFLOW_TRACKING_URI`` when it is set), W&B offline runs in
-    ``wandb/`` (``WANDB_MODE=online`` to send them). ``hparams`` (architecture, task, size, seed, ...)
-    become each tracker's hyperparameters, and its tags where it has them."""
-    tags = {k: str(hparams[k]) for k in ("arch", "task", "size", "seed") if k in hparams}
-    out = []
-    for name in names:
-        if name == "tensorboard":
-            lg = L.pytorch.loggers.TensorBoardLogger(str(folder / "tensorboard"), name="", version=run_name,
-                                                     default_hp_metric=False)
-        elif name == "mlflow":
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(folder) / "mlruns").resolve().as_uri()
-            lg = L.pytorch.loggers.MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=uri,
-                                                tags=tags)
-        elif name == "wandb":
-            lg = L.pytorch.loggers.WandbLogger(name=run_name, project=experiment, save_dir=str(folder),
-                                               offline=os.environ.get("WANDB_MODE") != "online",
-                                               tags=[f"{k}={v}" for k, v in tags.items()])
-        else:
-            continue
-        lg.log_hyperparams(hparams)
-        out.append(lg)
-    return out
-
-
-def log_results(loggers, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
-    """A finished run's numbers (its test loss, ...) into the trackers of :func:`tracker_loggers`
-    (CSV: the run's result.json holds them), with its hyperparameters: TensorBoard shows
-    hyperparameters only beside a metric."""
-    for lg in loggers:
-        if isinstance(lg, L.pytorch.loggers.CSVLogger):
-            continue
-        if isinstance(lg, L.pytorch.loggers.TensorBoardLogger):
-            # a second event file beside the training's (closed by fit; reopened, it would be overwritten)
-            lg = L.pytorch.loggers.TensorBoardLogger(lg.save_dir, name=lg.name, version=lg.version,
-                                                     default_hp_metric=False, filename_suffix=".results")
-            lg.log_hyperparams(hparams, metrics)
-        else:
-            lg.log_metrics(metrics)
-        lg.finalize("success")
 
 
 def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_length: int, cfg: TrainConfig,

@@ -54,13 +54,29 @@ def test_compare_pairs_same_data_and_refuses_another_context(text_dir, tmp_path,
     b2 = _study(text_dir, tmp_path / "B2", "cnn", context="16")
     out2 = tmp_path / "AB2"
     capsys.readouterr()
-    assert main(["compare", str(a), str(b2), "--baseline", f"{a}:transformer", "--out", str(out2)]) == 0
+    assert main(["compare", str(a), str(b2), "--baseline", f"{a}:transformer", "--out", str(out2)]) == 3
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("refused:") and "context length (16 vs 32)" in err[0]
+    assert len(err) == 2 and err[0].startswith("refused:") and "context length (16 vs 32)" in err[0]
+    assert "exit status 3" in err[1] and "--allow-unpaired" in err[1]  # a script can tell
+    assert main(["compare", str(a), str(b2), "--baseline", f"{a}:transformer", "--out", str(out2),
+                 "--allow-unpaired"]) == 0
+    assert capsys.readouterr().err.strip().startswith("refused:")
     runs = pd.read_csv(out2 / "runs.csv").set_index("arch")
     assert runs.loc["cnn", column].startswith("unpaired: differs in context length (16 vs 32)")
     assert set(pd.read_csv(out2 / "gaps.csv")["arch"]) == {"lstm"}  # no gap for the unpaired run
     assert (out2 / "per_position.png").exists()
+
+
+def test_compare_never_writes_into_a_compared_study(tmp_path, capsys):
+    study = tmp_path / "S"
+    shutil.copytree(FIXTURE, study)
+    before = {p: p.read_bytes() for p in study.rglob("*") if p.is_file()}
+    for out in (study, study / "compare"):
+        assert main(["compare", str(study), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "lies inside the compared study" in err and "\n" not in err
+    assert main(["compare", f"{FIXTURE}:lstm", "--baseline", f"{study}:lstm", "--out", str(study / "c")]) == 2
+    assert {p: p.read_bytes() for p in study.rglob("*") if p.is_file()} == before
 
 
 def test_compare_bad_input_is_one_line(text_dir, tmp_path, capsys):
@@ -123,11 +139,11 @@ def test_bring_your_architecture_readme_commands(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     study = tmp_path / "results" / "my-rnn"
     assert [p.name.split("-")[0] for p in (study / "runs").iterdir()] == ["MyRNN"]  # exactly one run
-    gaps = pd.read_csv(study / "compare" / "gaps.csv")
+    gaps = pd.read_csv(study.parent / "my-rnn-compare" / "gaps.csv")
     mine = gaps[gaps["arch"] == "my_rnn.py:MyRNN"]
     assert set(mine["baseline"]) == {"reference-tiny: transformer:pos=rotary", "reference-tiny: lstm"}
     assert len(mine) == 2 * 4 and np.isfinite(mine[["gap_low", "gap_high"]].to_numpy()).all()
-    assert "paired" in pd.read_csv(study / "compare" / "runs.csv").iloc[-1].to_string()
+    assert "paired" in pd.read_csv(study.parent / "my-rnn-compare" / "runs.csv").iloc[-1].to_string()
 
 
 def test_the_readme_reference_holds_what_the_commands_select():

@@ -10,7 +10,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 # where each layer's modules live: mnemoscope/<name>.py, or the built-ins' folders
 FOLDERS = {"architectures": REPO / "architectures", "tasks": REPO / "tasks"}
-OPTIONAL = {"sklearn", "mathematics_dataset", "transformers", "tokenizers"}  # extras: imported where they are used, with a comment
+OPTIONAL = {"sklearn", "mathematics_dataset", "transformers", "tokenizers", "mlflow"}  # extras: imported where they are used, with a comment
 
 
 def layer_order() -> list[str]:

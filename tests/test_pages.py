@@ -16,10 +16,12 @@ pytestmark = pytest.mark.skipif(find_chromium() is None, reason="no Chromium (De
 
 
 def _assert_readable(page: Path, min_images: int) -> dict:
-    seen = check_page(page)
+    seen = check_page(page, width=1400)
     assert not seen["broken"], f"{page}: images that do not decode: {seen['broken']}"
     assert not seen["empty"], f"{page}: empty sections: {seen['empty']}"
     assert len(seen["images"]) >= min_images and all(i["width"] > 100 for i in seen["images"])
+    # at 1400 px nothing runs off the right edge
+    assert seen["page_width"] <= seen["window_width"], f"{page}: {seen['page_width']} px wide in a 1400 px window"
     return seen
 
 
@@ -28,15 +30,18 @@ def test_report_and_compare_page_render(tmp_path):
     shutil.copytree(FIXTURE, study)
     assert main(["report", str(study)]) == 0
     seen = _assert_readable(study / "report.html", 2)  # the per-position curves and the gaps beside them
-    assert "Per-position loss" in [s["title"] for s in seen["sections"]]
+    assert seen["order"][:2] == ["Findings", "Per-position loss"]  # what the study found, first
+    assert seen["order"][-2:] == ["Configuration", "Environment"]
     assert main(["compare", f"{FIXTURE}:lstm", str(study), "--out", str(tmp_path / "c")]) == 0
     seen = _assert_readable(tmp_path / "c" / "compare.html", 2)
+    assert seen["order"][0] == "Findings"
     assert {"Paired gaps by position band", "Runs, and how each pairs"} <= {s["title"] for s in seen["sections"]}
 
 
 @pytest.mark.parametrize("page", COMMITTED, ids=[p.parent.name for p in COMMITTED])
 def test_committed_reports_render(page):
-    _assert_readable(page, 1)
+    seen = _assert_readable(page, 1)
+    assert seen["order"][0] == "Findings"
 
 
 def test_the_check_sees_a_broken_image_and_an_empty_section(tmp_path):

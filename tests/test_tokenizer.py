@@ -129,7 +129,7 @@ def test_a_study_of_bytes_and_bpe_records_bytes_of_context(word_docs, tmp_path):
     fig = bytes_figure(load_tables(out)[1])
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert len(panels) == 1 and len(panels[0].get_lines()) >= 2
-    labels = [t.get_text() for t in panels[0].get_legend().get_texts()]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]  # one legend, under the panels
     assert "bytes" in labels and "bpe=400" in labels
     assert (out / "per_position_bytes.png").stat().st_size > 0
 
