@@ -21,7 +21,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from mnemoscope.model import LOSS_CHUNK_ELEMENTS, build, size_for, token_losses
+from mnemoscope.model import LOSS_CHUNK_ELEMENTS, build, token_losses
+from mnemoscope.sizing import size_for
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.train import masked_mean
 

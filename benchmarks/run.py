@@ -45,7 +45,8 @@ from benchmarks.references import BareLoop, gpt2_like, stamp
 from mnemoscope.callbacks import DivergenceGuard
 from mnemoscope.config import StudyConfig
 from mnemoscope.evaluate import per_position_losses
-from mnemoscope.model import build, count_params, size_for
+from mnemoscope.model import build
+from mnemoscope.sizing import count_params, size_for
 from mnemoscope.registry import ARCHITECTURES, TASKS
 from mnemoscope.task import TokenSplit, eval_offsets, window_batch
 from mnemoscope.train import TrainConfig, auto_batch_size, fit

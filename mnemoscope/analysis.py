@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import files
+from .bootstrap import percentile_interval
 from .errors import UserError
 from .evaluate import bootstrap_ci, per_position_losses
 from .model import has_features
@@ -37,7 +38,7 @@ from .runner import Study
 from .statistics import (bootstrap_fit, context_resolution, effective_context, format_effective_context,
                          last_significant_octave, octave_gains, paired_gap, truncation_check)
 from .store import jsonable, load_run_model
-from .task import Task, TokenSplit, eval_offsets, n_windows
+from .task import Task, TokenSplit, eval_offsets, n_windows, window_index
 
 
 def paired_runs(study_dir: Path, runs: pd.DataFrame, baseline: str):
@@ -109,7 +110,7 @@ def ablation_targets(split: TokenSplit, context_length: int, n_targets: int):
     Position p predicts window token p+1 from p+1 tokens of context."""
     T = context_length
     offsets = eval_offsets(split, T, n_targets)
-    index = offsets[:, None] + np.arange(T + 1)[None, :]
+    index = window_index(offsets, T)
     windows = np.asarray(split.tokens[index], dtype=np.int64)  # (M, T+1)
     counted = np.ones((len(offsets), T), bool) if split.mask is None else np.asarray(split.mask[index[:, 1:]], bool)
     has = counted.any(1)
@@ -257,13 +258,12 @@ def ablation_table(ab: Ablation, tolerance: float = 0.01, n_boot: int = 1000, se
     targets, the loss's excess over full context, and the variant's effective context and cost."""
     rows = []
     rng = np.random.default_rng(seed)
-    q = [(100 - level) / 2, 100 - (100 - level) / 2]
     for variant in ab.losses:
         contexts, losses = ab.scored(variant)
         M = len(losses)
         idx = rng.integers(0, M, size=(n_boot, M))
         boots = losses[idx].astype(np.float64).mean(1)  # (B, K)
-        lo, hi = np.percentile(boots, q, axis=0)
+        lo, hi = percentile_interval(boots, level)
         mean = losses.astype(np.float64).mean(0)
         eff = effective_context(losses, contexts, tolerance, n_boot, seed)
         for k, n in enumerate(contexts):
@@ -316,7 +316,7 @@ def long_context(model: nn.Module, split: TokenSplit, context_length: int, facto
             if den.sum() == 0:
                 continue
             boots = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1)
-            b_lo, b_hi = np.percentile(boots, [2.5, 97.5])
+            b_lo, b_hi = percentile_interval(boots, axis=None)
             buckets.append({"factor": f, "length": L, "bucket_start": start, "bucket_end": end,
                             "loss": num.sum() / den.sum(), "ci_low": b_lo, "ci_high": b_hi,
                             "n_sequences": int((den > 0).sum())})

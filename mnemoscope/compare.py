@@ -1,9 +1,10 @@
 """Runs of several study folders side by side (``study.py compare``), paired only when it is honest.
 
 Each finished run records what its test losses were scored on (``scoring_fingerprint`` and its
-parts in ``result.json``, :func:`mnemoscope.evaluate.scoring_parts`); for a run from before that
-column, it is computed here from the study's ``config.yaml`` (the task rebuilt, the stored target
-mask) without writing anything into that study. Two runs with the same fingerprint were scored
+parts in ``result.json``, :func:`mnemoscope.evaluate.scoring_parts`; the task part is the data's
+content fingerprint, so the same data pair wherever their files lie); for a run from before that
+column, or before runs recorded their data fingerprint, it is computed here from the study's
+``config.yaml`` (the task rebuilt, the stored target mask) without writing anything into that study. Two runs with the same fingerprint were scored
 on the same targets of the same test windows, so their difference gets paired bootstrap
 intervals over sequences (:func:`mnemoscope.statistics.paired_gap`, as ``gaps.csv`` inside a
 study); any other pair is drawn side by side and marked unpaired, with the part that differs.
@@ -98,6 +99,19 @@ def _rebuilt_parts(folder: Path, row: dict, mask: np.ndarray, studies: dict) -> 
         return None, f"its task could not be rebuilt to check: {exc}"
 
 
+def _data_fingerprint(folder: Path, row: dict, studies: dict, stored: str | None) -> str | None:
+    """The run's data fingerprint: as recorded, or, for a run from before it was, its task's as the
+    study's config.yaml rebuilds it (where it cannot be rebuilt: ``stored``, the part as recorded)."""
+    if isinstance(row.get("data_fingerprint"), str):
+        return row["data_fingerprint"]
+    try:
+        if folder not in studies:
+            studies[folder] = Study.from_folder(folder)
+        return studies[folder].task(row["task"]).data_fingerprint()
+    except UserError:
+        return stored
+
+
 @dataclass
 class Comparison:
     """Everything the page draws. ``runs``: a row per run (``key`` identifies it); ``curves`` and
@@ -144,7 +158,9 @@ def load(selections: list[Selection]) -> tuple[pd.DataFrame, dict, list[Path]]:
                 losses[k] = None
             p, note = None, "no stored losses (runs/<id>/losses.npz)"
             if isinstance(r.get("scoring_parts"), str):
+                # the task part is the data's fingerprint (runs scored before recorded the task's options and path)
                 p, note = json.loads(r["scoring_parts"]), ""
+                p["task"] = _data_fingerprint(sel.folder, r, rebuilt, p.get("task"))
             elif losses[k] is not None:
                 p, note = _rebuilt_parts(sel.folder, r, losses[k][1], rebuilt)
             parts.append(p)

@@ -10,12 +10,12 @@ import json
 import warnings
 
 import numpy as np
-import seaborn as sns
 import torch
 from torch import nn
 
+from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from .model import token_losses
-from .task import Task, TokenSplit, eval_offsets, window_batch
+from .task import Task, TokenSplit, eval_offsets, window_batch, window_tokens
 
 
 @torch.no_grad()
@@ -55,8 +55,7 @@ def window_bytes(split: TokenSplit, context_length: int, n_sequences: int, token
     task's tokens are not text)."""
     if token_bytes is None:
         return None
-    offsets = eval_offsets(split, context_length, n_sequences)
-    window = np.asarray(split.tokens)[offsets[:, None] + np.arange(context_length + 1)[None, :]]
+    window = window_tokens(split, eval_offsets(split, context_length, n_sequences), context_length)
     b = np.asarray(token_bytes, dtype=np.int64)[window]
     return np.cumsum(b[:, :-1], axis=1), b[:, 1:]
 
@@ -69,23 +68,25 @@ def _masked_mean(losses, mask, axis=0):
         return np.where(count > 0, (losses * mask).sum(axis=axis) / np.maximum(count, 1), np.nan)
 
 
-def bootstrap_ci(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int = 1000, level: float = 95,
+def bootstrap_ci(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int = 1000, level: float = LEVEL,
                  seed: int = 0):
     """Mean over sequences at each position with a bootstrap interval over **sequences**.
 
-    Uses seaborn's bootstrap (rows resampled together for losses and mask). Returns
-    (mean, low, high, n), each of length T; positions with no counted target are NaN.
+    Rows of losses and mask are resampled together (:func:`mnemoscope.statistics.bootstrap_indices`),
+    one replicate at a time so that (n_boot, N, T) is never held. Returns (mean, low, high, n), each
+    of length T; positions with no counted target are NaN.
     """
+    losses = np.asarray(losses)
     if mask is None:
         mask = np.ones_like(losses, dtype=bool)
     m = mask.astype(np.float32)
-    boots = sns.algorithms.bootstrap(losses, m, func=_masked_mean, n_boot=n_boot, axis=0, seed=seed)  # (n_boot, T)
+    boots = np.array([_masked_mean(losses[i], m[i]) for i in bootstrap_indices(len(losses), n_boot, seed)])  # (n_boot, T)
     n = mask.sum(axis=0)
     mean = _masked_mean(losses, m)
     empty = n == 0
     with warnings.catch_warnings():  # all-NaN columns are the empty positions, set to NaN below
         warnings.simplefilter("ignore", RuntimeWarning)
-        lo, hi = np.nanpercentile(boots, [(100 - level) / 2, 100 - (100 - level) / 2], axis=0)
+        lo, hi = percentile_interval(boots, level)
     for a in (mean, lo, hi):
         a[empty] = np.nan
     return mean, lo, hi, n
@@ -132,17 +133,18 @@ def _digest(*arrays: np.ndarray) -> str:
 
 
 def scoring_parts(task: Task, n_sequences: int, mask: np.ndarray) -> dict[str, str]:
-    """What a run's per-sequence losses were scored on, part by part: the task's data fingerprint,
-    its tokenizer (a task's ``tokenizer_fingerprint``, attribute or method; "none" without one),
+    """What a run's per-sequence losses were scored on, part by part: the task's data fingerprint
+    (:meth:`Task.data_fingerprint`, the content of its prepared data: the same data pair wherever
+    their files lie), its tokenizer (a task's ``tokenizer_fingerprint``, attribute or method; "none" without one),
     the context length, a hash of the test windows (their offsets and tokens, the same
     ``eval_offsets`` every run uses) and a hash of the target mask (``mask``, (N, T), as stored in
     ``losses.npz``). Two runs with equal parts were scored on the same targets: their losses pair."""
     split, T = task.splits()["test"], task.context_length
     offsets = eval_offsets(split, T, n_sequences)
-    windows = np.asarray(split.tokens)[offsets[:, None] + np.arange(T + 1)[None, :]].astype(np.int64)
+    windows = window_tokens(split, offsets, T).astype(np.int64)
     tokenizer = getattr(task, "tokenizer_fingerprint", None)
     tokenizer = tokenizer() if callable(tokenizer) else tokenizer
-    return {"task": str(task.fingerprint()), "tokenizer": str(tokenizer or "none"), "context": str(T),
+    return {"task": str(task.data_fingerprint()), "tokenizer": str(tokenizer or "none"), "context": str(T),
             "windows": _digest(offsets.astype(np.int64), windows), "mask": _digest(np.asarray(mask, bool))}
 
 

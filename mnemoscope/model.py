@@ -1,27 +1,19 @@
-"""The architecture contract, and the helpers the harness uses on any architecture.
+"""The architecture contract, and the loss the harness takes through it.
 
-An architecture is a plain ``nn.Module``:
+An architecture is a plain ``nn.Module`` built as ``cls(vocab_size=V, context_length=T, **config)``
+(the task supplies V and T) whose ``forward(tokens)`` maps ``(B, T)`` int64 token ids to ``(B, T, V)``
+logits: causal, one prediction at every position, fresh state for every sequence, nothing kept on
+``self``. Everything else is an optional hook; :class:`Architecture` lists each with the default
+the harness assumes where a class leaves it out (a plain ``nn.Module`` is read the same way, with
+``getattr`` and that default). ``tests/test_contract.py`` checks that every hook the harness reads
+is listed there, and every registered architecture against the contract.
 
-* built as ``cls(vocab_size=V, context_length=T, **config)`` (the task supplies V and T);
-* ``forward(tokens)``: ``(B, T)`` int64 token ids in, ``(B, T, V)`` logits out, causal, one
-  prediction at every position, fresh state for every sequence, nothing kept on ``self``;
-* ``num_params(non_embedding=True)``: parameters, without (or with) the token/position
-  embeddings, as in Kaplan et al. 2020;
-* ``state_size(seq_len)``: numbers carried forward per step when generating (KV cache,
-  hidden state, receptive-field buffer), or ``None`` if unknown;
-* optionally ``features(tokens)`` -> ``(B, T, C)`` and ``head`` (``C -> V``) with
-  ``forward(tokens) == head(features(tokens))``: the harness then takes the loss in chunks of
-  positions (:func:`token_losses`), never holding ``(B, T, V)`` logits at a large vocabulary.
-
-Subclassing :class:`Architecture` gives sensible defaults for the last two and a generic
-``config_for_params`` that solves for a width to match a target non-embedding parameter count.
-A plain ``nn.Module`` works too: the harness falls back on counting ``nn.Embedding`` weights as
-embedding parameters and on a ``width_key`` attribute (or no sizing at all).
+Sizing to a parameter count and the memory bound are :mod:`mnemoscope.sizing`; this module takes
+the loss through the optional ``features``/``head`` pair in chunks of positions (:func:`token_losses`)
+and checks a built model against the contract (:func:`check_contract`).
 """
 from __future__ import annotations
 
-import math
-import os
 from typing import Any, Iterable
 
 import torch
@@ -30,40 +22,68 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .errors import ContractError, UserError
-from .specs import format_count
-
-SIZE_TOLERANCE = 0.10  # achieved non-embedding params must land within 10% of the target
-TRAINING_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments
+from .sizing import arch_name, count_params, solve_width
+# sizing's names the runner and architectures/hf.py import from here (they moved to .sizing)
+from .sizing import SIZE_TOLERANCE, check_memory, size_for  # noqa: F401
 
 
 class Architecture(nn.Module):
-    """Optional base class for architectures (built-ins and plugins)."""
+    """Optional base class for architectures (built-ins and plugins): every optional hook of the
+    contract with its default. A plain ``nn.Module`` gets the same defaults.
 
-    #: config key that scales width; ``config_for_params`` solves for it.
+    Hooks that are absent by default (defining them changes what the harness does):
+
+    * ``features(tokens)`` -> ``(B, T, C)`` with ``head`` (``C -> V``) and ``forward(tokens) ==
+      head(features(tokens))``: the loss is then taken in chunks of positions (:func:`token_losses`),
+      never holding ``(B, T, V)`` logits at a large vocabulary. Absent: the whole logits of ``forward``.
+    * ``num_active_params(non_embedding=True)``: for a model that routes (a mixture of experts),
+      the parameters one token uses, recorded as ``active_params``. Absent: all of them.
+    """
+
+    #: hooks :class:`Architecture` leaves out on purpose (see above); the contract test checks that the
+    #: harness reads no other hook than these and the attributes below
+    ABSENT_HOOKS = ("features", "head", "num_active_params")
+
+    #: config key that scales width, which :func:`mnemoscope.sizing.solve_width` bisects. None: no
+    #: solver; the model is built at its given config, which must then land within
+    #: ``SIZE_TOLERANCE`` of ``--params`` itself (the study refuses it naming the count reached)
     width_key: str | None = None
     #: widths tried are multiples of this.
     width_multiple: int = 8
     #: the finest width step tried when a small target needs one (2: a width whose heads must be even).
     width_step: int = 1
+    #: shape choices ``study.py tune`` searches, e.g. ``{"n_layer": [1, 2, 3]}``. None: ``n_layer``
+    #: in 1..4 where the constructor takes it.
+    shape_space: dict[str, list] | None = None
     #: training hyperparameters this architecture prefers (the study may override them).
     default_hparams: dict[str, Any] = {}
     #: True if the model accepts sequences longer than ``context_length`` at evaluation time.
     extrapolates: bool = False
 
     def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters without (``non_embedding``) or with the token and position embeddings. Default:
+        every ``nn.Embedding`` weight and ``embedding_parameters()`` left out, a tied head counted once."""
         return count_params(self, non_embedding, _use_method=False)
 
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """Embedding-like tensors besides ``nn.Embedding`` weights (a position table) to leave out of
+        the non-embedding count. Default: none."""
+        return []
+
     def state_size(self, seq_len: int) -> int | None:
+        """Numbers carried forward per step when generating (KV cache, hidden state, receptive-field
+        buffer) after ``seq_len`` tokens. Default: None, unknown."""
         return None
 
     @classmethod
     def shape_candidates(cls, target: int, context_length: int) -> Iterable[dict[str, Any]]:
-        """Depth-like settings to try, most preferred first; the width is solved for each."""
+        """Depth-like settings to try, most preferred first; the width is solved for each. Default: one, empty."""
         yield {}
 
     @classmethod
     def config_for_params(cls, target: int, vocab_size: int, context_length: int, **fixed) -> dict[str, Any]:
-        """A config whose non-embedding parameter count is as close as possible to ``target``."""
+        """A config whose non-embedding parameter count is as close as possible to ``target``.
+        Default: :func:`mnemoscope.sizing.solve_width` on ``width_key`` (none: ``fixed`` as given)."""
         return solve_width(cls, target, vocab_size, context_length, fixed)
 
 
@@ -116,29 +136,6 @@ def token_losses(model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor,
     return torch.cat(out).view(B, T)
 
 
-def count_params(model: nn.Module, non_embedding: bool = True, _use_method: bool = True) -> int:
-    """Parameters of ``model``; with ``non_embedding`` the ``nn.Embedding`` weights are left out.
-
-    A tied output head shares its tensor with the embedding, so it is not counted twice.
-    """
-    if _use_method and hasattr(model, "num_params"):
-        return int(model.num_params(non_embedding=non_embedding))
-    seen: set[int] = set()
-    excluded: set[int] = set()
-    if non_embedding:
-        for mod in model.modules():
-            if isinstance(mod, nn.Embedding):
-                excluded.add(id(mod.weight))
-        excluded.update(id(p) for p in getattr(model, "embedding_parameters", lambda: [])())
-    total = 0
-    for p in model.parameters():
-        if id(p) in seen or id(p) in excluded:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total
-
-
 def active_params(model: nn.Module) -> int:
     """Non-embedding parameters used for one token: ``num_active_params()`` where an architecture
     routes (a mixture of experts), else all of them."""
@@ -156,73 +153,12 @@ def build(cls: type, vocab_size: int, context_length: int, config: dict[str, Any
     try:
         model = cls(vocab_size=vocab_size, context_length=context_length, **config)
     except TypeError as exc:
-        raise UserError(f"cannot build architecture {_name(cls)} with config {config}: {exc}") from exc
+        raise UserError(f"cannot build architecture {arch_name(cls)} with config {config}: {exc}") from exc
     except Exception as exc:
-        raise UserError(f"architecture {_name(cls)} raised while being built: {type(exc).__name__}: {exc}") from exc
+        raise UserError(f"architecture {arch_name(cls)} raised while being built: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise UserError(f"architecture {_name(cls)} is not an nn.Module")
+        raise UserError(f"architecture {arch_name(cls)} is not an nn.Module")
     return model
-
-
-def _name(cls) -> str:
-    return getattr(cls, "registered_name", getattr(cls, "__name__", repr(cls)))
-
-
-def _count_on_meta(cls, vocab_size, context_length, config, non_embedding: bool = True) -> int:
-    """Parameters of the model ``config`` builds, counted on the meta device (nothing allocated)."""
-    with torch.device("meta"):
-        model = cls(vocab_size=vocab_size, context_length=context_length, **config)
-    return count_params(model, non_embedding=non_embedding)
-
-
-def solve_width(cls, target: int, vocab_size: int, context_length: int, fixed: dict[str, Any]) -> dict[str, Any]:
-    """Try each of ``cls.shape_candidates`` and, for each, the width closest to ``target``.
-
-    Returns the first candidate within 5% of the target, else the closest found. Parameter
-    counts are taken on the ``meta`` device, so no memory is spent.
-    """
-    key = getattr(cls, "width_key", None)
-    if key is None:
-        raise UserError(
-            f"architecture {_name(cls)} cannot be sized to --params: give it a width_key attribute "
-            "or a config_for_params classmethod"
-        )
-    if key in fixed:  # the user fixed the width: nothing to solve
-        return dict(fixed)
-    best: tuple[float, dict] | None = None
-    # preferred width multiple first; small models may need finer widths to land near the target
-    for step in sorted({int(getattr(cls, "width_multiple", 8)), int(getattr(cls, "width_step", 1))}, reverse=True):
-        best = _solve_width_step(cls, key, step, target, vocab_size, context_length, fixed, best)
-        if best[0] < math.log(1.05):
-            break
-    return best[1]
-
-
-def _solve_width_step(cls, key, step, target, vocab_size, context_length, fixed, best):
-    candidates = getattr(cls, "shape_candidates", lambda t, c: [{}])(target, context_length)
-    for shape in candidates:
-        base = {**shape, **fixed}
-
-        def n(w):
-            return _count_on_meta(cls, vocab_size, context_length, {**base, key: w * step})
-
-        lo, hi = 1, 1
-        while n(hi) < target and hi < 1 << 16:
-            lo, hi = hi, hi * 2
-        while hi - lo > 1:  # n is increasing in the width: bisect
-            mid = (lo + hi) // 2
-            if n(mid) < target:
-                lo = mid
-            else:
-                hi = mid
-        for w in (lo, hi):
-            err = abs(math.log(n(w) / target))
-            cfg = {**base, key: w * step}
-            if best is None or err < best[0]:
-                best = (err, cfg)
-        if best[0] < math.log(1.05):
-            break
-    return best
 
 
 #: option names that count an architecture's blocks (layers): 0 would leave a model without one,
@@ -249,61 +185,6 @@ def check_shape_options(cls, name: str, options: dict[str, Any]) -> None:
             what = ("a model needs at least one block (layer): with none, its embeddings and output alone would "
                     "be sized to --params" if key in DEPTH_KEYS else "a width must be a whole number, at least 1")
             raise UserError(f"architecture {name}: {key}={value!r} refused; {what}")
-
-
-def size_for(cls, target: int | None, vocab_size: int, context_length: int, config: dict[str, Any]) -> dict[str, Any]:
-    """Resolve an architecture's config for a target non-embedding parameter count (or none)."""
-    if target is None:
-        return dict(config)
-    solver = getattr(cls, "config_for_params", None)
-    if solver is None:
-        return solve_width(cls, target, vocab_size, context_length, dict(config))
-    try:
-        return solver(target, vocab_size, context_length, **config)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"architecture {_name(cls)} failed to size itself to {target} parameters: {exc}") from exc
-
-
-def memory_bytes() -> int | None:
-    """Memory a run can use: the GPU's when training runs on one, else the machine's (None: unknown)."""
-    if torch.cuda.is_available():
-        return int(torch.cuda.get_device_properties(0).total_memory)
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def check_memory(cls, vocab_size: int, context_length: int, config: dict[str, Any] | None, name: str,
-                 target: int) -> None:
-    """Refuse, before any allocation, a model whose weights, gradients and optimizer state alone
-    (TRAINING_BYTES_PER_PARAM per parameter) exceed the memory, in one line naming the largest size
-    that fits. ``config`` None: the plain bound of ``target`` parameters (checked before sizing);
-    else the parameters of the model that config builds, counted on the meta device (an
-    architecture that cannot be built there is not checked)."""
-    have = memory_bytes()
-    if have is None:
-        return
-    if config is None:
-        need = TRAINING_BYTES_PER_PARAM * target
-    else:
-        try:
-            need = TRAINING_BYTES_PER_PARAM * _count_on_meta(cls, vocab_size, context_length, config, non_embedding=False)
-        except Exception:
-            return
-    if need <= have:
-        return
-    size = _rough(target) if target < 10**12 else f"{target:.3g}"
-    raise UserError(f"--params {size}: architecture {name} at that size needs {need / 2**30:.3g} GiB for its weights, "
-                    f"gradients and optimizer state alone, more than the {have / 2**30:.3g} GiB here; the largest that "
-                    f"could fit has about {_rough(have // TRAINING_BYTES_PER_PARAM)} parameters in all, "
-                    "embeddings included (fewer with the activations)")
-
-
-def _rough(n: int) -> str:
-    return f"{n / 1e9:.3g}G" if n >= 10**9 else format_count(int(float(f"{n:.3g}")))
 
 
 def check_contract(model: torch.nn.Module, vocab_size: int, context_length: int, name: str) -> None:

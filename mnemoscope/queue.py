@@ -55,7 +55,7 @@ def default_storage(out: Path) -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages."""
+    """The storage URL without its password, for files and messages (the queue's and ``tune``'s)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
@@ -371,8 +371,7 @@ def threads_per_worker(workers: int) -> int | None:
     OMP_NUM_THREADS says what the user wants.
 
     Each process would otherwise start one thread per core, their OpenMP threads spinning against
-    each other: the default study's three runs at 200k tokens with ``--workers 2`` on 2 cores took
-    918 s that way (``OMP_NUM_THREADS=2``) and 65 s with one thread each (docs/workers.md)."""
+    each other, many times slower than one thread each (measured in docs/workers.md)."""
     if workers <= 1 or "OMP_NUM_THREADS" in os.environ:
         return None
     return max(1, cpu_cores() // workers)

@@ -27,7 +27,7 @@ from .figures import (arch_labels_colors, arch_palette, draw_curves, figure_png,
 from .registry import TASKS
 from .runner import Study, mixed_data
 from .specs import format_count, parse_spec, spec_labels
-from .statistics import format_effective_context, format_gap, paired_gap_curve
+from .statistics import format_effective_context, format_gap, paired_gap_curve, single_positions
 from .store import StudyFolder
 from .task import Task
 from .tokenizer import byte_level_spec, corpus_and_tokenization, windows_inside_documents, with_bytes
@@ -53,7 +53,7 @@ def per_position_figure(pp: pd.DataFrame, runs: pd.DataFrame | None = None, bins
     per size, and 95% bootstrap bands (over sequences) from the stored ci columns.
 
     With ``bins_per_octave``, positions are averaged in bins of that fraction of an octave (the
-    first 8 positions stay single): one point per position makes many lines unreadable at
+    first ``single_positions`` stay single, :func:`mnemoscope.statistics.position_bins`): one point per position makes many lines unreadable at
     T >= 256. A bin's band is the mean of its positions' intervals, wider than the interval of
     the bin's mean would be. ``None``: every position."""
     pp = pp.dropna(subset=["loss"]).copy()
@@ -240,7 +240,7 @@ def curves_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
     name = spec_labels(runs["arch"]).get(baseline, baseline)
     return [("Per-position loss", '<div class="row">' + "".join(f"<div{wide}>{f}</div>" for f in figures) + "</div>" +
              "<p>Loss at each position of held-out test sequences, in nats per token, averaged in quarter-octave "
-             "bins of positions (each of the first 8 positions on its own); bands are the bins' mean 95% bootstrap "
+             f"bins of positions (each of the first {single_positions(BINS_PER_OCTAVE)} positions on its own); bands are the bins' mean 95% bootstrap "
              "intervals over sequences (conservative for a bin's mean). Position t predicts token t+1 from t+1 "
              "tokens of context. Every position: <code>per_position.parquet</code>; per-task views below."
              + (f" The second figure (<code>gap_per_position.png</code>): each run's loss minus {html.escape(str(name))}'s "

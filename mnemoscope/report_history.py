@@ -14,7 +14,8 @@ import pandas as pd
 from . import files
 from .figures import figure_png, html_table, img_tag, legend_below, model_palette, wrap_title
 from .specs import format_count, spec_labels
-from .statistics import MIN_FIT_POINTS, WRONG_FORM_CHI2, format_effective_context, format_gap
+from .statistics import (HUBER_DELTA, MIN_FIT_POINTS, N_STARTS, WRONG_FORM_CHI2, format_effective_context, format_gap,
+                         short_number)
 
 
 def gap_cells(gaps: pd.DataFrame, index: list[str]) -> pd.DataFrame:
@@ -165,8 +166,8 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
         "two only. Cost: every (target, n) pair is its own forward pass, "
         f"{int(fits['ablation_forward_tokens'].median()):,} forward tokens per run (median). "
         "<b>alpha, L_inf</b>: the per-position curve fitted as L(t) = L_inf + A t^-alpha (t = tokens of context; "
-        "log space, Huber delta 1e-3 summed, L-BFGS-B from 27 starts; 95% intervals from refits on sequences "
-        "resampled). A fit is flagged <i>wrong form</i> when its residuals are more than "
+        f"log space, Huber delta {short_number(HUBER_DELTA)} summed, L-BFGS-B from {N_STARTS} starts; 95% intervals "
+        "from refits on sequences resampled). A fit is flagged <i>wrong form</i> when its residuals are more than "
         f"{WRONG_FORM_CHI2:g} times their noise variance (reduced chi^2), <i>not converged</i>, refused with "
         f"fewer than {MIN_FIT_POINTS} points; <i>flat</i> when no octave's gain is significant (then alpha and L_inf "
         "describe noise). <b>Last significant octave</b>: the farthest octave of positions "

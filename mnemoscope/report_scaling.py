@@ -9,19 +9,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .bootstrap import percentile_interval
 from .figures import arch_palette, figure_png, html_table, img_tag, legend_below, wrap_title
 from .scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
 from .specs import spec_labels
+from .statistics import HUBER_DELTA, MIN_FIT_POINTS, format_interval, short_number
 from .store import StudyFolder
 
 
 def _fmt_interval(v, lo, hi, digits=3):
     if v is None or not np.isfinite(v):
         return ""
-    body = f"{v:.{digits}g}"
     if lo is not None and np.isfinite(lo) and np.isfinite(hi):
-        body += f" [{lo:.{digits}g}, {hi:.{digits}g}]"
-    return body
+        return format_interval(v, lo, hi, f".{digits}g")
+    return f"{v:.{digits}g}"
 
 
 def _band(ax, xs, params_json, color):
@@ -30,7 +31,7 @@ def _band(ax, xs, params_json, color):
     if len(params) < 10:
         return
     curves = np.array([law(xs, *p) for p in params])
-    lo, hi = np.nanpercentile(curves, [2.5, 97.5], axis=0)
+    lo, hi = percentile_interval(curves)
     ax.fill_between(xs, lo, hi, color=color, alpha=0.15, lw=0)
 
 
@@ -166,11 +167,11 @@ def report_section(study_dir: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> lis
     tuning = tuning_table(study_dir)
     if not tuning.empty:
         parts.append("<h3>Tuning per architecture</h3>" + html_table(tuning))
-    note = (f"<p>L(x) = L_inf + (x0/x)^alpha fitted in log space (Huber delta 1e-3, summed; L-BFGS-B from a grid "
-            f"of starts; the same fitter as the per-position analysis). Intervals: {N_BOOT} bootstrap replicates "
-            "over test (L(N)) or validation (L(C)) sequences, one index set shared by all runs, seeds resampled "
-            "where there are several. Fewer than 5 points: no fit. Compute counts forward + backward FLOPs per "
-            "token on a real step (torch FlopCounterMode; fused LSTM and CPU attention kernels by formula, "
+    note = (f"<p>L(x) = L_inf + (x0/x)^alpha fitted in log space (Huber delta {short_number(HUBER_DELTA)}, summed; "
+            "L-BFGS-B from a grid of starts; the same fitter as the per-position analysis). Intervals: "
+            f"{N_BOOT} bootstrap replicates over test (L(N)) or validation (L(C)) sequences, one index set shared by all runs, seeds resampled "
+            f"where there are several. Fewer than {MIN_FIT_POINTS} points: no fit. Compute counts forward + backward "
+            "FLOPs per token on a real step (torch FlopCounterMode; fused LSTM and CPU attention kernels by formula, "
             "causal masking not discounted). The frontier leaves out each run's first "
             f"{FRONTIER_SKIP:.0%} of steps (warm-up); its grid points are not independent, so the L(C) "
             "interval reflects sequence noise only. Published values: Kaplan et al. 2020 (arXiv 2001.08361), "

@@ -459,7 +459,6 @@ class Study:
             except OSError as exc:
                 if attempt:
                     raise disk_error(exc, final) from exc
-        return row
 
     def collect(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Rebuild runs.parquet and per_position.parquet from the finished runs' folders."""

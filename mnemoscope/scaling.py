@@ -30,6 +30,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from . import files
+from .bootstrap import LEVEL, percentile_interval
 from .statistics import bootstrap_fit, fit_power_law
 
 FRONTIER_PER_DECADE = 4  # frontier grid points per decade of compute
@@ -78,7 +79,7 @@ def law(x, L_inf, x0, alpha):
     return L_inf + (x0 / np.asarray(x, np.float64)) ** alpha
 
 
-def bootstrap_law(x, point: dict, replicate, n_boot: int = N_BOOT, seed: int = 0, level: float = 95) -> dict:
+def bootstrap_law(x, point: dict, replicate, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> dict:
     """Percentile intervals of (L_inf, x0, alpha): ``replicate(rng)`` returns one resampled y (same
     order as x); each is refitted from the point estimate (warm start)."""
     out = {f"{k}_{s}": math.nan for k in ("L_inf", "x0", "alpha") for s in ("low", "high")}
@@ -93,10 +94,9 @@ def bootstrap_law(x, point: dict, replicate, n_boot: int = N_BOOT, seed: int = 0
         conv += bool(f["converged"])
         draws.append((f["L_inf"], f["x0"], f["alpha"]))
     draws = np.array(draws, np.float64)
-    q = [(100 - level) / 2, 100 - (100 - level) / 2]
+    lows, highs = percentile_interval(draws, level)  # NaN for a parameter no refit found
     for j, k in enumerate(("L_inf", "x0", "alpha")):
-        if np.isfinite(draws[:, j]).any():
-            out[f"{k}_low"], out[f"{k}_high"] = (float(v) for v in np.nanpercentile(draws[:, j], q))
+        out[f"{k}_low"], out[f"{k}_high"] = float(lows[j]), float(highs[j])
     out["boot_converged"] = conv / n_boot
     out["_draws"], out["_ys"] = draws, np.array(ys)  # parameters and resampled y of every replicate
     return out
@@ -154,7 +154,7 @@ def size_law(study_dir: Path, runs: pd.DataFrame, n_boot: int = N_BOOT, seed: in
         point = fit_law(x, y, se)
         boot = bootstrap_law(x, point, replicate, n_boot, seed)
         draws, y_boot = boot.pop("_draws", None), boot.pop("_ys", None)
-        lo, hi = (np.percentile(y_boot, [2.5, 97.5], axis=0) if y_boot is not None and len(y_boot)
+        lo, hi = (percentile_interval(y_boot) if y_boot is not None and len(y_boot)
                   else (np.full(len(y), np.nan),) * 2)
         rank = np.argsort(np.argsort(x))  # fit_law's residuals are in order of increasing x
         for i, (xi, tables) in enumerate(sizes):

@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import optimize
 from threadpoolctl import threadpool_limits
 
+from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from .errors import UserError
 
 # a band or bin with no counted target in a resample has no mean there: its interval is NaN by design
@@ -37,8 +38,6 @@ MIN_FIT_POINTS = 5  # fewer points than this are not a law (3 parameters)
 WRONG_FORM_CHI2 = 4.0  # residuals this many times their noise variance (reduced chi^2): wrong form
 MAX_ITER = 300  # L-BFGS-B iterations per start: a curve that falls converges in under 100; a flat or
                 # wrong-form one slides along a valley where alpha -> 0 (L_inf and A trade off) for thousands
-
-
 # -- 1. the power law of the per-position curve ---------------------------------------------------
 def _huber(r: np.ndarray, delta: float):
     """Huber loss of each residual and its derivative."""
@@ -64,13 +63,25 @@ def _objective(theta: np.ndarray, log_t: np.ndarray, log_y: np.ndarray, delta: f
     return loss.sum(), grad
 
 
+#: the grid of starts: L_inf as fractions of the lowest point, A as multiples of the first point's
+#: excess over it, and alpha
+START_GRID = ((0.3, 0.7, 0.95), (0.3, 1.0, 3.0), (0.1, 0.5, 1.5))
+N_STARTS = math.prod(len(axis) for axis in START_GRID)  # 27
+
+
 def _starts(y: np.ndarray):
-    """A grid of starting points around the data's own scale."""
+    """A grid of starting points around the data's own scale (:data:`START_GRID`)."""
     lo = max(float(np.min(y)), 1e-6)
-    for e in np.log(lo * np.array([0.3, 0.7, 0.95])):
-        for a in np.log(max(float(y[0] - lo), 1e-3) * np.array([0.3, 1.0, 3.0])):
-            for alpha in (0.1, 0.5, 1.5):
+    for e in np.log(lo * np.array(START_GRID[0])):
+        for a in np.log(max(float(y[0] - lo), 1e-3) * np.array(START_GRID[1])):
+            for alpha in START_GRID[2]:
                 yield np.array([e, a, alpha])
+
+
+def short_number(x: float) -> str:
+    """A constant as the prose writes it: ``1e-3`` (not ``0.001`` or ``1e-03``), ``4``."""
+    text = f"{x:g}"
+    return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e+") if "e" in text or 0 < abs(x) < 0.01 else text
 
 
 _BOUNDS = [(-20.0, 20.0), (-20.0, 20.0), (0.0, 5.0)]
@@ -104,7 +115,7 @@ def fit_power_law(t: np.ndarray, y: np.ndarray, stderr: np.ndarray | None = None
                   start: np.ndarray | None = None) -> PowerLawFit:
     """Fit L(t) = L_inf + A t^(-alpha) to a curve y(t) (t: tokens of context, y: nats per token).
 
-    Every start of a 27-point grid is run to convergence with L-BFGS-B and the lowest objective
+    Every start of the grid (:data:`N_STARTS` points) is run to convergence with L-BFGS-B and the lowest objective
     kept (``start`` given: that start only, for bootstrap refits). ``stderr`` (the standard error
     of each y over sequences) enables the form check: a reduced chi^2 of the residuals above
     ``wrong_form_chi2`` flags the fit "wrong form". Fewer than ``min_points`` finite points are
@@ -160,7 +171,7 @@ def position_means(losses: np.ndarray, mask: np.ndarray):
     return mean, se, n
 
 
-def bootstrap_fit(losses: np.ndarray, mask: np.ndarray, n_boot: int = 200, level: float = 95, seed: int = 0,
+def bootstrap_fit(losses: np.ndarray, mask: np.ndarray, n_boot: int = 200, level: float = LEVEL, seed: int = 0,
                   **fit_kwargs) -> dict:
     """Power-law fit of the per-position curve of (N, T) losses, intervals by bootstrap over sequences.
 
@@ -181,24 +192,19 @@ def bootstrap_fit(losses: np.ndarray, mask: np.ndarray, n_boot: int = 200, level
     if point.status in ("too few points", "wrong form") or n_boot <= 0:  # no law to put an interval on
         out.update({f"{k}_{s}": math.nan for k in keys for s in ("low", "high")}, boot_converged=math.nan)
         return out
-    rng = np.random.default_rng(seed)
-    N = len(losses)
     m = mask.astype(np.float64)
     lm = losses * m
     start = np.array([math.log(point.L_inf), math.log(point.A), point.alpha])
     draws, n_conv = [], 0
-    for _ in range(n_boot):
-        idx = rng.integers(0, N, N)
+    for idx in bootstrap_indices(len(losses), n_boot, seed):
         cnt = m[idx].sum(0)
         curve = np.where(cnt > 0, lm[idx].sum(0) / np.maximum(cnt, 1), np.nan)
         f = fit_power_law(t, curve, None, start=start, **fit_kwargs)
         n_conv += f.converged
         draws.append((f.L_inf, f.A, f.alpha))
-    draws = np.array(draws)
-    q = [(100 - level) / 2, 100 - (100 - level) / 2]
+    lows, highs = percentile_interval(np.array(draws), level)
     for j, k in enumerate(keys):
-        lo, hi = np.nanpercentile(draws[:, j], q)
-        out[f"{k}_low"], out[f"{k}_high"] = float(lo), float(hi)
+        out[f"{k}_low"], out[f"{k}_high"] = float(lows[j]), float(highs[j])
     out["boot_converged"] = n_conv / n_boot
     return out
 
@@ -225,22 +231,19 @@ def _bin_sums(losses: np.ndarray, mask: np.ndarray, bins: list[tuple[int, int]])
 def _bin_means(sums: np.ndarray, counts: np.ndarray, n_boot: int, seed: int):
     """Mean per bin over counted targets, and its ``n_boot`` replicates with whole sequences
     resampled: ((n_bins,), (n_boot, n_bins)); NaN where a bin (or a replicate's bin) counts nothing."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(sums), size=(n_boot, len(sums)))  # (B, N) resampled sequences
+    idx = bootstrap_indices(len(sums), n_boot, seed)  # (B, N) resampled sequences
     with np.errstate(invalid="ignore", divide="ignore"):
         return sums.sum(0) / counts.sum(0), sums[idx].sum(1) / counts[idx].sum(1)
 
 
-def _bin_gains(losses, mask, bins, n_boot: int, seed: int, level: float = 95):
+def _bin_gains(losses, mask, bins, n_boot: int, seed: int, level: float = LEVEL):
     """Mean loss of bin i-1 minus bin i (i >= 1), with bootstrap intervals over sequences.
 
     Returns (gain, low, high), each (n_bins - 1,); NaN where a bin holds no counted target.
     """
     mean, boot = _bin_means(*_bin_sums(losses, mask, bins), n_boot, seed)
     gain = mean[:-1] - mean[1:]
-    q = [(100 - level) / 2, 100 - (100 - level) / 2]
-    bg = boot[:, :-1] - boot[:, 1:]
-    lo, hi = np.nanpercentile(bg, q, axis=0) if np.isfinite(bg).any() else (gain * np.nan, gain * np.nan)
+    lo, hi = percentile_interval(boot[:, :-1] - boot[:, 1:], level)
     bad = ~np.isfinite(gain)
     lo, hi = np.where(bad, np.nan, lo), np.where(bad, np.nan, hi)
     return gain, lo, hi
@@ -288,7 +291,7 @@ def gap_bands(T: int) -> list[tuple[int, int]]:
 
 
 def paired_gap(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | None, n_boot: int = 1000,
-               seed: int = 0, level: float = 95) -> pd.DataFrame:
+               seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
     """Loss of a model minus a baseline's on the **same** test sequences, per position band, with
     paired bootstrap intervals over sequences (both curves resampled together, so the noise the two
     share, which sequences are hard, cancels).
@@ -309,9 +312,7 @@ def paired_gap(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | None, n_
     first = int(counted[0]) if len(counted) else 0
     point = np.append(point, point[-2] - point[first])  # point[-2]: the last band (point[-1]: all)
     boot = np.concatenate([boot, boot[:, -2:-1] - boot[:, first:first + 1]], axis=1)
-    q = [(100 - level) / 2, 100 - (100 - level) / 2]
-    with np.errstate(invalid="ignore"):
-        lo, hi = np.nanpercentile(boot, q, axis=0) if np.isfinite(boot).any() else (point * np.nan, point * np.nan)
+    lo, hi = percentile_interval(boot, level)
     names = [f"{a}-{b - 1}" for a, b in bands[:-1]] + ["all", "growth"]
     return pd.DataFrame({"band": names, "gap": point, "gap_low": lo, "gap_high": hi,
                          "significant": (lo > 0) | (hi < 0)})
@@ -325,8 +326,14 @@ def position_bins(T: int, bins_per_octave: int = 4) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
+def single_positions(bins_per_octave: int = 4) -> int:
+    """How many first positions :func:`position_bins` leaves each in a bin of its own (7 at 4 bins
+    per octave: positions 7 and 8, 8 and 9 tokens of context, share the next bin)."""
+    return next(i for i, (a, b) in enumerate(position_bins(1 << 12, bins_per_octave)) if b - a > 1)
+
+
 def paired_gap_curve(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | None, bins_per_octave: int = 4,
-                     n_boot: int = 1000, seed: int = 0, level: float = 95) -> pd.DataFrame:
+                     n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
     """:func:`paired_gap` per bin of :func:`position_bins`: the gap to a baseline as a curve over
     positions, each bin's interval a paired bootstrap over sequences. Columns: ``position`` (the
     bin's mean position), ``start``, ``end``, ``gap``, ``gap_low``, ``gap_high``."""
@@ -337,16 +344,14 @@ def paired_gap_curve(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | No
     bins = position_bins(losses.shape[1], bins_per_octave)
     sums, counts = _bin_sums(losses - base, mask, bins)
     point, boot = _bin_means(sums, counts, n_boot, seed)
-    q = [(100 - level) / 2, 100 - (100 - level) / 2]
-    with np.errstate(invalid="ignore"):
-        lo, hi = np.nanpercentile(boot, q, axis=0) if np.isfinite(boot).any() else (point * np.nan, point * np.nan)
+    lo, hi = percentile_interval(boot, level)
     keep = counts.sum(0) > 0  # bins with no counted target (answer-only tasks) have no gap
     return pd.DataFrame({"position": [(a + b - 1) / 2 for a, b in bins], "start": [a for a, _ in bins],
                          "end": [b for _, b in bins], "gap": point, "gap_low": lo, "gap_high": hi})[keep]
 
 
 def effective_context(losses: np.ndarray, contexts: np.ndarray, tolerance: float = 0.01, n_boot: int = 1000,
-                      seed: int = 0, level: float = 95) -> tuple[int, int, int]:
+                      seed: int = 0, level: float = LEVEL) -> tuple[int, int, int]:
     """Smallest context n from which on (every n' >= n) the mean loss is within ``tolerance``
     (relative) of the full-context loss, the last column. Interval: bootstrap over targets
     (paired: a replicate keeps a target's losses at every n). Returns (n, low, high)."""
@@ -360,11 +365,8 @@ def effective_context(losses: np.ndarray, contexts: np.ndarray, tolerance: float
         return contexts[np.argmax(tail, axis=-1)]
 
     point = int(first_within(losses.mean(0)))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(losses), size=(n_boot, len(losses)))
-    boots = first_within(losses[idx].mean(1))  # (B,)
-    lo = np.percentile(boots, (100 - level) / 2, method="lower")
-    hi = np.percentile(boots, 100 - (100 - level) / 2, method="higher")
+    boots = first_within(losses[bootstrap_indices(len(losses), n_boot, seed)].mean(1))  # (B,)
+    lo, hi = percentile_interval(boots, level, axis=None, discrete=True)
     return point, int(lo), int(hi)
 
 
@@ -426,22 +428,25 @@ def format_effective_context(fit: dict, variant: str = "truncate") -> str:
     return f"{text} [{int(lowest if lowest is not None else low)}, {int(high)}]"
 
 
-def format_gap(gap: float, low: float, high: float) -> str:
-    """A paired gap with its 95% interval as every table and console line prints it:
-    ``+0.089 [+0.077, +0.102]``."""
-    return f"{gap:+.3f} [{low:+.3f}, {high:+.3f}]"
+def format_interval(value: float, low: float, high: float, spec: str = "+.3f") -> str:
+    """A number with its interval as every table and console line prints it, the three in the
+    format ``spec``: ``+0.089 [+0.077, +0.102]`` (the default, a paired gap), ``0.512 [0.47, 0.55]``
+    (``.3g``)."""
+    return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
+
+
+format_gap = format_interval  # a paired gap: signed, three decimals
 
 
 def cluster_ci(values: np.ndarray, weights: np.ndarray, units: np.ndarray, seed: int = 0,
-               n_boot: int = 1000) -> tuple[float, float, float]:
-    """Weighted mean of ``values`` and a 95% bootstrap interval resampling whole ``units``
+               n_boot: int = 1000, level: float = LEVEL) -> tuple[float, float, float]:
+    """Weighted mean of ``values`` and a bootstrap interval (``level``%) resampling whole ``units``
     (sequences), since targets within one sequence are correlated."""
     u, inv = np.unique(units, return_inverse=True)
     s = np.bincount(inv, weights=values * weights, minlength=len(u))
     w = np.bincount(inv, weights=weights, minlength=len(u))
     if w.sum() == 0:
         return (float("nan"),) * 3
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(u), size=(n_boot, len(u)))
-    boots = s[idx].sum(1) / np.maximum(w[idx].sum(1), 1e-12)
-    return float(s.sum() / w.sum()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+    idx = bootstrap_indices(len(u), n_boot, seed)
+    lo, hi = percentile_interval(s[idx].sum(1) / np.maximum(w[idx].sum(1), 1e-12), level, axis=None)
+    return float(s.sum() / w.sum()), float(lo), float(hi)

@@ -7,9 +7,9 @@ exposes ``vocab_size``, ``context_length`` and ``splits()`` -> ``{"train", "vali
 near-copy of training text. Prepared data is cached on disk with a checksum. A task may draw its
 own section of the report (``report_view``), built-in or plugin alike.
 
-Helpers any task can use live here too: ``split_documents``, ``byte_splits`` and
-``read_user_documents`` for text-like data; ``sequences_split`` and ``token_dtype`` for
-fixed-length sequences; ``check_options`` and ``file_stamp`` for a task's options and files.
+Helpers any task can use live here too: ``split_documents`` and ``read_user_documents`` for
+text-like data; ``sequences_split`` and ``token_dtype`` for fixed-length sequences;
+``check_options`` and ``content_digest`` for a task's options and the files it reads.
 """
 from __future__ import annotations
 
@@ -56,8 +56,10 @@ def cache_root() -> Path:
 
 
 class Task:
-    """Base class for tasks. Subclasses set ``vocab_size`` and ``default_context`` and implement
-    ``build_splits()``; the base caches what it returns."""
+    """The task contract: a subclass implements ``build_splits()`` (the base caches what it returns)
+    and sets ``vocab_size`` and ``default_context``; every other hook is optional and defined here
+    with its default. ``tests/test_task_contract.py`` checks each registered task against it, and
+    that the harness reads no hook of a task that is not defined here."""
 
     vocab_size: int = 256
     default_context: int = 256
@@ -89,9 +91,16 @@ class Task:
         return getattr(type(self), "registered_name", type(self).__name__.lower())
 
     # -- what subclasses provide ----------------------------------------------------------
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """What the prepared data depend on besides the task's name and ``version`` (default: source
+        and options). A task that reads files gives their content (:func:`content_digest`), not where
+        they lie: an edited file is prepared again, the same files elsewhere are the same data."""
+        return {"source": self.source, "options": self.options}
+
     def fingerprint(self) -> str:
-        """Identifies the prepared data: same fingerprint, same cached arrays."""
-        return hashlib.sha256(json.dumps([self.name, self.version, self.source, self.options], sort_keys=True,
+        """Identifies the prepared data (the cache key): a hash of the name, ``version`` and
+        :meth:`fingerprint_inputs`. Same fingerprint, same cached arrays."""
+        return hashlib.sha256(json.dumps([self.name, self.version, self.fingerprint_inputs()], sort_keys=True,
                                          default=str).encode()).hexdigest()[:16]
 
     def build_splits(self) -> dict[str, TokenSplit]:
@@ -160,6 +169,9 @@ class Task:
         the run's (N, T) test losses and mask. ``study.py analyze`` puts them in fits.csv; the
         default, a task whose floor is unknown, gives None."""
         return None
+
+    #: identifies the tokenization (a hash of the tokenizer file), attribute or property; None: no tokenizer
+    tokenizer_fingerprint: str | None = None
 
     def token_bytes(self) -> np.ndarray | None:
         """Bytes of text each token id stands for, a (vocab_size,) integer array, so that context can
@@ -300,19 +312,6 @@ def split_documents(docs: list[tuple[str, bytes]], fractions=(0.1, 0.1)) -> dict
     return out
 
 
-def byte_splits(docs: list[tuple[str, bytes]], separator: bytes = b"\n\n") -> dict[str, TokenSplit]:
-    """Documents -> byte-level token splits (vocabulary 256)."""
-    parts = split_documents(docs)
-    out = {}
-    for split in SPLITS:
-        chosen = parts[split]
-        if not chosen:
-            raise UserError(f"not enough data to fill the {split} split")
-        data = separator.join(d for _, d in chosen)
-        out[split] = TokenSplit(tokens=np.frombuffer(data, dtype=np.uint8).copy(), documents=[n for n, _ in chosen])
-    return out
-
-
 def read_user_documents(source: str, suffixes: tuple[str, ...] | None = None) -> list[tuple[str, bytes]]:
     """A user's file or folder of files, each file one document. Refuses empty and binary files."""
     path = Path(source).expanduser()
@@ -360,9 +359,19 @@ class TrainBatches(torch.utils.data.Dataset):
         return window_batch(self.split, np.asarray(offsets), self.T)
 
 
+def window_index(offsets: np.ndarray, T: int) -> np.ndarray:
+    """(N, T+1) positions in a split's token stream of the windows of T+1 tokens at ``offsets`` (N,)."""
+    return np.asarray(offsets)[:, None] + np.arange(T + 1)[None, :]
+
+
+def window_tokens(split: TokenSplit, offsets: np.ndarray, T: int) -> np.ndarray:
+    """(N, T+1) tokens of the windows at ``offsets``: every window a study trains on or scores is this gather."""
+    return np.asarray(split.tokens)[window_index(offsets, T)]
+
+
 def window_batch(split: TokenSplit, offsets: np.ndarray, T: int):
     """(x, y, mask): inputs (B, T), next-token targets (B, T), and which targets count (B, T)."""
-    index = offsets[:, None] + np.arange(T + 1)[None, :]
+    index = window_index(offsets, T)
     w = torch.from_numpy(np.asarray(split.tokens[index], dtype=np.int64))
     if split.mask is None:
         m = torch.ones(len(offsets), T, dtype=torch.bool)
@@ -379,7 +388,7 @@ def scored_windows(task: Task, n_rows: int, n_sequences: int) -> np.ndarray:
     if len(offsets) != n_rows:
         raise UserError(f"stored losses hold {n_rows} sequences but the task's test split gives {len(offsets)}; "
                         "the task's data changed since the run")
-    return np.asarray(split.tokens)[offsets[:, None] + np.arange(T + 1)[None, :]]
+    return window_tokens(split, offsets, T)
 
 
 def eval_offsets(split: TokenSplit, T: int, n: int) -> np.ndarray:
@@ -436,10 +445,12 @@ def check_options(task: str, options: dict, known: set[str]) -> None:
         raise UserError(f"unknown option(s) {', '.join(unknown)} for task {task} (known: {', '.join(sorted(known)) or 'none'})")
 
 
-def file_stamp(source: str | None) -> list | None:
-    """Identifies a user's file by path, size and mtime, so an edited file is prepared again
-    (None when ``source`` is not a file)."""
-    if source is None:
-        return None
-    p = Path(source).expanduser().resolve()
-    return [str(p), p.stat().st_size, p.stat().st_mtime_ns] if p.is_file() else None
+def content_digest(documents: Iterable[tuple[str, bytes]]) -> str:
+    """One hash of named contents (a task's documents, or a file's name and bytes): what a task's
+    :meth:`Task.fingerprint_inputs` holds for the files it reads. The names count (they are the
+    documents' names), the folder the files lie in does not."""
+    h = hashlib.sha256()
+    for name, data in sorted(documents, key=lambda d: d[0]):
+        h.update(hashlib.sha256(str(name).encode()).digest())
+        h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()

@@ -30,7 +30,7 @@ import numpy as np
 from .errors import UserError
 from .registry import TASKS
 from .specs import parse_spec
-from .task import SPLITS, Task, TokenSplit, check_options, split_documents, token_dtype
+from .task import SPLITS, Task, TokenSplit, check_options, content_digest, split_documents, token_dtype
 
 SEPARATOR = b"\n\n"  # between documents, as the byte-level tasks always joined them
 WINDOWS = ("any", "document")
@@ -162,18 +162,17 @@ class TextTask(Task):
         raise NotImplementedError
 
     # -- the contract ------------------------------------------------------------------------------
-    def fingerprint(self) -> str:
-        extra = {}
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        """The options (a tokenizer file by its content, not its path), the content of every
+        document read (:func:`content_digest`, so an edited file is prepared again wherever it lies)
+        and, for a BPE trained here, the recipe it is trained by."""
+        inputs: dict[str, Any] = {"options": {k: v for k, v in self.options.items() if k != "tokenizer"},
+                                  "documents": content_digest(self.documents())}
         if self._tokenizer_file is not None:
-            extra["_tokenizer_sha256"] = hashlib.sha256(self._tokenizer_file.read_bytes()).hexdigest()
+            inputs["tokenizer"] = hashlib.sha256(self._tokenizer_file.read_bytes()).hexdigest()
         elif not self.byte_level:
-            extra["_bpe_recipe"] = BPE_RECIPE
-        self.options.update(extra)
-        try:
-            return super().fingerprint()
-        finally:
-            for k in extra:
-                self.options.pop(k)
+            inputs["bpe_recipe"] = BPE_RECIPE
+        return inputs
 
     def build_splits(self) -> dict[str, TokenSplit]:
         parts = split_documents(self.documents())

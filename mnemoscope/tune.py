@@ -25,12 +25,12 @@ from typing import Any
 import lightning as L
 import optuna
 import yaml
-from sqlalchemy.engine import make_url
 
 from . import files
 from .callbacks import LogSpacedValidation
 from .config import RunSpec, StudyConfig, default_name
 from .errors import UserError
+from .queue import redact
 from .registry import ARCHITECTURES
 from .runner import Study
 from .specs import format_count, parse_spec
@@ -78,14 +78,6 @@ def sqlite_url(out: Path) -> str:
     return f"sqlite:///{(Path(out) / 'optuna.db').resolve()}"
 
 
-def shown_url(url: str) -> str:
-    """The storage URL without its password, for files and messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
-
-
 def study_name(arch: str, task: str, params: int, tokens: int, context: int, batch_size: int) -> str:
     return f"{arch}|{task}|{format_count(params)} params|{format_count(tokens)} tokens|T{context}|B{batch_size}"
 
@@ -116,10 +108,10 @@ def tune(arch: str, task: str = "text", trials: int = 30, params: int = 100_000,
             # no pruning before a quarter of the tokens: early losses mostly rank warm-up lengths
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=base.tokens // 4))
     except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
-        raise UserError(f"cannot open Optuna storage {shown_url(url)}: {type(exc).__name__}: {exc}") from exc
+        raise UserError(f"cannot open Optuna storage {redact(url)}: {type(exc).__name__}: {exc}") from exc
     finished = [t for t in study.trials if t.state.is_finished()]
     todo = max(0, trials - len(finished))
-    log(f"tune {arch} on {task}: {len(finished)} trials done, {todo} to go -> {shown_url(url)} (study {name!r})")
+    log(f"tune {arch} on {task}: {len(finished)} trials done, {todo} to go -> {redact(url)} (study {name!r})")
 
     def objective(trial: optuna.Trial) -> float:
         hp = {"lr": trial.suggest_float("lr", 1e-4, 3e-2, log=True),
@@ -169,7 +161,7 @@ def tuned_entry(study, arch, task, base, url, name, space, batch) -> dict[str, A
     trials = [t for t in study.trials if t.state.is_finished()]
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and math.isfinite(t.value)]
     if not complete:
-        raise UserError(f"no trial of {arch} on {task} finished with a finite loss; see {shown_url(url)}")
+        raise UserError(f"no trial of {arch} on {task} finished with a finite loss; see {redact(url)}")
     best = min(complete, key=lambda t: t.value)
     count = lambda s: sum(t.state == s for t in trials)
     return {
@@ -180,7 +172,7 @@ def tuned_entry(study, arch, task, base, url, name, space, batch) -> dict[str, A
                    "searched": SEARCHED + list(space), "best_val_loss": float(best.value), "best_trial": best.number,
                    "task": task, "params": base.params[0], "tokens": base.tokens, "batch_size": batch,
                    "context": base.context, "sampler": "TPE", "pruner": "median",
-                   "storage": shown_url(url), "study_name": name},
+                   "storage": redact(url), "study_name": name},
     }
 
 

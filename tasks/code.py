@@ -30,12 +30,6 @@ class Code(TextTask):
     default_context = 256
     example = {"source": "{documents}", "context_length": 32}
 
-    def fingerprint(self) -> str:
-        self.options["_root"] = self.source or sysconfig.get_paths()["stdlib"]
-        fp = super().fingerprint()
-        self.options.pop("_root")
-        return fp
-
     def documents(self):
         if self.source:
             return read_user_documents(self.source, suffixes=(".py",))

@@ -29,7 +29,7 @@ from mnemoscope.errors import UserError
 from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, paragraph
 from mnemoscope.registry import register_task
 from mnemoscope.store import StudyFolder
-from mnemoscope.task import Task, check_options, file_stamp, sequences_split, token_dtype
+from mnemoscope.task import Task, check_options, content_digest, sequences_split, token_dtype
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_INSTALL = "apt-get install dataset-fashion-mnist"
@@ -133,9 +133,15 @@ def parse_levels(value, maximum: int = 256) -> int:
     return value
 
 
-def image_file_stamp(source: str | None) -> list | None:
-    """A user's image file's stamp (None for the built-in sources)."""
-    return None if source in ("fashion", "digits") else file_stamp(source)
+def image_source_digest(source: str | None) -> str | None:
+    """What the prepared images depend on: the built-in source's name (digits: the copy bundled
+    with scikit-learn), or the content of the files read (Fashion-MNIST's, a user's .npz), not
+    where they lie."""
+    if source == "digits":
+        return source
+    fashion = source in (None, "fashion")
+    files = [FASHION_DIR / f"{p}-images-idx3-ubyte.gz" for p in ("train", "t10k")] if fashion else [Path(source).expanduser()]
+    return content_digest((f.name, f.read_bytes()) for f in files if f.is_file())  # missing: load_images says so
 
 
 @register_task("images")
@@ -163,11 +169,8 @@ class Images(Task):
     def bos(self) -> int:
         return self.levels
 
-    def fingerprint(self) -> str:
-        self.options["_file"] = image_file_stamp(self.source)
-        fp = super().fingerprint()
-        self.options.pop("_file")
-        return fp
+    def fingerprint_inputs(self) -> dict:
+        return {**super().fingerprint_inputs(), "source": image_source_digest(self.source)}
 
     def pixel_of_position(self, position: int | np.ndarray):
         """Position i (predicting token i+1) predicts pixel i: returns (row, column)."""

@@ -34,15 +34,6 @@ class Text(TextTask):
     default_context = 256
     example = {"source": "{documents}", "context_length": 32}
 
-    def fingerprint(self) -> str:
-        if self.source:
-            p = Path(self.source).expanduser().resolve()
-            files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file())
-            self.options["_files"] = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-        fp = super().fingerprint()
-        self.options.pop("_files", None)
-        return fp
-
     def documents(self):
         if self.source:
             return read_user_documents(self.source)

@@ -30,7 +30,7 @@ from mnemoscope.registry import register_task
 from mnemoscope.store import StudyFolder
 from mnemoscope.task import Task, check_options, sequences_split, token_dtype
 
-from .images import image_file_stamp, load_images, parse_levels
+from .images import image_source_digest, load_images, parse_levels
 
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 
@@ -142,11 +142,8 @@ class Video(Task):
     def bos(self) -> int:
         return self.levels
 
-    def fingerprint(self) -> str:
-        self.options["_file"] = image_file_stamp(self.source)
-        fp = super().fingerprint()
-        self.options.pop("_file")
-        return fp
+    def fingerprint_inputs(self) -> dict:
+        return {**super().fingerprint_inputs(), "source": image_source_digest(self.source)}
 
     def frame_of_position(self, position):
         """Position i predicts pixel i of the clip: (frame, row, column)."""

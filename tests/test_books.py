@@ -152,7 +152,8 @@ def test_books_long_windows_are_scored_in_buckets(fake_austen):
     """A model that accepts longer sequences is scored on windows 4x its training length inside
     one book, in buckets of the training length."""
     from mnemoscope.analysis import long_context
-    from mnemoscope.model import build, size_for
+    from mnemoscope.model import build
+    from mnemoscope.sizing import size_for
 
     task = TASKS.get("books")(context_length=16, corpus="austen")
     split = task.splits()["test"]

@@ -9,8 +9,9 @@ import torch
 
 from mnemoscope.architectures.hf import FAMILIES
 
-from mnemoscope.model import SIZE_TOLERANCE, build, count_params, size_for, state_size
+from mnemoscope.model import Architecture, build, state_size
 from mnemoscope.registry import ARCHITECTURES
+from mnemoscope.sizing import SIZE_TOLERANCE, count_params, size_for
 
 V, T = 37, 24
 # the Hugging Face families too where transformers is installed (the `hf` extra, part of `dev`): a
@@ -175,3 +176,43 @@ def test_loss_in_chunks_matches_the_whole_logits_and_never_holds_them(name):
     assert torch.allclose(full, chunked, atol=1e-5)
     for a, b in zip(g_full, g_chunked):
         assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-5))
+
+
+def hooks_read(*variables: str) -> set[str]:
+    """Names the machinery reads off an object with ``getattr``/``hasattr`` (the optional hooks)."""
+    import re
+    from pathlib import Path
+
+    pattern = re.compile(r'(?:getattr|hasattr)\((?:%s), "(\w+)"' % "|".join(map(re.escape, variables)))
+    return {m for f in (Path(__file__).parent.parent / "mnemoscope").glob("*.py") for m in pattern.findall(f.read_text())}
+
+
+def test_every_hook_the_harness_reads_is_listed_with_its_default():
+    """The contract says what the harness reads: each hook it looks up on an architecture (class or
+    model) is an attribute of Architecture, with its default, or one of the hooks it leaves absent."""
+    read = hooks_read("cls", "model", "type(model)") - {"registered_name", "__name__"}  # the registry's own
+    assert {"width_key", "features", "num_active_params", "state_size"} <= read  # the scan finds them
+    assert read <= {n for n in dir(Architecture) if not n.startswith("_")} | set(Architecture.ABSENT_HOOKS)
+    assert not any(hasattr(Architecture, n) for n in Architecture.ABSENT_HOOKS)
+
+
+def test_an_architecture_without_a_width_key_is_built_at_its_config():
+    """Sizing is optional: without width_key or config_for_params the config is used as given (the
+    study then checks the count it builds against --params like any other)."""
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, vocab_size, context_length, width=8):
+            super().__init__()
+            self.emb, self.out = torch.nn.Embedding(vocab_size, width), torch.nn.Linear(width, vocab_size)
+
+        def forward(self, tokens):
+            return self.out(self.emb(tokens))
+
+    class FixedArch(Architecture):
+        def __init__(self, vocab_size, context_length, width=8):
+            super().__init__()
+            self.out = torch.nn.Linear(width, vocab_size)
+
+    for cls in (Fixed, FixedArch):
+        assert size_for(cls, 10_000, V, T, {"width": 12}) == {"width": 12}
+        assert size_for(cls, 10_000, V, T, {}) == {}

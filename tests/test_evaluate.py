@@ -61,3 +61,56 @@ def test_bootstrap_of_a_sparse_mask_ignores_resamples_without_a_target():
     mean, lo, hi, n = bootstrap_ci(losses, mask, n_boot=500)
     assert n[2] == 3 and np.isnan(mean[0]) and np.isnan(lo[0])
     assert 1.5 < lo[2] <= mean[2] <= hi[2] < 2.5
+
+
+def test_our_bootstrap_draws_what_seaborns_drew():
+    """Studies made when the per-position intervals came from seaborn's ``algorithms.bootstrap`` keep
+    them: our resampling is the same draw, replicate by replicate, so the intervals are equal to the bit."""
+    import seaborn as sns
+
+    from mnemoscope.evaluate import _masked_mean
+    from mnemoscope.bootstrap import bootstrap_indices
+
+    rng = np.random.default_rng(5)
+    for n in (7, 64, 255):
+        idx = bootstrap_indices(n, 30, seed=3)
+        loop = np.random.default_rng(3)
+        assert np.array_equal(idx, np.stack([loop.integers(0, n, n, dtype=np.intp) for _ in range(30)]))
+        losses = rng.gamma(2.0, 1.0, (n, 12)).astype(np.float32)
+        mask = rng.random((n, 12)) < 0.3
+        theirs = sns.algorithms.bootstrap(losses, mask.astype(np.float32), func=_masked_mean, n_boot=200, axis=0, seed=n)
+        with np.errstate(all="ignore"):
+            want = np.nanpercentile(theirs, [2.5, 97.5], axis=0)
+        _, lo, hi, count = bootstrap_ci(losses, mask, n_boot=200, seed=n)
+        keep = count > 0
+        assert np.array_equal(lo[keep], want[0][keep]) and np.array_equal(hi[keep], want[1][keep])
+
+
+def test_one_percentile_interval_at_any_level():
+    from mnemoscope.bootstrap import percentile_interval
+
+    draws = np.random.default_rng(0).normal(size=(400, 3))
+    draws[:10, 1] = np.nan  # left out
+    draws[:, 2] = np.nan  # no finite draw: no interval
+    lo, hi = percentile_interval(draws, level=90)
+    assert np.allclose([lo[0], hi[0]], np.percentile(draws[:, 0], [5, 95]))
+    assert np.allclose([lo[1], hi[1]], np.percentile(draws[10:, 1], [5, 95]))
+    assert np.isnan(lo[2]) and np.isnan(hi[2])
+    narrow, wide = percentile_interval(draws[:, 0], 50, axis=None), percentile_interval(draws[:, 0], 99, axis=None)
+    assert wide[0] < narrow[0] < narrow[1] < wide[1]
+    steps = np.array([1, 2, 4, 8, 16] * 20)
+    low, high = percentile_interval(steps, 95, axis=None, discrete=True)
+    assert low in steps and high in steps and (low, high) == (1, 16)
+    assert np.isnan(percentile_interval(np.full((5, 0), np.nan))[0]).all()
+
+
+def test_the_report_says_how_many_first_positions_its_bins_keep_single():
+    """The per-position figure's quarter-octave bins keep positions 0-6 single and merge 7 with 8;
+    the report's sentence takes the number from the same bins."""
+    from mnemoscope.report import BINS_PER_OCTAVE
+    from mnemoscope.statistics import position_bins, single_positions
+
+    n = single_positions(BINS_PER_OCTAVE)
+    key = np.floor(np.log2(np.arange(64) + 1) * BINS_PER_OCTAVE)  # per_position_figure's bins
+    assert n == 7 and len(set(key[:n])) == n and key[n] == key[n + 1]
+    assert position_bins(64, BINS_PER_OCTAVE)[n] == (n, n + 2)

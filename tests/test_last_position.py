@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from mnemoscope.evaluate import per_position_losses
-from mnemoscope.model import build, size_for
+from mnemoscope.model import build
+from mnemoscope.sizing import size_for
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.task import TokenSplit, TrainBatches, eval_offsets, window_offset
 from mnemoscope.train import sequence_loss

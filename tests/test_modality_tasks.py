@@ -21,8 +21,8 @@ from mnemoscope.task import eval_offsets, window_batch
 from mnemoscope.tasks import images as images_mod
 from mnemoscope.tasks.images import Images, pixel_loss_map
 from mnemoscope.tasks.math import KINDS, Math, answer_accuracy, answer_spans, hash_fraction, own_problems, pack
-from mnemoscope.tasks.probes import (Copy, Lag, Recall, copy_distances, copy_sequences, lag_entropy, lag_sequences,
-                          recall_distances, recall_sequences)
+from mnemoscope.tasks.probe_views import copy_distances, recall_distances
+from mnemoscope.tasks.probes import Copy, Lag, Recall, copy_sequences, lag_entropy, lag_sequences, recall_sequences
 from mnemoscope.tasks.video import Video, bounce, clip_sequences, frame_means, quantize_unit, sprite_clips
 
 

@@ -89,3 +89,11 @@ def test_example_task_trains_and_draws_its_own_report_section(tmp_path):
                  "--tokens", "8000", "--eval-sequences", "16", "--no-progress", "--no-analysis", "--out", str(out)]) == 0
     page = (out / "report.html").read_text()
     assert "Echo" in page and ": loss on the echo</h2>" in page and "loss on the echo (nats)" in page
+
+
+def test_every_hook_the_harness_reads_off_a_task_is_listed_with_its_default():
+    from test_contract import hooks_read
+
+    read = hooks_read("task")
+    assert {"tokenizer_fingerprint", "token_bytes"} <= read  # the scan finds them
+    assert read <= {n for n in dir(Task) if not n.startswith("_")}

@@ -91,6 +91,53 @@ def test_runs_recorded_before_data_fingerprints_are_still_recognised(text_dir, t
     assert pd.read_parquet(out / "runs.parquet")["data_fingerprint"].isna().all()
 
 
+def test_editing_one_file_of_a_code_folder_prepares_it_again_and_makes_a_new_run_id(tmp_path):
+    """The file keeps its size and modification time: only its content says it changed."""
+    from mnemoscope.config import StudyConfig, plan
+    from mnemoscope.runner import Study
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"m{i}.py").write_text("".join(f"def f{i}_{j}(x):\n    return x * {j}\n" for j in range(60)))
+    config = StudyConfig(archs=["lstm"], tasks=[f"code:{folder}"], params=[8000], context=16, tokens=6000).normalized()
+    (run,) = plan(config)
+
+    def prepared():
+        study = Study(config, tmp_path / "study")
+        run_id, task = study.run_id(run), study.task(run.task)
+        return run_id, task.fingerprint(), task.data_fingerprint(), task.prepared_path("meta.json").parent
+
+    first = prepared()
+    edited = folder / "m3.py"
+    stat = edited.stat()
+    edited.write_text(edited.read_text().replace("return x * 7\n", "return x + 7\n"))
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert edited.stat().st_size == stat.st_size and edited.stat().st_mtime_ns == stat.st_mtime_ns
+    second = prepared()
+    assert second[1] != first[1] and second[3] != first[3]  # a new prepared data set beside the old one
+    assert (first[3] / "meta.json").exists() and (second[3] / "meta.json").exists()
+    assert second[2] != first[2] and second[0] != first[0]  # other data, another run
+    assert prepared() == second  # the same content again: the same prepared data and run
+
+
+def test_the_same_data_under_two_folder_names_pair_in_compare(text_dir, tmp_path):
+    import shutil
+
+    from test_compare import _study
+
+    copy = tmp_path / "elsewhere" / "another-name"
+    shutil.copytree(text_dir, copy)
+    a = _study(text_dir, tmp_path / "A", "transformer")
+    b = _study(copy, tmp_path / "B", "lstm")
+    out = tmp_path / "AB"
+    assert main(["compare", str(a), str(b), "--baseline", f"{a}:transformer", "--out", str(out)]) == 0
+    runs = pd.read_csv(out / "runs.csv").set_index("arch")
+    assert runs.loc["lstm", "vs A: transformer"] == "paired with A: transformer"
+    assert runs["fingerprint"].nunique() == 1
+    assert set(pd.read_csv(out / "gaps.csv")["arch"]) == {"lstm"}
+
+
 # -- 2. Ctrl-C in a terminal, SIGTERM from a scheduler --------------------------------------------------------
 def interrupted_cleanly(out: Path) -> None:
     """No finished run; the run's partial folder holds a checkpoint saved on the signal; the queue
