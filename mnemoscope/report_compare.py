@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import files
+from . import files, report_growth
 from .compare import Comparison, runs_table
 from .figures import (STUDY_STYLES, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below, page_html,
                       paragraph, wrap_title)
@@ -189,6 +189,8 @@ def write_comparison(c: Comparison, out: Path, command: str = "") -> Path:
          html_table(c.configs) if not c.configs.empty else paragraph("Their config.yaml files agree on every setting "
                                                                       "(only the architectures may differ).")),
     ]
+    # context use through training, where the studies kept it (line style: the study)
+    sections += report_growth.comparison_section(list(zip(dict.fromkeys(c.runs["study"]), c.studies)))
     if c.refused:
         sections.append(("Refused pairings", "".join(paragraph(html.escape(line)) for line in c.refused)))
     if command:

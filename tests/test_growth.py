@@ -113,6 +113,9 @@ def test_a_study_keeps_its_history_and_reports_how_context_use_grows(text_dir, t
         assert growth["effective_context"].notna().sum() == 10
         assert (growth["effective_context_low"] <= growth["effective_context"]).all()
         assert len(pd.read_csv(out / "growth_fits.csv")) == 2
+        # compare draws the same section for studies side by side
+        assert main(["compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
+        assert "How context use grows with training" in (tmp_path / "cmp" / "compare.html").read_text()
     else:  # no weights: the curves and the score at every step, the effective context only at the end
         assert growth["effective_context"].notna().sum() == 2
 
