@@ -107,7 +107,8 @@ def growth_figure(growth: pd.DataFrame, fits: pd.DataFrame | None = None, styles
             ax.text(0.5, 0.5, "no kept weights: no effective context", ha="center", va="center", transform=ax.transAxes)
         ax.set_ylabel("effective context (tokens)")
         ax.set_title(f"{task}: effective context (dashed: C = a D^g)", fontsize=10)
-        ax.legend(fontsize=8, loc="upper left")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="upper left")
         ax = row[1]
         _lines(ax, part.dropna(subset=["icl"]), "icl", colors, styles)
         ax.axhline(0, color="gray", lw=0.8)

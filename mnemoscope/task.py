@@ -173,6 +173,10 @@ class Task:
     #: identifies the tokenization (a hash of the tokenizer file), attribute or property; None: no tokenizer
     tokenizer_fingerprint: str | None = None
 
+    #: text-like tasks: a method returning the corpus as (name, bytes) documents, which ``study.py score``
+    #: reads through each model's own tokenizer; None (the default): the task has no raw text to give
+    documents = None
+
     def token_bytes(self) -> np.ndarray | None:
         """Bytes of text each token id stands for, a (vocab_size,) integer array, so that context can
         be counted in bytes as well as tokens; None (the default) when tokens are not text."""
