@@ -47,7 +47,9 @@ def test_compare_pairs_same_data_and_refuses_another_context(text_dir, tmp_path,
     assert (gaps["gap_low"] <= gaps["gap"]).all() and (gaps["gap"] <= gaps["gap_high"]).all()
     assert (gaps["gap_high"] > gaps["gap_low"]).all()  # a real interval, not a point
     html = (out / "compare.html").read_text()
-    assert html.count("data:image/png;base64") == 2 and "paired with A: transformer" in html
+    # the per-position and gap figures, and the context use through training (the studies kept 8 steps)
+    assert html.count("data:image/png;base64") == 3 and "paired with A: transformer" in html
+    assert "How context use grows with training" in html
     assert "refused" not in printed.err and "B: cnn" in printed.out
 
     # B made at another context length: drawn, unpaired, and the pairing refused in one line naming it
