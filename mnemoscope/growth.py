@@ -3,7 +3,9 @@
 For every finished run that kept its history (:mod:`mnemoscope.history`), the truncation ablation
 of :mod:`mnemoscope.analysis` (variant ``truncate``, the same targets as the final analysis) is
 run on the weights of each kept step. Then, per run, the law ``C(D) = a * D**g`` of effective
-context C (tokens) against training tokens D is fitted in log-log space, with a bootstrap interval
+context C (tokens) against training tokens D is fitted in log-log space over the later half of the
+kept steps (given at least 6: the earliest steps, where a model has learnt little more than which
+tokens are frequent and uses a few tokens of context, follow another form), with a bootstrap interval
 over the ablation's targets (a replicate draws the same targets at every step, so the replicate's
 effective contexts are those of one resampled test set); and for the study's first architecture
 against each other one of the same task, size and seed, the training tokens at which the first's
@@ -145,6 +147,8 @@ def fit_growth(table: pd.DataFrame, raw: dict, context_length: int, tolerance: f
     effective context is the whole context, where the law cannot go on). Returns the row and the
     (B, 2) replicates (log a, g) for :func:`crossing` (None when there is no law)."""
     t = table[~table["full_context_worse"]].sort_values("tokens") if not table.empty else table
+    if len(t) >= 2 * MIN_POINTS:  # the later half: the first steps (unigram statistics, a few tokens) follow another form
+        t = t.iloc[len(t) // 2:]
     steps = [int(s) for s in t["step"]] if not t.empty else []
     D = t["tokens"].to_numpy(np.float64) if steps else np.zeros(0)
     C = t["effective_context"].to_numpy(np.float64) if steps else np.zeros(0)

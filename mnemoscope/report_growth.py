@@ -24,7 +24,13 @@ BINS_PER_OCTAVE = 4
 
 
 def _tokens(n: float) -> str:
-    return "" if n != n else format_count(int(round(n)))
+    """Training tokens to 3 significant digits: 164k, 20.0M."""
+    if n != n:
+        return ""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
 
 
 def _interval(v: float, lo: float, hi: float, digits: int = 2) -> str:
@@ -197,8 +203,8 @@ def _method(growth: pd.DataFrame) -> str:
             f"{ICL_BAND:.0%} of it; Olsson's 500 and 50, scaled down where the context is shorter), per window, with a "
             f"95% bootstrap interval over windows; negative means later tokens are predicted better. <b>Effective "
             f"context</b>: the truncation ablation of the final analysis on each kept step's weights. <b>Law</b>: "
-            f"C(D) = a D^g fitted in log-log space over the kept steps (those whose full context is not beaten by a "
-            f"truncated one); the interval of g refits bootstrap replicates of the ablation's targets (the same "
+            f"C(D) = a D^g fitted in log-log space over the later half of the kept steps (with 6 or more; those whose "
+            f"full context is not beaten by a truncated one); the interval of g refits bootstrap replicates of the ablation's targets (the same "
             f"targets at every step). Flagged <i>flat</i> when C does not move, <i>bad fit</i> when the rms log "
             f"residual exceeds 0.35. <b>Crossing</b>: the training tokens at which the first architecture's law "
             f"gives {RATIO:g} times another's effective context, from the same replicates, paired. Tables: "
@@ -237,8 +243,9 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
     if notes:
         parts.append("<p>" + "<br>".join(html.escape(n.removeprefix("note: ")) for n in notes) +
                      f" (flagged where the loss falls more than {STILL_LEARNING:.0%} per doubling).</p>")
-    parts.append(img_tag(figure_png(growth_figure(growth, fits)), "effective context and in-context learning "
-                                                                  "score against training tokens"))
+    png = figure_png(growth_figure(growth, fits))
+    files.atomic_write(out / "growth.png", lambda p: p.write_bytes(png))
+    parts.append(img_tag(png, "effective context and in-context learning score against training tokens"))
     parts.append(img_tag(figure_png(curves_figure(history)), "per-position loss at each kept step"))
     if history["context_bytes"].notna().any():
         parts.append(img_tag(figure_png(curves_figure(history, "context_bytes")),
