@@ -30,7 +30,7 @@ import torch
 from . import files
 from .analysis import AnalysisSettings, ablation_table, context_bytes, truncation_ablation
 from .errors import UserError
-from .history import load_step_weights, read_steps
+from .history import history_dir, load_step_weights, read_steps
 from .model import build
 from .registry import ARCHITECTURES
 from .runner import Study
@@ -104,10 +104,12 @@ def run_growth(run_folder: Path, task, settings: AnalysisSettings, seed: int, de
     """:func:`ablate_steps` of one run, stored in ``analysis/growth.parquet`` and ``growth.npz`` and
     reused while the settings and the kept steps are the same."""
     folder = Path(run_folder) / "analysis"
+    kept = history_dir(run_folder).is_dir()  # a committed study keeps its analysis, not its kept steps' files
     key = {**_settings_key(settings), "steps": [s["step"] for s in read_steps(run_folder)]}
-    if not recompute:
+    if not recompute or not kept:
         try:
-            if json.loads((folder / "growth.json").read_text()) == key:
+            stored = json.loads((folder / "growth.json").read_text())
+            if stored == key or (not kept and {k: stored.get(k) for k in _settings_key(settings)} == _settings_key(settings)):
                 table = pd.read_parquet(folder / "growth.parquet")
                 with np.load(folder / "growth.npz") as z:
                     raw = {int(s): (z[f"contexts_{s}"], z[f"losses_{s}"]) for s in table["step"]}
@@ -216,7 +218,7 @@ def analyze_growth(study, settings: AnalysisSettings | None = None, log=print, d
             continue
         folder = study.runs_dir / r["run_id"]
         mine = steps_all[steps_all["run_id"] == r["run_id"]]
-        if mine.empty or not (folder / "history").is_dir():
+        if mine.empty or not ((folder / "history").is_dir() or (folder / "analysis" / "growth.json").exists()):
             continue
         try:
             table, raw = run_growth(folder, study.task(r["task"]), settings, int(r["seed"]), device, recompute)
