@@ -29,13 +29,13 @@ import torch
 
 from mnemoscope.checkpoints import AtomicCheckpointIO
 from mnemoscope.evaluate import per_position_losses
-from mnemoscope.history import HISTORY_POINTS, history_steps, write_step
+from mnemoscope.history import HISTORY_POINTS, history_steps, window_stride, write_step
 from mnemoscope.model import build, count_params, size_for
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.task import TokenSplit
 from mnemoscope.train import TrainConfig, fit
 
-#: (name, arch, non-embedding params, vocabulary, context, batch, tokens of the run, kept steps, windows scored)
+#: (name, arch, non-embedding params, vocabulary, context, batch, tokens of the run, kept steps, final test windows)
 SHAPES = {
     "full": [("default study, transformer on recall", "transformer", 300_000, 256, 256, 4, 2_000_000, HISTORY_POINTS, 256),
              ("default study, lstm on recall", "lstm", 300_000, 256, 256, 4, 2_000_000, HISTORY_POINTS, 256),
@@ -54,6 +54,7 @@ def measure(name, arch, params, vocab, T, B, tokens, points, windows, rounds: in
     cls = ARCHITECTURES.get(arch)
     torch.manual_seed(0)
     model = build(cls, vocab, T, size_for(cls, params, vocab, T, {}))
+    windows = -(-windows // window_stride(windows))  # a kept step scores every k-th of the final windows
     train, test = split_of(vocab, 200 * T * B, 1), split_of(vocab, (windows + 1) * (T + 1), 2)
     # a step's time: the difference of two fits, so the fit's fixed cost cancels (tiny steps: many of them)
     few, more = (2, 6) if T >= 256 else (2, 42)
