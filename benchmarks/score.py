@@ -43,14 +43,21 @@ REPO = Path(__file__).resolve().parent.parent
 MODES = ("score", "bare", "own")
 
 
-def make(vocab: int, T: int, width: int, layers: int, seed: int = 0):
-    """A random Llama (eval mode) and the score wrapper around it."""
+#: SmolLM2-135M's body, as its GGUF file declares it (block_count, embedding_length,
+#: feed_forward_length, head_count, head_count_kv): ``--smollm2`` times this shape, random weights
+SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+           "num_key_value_heads": 3}
+
+
+def make(vocab: int, T: int, width: int, layers: int, seed: int = 0, smollm2: bool = False):
+    """A random Llama (eval mode) and the score wrapper around it: ``width`` x ``layers`` with 4
+    heads, or SmolLM2-135M's whole shape."""
     import transformers  # optional heavy dependency (the score extra)
     transformers.logging.set_verbosity_error()
     torch.manual_seed(seed)
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=width, intermediate_size=width * 3,
-                                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=T, tie_word_embeddings=True)
+    shape = SMOLLM2 if smollm2 else {"hidden_size": width, "intermediate_size": width * 3, "num_hidden_layers": layers,
+                                     "num_attention_heads": 4, "num_key_value_heads": 2}
+    cfg = transformers.LlamaConfig(vocab_size=vocab, max_position_embeddings=T, tie_word_embeddings=True, **shape)
     hf = transformers.LlamaForCausalLM(cfg).eval()
     return hf, CausalLM(hf)
 
@@ -60,9 +67,9 @@ def windows(vocab: int, T: int, n: int, seed: int = 1):
     return sequences_split(g.integers(0, vocab, size=(n, T + 1)), [f"w{i}" for i in range(n)])
 
 
-def probe(mode: str, vocab: int, T: int, width: int, layers: int) -> dict:
+def probe(mode: str, vocab: int, T: int, width: int, layers: int, smollm2: bool = False) -> dict:
     """Peak memory (MiB) of scoring one window ``mode``'s way, above what the process held before."""
-    hf, model = make(vocab, T, width, layers)
+    hf, model = make(vocab, T, width, layers, smollm2=smollm2)
     split = windows(vocab, T, 1)
     x = window_batch(split, eval_offsets(split, T, 1), T)[0]
 
@@ -91,18 +98,20 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "results" / "benchmarks"), help="folder for score.md and score.csv")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--windows", type=int, help="windows per round (default 2)")
+    p.add_argument("--smollm2", action="store_true",
+                   help="SmolLM2-135M's whole shape (30 layers, width 576), random weights, 1 window per round")
+    p.add_argument("--windows", type=int, help="windows per round (default 2; 1 with --smollm2)")
     p.add_argument("--probe", choices=MODES, help=argparse.SUPPRESS)  # one memory probe, in its own process
     p.add_argument("--note", default="", help="a line under the table (what else the machine ran)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     vocab, T = (4096, 256) if a.tiny else (49152, 2048)
     if a.probe:
-        print(json.dumps(probe(a.probe, vocab, T, a.width, a.layers)))
+        print(json.dumps(probe(a.probe, vocab, T, a.width, a.layers, a.smollm2)))
         return 0
     CLOCK["index"] = 1  # CPU seconds of this process: a shared machine's wall clock measures its neighbours
-    n = a.windows or 2
-    hf, model = make(vocab, T, a.width, a.layers)
+    n = a.windows or (1 if a.smollm2 else 2)
+    hf, model = make(vocab, T, a.width, a.layers, smollm2=a.smollm2)
     split = windows(vocab, T, n)
     offsets = eval_offsets(split, T, n)
     xs = [window_batch(split, offsets[i:i + 1], T)[0] for i in range(n)]
@@ -122,17 +131,18 @@ def main(argv=None) -> int:
         return stamp(torch.device("cpu")) - start
 
     started, load0 = time.time(), os.getloadavg()
-    rounds = Rounds(2, 3, 30, 0.02) if a.tiny else Rounds(3, 12, 120, 0.02)
+    rounds = Rounds(2, 3, 30, 0.02) if a.tiny else Rounds(3, 6 if a.smollm2 else 12, 600 if a.smollm2 else 120, 0.02)
     times = alternate(rounds, score=score_path, bare=bare)
-    shape = dict(arch=f"hf llama w{a.width} x{a.layers}", params=count_params(model, non_embedding=True), context=T, batch=1)
-    rows = [compared("score", f"study.py score, random Llama, V={vocab}, T={T}", times["score"], times["bare"],
+    name = "SmolLM2-135M's shape" if a.smollm2 else f"w{a.width} x{a.layers}"
+    shape = dict(arch=f"hf llama {name}", params=count_params(model, non_embedding=True), context=T, batch=1)
+    rows = [compared("score", f"study.py score, random Llama ({name}), V={vocab}, T={T}", times["score"], times["bare"],
                      "bare forward pass (logits only), same windows", EVAL_TARGET, f">= {EVAL_TARGET}",
                      work=n * T, detail=f"{n} windows of {T} tokens, one per forward; chunked output layer and loss",
                      **shape)]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
     for mode in MODES:
         cmd = [sys.executable, "-m", "benchmarks.score", "--probe", mode, "--width", str(a.width),
-               "--layers", str(a.layers)] + (["--tiny"] if a.tiny else [])
+               "--layers", str(a.layers)] + (["--tiny"] if a.tiny else []) + (["--smollm2"] if a.smollm2 else [])
         r = json.loads(subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
         words = {"score": "score's path (chunked output layer and loss)", "bare": "bare forward pass (whole logits)",
                  "own": "the model's own loss (labels=)"}[mode]
@@ -143,7 +153,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "score.csv", index=False)
     load1 = os.getloadavg()
-    header = (f"# study.py score: speed and memory\n\n`python -m benchmarks.score{' --tiny' if a.tiny else ''}`: "
+    header = (f"# study.py score: speed and memory\n\n`python -m benchmarks.score {' '.join(argv if argv is not None else sys.argv[1:])}`: "
               f"{os.cpu_count()} CPU cores, 1 torch thread, ratios on CPU seconds of the process, load average "
               f"{load0[0]:.1f} at the start and {load1[0]:.1f} at the end, {time.time() - started:.0f} s.\n\n")
     (out / "score.md").write_text(header + markdown(df) + ("\n\n" + a.note if a.note else "") + "\n")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
 from io import BytesIO
@@ -15,6 +16,16 @@ from .errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 8 MiB pieces (a model's weights: what decides its
+    numbers, wherever the file lies and whenever it was copied there)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while piece := f.read(1 << 23):
+            h.update(piece)
+    return h.hexdigest()
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -370,11 +370,12 @@ def score(models: list[str], s: Settings, out: Path, log=print) -> pd.DataFrame:
     config = {"name": out.resolve().name, "archs": [x.label for x in loaded], "tasks": [s.task],
               "params": list(dict.fromkeys(x.params for x in loaded)), "context": s.context, "seeds": [0],
               "eval_sequences": s.sequences,
-              "score": {**s.key(), "variants": list(s.variants), "models": [x.source for x in loaded]}}
+              "score": {**s.key(), "variants": list(s.variants), "models": {x.label: x.source for x in loaded}}}
     old = files.read_yaml(out / "config.yaml") if (out / "config.yaml").exists() else None
-    if isinstance(old, dict) and old.get("score"):  # models scored earlier into this folder stay listed
+    if isinstance(old, dict) and old.get("score"):  # models scored earlier into this folder stay listed, once each
         config["archs"] = list(dict.fromkeys(old.get("archs", []) + config["archs"]))
-        config["score"]["models"] = list(dict.fromkeys(old["score"].get("models", []) + config["score"]["models"]))
+        earlier = old["score"].get("models")  # {label: path as typed}; a list before this layout: not kept
+        config["score"]["models"] = {**(earlier if isinstance(earlier, dict) else {}), **config["score"]["models"]}
         config["params"] = list(dict.fromkeys(old.get("params", []) + config["params"]))
     files.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     if not (out / "environment.json").exists():

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import files
 from .errors import ContractError, UserError
 from .model import build, check_contract, count_params
 from .registry import ARCHITECTURES
@@ -48,13 +49,14 @@ class Loaded:
     token_bytes: np.ndarray | None = None
     tokenizer_fingerprint: str = "none"
     tokens_trained: float | None = None
-    identity: list = field(default_factory=list)  # what decides its numbers: paths, sizes, mtimes
+    identity: list = field(default_factory=list)  # what decides its numbers: weight files' names and hashes
     describe: dict[str, Any] = field(default_factory=dict)
 
 
 def _stamp(path: Path) -> list:
-    st = path.stat()
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    """A weight file's part of a model's identity: its name and the hash of its bytes, never its
+    folder or time, so the same file scores under the same run id wherever it is installed."""
+    return [path.name, files.file_digest(path)]
 
 
 class CausalLM(nn.Module):

@@ -174,3 +174,21 @@ def test_history_benchmark_measures_the_share_of_a_run_and_a_checkpoints_cost(tm
     assert (df["kept_steps"] == 8).all() and (df["step_s"] > 0).all() and df["history_share"].between(0, 1).all()
     assert (df["checkpoint_mb"] > 0).all() and (df["checkpoint_s"] > 0).all() and (df["kept_weights_mb"] > 0).all()
     assert "| tiny lstm |" in (tmp_path / "history.md").read_text()
+
+
+def test_score_benchmark_measures_the_ratio_and_three_peaks(tmp_path):
+    """benchmarks/score.py --tiny: the score path's tokens per second against a bare forward pass of
+    the same random Llama, and one window's peak memory three ways (each probe in its own process)."""
+    import pytest
+
+    pytest.importorskip("transformers")
+    from benchmarks import score
+
+    assert score.main(["--tiny", "--out", str(tmp_path)]) == 0
+    df = pd.read_csv(tmp_path / "score.csv")
+    assert len(df) == 4
+    ratio = df.iloc[0]
+    assert np.isfinite(ratio["ratio"]) and ratio["ratio"] > 0 and "V=4096, T=256" in ratio["row"]
+    peaks = df.iloc[1:]["value"]
+    assert (peaks > 0).all()
+    assert "`python -m benchmarks.score --tiny --out" in (tmp_path / "score.md").read_text()

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from mnemoscope.cli import main
 from mnemoscope.compare import Selection, compare
@@ -134,6 +135,12 @@ def test_hf_folder_gguf_and_run_read_text_through_their_own_tokenizers(study, te
     other = gaps[gaps["arch"] == "transformer"]
     assert len(other) and np.isfinite(other[["gap", "gap_low", "gap_high"]]).all().all()
     assert (out / "per_position_bytes.png").stat().st_size > 0
+    # the same file installed elsewhere (another folder, a later copy): the same id, nothing scored again
+    (tmp_path / "elsewhere").mkdir()
+    copy = shutil.copy(gguf, tmp_path / "elsewhere" / "tiny.gguf")
+    assert main(["score", str(copy), "--task", f"text:source={text_dir}", "--context", "16", *FAST, "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(runs["run_id"])
+    assert yaml.safe_load((out / "config.yaml").read_text())["score"]["models"]["tiny"] == str(copy)
 
 
 def test_byte_pairing_of_a_model_with_itself_is_zero_and_windows_start_at_lines():
