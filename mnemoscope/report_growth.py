@@ -215,8 +215,14 @@ def _method(growth: pd.DataFrame) -> str:
 def still_learning_lines(out: Path, runs: pd.DataFrame) -> list[str]:
     """One line per run still changing fast at its last kept step (:func:`mnemoscope.history.still_learning`)."""
     fast = still_learning(files.read_optional(Path(out) / "history_steps.parquet"))
+    flagged = runs[runs["run_id"].isin(fast)] if fast else runs.iloc[:0]
+    if len(flagged) > 2:  # many: one line, not a wall of the same sentence
+        rates = [fast[i] for i in flagged["run_id"]]
+        return [f"note: {len(flagged)} of {len(runs)} runs are still learning at their last kept step (test loss "
+                f"falling {min(rates):.1%} to {max(rates):.1%} per doubling of training tokens): their numbers depend "
+                f"on where training stopped; more --tokens, or --seeds, say by how much"]
     lines = []
-    for r in runs[runs["run_id"].isin(fast)].to_dict("records") if fast else []:
+    for r in flagged.to_dict("records"):
         lines.append(f"note: {spec_labels([r['arch']])[r['arch']]} on {r['task']} ({format_count(int(r['params']))}, seed "
                      f"{r['seed']}) is still learning at its last kept step (test loss falling "
                      f"{fast[r['run_id']]:.1%} per doubling of training tokens): its numbers depend on where training "

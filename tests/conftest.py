@@ -1,6 +1,8 @@
 """Shared fixtures: tiny data made by the tests themselves, a private cache folder."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -12,7 +14,10 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):
     """Every test prepares data into its own cache, never the user's."""
-    monkeypatch.setenv("MNEMOSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n: the workers share one (writes are atomic)
+        base = base.parent
+    monkeypatch.setenv("MNEMOSCOPE_CACHE", str(base / "cache"))
 
 
 @pytest.fixture

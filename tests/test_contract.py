@@ -2,7 +2,9 @@
 
 A plugin that passes these works in every study.
 """
+import functools
 import importlib.util
+import os
 
 import pytest
 import torch
@@ -15,15 +17,27 @@ from mnemoscope.sizing import SIZE_TOLERANCE, count_params, size_for
 
 V, T = 37, 24
 # the Hugging Face families too where transformers is installed (the `hf` extra, part of `dev`): a
-# release that breaks one's causality or sizing fails here
-HF_FAMILIES = [f"hf:{name}" for name in FAMILIES] if importlib.util.find_spec("transformers") else []
+# release that breaks one's causality or sizing fails here. One family of each kind (attention,
+# attention with learned positions, state space, recurrent, hybrid with experts) by default, every
+# hand-listed family with MNEMOSCOPE_TEST_EVERY_FAMILY=1 (a few minutes more); every causal family
+# of transformers is built, contract-checked and trained one step by tests/test_hf.py either way
+EVERY = os.environ.get("MNEMOSCOPE_TEST_EVERY_FAMILY") == "1"
+KINDS = ["llama", "gpt2", "mamba2", "rwkv", "jamba"]
+HF_FAMILIES = ([f"hf:{name}" for name in FAMILIES if EVERY or name in KINDS]
+               if importlib.util.find_spec("transformers") else [])
 ARCHS = ARCHITECTURES.names() + HF_FAMILIES
+
+
+@functools.lru_cache(maxsize=None)
+def _shape(name, target, context):
+    """The solver's config, found once per architecture and size (several tests build the same)."""
+    return size_for(ARCHITECTURES.get(name), target, V, context, {})
 
 
 def small(name, target=20_000, context=T):
     cls = ARCHITECTURES.get(name)
     torch.manual_seed(0)
-    return build(cls, V, context, size_for(cls, target, V, context, {})).eval()
+    return build(cls, V, context, dict(_shape(name, target, context))).eval()
 
 
 @pytest.mark.parametrize("name", ARCHS)

@@ -81,6 +81,24 @@ def test_a_law_needs_three_steps_and_says_when_it_reaches_the_whole_context():
     assert fit_growth(capped, raw, 256, 0.01)[0]["capped"]
 
 
+def test_runs_still_learning_get_a_line_each_or_one_line_when_many(tmp_path):
+    """A run whose loss still falls more than 2% per doubling of tokens at its last kept step is
+    named; three or more are summed up in one line with the range of their rates."""
+    from mnemoscope.report_growth import still_learning_lines
+
+    def steps(falls):  # two kept steps per run, 1M and 2M tokens; the loss at the last step is 2.0
+        return pd.DataFrame([{"run_id": f"r{i}", "tokens": t, "loss": 2.0 * (1 + f) if t == 1e6 else 2.0}
+                             for i, f in enumerate(falls) for t in (1e6, 2e6)])
+
+    runs = pd.DataFrame([{"run_id": f"r{i}", "arch": "lstm", "task": "text", "params": 20_000, "seed": i} for i in range(4)])
+    steps([0.05, 0.01, 0.0, 0.0]).to_parquet(tmp_path / "history_steps.parquet")
+    (line,) = still_learning_lines(tmp_path, runs)
+    assert "seed 0" in line and "5.0% per doubling" in line  # r1's 1% is under the threshold
+    steps([0.05, 0.03, 0.09, 0.0]).to_parquet(tmp_path / "history_steps.parquet")
+    (line,) = still_learning_lines(tmp_path, runs)
+    assert line.startswith("note: 3 of 4 runs are still learning") and "3.0% to 9.0% per doubling" in line
+
+
 @pytest.mark.parametrize("keep", [True, False])
 def test_a_study_keeps_its_history_and_reports_how_context_use_grows(text_dir, tmp_path, keep):
     """A tiny study: each run keeps its steps; analyze adds the effective context at each (from the
