@@ -34,6 +34,7 @@ from .history import history_dir, load_step_weights, read_steps
 from .model import build
 from .registry import ARCHITECTURES
 from .runner import Study
+from .settings import N_BOOT
 from .specs import parse_spec
 
 RATIO = 4  # the crossing asked of the law: first architecture's effective context RATIO times the other's
@@ -142,7 +143,7 @@ def _loglog(D: np.ndarray, C: np.ndarray) -> tuple[float, float]:
     return float(log_a), float(g)
 
 
-def fit_growth(table: pd.DataFrame, raw: dict, context_length: int, tolerance: float, n_boot: int = 1000,
+def fit_growth(table: pd.DataFrame, raw: dict, context_length: int, tolerance: float, n_boot: int = N_BOOT,
                seed: int = 0, level: float = 95, idx: np.ndarray | None = None) -> tuple[dict, np.ndarray | None]:
     """The law C(D) = a D^g of one run's kept steps: a, g with the interval of g, its rms log
     residual, and a status (ok, too few points, flat, bad fit; ``capped`` says that some step's

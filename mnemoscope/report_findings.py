@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import files
+from .bootstrap import LEVEL
 from .specs import format_count, spec_labels
 from .statistics import format_effective_context, format_gap
 from .tokenizer import byte_level_spec
@@ -106,7 +107,7 @@ def findings(out: Path, runs: pd.DataFrame) -> list[tuple[str, str]]:
                                          "(T/2 to T): at this budget no model gains measurably from its farthest context."))
         else:
             names = list(dict.fromkeys(f"{labels[a]} on {t}" for a, t in zip(falling["arch"], falling["task"])))
-            lines.append(("last octave", f"Still falling over the last octave of positions (T/2 to T, 95% interval "
+            lines.append(("last octave", f"Still falling over the last octave of positions (T/2 to T, {LEVEL}% interval "
                                          f"above zero): {_names(names)}; their loss would keep falling with more context."))
     return lines
 
@@ -136,7 +137,7 @@ def gap_sentence(g: pd.DataFrame, labels: dict, key: str = "arch") -> str:
     base = labels.get(base, base)
     out = []
     if grows:  # the gap rises: behind and falling further back, or ahead by less
-        out.append(f"Loses ground to {base} as context grows (paired gap, nats/token, 95% interval): "
+        out.append(f"Loses ground to {base} as context grows (paired gap, nats/token, {LEVEL}% interval): "
                    f"{'; '.join(grows)}.")
     if shrinks:
         out.append(f"Gains ground on {base} as context grows: {'; '.join(shrinks)}.")
