@@ -39,7 +39,8 @@ from .settings import ANALYSIS, N_BOOT, TOLERANCE, VARIANTS, AnalysisSettings
 from .statistics import (bootstrap_fit, context_resolution, effective_context, format_effective_context,
                          last_significant_octave, octave_gains, paired_gap, truncation_check)
 from .store import jsonable, load_run_model
-from .task import Task, TokenSplit, eval_offsets, n_windows, window_index
+from .task import Task, TokenSplit
+from .windows import eval_offsets, n_windows, window_index
 
 
 def paired_runs(study_dir: Path, runs: pd.DataFrame, baseline: str):

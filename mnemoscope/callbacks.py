@@ -15,7 +15,7 @@ import torch
 from .evaluate import per_position_losses
 from .history import window_stride, write_step
 from .settings import EVAL_BATCH, VALIDATION_WINDOWS
-from .task import TokenSplit, eval_offsets
+from .windows import TokenSplit, eval_offsets
 
 POINTS_PER_DECADE = 5  # validation points per decade of training steps
 

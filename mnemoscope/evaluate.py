@@ -16,7 +16,8 @@ from torch import nn
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from .model import token_losses
 from .settings import EVAL_BATCH, N_BOOT, STUDY
-from .task import Task, TokenSplit, eval_offsets, window_batch, window_tokens
+from .task import Task
+from .windows import TokenSplit, eval_offsets, window_batch, window_tokens
 
 
 @torch.no_grad()

@@ -53,7 +53,8 @@ from .specs import parse_spec
 from .statistics import (bootstrap_fit, context_resolution, last_significant_octave, octave_gain, octave_gains,
                          truncation_check)
 from .store import environment, jsonable
-from .task import Task, TokenSplit, eval_offsets, sequences_split, split_documents, window_batch
+from .task import Task, TokenSplit, sequences_split, split_documents
+from .windows import eval_offsets, window_batch
 
 #: bytes of text reserved per token when cutting a byte-aligned window (more than any tokenizer's mean)
 BYTES_PER_TOKEN_RESERVE = 8

@@ -21,7 +21,7 @@ from .checkpoints import LAST, AtomicCheckpointIO, GracefulStop, ResumableBatche
 from .errors import UserError
 from .model import token_losses
 from .settings import MAX_AUTO_BATCH, MIN_AUTO_BATCH, MIN_STEPS, VALIDATION_WINDOWS
-from .task import TokenSplit, TrainBatches, eval_offsets, window_batch
+from .windows import TokenSplit, TrainBatches, eval_offsets, window_batch
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric",
               "lightning.pytorch.trainer.connectors.signal_connector"):  # "Received SIGTERM": the CLI says it in one line

@@ -14,7 +14,7 @@ from mnemoscope.bootstrap import LEVEL, cluster_ci
 from mnemoscope.evaluate import greedy_hits
 from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
 from mnemoscope.store import StudyFolder
-from mnemoscope.task import scored_windows, window_tokens
+from mnemoscope.windows import scored_windows, window_tokens
 
 
 # -- an instance's distance, from its tokens ------------------------------------------------------
