@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import files
-from .bootstrap import percentile_interval
+from .bootstrap import LEVEL, percentile_interval
 from .errors import UserError
 from .evaluate import bootstrap_ci, per_position_losses
 from .model import has_features
@@ -254,7 +254,7 @@ def _bisect(score, contexts: np.ndarray, losses: np.ndarray, tolerance: float):
 
 
 def ablation_table(ab: Ablation, tolerance: float = TOLERANCE, n_boot: int = N_BOOT, seed: int = 0,
-                   level: float = 95) -> pd.DataFrame:
+                   level: float = LEVEL) -> pd.DataFrame:
     """Tidy rows: one per variant and context n, mean loss with its bootstrap interval over
     targets, the loss's excess over full context, and the variant's effective context and cost."""
     rows = []
@@ -281,16 +281,17 @@ def extrapolates(model: nn.Module) -> bool:
     return bool(getattr(model, "extrapolates", False))
 
 
-def extrapolation(model: nn.Module, split: TokenSplit, context_length: int, factors=ANALYSIS.factors, n_sequences: int = ANALYSIS.extrapolation_sequences,
-                  batch_size: int = 16, seed: int = 0) -> pd.DataFrame:
+def extrapolation(model: nn.Module, split: TokenSplit, context_length: int, factors=ANALYSIS.factors,
+                  n_sequences: int = ANALYSIS.extrapolation_sequences, batch_size: int = 16, seed: int = 0) -> pd.DataFrame:
     """Per-position loss on test windows ``factor`` x the training context (positions past T were
     never trained on). Empty for a model that does not extrapolate, or a task whose sequences have
     a fixed length. Columns: factor, length, position, loss, ci_low, ci_high, n_sequences."""
     return long_context(model, split, context_length, factors, n_sequences, batch_size, seed)[0]
 
 
-def long_context(model: nn.Module, split: TokenSplit, context_length: int, factors=ANALYSIS.factors, n_sequences: int = ANALYSIS.extrapolation_sequences,
-                 batch_size: int = 16, seed: int = 0, n_boot: int = 200) -> tuple[pd.DataFrame, pd.DataFrame]:
+def long_context(model: nn.Module, split: TokenSplit, context_length: int, factors=ANALYSIS.factors,
+                 n_sequences: int = ANALYSIS.extrapolation_sequences, batch_size: int = 16, seed: int = 0,
+                 n_boot: int = 200) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`extrapolation`'s per-position table, and the same losses in **position buckets** of
     the training length T, [0, T), [T, 2T), ..., as long-context evaluations report them (Flash
     Linear Attention's ``evals/ppl.py`` buckets PG-19 by 2048-token blocks): the mean loss of each

@@ -21,9 +21,9 @@ from .windows import TokenSplit, eval_offsets, window_batch, window_tokens
 
 
 @torch.no_grad()
-def per_position_losses(model: nn.Module, split: TokenSplit, context_length: int, n_sequences: int = STUDY.eval_sequences,
-                        batch_size: int = EVAL_BATCH, device: torch.device | str | None = None,
-                        offsets: np.ndarray | None = None):
+def per_position_losses(model: nn.Module, split: TokenSplit, context_length: int,
+                        n_sequences: int = STUDY.eval_sequences, batch_size: int = EVAL_BATCH,
+                        device: torch.device | str | None = None, offsets: np.ndarray | None = None):
     """Loss in nats at every position of up to ``n_sequences`` held-out windows (or of the windows
     starting at ``offsets``, when given).
 
@@ -95,8 +95,8 @@ def bootstrap_ci(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int
 
 
 @torch.no_grad()
-def greedy_hits(model: torch.nn.Module, split: TokenSplit, context_length: int, n_sequences: int = STUDY.eval_sequences,
-                batch_size: int = EVAL_BATCH):
+def greedy_hits(model: torch.nn.Module, split: TokenSplit, context_length: int,
+                n_sequences: int = STUDY.eval_sequences, batch_size: int = EVAL_BATCH):
     """One teacher-forced pass over the evaluation windows (the same ``eval_offsets`` as the study).
 
     Returns ``(offsets, hits, losses, mask, targets)``, the last four (N, T): ``hits[i, t]`` is True

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from . import files
+from .bootstrap import LEVEL
 from .evaluate import bootstrap_ci
 from .errors import UserError
 from .settings import N_BOOT, STUDY
@@ -75,7 +76,7 @@ def _band(n: int, T: int) -> np.ndarray:
 
 
 def icl_score(losses: np.ndarray, mask: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
-              level: float = 95) -> dict[str, float]:
+              level: float = LEVEL) -> dict[str, float]:
     """Olsson et al.'s in-context learning score of per-window losses (N, T): mean loss around
     ``late`` tokens of context minus around ``early`` (:func:`icl_positions`), each window's
     difference of its counted targets; the interval bootstraps over windows (those with a counted

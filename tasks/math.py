@@ -306,8 +306,8 @@ def answer_spans(mask_row: np.ndarray, target_row: np.ndarray) -> list[tuple[int
     return [(a, b) for a, b in zip(edges[::2], edges[1::2]) if target_row[b - 1] == NEWLINE]
 
 
-def answer_accuracy(model: torch.nn.Module, split: TokenSplit, context_length: int, n_sequences: int = STUDY.eval_sequences,
-                    batch_size: int = EVAL_BATCH) -> pd.DataFrame:
+def answer_accuracy(model: torch.nn.Module, split: TokenSplit, context_length: int,
+                    n_sequences: int = STUDY.eval_sequences, batch_size: int = EVAL_BATCH) -> pd.DataFrame:
     """One row per complete answer in the evaluation windows: ``correct`` (exact match under greedy
     decoding), ``loss`` (mean nats per answer token), ``length``, ``kind``, ``sequence``, ``position``.
 

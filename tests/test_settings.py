@@ -49,6 +49,7 @@ def setting_defaults() -> dict[str, set]:
                 if number(v) and v not in TRIVIAL:
                     for name in {f.name, *ALIASES.get(f.name, ())}:
                         out.setdefault(name, set()).add(v)
+    out.setdefault("level", set()).add(LEVEL)  # the level of every interval (bootstrap.LEVEL)
     return out
 
 
@@ -147,6 +148,7 @@ def test_no_default_is_written_twice():
     ("mnemoscope/tune.py", "trials: int = TUNE.trials", "trials: int = 30"),
     ("mnemoscope/analysis.py", "tolerance: float = TOLERANCE,", "tolerance: float = 0.01,"),
     ("mnemoscope/callbacks.py", "n_sequences: int = VALIDATION_WINDOWS", "n_sequences: int = 64"),
+    ("mnemoscope/analysis.py", "level: float = LEVEL)", "level: float = 95)"),
     ("mnemoscope/report_history.py", "{N_STARTS} starts", "27 starts"),
 ])
 def test_the_scan_sees_a_copy(path, old, new):
