@@ -28,14 +28,14 @@ import pandas as pd
 import torch
 
 from . import files
-from .analysis import AnalysisSettings, ablation_table, context_bytes, truncation_ablation
+from .analysis import ablation_table, context_bytes, truncation_ablation
 from .bootstrap import LEVEL
 from .errors import UserError
 from .history import history_dir, load_step_weights, read_steps
 from .model import build
 from .registry import ARCHITECTURES
 from .runner import Study
-from .settings import N_BOOT
+from .settings import N_BOOT, AnalysisSettings
 from .specs import parse_spec
 
 RATIO = 4  # the crossing asked of the law: first architecture's effective context RATIO times the other's
