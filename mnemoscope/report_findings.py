@@ -13,6 +13,7 @@ import pandas as pd
 
 from . import files
 from .bootstrap import LEVEL
+from .settings import TOLERANCE
 from .specs import format_count, spec_labels
 from .statistics import format_effective_context, format_gap
 from .tokenizer import byte_level_spec
@@ -87,7 +88,7 @@ def findings(out: Path, runs: pd.DataFrame) -> list[tuple[str, str]]:
         if not f.empty:
             f = f[f["params"] == f["params"].max()]
             cells = [f"{labels.get(r['arch'], r['arch'])} {format_effective_context(r)}" for r in f.to_dict("records")]
-            tol = f["tolerance"].iloc[0] if "tolerance" in f else 0.01
+            tol = f["tolerance"].iloc[0] if "tolerance" in f else TOLERANCE
             parts.append(f"Effective context (tokens, of {int(f['context'].iloc[0])}; within {tol:.0%} of the "
                          f"full-context loss): {'; '.join(cells)}.")
         g = gaps[gaps["task"] == task] if not gaps.empty else pd.DataFrame()

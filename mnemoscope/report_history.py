@@ -14,6 +14,7 @@ import pandas as pd
 from . import files
 from .bootstrap import LEVEL
 from .figures import figure_png, html_table, img_tag, legend_below, model_palette, wrap_title
+from .settings import TOLERANCE
 from .specs import format_count, spec_labels
 from .statistics import (HUBER_DELTA, MIN_FIT_POINTS, N_STARTS, WRONG_FORM_CHI2, format_effective_context, format_gap,
                          short_number)
@@ -152,7 +153,7 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
         return [(title, f"<p>Not analysed yet: run <code>python study.py analyze {html.escape(str(out))}</code>.</p>")]
     context = files.read_optional(out / "context.parquet")
     ext = files.read_optional(out / "extrapolation.parquet")
-    tol = fits["tolerance"].iloc[0] if "tolerance" in fits else 0.01
+    tol = fits["tolerance"].iloc[0] if "tolerance" in fits else TOLERANCE
     parts = [html_table(history_table(fits))]
     parts.append(
         f"<p><b>Effective context</b> (Khandelwal et al. 2018): the same {int(fits['ablation_targets'].max())} target "

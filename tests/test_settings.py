@@ -2,8 +2,8 @@
 hyperparameters): the command line, its --help, the config file and the report's prose take it
 from there. The scan below reads the source and fails on a second copy of a default: a literal
 argparse default, a "default N" written in a help text, a public function's (or dataclass's)
-keyword default equal to the setting of the same name, and a named constant's value written as a
-literal number in the report's prose."""
+keyword default or a fallback (``x if ... else N``, ``.get(key, N)``) equal to the setting of the
+same name, and a named constant's value written as a literal number in the report's prose."""
 from __future__ import annotations
 
 import ast
@@ -115,6 +115,13 @@ def copies_in(path: Path, source: str | None = None) -> list[str]:
                 if isinstance(default, ast.Constant) and default.value in defaults.get(arg.arg, ()) \
                         and number(default.value):
                     found.append(where(default, f"{node.name}({arg.arg}={default.value!r}): a setting's default"))
+        fallback = (node.orelse, node.body) if isinstance(node, ast.IfExp) else (
+            (node.args[1], node.args[0]) if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "get"
+            and len(node.args) == 2 else None)  # `row["tolerance"] if ... else 0.01`, `d.get("tolerance", 0.01)`
+        if fallback and isinstance(fallback[0], ast.Constant) and number(fallback[0].value):
+            keys = {n.value for n in ast.walk(fallback[1]) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+            if any(fallback[0].value in defaults.get(k, ()) for k in keys):
+                found.append(where(node, f"a fallback {fallback[0].value!r} for {', '.join(sorted(keys))}: a setting's default"))
         if isinstance(node, ast.ClassDef) and path.name != "settings.py":
             for item in node.body:
                 if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and \
@@ -149,6 +156,7 @@ def test_no_default_is_written_twice():
     ("mnemoscope/analysis.py", "tolerance: float = TOLERANCE,", "tolerance: float = 0.01,"),
     ("mnemoscope/callbacks.py", "n_sequences: int = VALIDATION_WINDOWS", "n_sequences: int = 64"),
     ("mnemoscope/analysis.py", "level: float = LEVEL)", "level: float = 95)"),
+    ("mnemoscope/report_findings.py", 'if "tolerance" in f else TOLERANCE', 'if "tolerance" in f else 0.01'),
     ("mnemoscope/report_history.py", "{N_STARTS} starts", "27 starts"),
 ])
 def test_the_scan_sees_a_copy(path, old, new):
