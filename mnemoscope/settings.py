@@ -19,8 +19,9 @@ from typing import Any, Callable
 
 from .specs import format_count
 
-#: validation windows scored after each log-spaced step, at the end of training and in a run's
-#: row (``final_val_loss``): the same windows everywhere, at most ``eval_sequences`` of them
+#: validation windows (the same ones, from ``eval_offsets``) scored after each log-spaced step
+#: (callbacks), by training's own validation (train.fit) and for a run's ``final_val_loss``
+#: (runner; there at most ``eval_sequences`` of them)
 VALIDATION_WINDOWS = 64
 TOLERANCE = 0.01  # effective context: the shortest context within this fraction of the full-context loss
 VARIANTS = ("truncate", "shuffle", "replace")  # the truncation ablation's variants (analysis)
