@@ -49,7 +49,10 @@ def setting_defaults() -> dict[str, set]:
                 if number(v) and v not in TRIVIAL:
                     for name in {f.name, *ALIASES.get(f.name, ())}:
                         out.setdefault(name, set()).add(v)
-    out.setdefault("level", set()).add(LEVEL)  # the level of every interval (bootstrap.LEVEL)
+    shared = {"level": LEVEL, "n_sequences": settings.VALIDATION_WINDOWS, "batch_size": settings.EVAL_BATCH,
+              "n_boot": settings.N_BOOT, "tolerance": settings.TOLERANCE}  # the numbers named once, by parameter
+    for name, value in shared.items():
+        out.setdefault(name, set()).add(value)
     return out
 
 
