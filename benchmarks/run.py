@@ -48,7 +48,8 @@ from mnemoscope.evaluate import per_position_losses
 from mnemoscope.model import build
 from mnemoscope.sizing import count_params, size_for
 from mnemoscope.registry import ARCHITECTURES, TASKS
-from mnemoscope.task import TokenSplit, eval_offsets, window_batch
+from mnemoscope.task import TokenSplit
+from mnemoscope.windows import eval_offsets, window_batch
 from mnemoscope.train import TrainConfig, auto_batch_size, fit
 
 REPO = Path(__file__).resolve().parent.parent

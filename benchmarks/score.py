@@ -37,7 +37,8 @@ from benchmarks.run import CLOCK, EVAL_TARGET, Rounds, alternate, compared, mark
 from mnemoscope.model import count_params
 from mnemoscope.score import window_losses
 from mnemoscope.score_models import CausalLM
-from mnemoscope.task import eval_offsets, sequences_split, window_batch
+from mnemoscope.task import sequences_split
+from mnemoscope.windows import eval_offsets, window_batch
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("score", "bare", "own")

@@ -30,15 +30,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import files
-from .bootstrap import percentile_interval
+from .bootstrap import LEVEL, percentile_interval
 from .errors import UserError
 from .evaluate import bootstrap_ci, per_position_losses
 from .model import has_features
 from .runner import Study
+from .settings import ANALYSIS, N_BOOT, TOLERANCE, VARIANTS, AnalysisSettings
 from .statistics import (bootstrap_fit, context_resolution, effective_context, format_effective_context,
                          last_significant_octave, octave_gains, paired_gap, truncation_check)
 from .store import jsonable, load_run_model
-from .task import Task, TokenSplit, eval_offsets, n_windows, window_index
+from .task import Task, TokenSplit
+from .windows import eval_offsets, n_windows, window_index
 
 
 def paired_runs(study_dir: Path, runs: pd.DataFrame, baseline: str):
@@ -63,7 +65,7 @@ def paired_runs(study_dir: Path, runs: pd.DataFrame, baseline: str):
             yield r, losses, base, mask
 
 
-def paired_gaps(study_dir: Path, runs: pd.DataFrame, baseline: str, n_boot: int = 1000) -> pd.DataFrame:
+def paired_gaps(study_dir: Path, runs: pd.DataFrame, baseline: str, n_boot: int = N_BOOT) -> pd.DataFrame:
     """:func:`paired_gap` of every finished run against the ``baseline`` architecture's run of the
     same task, size and seed (:func:`paired_runs`)."""
     rows = []
@@ -75,7 +77,6 @@ def paired_gaps(study_dir: Path, runs: pd.DataFrame, baseline: str, n_boot: int 
 
 
 # -- 3. truncation ablation (Khandelwal et al. 2018) ------------------------------------------------
-VARIANTS = ("truncate", "shuffle", "replace")
 
 
 @dataclass
@@ -139,7 +140,7 @@ def _last_position_loss(model: nn.Module, inputs: np.ndarray, targets: np.ndarra
 
 def truncation_ablation(model: nn.Module, split: TokenSplit, context_length: int, n_targets: int = 512,
                         batch_size: int | None = None, variants=VARIANTS, contexts=None, seed: int = 0,
-                        device=None, max_tokens: int = 1 << 16, tolerance: float = 0.01,
+                        device=None, max_tokens: int = 1 << 16, tolerance: float = TOLERANCE,
                         refine=("truncate",)) -> Ablation:
     """Khandelwal et al.'s ablation: the same targets scored with n tokens of context, n in ``contexts``
     (default 1, 2, 4, ..., T).
@@ -252,8 +253,8 @@ def _bisect(score, contexts: np.ndarray, losses: np.ndarray, tolerance: float):
     return np.array(tried, np.int64), (np.stack(rows, 1) if rows else losses[:, :0])
 
 
-def ablation_table(ab: Ablation, tolerance: float = 0.01, n_boot: int = 1000, seed: int = 0,
-                   level: float = 95) -> pd.DataFrame:
+def ablation_table(ab: Ablation, tolerance: float = TOLERANCE, n_boot: int = N_BOOT, seed: int = 0,
+                   level: float = LEVEL) -> pd.DataFrame:
     """Tidy rows: one per variant and context n, mean loss with its bootstrap interval over
     targets, the loss's excess over full context, and the variant's effective context and cost."""
     rows = []
@@ -280,16 +281,17 @@ def extrapolates(model: nn.Module) -> bool:
     return bool(getattr(model, "extrapolates", False))
 
 
-def extrapolation(model: nn.Module, split: TokenSplit, context_length: int, factors=(2, 4), n_sequences: int = 64,
-                  batch_size: int = 16, seed: int = 0) -> pd.DataFrame:
+def extrapolation(model: nn.Module, split: TokenSplit, context_length: int, factors=ANALYSIS.factors,
+                  n_sequences: int = ANALYSIS.extrapolation_sequences, batch_size: int = 16, seed: int = 0) -> pd.DataFrame:
     """Per-position loss on test windows ``factor`` x the training context (positions past T were
     never trained on). Empty for a model that does not extrapolate, or a task whose sequences have
     a fixed length. Columns: factor, length, position, loss, ci_low, ci_high, n_sequences."""
     return long_context(model, split, context_length, factors, n_sequences, batch_size, seed)[0]
 
 
-def long_context(model: nn.Module, split: TokenSplit, context_length: int, factors=(2, 4), n_sequences: int = 64,
-                 batch_size: int = 16, seed: int = 0, n_boot: int = 200) -> tuple[pd.DataFrame, pd.DataFrame]:
+def long_context(model: nn.Module, split: TokenSplit, context_length: int, factors=ANALYSIS.factors,
+                 n_sequences: int = ANALYSIS.extrapolation_sequences, batch_size: int = 16, seed: int = 0,
+                 n_boot: int = 200) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`extrapolation`'s per-position table, and the same losses in **position buckets** of
     the training length T, [0, T), [T, 2T), ..., as long-context evaluations report them (Flash
     Linear Attention's ``evals/ppl.py`` buckets PG-19 by 2048-token blocks): the mean loss of each
@@ -347,19 +349,6 @@ FIT_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "n_sequenc
                "effective_context_replace", "effective_context_replace_low", "effective_context_replace_high",
                "tolerance", "ablation_targets", "ablation_forward_tokens", "extrapolates",
                "loss_last_half", "loss_beyond_2x", "loss_beyond_4x"]
-
-
-@dataclass
-class AnalysisSettings:
-    """What ``analyze`` measures, and how much it spends on it."""
-
-    n_targets: int = 256  # target tokens of the truncation ablation (one per evaluation window)
-    tolerance: float = 0.01  # effective context: within this fraction of the full-context loss
-    variants: tuple[str, ...] = VARIANTS
-    n_boot: int = 1000  # bootstrap replicates for intervals of means and effective contexts
-    fit_boot: int = 200  # bootstrap refits of the power law
-    factors: tuple[int, ...] = (2, 4)  # extrapolation lengths, in training contexts
-    extrapolation_sequences: int = 64
 
 
 def analyze_run(folder: Path, task, settings: AnalysisSettings, device=None) -> dict[str, pd.DataFrame | dict]:

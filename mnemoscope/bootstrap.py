@@ -2,11 +2,14 @@
 
 Every bootstrap resamples whole units (sequences, or targets), never positions, with
 :func:`bootstrap_indices`, from a seed, and reads its interval with :func:`percentile_interval` at
-``LEVEL`` percent unless a caller asks for another.
+``LEVEL`` percent unless a caller asks for another; :func:`cluster_ci` is that bootstrap for a
+weighted mean of targets grouped in whole units.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .settings import N_BOOT
 
 LEVEL = 95  # percent: the confidence level of every interval unless a caller asks for another
 
@@ -35,3 +38,17 @@ def percentile_interval(draws: np.ndarray, level: float = LEVEL, axis: int | Non
     with np.errstate(invalid="ignore"):
         lo, hi = np.nanpercentile(draws, q, axis=axis)
     return lo, hi
+
+
+def cluster_ci(values: np.ndarray, weights: np.ndarray, units: np.ndarray, seed: int = 0,
+               n_boot: int = N_BOOT, level: float = LEVEL) -> tuple[float, float, float]:
+    """Weighted mean of ``values`` and a bootstrap interval (``level``%) resampling whole ``units``
+    (sequences), since targets within one sequence are correlated."""
+    u, inv = np.unique(units, return_inverse=True)
+    s = np.bincount(inv, weights=values * weights, minlength=len(u))
+    w = np.bincount(inv, weights=weights, minlength=len(u))
+    if w.sum() == 0:
+        return (float("nan"),) * 3
+    idx = bootstrap_indices(len(u), n_boot, seed)
+    lo, hi = percentile_interval(s[idx].sum(1) / np.maximum(w[idx].sum(1), 1e-12), level, axis=None)
+    return float(s.sum() / w.sum()), float(lo), float(hi)

@@ -14,9 +14,9 @@ import torch
 
 from .evaluate import per_position_losses
 from .history import window_stride, write_step
-from .task import TokenSplit, eval_offsets
+from .settings import EVAL_BATCH, VALIDATION_WINDOWS
+from .windows import TokenSplit, eval_offsets
 
-VAL_SEQUENCES = 64  # validation windows scored at each log-spaced point (as train.fit's loop does)
 POINTS_PER_DECADE = 5  # validation points per decade of training steps
 
 class DivergenceGuard(L.Callback):
@@ -81,7 +81,7 @@ class LogSpacedValidation(L.Callback):
     """
 
     def __init__(self, validation: TokenSplit, context_length: int, n_steps: int, tokens_per_step: int,
-                 batch_size: int = 32, n_sequences: int = VAL_SEQUENCES, per_decade: int = POINTS_PER_DECADE):
+                 batch_size: int = EVAL_BATCH, n_sequences: int = VALIDATION_WINDOWS, per_decade: int = POINTS_PER_DECADE):
         self.validation, self.T, self.batch_size, self.n_sequences = validation, context_length, batch_size, n_sequences
         self.steps = log_spaced_steps(n_steps, per_decade)
         self.tokens_per_step = tokens_per_step
@@ -129,7 +129,7 @@ class TrainingHistory(L.Callback):
     ``folder/history/``. Only the process that writes (rank 0) scores."""
 
     def __init__(self, split: TokenSplit, context_length: int, n_sequences: int, steps: list[int],
-                 tokens_per_step: int, folder: Path, keep_weights: bool = True, batch_size: int = 32):
+                 tokens_per_step: int, folder: Path, keep_weights: bool = True, batch_size: int = EVAL_BATCH):
         self.split, self.T, self.batch_size = split, context_length, batch_size
         # every k-th window of the final evaluation's: the same windows at every kept step, the last included
         self.offsets = eval_offsets(split, context_length, n_sequences)[::window_stride(n_sequences)]

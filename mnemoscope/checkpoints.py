@@ -29,8 +29,9 @@ from lightning.fabric.utilities.cloud_io import _atomic_save
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .errors import UserError
+from .settings import STUDY
 
-DEFAULT_CHECKPOINT_EVERY = "5m"  # a kill loses at most this much training; a save costs well under a second at 1M parameters
+DEFAULT_CHECKPOINT_EVERY = STUDY.checkpoint_every
 LAST = "last.ckpt"
 
 _UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}

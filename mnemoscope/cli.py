@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm  # Lightning's progress bars (a dependency of lightning)
 
 from . import files
-from .analysis import VARIANTS, AnalysisSettings, analyze
+from .analysis import analyze
 from .compare import compare, parse_selection
 from .config import StudyConfig, default_name, legacy_default_name
 from .errors import UserError
@@ -26,9 +26,10 @@ from .report_compare import summary_lines as comparison_lines
 from .report_compare import write_comparison
 from .runner import Study, mixed_data
 from .score import Settings, build_task, score
-from .specs import format_count, parse_count
+from .settings import (VARIANTS, AnalysisSettings, ExecutionSettings, ScoreSettings, StudySettings, TuneSettings,
+                       add_arguments)
+from .specs import parse_count
 from .train import distributed_settings
-from .tune import DEFAULT_OUT as TUNE_OUT
 from .tune import apply_tuned, tune
 
 EXAMPLES = """examples:
@@ -50,7 +51,6 @@ EXAMPLES = """examples:
 
 
 def run_parser(prog: str = "study.py") -> argparse.ArgumentParser:
-    d = StudyConfig()  # the defaults a flag left out takes (flags default to None so --config can fill them)
     usage = (f"{prog} [--arch ARCH ...] [--task TASK ...] [--params N ...] [other flags]\n"
              f"       {prog} list | report DIR | analyze DIR | compare DIR[:ARCH,...] ... | score MODEL ... --task TASK | worker DIR | tune --arch ARCH ... "
              "(each has --help)")
@@ -59,19 +59,8 @@ def run_parser(prog: str = "study.py") -> argparse.ArgumentParser:
         epilog=EXAMPLES.replace("PROG", prog if prog != "study.py" else "python study.py"),
         description="Train every architecture on every task at matched sizes and measure the loss at "
                     "every context position; then analyse how much history each one uses and write a report.")
-    p.add_argument("--arch", nargs="+", help="architectures: names, module:Class or file.py:Class "
-                                             f"(options: transformer:pos=rotary; default: {' '.join(d.archs)})")
-    p.add_argument("--task", nargs="+", help="tasks: names, or name:PATH for your own files "
-                                             f"(default: {' '.join(d.tasks)})")
-    p.add_argument("--params", nargs="+", help="target non-embedding parameter counts, e.g. 100k 1M "
-                                               f"(default: {' '.join(format_count(n) for n in d.params)})")
-    p.add_argument("--context", help="context length in tokens (default: each task's natural length)")
-    p.add_argument("--tokens", help=f"training tokens per run, e.g. 2M (default: {format_count(d.tokens)})")
-    p.add_argument("--seeds", nargs="+", type=_int, help=f"random seeds (default: {' '.join(map(str, d.seeds))})")
-    p.add_argument("--batch-size", help="sequences per training batch (default auto: the largest power of two "
-                                          "from 4 to 32 that leaves about 1000 optimizer steps)")
-    p.add_argument("--eval-sequences", help=f"held-out sequences scored per run (default {d.eval_sequences})")
-    p.add_argument("--name", help="study name (default: derived from the config)")
+    # a flag left out is None, so that --config can fill it; else the study's default (settings.StudySettings)
+    add_arguments(p, StudySettings, "archs tasks params context tokens seeds batch_size eval_sequences name", False)
     p.add_argument("--out", help="study folder (default results/NAME; with --config DIR/config.yaml of a study: DIR)")
     p.add_argument("--config", help="a study.yaml, or a study's DIR/config.yaml to continue that study in DIR; "
                                     "flags override it")
@@ -82,35 +71,16 @@ def run_parser(prog: str = "study.py") -> argparse.ArgumentParser:
     p.add_argument("--no-analysis", action="store_true",
                    help="skip the context analysis at the end (effective context, fits, extrapolation); "
                         "`study.py analyze DIR` adds it later")
-    p.add_argument("--history", type=_int, help=f"kept steps per run for context use through training: the test "
-                                                 f"windows scored at every position and the weights kept, one per "
-                                                 f"octave of training tokens (default {d.history}; 0: none)")
-    p.add_argument("--no-keep-weights", action="store_true",
-                   help="keep no weights at the kept steps (the per-position curves and in-context learning score "
-                        "stay; the effective context through training needs the weights)")
-    p.add_argument("--checkpoint-every", metavar="DURATION",
-                   help=f"save a mid-run checkpoint every this much training, e.g. 30s, 10m, 1h, or off "
-                        f"(default {d.checkpoint_every}); a stopped study resumes each run from its last checkpoint")
+    add_arguments(p, StudySettings, "history keep_weights checkpoint_every", False)
     add_execution_flags(p)
-    p.add_argument("--workers", type=_int, default=1,
-                   help="worker processes on this machine draining the study's queue (default 1; 0: only fill "
-                        "the queue, for `study.py worker` processes started elsewhere)")
+    add_arguments(p, ExecutionSettings, "workers")
     return p
 
 
 def add_execution_flags(p: argparse.ArgumentParser) -> None:
     """How runs are executed; they do not change what a study is (nor its config.yaml)."""
-    p.add_argument("--storage", help="Optuna storage URL holding the queue of runs (default: "
-                                     "sqlite:///STUDY_DIR/queue.db; postgresql://user:pw@host/db for many machines)")
-    p.add_argument("--heartbeat", type=_int, help="seconds between a worker's heartbeats; a run whose worker is "
-                                                  "silent for twice this goes to another worker (default 10)")
-    p.add_argument("--devices", help="devices for each run, as Lightning takes them: 4, auto, or 0,1")
-    p.add_argument("--num-nodes", help="machines for each run (Lightning num_nodes; launch with srun/torchrun)")
-    p.add_argument("--strategy", help="Lightning strategy for multi-device runs: ddp, fsdp, deepspeed_stage_2, ...")
-    p.add_argument("--logger", nargs="+", metavar="NAME",
-                   help="also log each run's training curves to: tensorboard (STUDY/tensorboard), mlflow (STUDY/mlflow.db), "
-                        "wandb (STUDY/wandb, offline), with arch, task, size and seed as hyperparameters; csv "
-                        "(runs/<id>/metrics.csv) is always kept. Extras: pip install 'mnemoscope[tensorboard]'")
+    # None when left out: the queue then takes its default heartbeat (settings.ExecutionSettings)
+    add_arguments(p, ExecutionSettings, "storage heartbeat devices num_nodes strategy logger", False)
 
 
 def execution(args) -> dict:
@@ -120,14 +90,6 @@ def execution(args) -> dict:
     if args.heartbeat is not None and args.heartbeat < 1:
         raise UserError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
     return distributed_settings(args.devices, args.num_nodes, args.strategy)
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-
 
 
 def _one_line_errors(parser: argparse.ArgumentParser) -> None:
@@ -281,17 +243,7 @@ def cmd_tune(argv: list[str], prog: str = "study.py") -> int:
         prog=f"{prog} tune", description="Tune each architecture with Optuna (TPE, median pruning) at one "
         "small size, with the same trial budget for every one; later studies use the result with --hparams tuned.")
     _one_line_errors(p)
-    p.add_argument("--arch", nargs="+", required=True, help="architectures to tune, each with --trials trials")
-    p.add_argument("--task", default="text", help="task to tune on (validation split; default text)")
-    p.add_argument("--trials", type=int, default=30, help="finished trials per architecture (default 30)")
-    p.add_argument("--params", default="100k", help="non-embedding parameters of every trial (default 100k)")
-    p.add_argument("--tokens", default="1M", help="training tokens per trial (default 1M)")
-    p.add_argument("--context", help="context length (default: the task's)")
-    p.add_argument("--batch-size", default="auto",
-                   help="sequences per batch (default auto: a power of two from 4 to 32 leaving about 1000 steps)")
-    p.add_argument("--out", default=str(TUNE_OUT), help=f"folder for optuna.db and tuned.yaml (default {TUNE_OUT})")
-    p.add_argument("--storage", help="any Optuna storage URL (default sqlite:///OUT/optuna.db)")
-    p.add_argument("--seed", type=int, default=0, help="sampler and training seed (default 0)")
+    add_arguments(p, TuneSettings, "arch task trials params tokens context batch_size out storage seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if args.trials < 1:
@@ -311,11 +263,7 @@ def cmd_analyze(argv: list[str], prog: str = "study.py") -> int:
                                 "write fits.csv, context.parquet, octaves.parquet, extrapolation.parquet; rebuild the report.")
     _one_line_errors(p)
     p.add_argument("dir")
-    p.add_argument("--targets", type=_int, default=256, help="target tokens of the truncation ablation (default 256)")
-    p.add_argument("--tolerance", type=float, default=0.01,
-                   help="effective context: within this fraction of the full-context loss (default 0.01)")
-    p.add_argument("--variants", nargs="+", default=["truncate", "shuffle", "replace"],
-                   help="ablation variants (default: truncate shuffle replace)")
+    add_arguments(p, AnalysisSettings, "n_targets tolerance variants")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--recompute", action="store_true",
                    help="recompute every run (default: reuse a run's stored analysis made with the same settings)")
@@ -390,12 +338,10 @@ def cmd_score(argv: list[str], prog: str = "study.py") -> int:
     p.add_argument("--context", help="tokens of context per window (default: the task's)")
     p.add_argument("--extrapolate", action="store_true",
                    help="allow a context longer than a model was made for (scored on purpose past its length)")
-    p.add_argument("--sequences", type=_int, default=256, help="test windows per model (default 256)")
-    p.add_argument("--targets", type=_int, default=256,
-                   help="targets of the truncation ablation (default 256; 0: no ablation, no effective context)")
+    add_arguments(p, ScoreSettings, "sequences targets")
     p.add_argument("--no-bisect", action="store_true", help="effective context on the grid 1, 2, 4, ... only, "
                    "without bisecting between its last two lengths (cheaper for a large model)")
-    p.add_argument("--batch-size", type=_int, default=8, help="windows per forward pass (default 8)")
+    add_arguments(p, ScoreSettings, "batch_size")
     p.add_argument("--out", help="folder to write (default results/score_TASK_ctxN)")
     args = p.parse_args(argv)
     if args.sequences < 1 or args.targets < 0 or args.batch_size < 1:

@@ -26,6 +26,7 @@ from . import files
 from .errors import UserError
 from .evaluate import SCORING_PARTS, scoring_difference, scoring_fingerprint, scoring_parts
 from .runner import Study
+from .settings import N_BOOT
 from .specs import format_count
 from .statistics import format_effective_context, paired_gap, paired_gap_curve
 from .store import StudyFolder
@@ -257,7 +258,7 @@ def _partner(r: dict, base_runs: pd.DataFrame) -> tuple[dict | None, str]:
     return None, scoring_difference(r["parts"], b["parts"])
 
 
-def compare(selections: list[Selection], baselines: list[Selection] | None = None, n_boot: int = 1000) -> Comparison:
+def compare(selections: list[Selection], baselines: list[Selection] | None = None, n_boot: int = N_BOOT) -> Comparison:
     """Load the selected runs, pair each with each baseline where their fingerprints agree, and
     compute the band gaps and per-position gap curves with paired bootstrap intervals."""
     if not selections:

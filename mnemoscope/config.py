@@ -7,37 +7,20 @@ import dataclasses
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import DEFAULT_CHECKPOINT_EVERY, parse_duration
+from .checkpoints import parse_duration
 from .errors import UserError
-from .history import HISTORY_POINTS
+from .settings import StudySettings
 from .specs import format_count, is_class_path, parse_count, spec_label
 
 
 @dataclass
-class StudyConfig:
-    """Everything that defines a study. Written to config.yaml, fully resolved."""
-
-    name: str | None = None
-    archs: list[str] = field(default_factory=lambda: ["transformer", "lstm", "cnn"])
-    # text beside the recall probe: at this budget the LSTM's gap to the transformer grows with
-    # position only where the task puts information far back (measured; README, "A study in one line")
-    tasks: list[str] = field(default_factory=lambda: ["text", "recall"])
-    params: list[int] = field(default_factory=lambda: [300_000])  # target non-embedding parameters
-    context: int | None = None  # None: each task's natural length
-    tokens: int = 2_000_000  # training tokens per run
-    seeds: list[int] = field(default_factory=lambda: [0])
-    batch_size: int | str = "auto"  # sequences per batch; auto: see train.auto_batch_size
-    eval_sequences: int = 256
-    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)  # per arch: lr, warmup_fraction, ...
-    val_every_tokens: int | None = None
-    # how a run is executed and what it keeps; none of these changes a run's numbers (nor its id)
-    history: int = HISTORY_POINTS  # kept steps per run for context use through training (0: none)
-    keep_weights: bool = True  # the weights at the kept steps (runs/<id>/history/*.pt), for the effective context
-    checkpoint_every: str | None = DEFAULT_CHECKPOINT_EVERY  # mid-run checkpoints every this much training; None: off
+class StudyConfig(StudySettings):
+    """Everything that defines a study. Written to config.yaml, fully resolved. Its fields and
+    their defaults are :class:`mnemoscope.settings.StudySettings`; this class reads and checks them."""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":

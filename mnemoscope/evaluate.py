@@ -15,13 +15,15 @@ from torch import nn
 
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from .model import token_losses
-from .task import Task, TokenSplit, eval_offsets, window_batch, window_tokens
+from .settings import EVAL_BATCH, N_BOOT, STUDY
+from .task import Task
+from .windows import TokenSplit, eval_offsets, window_batch, window_tokens
 
 
 @torch.no_grad()
-def per_position_losses(model: nn.Module, split: TokenSplit, context_length: int, n_sequences: int = 256,
-                        batch_size: int = 32, device: torch.device | str | None = None,
-                        offsets: np.ndarray | None = None):
+def per_position_losses(model: nn.Module, split: TokenSplit, context_length: int,
+                        n_sequences: int = STUDY.eval_sequences, batch_size: int = EVAL_BATCH,
+                        device: torch.device | str | None = None, offsets: np.ndarray | None = None):
     """Loss in nats at every position of up to ``n_sequences`` held-out windows (or of the windows
     starting at ``offsets``, when given).
 
@@ -68,7 +70,7 @@ def _masked_mean(losses, mask, axis=0):
         return np.where(count > 0, (losses * mask).sum(axis=axis) / np.maximum(count, 1), np.nan)
 
 
-def bootstrap_ci(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int = 1000, level: float = LEVEL,
+def bootstrap_ci(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int = N_BOOT, level: float = LEVEL,
                  seed: int = 0):
     """Mean over sequences at each position with a bootstrap interval over **sequences**.
 
@@ -93,8 +95,8 @@ def bootstrap_ci(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int
 
 
 @torch.no_grad()
-def greedy_hits(model: torch.nn.Module, split: TokenSplit, context_length: int, n_sequences: int = 256,
-                batch_size: int = 32):
+def greedy_hits(model: torch.nn.Module, split: TokenSplit, context_length: int,
+                n_sequences: int = STUDY.eval_sequences, batch_size: int = EVAL_BATCH):
     """One teacher-forced pass over the evaluation windows (the same ``eval_offsets`` as the study).
 
     Returns ``(offsets, hits, losses, mask, targets)``, the last four (N, T): ``hits[i, t]`` is True

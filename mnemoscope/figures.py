@@ -20,8 +20,6 @@ import seaborn as sns  # noqa: E402
 from .registry import ARCHITECTURES  # noqa: E402
 from .specs import format_count, spec_labels  # noqa: E402
 
-N_BOOT = 1000  # bootstrap replicates of the intervals seaborn draws in views
-
 
 def figure_png(fig) -> bytes:
     """The figure as PNG bytes (110 dpi); the figure is closed."""

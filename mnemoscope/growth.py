@@ -28,12 +28,14 @@ import pandas as pd
 import torch
 
 from . import files
-from .analysis import AnalysisSettings, ablation_table, context_bytes, truncation_ablation
+from .analysis import ablation_table, context_bytes, truncation_ablation
+from .bootstrap import LEVEL
 from .errors import UserError
 from .history import history_dir, load_step_weights, read_steps
 from .model import build
 from .registry import ARCHITECTURES
 from .runner import Study
+from .settings import N_BOOT, AnalysisSettings
 from .specs import parse_spec
 
 RATIO = 4  # the crossing asked of the law: first architecture's effective context RATIO times the other's
@@ -142,8 +144,8 @@ def _loglog(D: np.ndarray, C: np.ndarray) -> tuple[float, float]:
     return float(log_a), float(g)
 
 
-def fit_growth(table: pd.DataFrame, raw: dict, context_length: int, tolerance: float, n_boot: int = 1000,
-               seed: int = 0, level: float = 95, idx: np.ndarray | None = None) -> tuple[dict, np.ndarray | None]:
+def fit_growth(table: pd.DataFrame, raw: dict, context_length: int, tolerance: float, n_boot: int = N_BOOT,
+               seed: int = 0, level: float = LEVEL, idx: np.ndarray | None = None) -> tuple[dict, np.ndarray | None]:
     """The law C(D) = a D^g of one run's kept steps: a, g with the interval of g, its rms log
     residual, and a status (ok, too few points, flat, bad fit; ``capped`` says that some step's
     effective context is the whole context, where the law cannot go on). Returns the row and the
@@ -177,7 +179,7 @@ def fit_growth(table: pd.DataFrame, raw: dict, context_length: int, tolerance: f
 
 
 def crossing(first: dict, first_boots: np.ndarray, other: dict, other_boots: np.ndarray, ratio: float = RATIO,
-             level: float = 95) -> dict:
+             level: float = LEVEL) -> dict:
     """Training tokens D* at which ``first``'s law gives ``ratio`` times ``other``'s effective context:
     a1 D^g1 = ratio a2 D^g2, D* = (ratio a2 / a1) ** (1 / (g1 - g2)), only where g1 > g2 (else the
     first never gets there, or is there already and falls back). The interval: the replicates in

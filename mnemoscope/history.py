@@ -31,10 +31,12 @@ import pandas as pd
 import torch
 
 from . import files
+from .bootstrap import LEVEL
 from .evaluate import bootstrap_ci
 from .errors import UserError
+from .settings import N_BOOT, STUDY
 
-HISTORY_POINTS = 8  # kept steps per run (0: none)
+HISTORY_POINTS = STUDY.history  # kept steps per run (0: none)
 HISTORY_WINDOWS = 128  # test windows scored at a kept step: every k-th of the final evaluation's, at most this many
 HISTORY_SPAN = 128  # the first kept step is at this fraction of the run (1/128: seven octaves before the end)
 ICL_LATE, ICL_EARLY, ICL_BAND = 500, 50, 0.10  # Olsson et al.'s tokens of context, and the band around each
@@ -73,8 +75,8 @@ def _band(n: int, T: int) -> np.ndarray:
     return np.arange(lo - 1, hi)
 
 
-def icl_score(losses: np.ndarray, mask: np.ndarray, n_boot: int = 1000, seed: int = 0,
-              level: float = 95) -> dict[str, float]:
+def icl_score(losses: np.ndarray, mask: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
+              level: float = LEVEL) -> dict[str, float]:
     """Olsson et al.'s in-context learning score of per-window losses (N, T): mean loss around
     ``late`` tokens of context minus around ``early`` (:func:`icl_positions`), each window's
     difference of its counted targets; the interval bootstraps over windows (those with a counted
@@ -142,7 +144,7 @@ def load_step_weights(path: Path, device: str = "cpu") -> dict:
         raise UserError(f"cannot load the kept weights {path}: {type(exc).__name__}: {exc}") from None
 
 
-def run_tables(run_folder: Path, label: dict, context_bytes: np.ndarray | None = None, n_boot: int = 1000,
+def run_tables(run_folder: Path, label: dict, context_bytes: np.ndarray | None = None, n_boot: int = N_BOOT,
                seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A run's ``history.parquet`` (step, tokens, position, loss, ci_low, ci_high, context_bytes) and
     ``history_steps.parquet`` (step, tokens, loss, the in-context learning score with its interval),

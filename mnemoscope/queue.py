@@ -41,11 +41,12 @@ from sqlalchemy.engine import make_url
 
 from .config import plan
 from .errors import UserError
+from .settings import EXECUTION
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines on stderr
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-DEFAULT_HEARTBEAT = 10  # seconds between heartbeats; a trial silent for 2x this is retried
+DEFAULT_HEARTBEAT = EXECUTION.heartbeat  # seconds between heartbeats; a trial silent for 2x this is retried
 MAX_RETRY = 3  # a run whose worker dies this many times more is left failed (rerun study.py to retry)
 _TRANSIENT = (optuna.exceptions.StorageInternalError,)
 

@@ -19,6 +19,7 @@ import seaborn as sns
 import yaml
 
 from . import files, report_growth, report_history, report_scaling
+from .bootstrap import LEVEL
 from .report_findings import findings, findings_html, findings_lines, flags
 from .errors import UserError
 from .analysis import paired_runs
@@ -29,8 +30,8 @@ from .runner import Study, mixed_data
 from .specs import format_count, parse_spec, spec_labels
 from .statistics import format_effective_context, format_gap, paired_gap_curve, single_positions
 from .store import StudyFolder
-from .task import Task
-from .tokenizer import byte_level_spec, corpus_and_tokenization, windows_inside_documents, with_bytes
+from .task import DESCRIBED_DOCUMENTS, Task
+from .tokenizer import TextTask, corpus_and_tokenization, tokens_are, windows_inside_documents, with_bytes
 
 
 def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -207,7 +208,7 @@ def headline_table(out: Path, runs: pd.DataFrame) -> pd.DataFrame:
         row["tokens trained"] = format_count(int(float(f"{r['tokens_trained']:.3g}"))) if pd.notna(r.get("tokens_trained")) else ""
         row["test loss (nats/token)"] = f"{r['test_loss']:.3f}"
         if "last_octave_gain" in r and pd.notna(r["last_octave_gain"]):
-            row["gain over the last octave (nats) [95%]"] = format_gap(r["last_octave_gain"], r["last_octave_gain_low"],
+            row[f"gain over the last octave (nats) [{LEVEL}%]"] = format_gap(r["last_octave_gain"], r["last_octave_gain_low"],
                                                                        r["last_octave_gain_high"])
             row["still falling?"] = "yes" if r["last_octave_gain_low"] > 0 else "no"
         row["status"] = f or "ok"
@@ -218,7 +219,7 @@ def headline_table(out: Path, runs: pd.DataFrame) -> pd.DataFrame:
 def findings_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
     return [("Findings", findings_html(findings(out, runs)) + paragraph(
         "Generated from this study's tables (<code>runs.parquet</code>, <code>fits.csv</code>, <code>gaps.csv</code>): "
-        "gaps are paired on the same test sequences with 95% bootstrap intervals over sequences (a gap that <i>loses "
+        f"gaps are paired on the same test sequences with {LEVEL}% bootstrap intervals over sequences (a gap that <i>loses "
         "ground</i> rises with context: the model falls further behind, or its lead shrinks); effective context: the "
         "tokens of context from which a run's loss stays within the tolerance of its full-context loss. Where runs of "
         "several sizes exist, the sentences speak of the largest. The figures and tables below give every run."))]
@@ -240,11 +241,11 @@ def curves_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
     name = spec_labels(runs["arch"]).get(baseline, baseline)
     return [("Per-position loss", '<div class="row">' + "".join(f"<div{wide}>{f}</div>" for f in figures) + "</div>" +
              "<p>Loss at each position of held-out test sequences, in nats per token, averaged in quarter-octave "
-             f"bins of positions (each of the first {single_positions(BINS_PER_OCTAVE)} positions on its own); bands are the bins' mean 95% bootstrap "
+             f"bins of positions (each of the first {single_positions(BINS_PER_OCTAVE)} positions on its own); bands are the bins' mean {LEVEL}% bootstrap "
              "intervals over sequences (conservative for a bin's mean). Position t predicts token t+1 from t+1 "
              "tokens of context. Every position: <code>per_position.parquet</code>; per-task views below."
              + (f" The second figure (<code>gap_per_position.png</code>): each run's loss minus {html.escape(str(name))}'s "
-                "(same task, size and seed) on the same test sequences, in the same bins, with 95% paired bootstrap "
+                f"(same task, size and seed) on the same test sequences, in the same bins, with {LEVEL}% paired bootstrap "
                 "intervals over sequences (the noise the two share cancels, so differences the first figure's "
                 "overlapping bands hide show here; <code>study.py compare</code> draws it across studies)."
                 if len(figures) > 1 else "") + "</p>")]
@@ -253,7 +254,7 @@ def curves_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
 def last_octave_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
     return [("Does the loss keep falling over the last octave?", html_table(headline_table(out, runs)) + paragraph(
         "<i>Gain over the last octave</i>: mean loss over positions [T/4, T/2) minus mean loss over [T/2, T), with a "
-        "95% bootstrap interval over sequences (<code>last_octave_gain</code> in <code>runs.parquet</code>); "
+        f"{LEVEL}% bootstrap interval over sequences (<code>last_octave_gain</code> in <code>runs.parquet</code>); "
         "<i>still falling</i> when that interval lies above zero: the model still gains from its farthest context. "
         "<i>Worse than uniform</i>: a test loss above ln V (V: the vocabulary), what a model that predicts every token "
         "equally likely scores."))]
@@ -264,7 +265,7 @@ def runs_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[
                             flags(out, runs))
     return [("Runs", html_table(summary) + html_table(runs, fold=f"every column of runs.parquet ({len(runs)} runs)") +
              paragraph("Test loss in nats per token; effective context in tokens; the gap is paired on the same test "
-                       "sequences over all positions, [95% interval]. Folded: the stored table as it is."))]
+                       f"sequences over all positions, [{LEVEL}% interval]. Folded: the stored table as it is."))]
 
 
 def data_page_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
@@ -326,10 +327,10 @@ def data_section(out: Path, runs: pd.DataFrame) -> str:
     cut = any(str(n).endswith("#test") for n in table["which"])
     parts.append(html_table(table))
     parts.append(paragraph(
-        "<i>Tokens are</i>: bytes (256 ids) for text at byte level; a byte-level BPE trained on the training split alone "
+        f"<i>Tokens are</i>: bytes ({TextTask.vocab_size} ids) for text at byte level; a byte-level BPE trained on the training split alone "
         "(<code>bpe=N</code>, kept in <code>tokenizers/</code>), or the tokenizer file the study names "
         "(<code>tokenizer=PATH</code>), with the size of its vocabulary. <i>Which</i>: the first documents' names; "
-        "<code>data.json</code> lists the first 50 of each split. Text and code documents (files) go whole to one split, "
+        f"<code>data.json</code> lists the first {DESCRIBED_DOCUMENTS} of each split. Text and code documents (files) go whole to one split, "
         "ordered by a hash of their name, about 10% of the bytes to test and 10% to validation"
         + ("; a corpus of fewer than three files is cut instead, each file's first 80% of bytes for training, the next "
            "10% for validation and its last 10% for test (names ending in #train, #validation, #test)" if cut else "")
@@ -340,19 +341,6 @@ def data_section(out: Path, runs: pd.DataFrame) -> str:
         "windows only at a sequence's start. Table: <code>data.json</code>; the runs' <code>data_fingerprint</code> "
         "says which version of the data each was trained on."))
     return "".join(parts)
-
-
-def tokens_are(spec: str, vocab: int | None) -> str:
-    """What a task's tokens are, in words: bytes, a trained BPE of N tokens, a given tokenizer."""
-    tokenization = corpus_and_tokenization(spec)[1]
-    v = f" ({vocab:,} tokens)" if vocab else ""
-    if tokenization.startswith("bpe="):
-        return f"byte-level BPE trained on the training split{v}"
-    if tokenization.startswith("tokenizer="):
-        return f"the tokenizer {tokenization.partition('=')[2]}{v}"
-    if byte_level_spec(spec):
-        return "bytes (256)"
-    return f"the task's own{v}"
 
 
 def summary_table(runs: pd.DataFrame, fits: pd.DataFrame, gaps: pd.DataFrame, flag: pd.Series | None = None) -> pd.DataFrame:
@@ -389,7 +377,7 @@ def summary_lines(out: Path) -> list[str]:
                           flags(out, runs))
     return ["findings:", *findings_lines(findings(out, runs)),
             "summary (test loss in nats per token; effective context in tokens; gap: test loss minus the baseline's "
-            "on the same test sequences, all positions; [95% intervals]):",
+            f"on the same test sequences, all positions; [{LEVEL}% intervals]):",
             *("  " + line for line in table.to_string(index=False).splitlines()),
             *report_growth.still_learning_lines(out, runs)]
 

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import files, report_growth
+from .bootstrap import LEVEL
 from .compare import Comparison, runs_table
 from .figures import (STUDY_STYLES, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below, page_html,
                       paragraph, wrap_title)
@@ -163,13 +164,13 @@ def write_comparison(c: Comparison, out: Path, command: str = "") -> Path:
     legend = ", ".join(f"{html.escape(s)}: <code>{html.escape(str(st))}</code>" for s, st in styles.items())
     sections = [
         ("Findings", findings_html(comparison_findings(c, table)) + paragraph(
-            "Generated from the tables below: gaps are paired on the same test sequences, with 95% bootstrap intervals "
+            f"Generated from the tables below: gaps are paired on the same test sequences, with {LEVEL}% bootstrap intervals "
             "over sequences; where runs of several sizes exist, the sentences speak of the largest.")),
         ("Per-position loss and the gap to the baseline",
          f'<div class="row">{"".join(f"<div{wide}>{x}</div>" for x in figures)}</div>' + paragraph(
              f"Runs of {studies}. The first figure: test loss at every position, averaged in quarter-octave bins of "
-             "positions; bands: the bins' mean 95% bootstrap intervals over sequences. The second: each run's loss "
-             "minus its baseline's on the <b>same</b> test sequences, with 95% paired bootstrap intervals over sequences "
+             f"positions; bands: the bins' mean {LEVEL}% bootstrap intervals over sequences. The second: each run's loss "
+             f"minus its baseline's on the <b>same</b> test sequences, with {LEVEL}% paired bootstrap intervals over sequences "
              f"(only for runs scored on exactly what the baseline was scored on). Colour: architecture (the same in "
              f"every figure of mnemoscope); line style: study ({legend}). Where one panel mixes tokenizers, loss is "
              "in bits per byte against bytes of context. Tables: <code>curves.parquet</code>, "

@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import files
+from .bootstrap import LEVEL
+from .settings import TOLERANCE
 from .specs import format_count, spec_labels
 from .statistics import format_effective_context, format_gap
 from .tokenizer import byte_level_spec
@@ -86,7 +88,7 @@ def findings(out: Path, runs: pd.DataFrame) -> list[tuple[str, str]]:
         if not f.empty:
             f = f[f["params"] == f["params"].max()]
             cells = [f"{labels.get(r['arch'], r['arch'])} {format_effective_context(r)}" for r in f.to_dict("records")]
-            tol = f["tolerance"].iloc[0] if "tolerance" in f else 0.01
+            tol = f["tolerance"].iloc[0] if "tolerance" in f else TOLERANCE
             parts.append(f"Effective context (tokens, of {int(f['context'].iloc[0])}; within {tol:.0%} of the "
                          f"full-context loss): {'; '.join(cells)}.")
         g = gaps[gaps["task"] == task] if not gaps.empty else pd.DataFrame()
@@ -106,7 +108,7 @@ def findings(out: Path, runs: pd.DataFrame) -> list[tuple[str, str]]:
                                          "(T/2 to T): at this budget no model gains measurably from its farthest context."))
         else:
             names = list(dict.fromkeys(f"{labels[a]} on {t}" for a, t in zip(falling["arch"], falling["task"])))
-            lines.append(("last octave", f"Still falling over the last octave of positions (T/2 to T, 95% interval "
+            lines.append(("last octave", f"Still falling over the last octave of positions (T/2 to T, {LEVEL}% interval "
                                          f"above zero): {_names(names)}; their loss would keep falling with more context."))
     return lines
 
@@ -136,7 +138,7 @@ def gap_sentence(g: pd.DataFrame, labels: dict, key: str = "arch") -> str:
     base = labels.get(base, base)
     out = []
     if grows:  # the gap rises: behind and falling further back, or ahead by less
-        out.append(f"Loses ground to {base} as context grows (paired gap, nats/token, 95% interval): "
+        out.append(f"Loses ground to {base} as context grows (paired gap, nats/token, {LEVEL}% interval): "
                    f"{'; '.join(grows)}.")
     if shrinks:
         out.append(f"Gains ground on {base} as context grows: {'; '.join(shrinks)}.")

@@ -14,9 +14,10 @@ import pandas as pd
 from matplotlib.colors import LogNorm
 
 from . import files
+from .bootstrap import LEVEL
 from .figures import STUDY_STYLES, arch_palette, figure_png, html_table, img_tag
-from .growth import RATIO
-from .history import ICL_BAND, STILL_LEARNING, still_learning
+from .growth import BAD_FIT_RMS, MIN_POINTS, RATIO
+from .history import ICL_BAND, ICL_EARLY, ICL_LATE, STILL_LEARNING, still_learning
 from .specs import format_count, spec_labels
 
 TITLE = "How context use grows with training"
@@ -132,7 +133,7 @@ def fits_table(fits: pd.DataFrame) -> pd.DataFrame:
         "size": fits["params"].map(lambda p: format_count(int(p))), "seed": fits["seed"],
         "kept steps fitted": fits["n_points"],
         "training tokens": [f"{_tokens(a)}-{_tokens(b)}" for a, b in zip(fits["tokens_min"], fits["tokens_max"])],
-        "exponent g [95%]": [_interval(g, lo, hi) for g, lo, hi in zip(fits["g"], fits["g_low"], fits["g_high"])],
+        f"exponent g [{LEVEL}%]": [_interval(g, lo, hi) for g, lo, hi in zip(fits["g"], fits["g_low"], fits["g_high"])],
         "a": [f"{a:.3g}" if a == a else "" for a in fits["a"]],
         "rms log residual": [f"{r:.2f}" if r == r else "" for r in fits["rms_log_residual"]],
         "law": [s + (", reaches the whole context" if c else "") for s, c in zip(fits["fit_status"], fits["capped"])]})
@@ -142,10 +143,10 @@ def steps_table(growth: pd.DataFrame) -> pd.DataFrame:
     t = pd.DataFrame({"task": growth["task"], "architecture": growth["arch"].map(spec_labels(growth["arch"])),
                       "size": growth["params"].map(lambda p: format_count(int(p))), "step": growth["step"],
                       "training tokens": growth["tokens"].map(_tokens), "test loss (nats/token)": growth["loss"].round(4),
-                      "in-context learning score [95%]": [_interval(v, a, b, 3) for v, a, b in
+                      f"in-context learning score [{LEVEL}%]": [_interval(v, a, b, 3) for v, a, b in
                                                           zip(growth["icl_score"], growth["icl_low"], growth["icl_high"])]})
     if "effective_context" in growth:
-        t["effective context, tokens [95%]"] = [
+        t[f"effective context, tokens [{LEVEL}%]"] = [
             "" if v != v else f"{int(v)} [{int(a)}, {int(b)}]" for v, a, b in
             zip(growth["effective_context"], growth["effective_context_low"], growth["effective_context_high"])]
         if growth["effective_context_bytes"].notna().any():
@@ -194,19 +195,19 @@ def findings(growth: pd.DataFrame, fits: pd.DataFrame, crossings: pd.DataFrame) 
 
 
 def _method(growth: pd.DataFrame) -> str:
-    early = int(growth["icl_early"].iloc[0]) if "icl_early" in growth and len(growth) else 50
-    late = int(growth["icl_late"].iloc[0]) if "icl_late" in growth and len(growth) else 500
+    early = int(growth["icl_early"].iloc[0]) if "icl_early" in growth and len(growth) else ICL_EARLY
+    late = int(growth["icl_late"].iloc[0]) if "icl_late" in growth and len(growth) else ICL_LATE
     return (f"<p>At kept steps spaced evenly in log training tokens, each run scored the same test windows as its "
             f"final evaluation at every position and kept its weights (<code>runs/&lt;id&gt;/history/</code>; "
             f"<code>--history N</code>, <code>--no-keep-weights</code>). <b>In-context learning score</b> (Olsson et "
             f"al. 2022): the mean loss at {late} tokens of context minus at {early} (each over the positions within "
-            f"{ICL_BAND:.0%} of it; Olsson's 500 and 50, scaled down where the context is shorter), per window, with a "
-            f"95% bootstrap interval over windows; negative means later tokens are predicted better. <b>Effective "
+            f"{ICL_BAND:.0%} of it; Olsson's {ICL_LATE} and {ICL_EARLY}, scaled down where the context is shorter), per window, with a "
+            f"{LEVEL}% bootstrap interval over windows; negative means later tokens are predicted better. <b>Effective "
             f"context</b>: the truncation ablation of the final analysis on each kept step's weights. <b>Law</b>: "
-            f"C(D) = a D^g fitted in log-log space over the later half of the kept steps (with 6 or more; those whose "
+            f"C(D) = a D^g fitted in log-log space over the later half of the kept steps (with {2 * MIN_POINTS} or more; those whose "
             f"full context is not beaten by a truncated one); the interval of g refits bootstrap replicates of the ablation's targets (the same "
             f"targets at every step). Flagged <i>flat</i> when C does not move, <i>bad fit</i> when the rms log "
-            f"residual exceeds 0.35. <b>Crossing</b>: the training tokens at which the first architecture's law "
+            f"residual exceeds {BAD_FIT_RMS:g}. <b>Crossing</b>: the training tokens at which the first architecture's law "
             f"gives {RATIO:g} times another's effective context, from the same replicates, paired. Tables: "
             f"<code>history.parquet</code>, <code>growth.parquet</code>, <code>growth_fits.csv</code>, "
             f"<code>growth_crossings.csv</code>.</p>")

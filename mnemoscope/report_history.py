@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 
 from . import files
+from .bootstrap import LEVEL
 from .figures import figure_png, html_table, img_tag, legend_below, model_palette, wrap_title
+from .settings import TOLERANCE
 from .specs import format_count, spec_labels
 from .statistics import (HUBER_DELTA, MIN_FIT_POINTS, N_STARTS, WRONG_FORM_CHI2, format_effective_context, format_gap,
                          short_number)
@@ -151,7 +153,7 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
         return [(title, f"<p>Not analysed yet: run <code>python study.py analyze {html.escape(str(out))}</code>.</p>")]
     context = files.read_optional(out / "context.parquet")
     ext = files.read_optional(out / "extrapolation.parquet")
-    tol = fits["tolerance"].iloc[0] if "tolerance" in fits else 0.01
+    tol = fits["tolerance"].iloc[0] if "tolerance" in fits else TOLERANCE
     parts = [html_table(history_table(fits))]
     parts.append(
         f"<p><b>Effective context</b> (Khandelwal et al. 2018): the same {int(fits['ablation_targets'].max())} target "
@@ -159,25 +161,25 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
         f"smallest n from which on the loss stays within {tol:.0%} of the full-context loss. Between the last two "
         "lengths of that grid, n is then bisected on whole tokens (position t sees t+1 tokens, so a lag of k reads "
         "k); a value the grid leaves unresolved reads as its range (e.g. 9-16: somewhere from 9 to 16 tokens; runs "
-        "analysed before the bisection). The interval is a 95% bootstrap over targets, widened to the lengths tried: "
+        f"analysed before the bisection). The interval is a {LEVEL}% bootstrap over targets, widened to the lengths tried: "
         "its low end is the length tried below the lowest replicate, plus one. <i>Shuffled / replaced beyond n</i>: "
         "the full context is kept but its tokens farther than n back are permuted (does their order matter?) or "
         "replaced by text from elsewhere in the test split (does their identity matter?), on the grid of powers of "
         "two only. Cost: every (target, n) pair is its own forward pass, "
         f"{int(fits['ablation_forward_tokens'].median()):,} forward tokens per run (median). "
         "<b>alpha, L_inf</b>: the per-position curve fitted as L(t) = L_inf + A t^-alpha (t = tokens of context; "
-        f"log space, Huber delta {short_number(HUBER_DELTA)} summed, L-BFGS-B from {N_STARTS} starts; 95% intervals "
+        f"log space, Huber delta {short_number(HUBER_DELTA)} summed, L-BFGS-B from {N_STARTS} starts; {LEVEL}% intervals "
         "from refits on sequences resampled). A fit is flagged <i>wrong form</i> when its residuals are more than "
         f"{WRONG_FORM_CHI2:g} times their noise variance (reduced chi^2), <i>not converged</i>, refused with "
         f"fewer than {MIN_FIT_POINTS} points; <i>flat</i> when no octave's gain is significant (then alpha and L_inf "
         "describe noise). <b>Last significant octave</b>: the farthest octave of positions "
-        "[2^j, 2^(j+1)) whose mean loss is below the previous octave's with a 95% interval above zero.</p>")
+        f"[2^j, 2^(j+1)) whose mean loss is below the previous octave's with a {LEVEL}% interval above zero.</p>")
     gaps = files.read_optional(out / "gaps.csv")
     if not gaps.empty:
         parts.append(f"<h3>Gap to {html.escape(str(gaps['baseline'].iloc[0]))}, paired, by position</h3>"
                      + html_table(gap_table(gaps)) +
                      "<p>Each architecture's test loss minus the baseline's on the same test sequences (nats per "
-                     "token; positive: worse than the baseline), averaged over positions in each band, with 95% "
+                     f"token; positive: worse than the baseline), averaged over positions in each band, with {LEVEL}% "
                      "paired bootstrap intervals over sequences; * marks an interval that excludes zero. "
                      "<i>growth</i>: the last band's gap minus the first's (positive: the architecture falls "
                      "further behind as context grows). Table: <code>gaps.csv</code>; another baseline: "
@@ -192,13 +194,13 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
         parts.append(img_tag(png, "length extrapolation") + "<p>Loss at each position of test sequences up to "
                      f"{int(ext['factor'].max())}x the training context, for the models that accept them "
                      "(recurrent and convolutional ones; a transformer only with rotary positions); positions past the "
-                     "dotted line were never trained on. Averaged in quarter-octave bins; bands: 95% bootstrap "
+                     f"dotted line were never trained on. Averaged in quarter-octave bins; bands: {LEVEL}% bootstrap "
                      "intervals over sequences.</p>")
     buckets = files.read_optional(out / "extrapolation_buckets.parquet")
     if not buckets.empty:
         parts.append("<h3>Loss by position bucket</h3>" + html_table(bucket_table(buckets)) +
                      "<p>The longest windows scored above, their mean loss in buckets of the training length "
-                     "(nats per token, 95% bootstrap intervals over sequences), as long-context evaluations report "
+                     f"(nats per token, {LEVEL}% bootstrap intervals over sequences), as long-context evaluations report "
                      "it: a model that uses context past its training length keeps falling after the first "
                      "bucket. Table: <code>extrapolation_buckets.parquet</code>.</p>")
     return [(title, "\n".join(parts))]

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .bootstrap import percentile_interval
+from .bootstrap import LEVEL, percentile_interval
 from .figures import arch_palette, figure_png, html_table, img_tag, legend_below, wrap_title
 from .scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
 from .specs import spec_labels
@@ -113,14 +113,14 @@ def exponent_table(fits: pd.DataFrame, nopt: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for f in fits.itertuples():
         rows.append({"arch": f.arch, "task": f.task, "law": f.law, "points": f.n_points, "status": f.status,
-                     "alpha [95% CI]": _fmt_interval(f.alpha, f.alpha_low, f.alpha_high),
-                     "L_inf [95% CI]": _fmt_interval(f.L_inf, f.L_inf_low, f.L_inf_high),
-                     "x0 [95% CI]": _fmt_interval(f.x0, f.x0_low, f.x0_high),
+                     f"alpha [{LEVEL}% CI]": _fmt_interval(f.alpha, f.alpha_low, f.alpha_high),
+                     f"L_inf [{LEVEL}% CI]": _fmt_interval(f.L_inf, f.L_inf_low, f.L_inf_high),
+                     f"x0 [{LEVEL}% CI]": _fmt_interval(f.x0, f.x0_low, f.x0_high),
                      "rms log residual": f.rms_log_residual, "max |log residual|": f.max_abs_log_residual,
                      "bootstrap refits converged": f.boot_converged})
     for n in nopt.itertuples() if not nopt.empty else []:
         rows.append({"arch": n.arch, "task": n.task, "law": "N_opt ~ C^b", "points": n.n_points, "status": n.note,
-                     "alpha [95% CI]": _fmt_interval(n.exponent_b, None, None)})
+                     f"alpha [{LEVEL}% CI]": _fmt_interval(n.exponent_b, None, None)})
     return pd.DataFrame(rows)
 
 

@@ -37,14 +37,13 @@ from .model import (SIZE_TOLERANCE, active_params, build, check_contract, check_
                     size_for, state_size)
 from .queue import run_study
 from .registry import ARCHITECTURES, TASKS
+from .settings import EVAL_BATCH, VALIDATION_WINDOWS
 from .specs import format_count, parse_spec
 from .statistics import octave_gain
 from .store import disk_error, environment, jsonable, load_run_model
 from .task import Task
 from .trackers import check_loggers, check_stores, log_results, open_stores, tracker_loggers
 from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
-
-EVAL_BATCH = 32  # sequences per evaluation forward
 
 RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_config", "target_params",
                "achieved_params", "active_params", "total_params", "state_size", "batch_size", "tokens_trained", "wall_seconds",
@@ -389,7 +388,7 @@ class Study:
         T = task.context_length
         eval_batch = max(cfg.batch_size, EVAL_BATCH)  # no gradients: larger batches than training are free
         losses, mask = per_position_losses(model, splits["test"], T, self.config.eval_sequences, eval_batch)
-        val_losses, val_mask = per_position_losses(model, splits["validation"], T, min(64, self.config.eval_sequences), eval_batch)
+        val_losses, val_mask = per_position_losses(model, splits["validation"], T, min(VALIDATION_WINDOWS, self.config.eval_sequences), eval_batch)
         mean, lo, hi, n = bootstrap_ci(losses, mask, seed=run.seed)
         # bytes of text in each window's context and in each target (None: the task's tokens are not text)
         nbytes = window_bytes(splits["test"], T, self.config.eval_sequences, task.token_bytes())

@@ -48,11 +48,13 @@ from .registry import TASKS
 from .runner import POSITION_COLUMNS, RUN_COLUMNS
 from .score_models import Loaded, load_model
 from .score_pairs import byte_gaps
+from .settings import N_BOOT, SCORE
 from .specs import parse_spec
 from .statistics import (bootstrap_fit, context_resolution, last_significant_octave, octave_gain, octave_gains,
                          truncation_check)
 from .store import environment, jsonable
-from .task import Task, TokenSplit, eval_offsets, sequences_split, split_documents, window_batch
+from .task import Task, TokenSplit, sequences_split, split_documents
+from .windows import eval_offsets, window_batch
 
 #: bytes of text reserved per token when cutting a byte-aligned window (more than any tokenizer's mean)
 BYTES_PER_TOKEN_RESERVE = 8
@@ -124,9 +126,10 @@ def test_documents(task: Task) -> list[tuple[str, bytes]]:
 class Settings:
     """What ``score`` measures and how much it spends (part of each model's run id)."""
 
-    def __init__(self, task: str, context: int, sequences: int = 256, targets: int = 256,
-                 variants=("truncate",), extrapolate: bool = False, n_boot: int = 1000, tolerance: float = 0.01,
-                 batch_size: int = 8, max_tokens: int = 1 << 14, bisect: bool = True):
+    def __init__(self, task: str, context: int, sequences: int = SCORE.sequences, targets: int = SCORE.targets,
+                 variants=SCORE.variants, extrapolate: bool = False, n_boot: int = SCORE.n_boot,
+                 tolerance: float = SCORE.tolerance, batch_size: int = SCORE.batch_size,
+                 max_tokens: int = SCORE.max_tokens, bisect: bool = SCORE.bisect):
         self.task, self.context, self.sequences, self.targets = task, int(context), int(sequences), int(targets)
         self.variants, self.extrapolate, self.n_boot, self.tolerance = tuple(variants), extrapolate, n_boot, tolerance
         self.batch_size, self.max_tokens, self.bisect = batch_size, max_tokens, bisect
@@ -292,7 +295,7 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print) -> d
     return {"row": row, "pp": pp, "stored": stored, "fit": fit_row, **tables}
 
 
-def length_buckets(losses, mask, training: int | None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def length_buckets(losses, mask, training: int | None, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
     """Mean loss in buckets of the model's training length, [0, L), [L, 2L), ... (one bucket when
     the context is within it), each with a bootstrap interval over windows."""
     T = losses.shape[1]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .settings import N_BOOT
 from .store import StudyFolder
 
 #: bands of bytes of context: [0, 16), [16, 128), [128, 1024), [1024, 8192), [8192, ...)
@@ -42,7 +43,7 @@ def _span(mask, ctx, tgt):
     return first, last
 
 
-def pair_bytes(a: dict, b: dict, n_boot: int = 1000, seed: int = 0, bands=BYTE_BANDS) -> pd.DataFrame:
+def pair_bytes(a: dict, b: dict, n_boot: int = N_BOOT, seed: int = 0, bands=BYTE_BANDS) -> pd.DataFrame:
     """Bits per byte of A and B on the bytes both scored, per band of bytes of context, and A minus
     B with a paired bootstrap interval over windows. ``a``, ``b``: ``losses.npz`` contents."""
     arr = lambda z, k: np.asarray(z[k], np.int64 if k != "losses" else np.float64)  # noqa: E731

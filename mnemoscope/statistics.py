@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from .errors import UserError
+from .settings import N_BOOT, TOLERANCE
 
 # a band or bin with no counted target in a resample has no mean there: its interval is NaN by design
 warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
@@ -249,7 +250,7 @@ def _bin_gains(losses, mask, bins, n_boot: int, seed: int, level: float = LEVEL)
     return gain, lo, hi
 
 
-def octave_gain(losses: np.ndarray, mask: np.ndarray, a: int, b: int, c: int, n_boot: int = 1000, seed: int = 0):
+def octave_gain(losses: np.ndarray, mask: np.ndarray, a: int, b: int, c: int, n_boot: int = N_BOOT, seed: int = 0):
     """Fall in mean loss from positions [a, b) to [b, c), with a 95% bootstrap interval over sequences.
 
     Positive: the model's loss keeps falling as it gets more context. Returns (gain, low, high).
@@ -258,7 +259,7 @@ def octave_gain(losses: np.ndarray, mask: np.ndarray, a: int, b: int, c: int, n_
     return float(gain[0]), float(lo[0]), float(hi[0])
 
 
-def octave_gains(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def octave_gains(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
     """Context gain per octave: mean loss over positions [2^(j-1), 2^j) minus the mean over the
     next octave [2^j, 2^(j+1)), in nats, for every octave of the context, with 95% bootstrap
     intervals over sequences. ``significant``: the interval lies above zero (no correction for
@@ -290,7 +291,7 @@ def gap_bands(T: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-def paired_gap(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | None, n_boot: int = 1000,
+def paired_gap(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | None, n_boot: int = N_BOOT,
                seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
     """Loss of a model minus a baseline's on the **same** test sequences, per position band, with
     paired bootstrap intervals over sequences (both curves resampled together, so the noise the two
@@ -333,7 +334,7 @@ def single_positions(bins_per_octave: int = 4) -> int:
 
 
 def paired_gap_curve(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | None, bins_per_octave: int = 4,
-                     n_boot: int = 1000, seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
+                     n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
     """:func:`paired_gap` per bin of :func:`position_bins`: the gap to a baseline as a curve over
     positions, each bin's interval a paired bootstrap over sequences. Columns: ``position`` (the
     bin's mean position), ``start``, ``end``, ``gap``, ``gap_low``, ``gap_high``."""
@@ -350,7 +351,7 @@ def paired_gap_curve(losses: np.ndarray, base: np.ndarray, mask: np.ndarray | No
                          "end": [b for _, b in bins], "gap": point, "gap_low": lo, "gap_high": hi})[keep]
 
 
-def effective_context(losses: np.ndarray, contexts: np.ndarray, tolerance: float = 0.01, n_boot: int = 1000,
+def effective_context(losses: np.ndarray, contexts: np.ndarray, tolerance: float = TOLERANCE, n_boot: int = N_BOOT,
                       seed: int = 0, level: float = LEVEL) -> tuple[int, int, int]:
     """Smallest context n from which on (every n' >= n) the mean loss is within ``tolerance``
     (relative) of the full-context loss, the last column. Interval: bootstrap over targets
@@ -436,17 +437,3 @@ def format_interval(value: float, low: float, high: float, spec: str = "+.3f") -
 
 
 format_gap = format_interval  # a paired gap: signed, three decimals
-
-
-def cluster_ci(values: np.ndarray, weights: np.ndarray, units: np.ndarray, seed: int = 0,
-               n_boot: int = 1000, level: float = LEVEL) -> tuple[float, float, float]:
-    """Weighted mean of ``values`` and a bootstrap interval (``level``%) resampling whole ``units``
-    (sequences), since targets within one sequence are correlated."""
-    u, inv = np.unique(units, return_inverse=True)
-    s = np.bincount(inv, weights=values * weights, minlength=len(u))
-    w = np.bincount(inv, weights=weights, minlength=len(u))
-    if w.sum() == 0:
-        return (float("nan"),) * 3
-    idx = bootstrap_indices(len(u), n_boot, seed)
-    lo, hi = percentile_interval(s[idx].sum(1) / np.maximum(w[idx].sum(1), 1e-12), level, axis=None)
-    return float(s.sum() / w.sum()), float(lo), float(hi)

@@ -40,6 +40,7 @@ from . import files
 from .errors import UserError
 from .model import build
 from .registry import ARCHITECTURES
+from .settings import STUDY
 from .specs import parse_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +75,7 @@ class StudyFolder:
     @property
     def eval_sequences(self) -> int:
         """Test sequences each run was scored on."""
-        return int(self.config().get("eval_sequences", 256))
+        return int(self.config().get("eval_sequences", STUDY.eval_sequences))
 
     def run_losses(self, run_id: str) -> tuple[np.ndarray, np.ndarray]:
         """A run's stored per-sequence losses (N, T) in nats and target mask (N, T)."""

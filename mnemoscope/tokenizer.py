@@ -301,3 +301,16 @@ def with_bytes(pp):
         pp.loc[fill, "context_bytes"] = pp.loc[fill, "position"] + 1.0
         pp.loc[fill, "target_bytes"] = 1.0
     return pp
+
+
+def tokens_are(spec: str, vocab: int | None) -> str:
+    """What a task's tokens are, in words: bytes, a trained BPE of N tokens, a given tokenizer."""
+    tokenization = corpus_and_tokenization(spec)[1]
+    v = f" ({vocab:,} tokens)" if vocab else ""
+    if tokenization.startswith("bpe="):
+        return f"byte-level BPE trained on the training split{v}"
+    if tokenization.startswith("tokenizer="):
+        return f"the tokenizer {tokenization.partition('=')[2]}{v}"
+    if byte_level_spec(spec):
+        return f"bytes ({TextTask.vocab_size})"
+    return f"the task's own{v}"

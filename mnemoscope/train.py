@@ -20,7 +20,8 @@ from torch import nn
 from .checkpoints import LAST, AtomicCheckpointIO, GracefulStop, ResumableBatches, checkpoint_step, latest_checkpoint
 from .errors import UserError
 from .model import token_losses
-from .task import TokenSplit, TrainBatches, eval_offsets, window_batch
+from .settings import MAX_AUTO_BATCH, MIN_AUTO_BATCH, MIN_STEPS, VALIDATION_WINDOWS
+from .windows import TokenSplit, TrainBatches, eval_offsets, window_batch
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric",
               "lightning.pytorch.trainer.connectors.signal_connector"):  # "Received SIGTERM": the CLI says it in one line
@@ -35,13 +36,11 @@ warnings.filterwarnings("ignore", ".*Experiment logs directory .* exists and is 
 
 
 PROGRESS_REFRESH_STEPS = 10  # the progress bar redraws every this many steps (each redraw ~1 ms of CPU)
-MIN_STEPS = 1000  # the automatic batch size aims for at least this many optimizer steps
-MAX_AUTO_BATCH = 32
 
 
 def auto_batch_size(tokens: int, context_length: int) -> int:
     """Sequences per batch when none is given: the largest power of two up to 32 that still leaves
-    the run about MIN_STEPS optimizer steps, and at least 4.
+    the run about MIN_STEPS optimizer steps, and at least MIN_AUTO_BATCH.
 
     At CPU budgets the number of steps, not the batch, limits what a model learns: 100k-parameter
     models on Shakespeare bytes (context 256, 1M tokens, default learning rates) reached 2.51 / 2.10
@@ -50,7 +49,7 @@ def auto_batch_size(tokens: int, context_length: int) -> int:
     """
     per_step = tokens / max(1, MIN_STEPS * context_length)
     b = 2 ** int(math.floor(math.log2(per_step))) if per_step >= 1 else 1
-    return int(min(MAX_AUTO_BATCH, max(4, b)))
+    return int(min(MAX_AUTO_BATCH, max(MIN_AUTO_BATCH, b)))
 
 
 @dataclass
@@ -211,7 +210,7 @@ def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_len
     # synchronizes the stream before copying, i.e. once per step)
     data = ResumableBatches(TrainBatches(train, context_length, cfg.batch_size, n_steps, cfg.seed), start,
                             pin_memory=torch.cuda.is_available())
-    offsets = eval_offsets(validation, context_length, 64)
+    offsets = eval_offsets(validation, context_length, VALIDATION_WINDOWS)
     val_batches = [window_batch(validation, offsets[i:i + cfg.batch_size], context_length)
                    for i in range(0, len(offsets), cfg.batch_size)]
     val_every = None

@@ -33,9 +33,10 @@ from .errors import UserError
 from .queue import redact
 from .registry import ARCHITECTURES
 from .runner import Study
+from .settings import TUNE
 from .specs import format_count, parse_spec
 
-DEFAULT_OUT = Path("results") / "tune"
+DEFAULT_OUT = TUNE.out
 SEARCHED = ["lr", "warmup_fraction", "weight_decay"]
 def shape_space(cls) -> dict[str, list]:
     """The shape knobs tried for an architecture: its class's ``shape_space``, or the depth
@@ -82,9 +83,10 @@ def study_name(arch: str, task: str, params: int, tokens: int, context: int, bat
     return f"{arch}|{task}|{format_count(params)} params|{format_count(tokens)} tokens|T{context}|B{batch_size}"
 
 
-def tune(arch: str, task: str = "text", trials: int = 30, params: int = 100_000, tokens: int = 1_000_000,
-         context: int | None = None, batch_size: int | str = "auto", out: Path = DEFAULT_OUT, storage: str | None = None,
-         seed: int = 0, progress: bool = False, log=print) -> dict[str, Any]:
+def tune(arch: str, task: str = TUNE.task, trials: int = TUNE.trials, params: int = TUNE.params,
+         tokens: int = TUNE.tokens, context: int | None = None, batch_size: int | str = TUNE.batch_size,
+         out: Path = DEFAULT_OUT, storage: str | None = None, seed: int = TUNE.seed, progress: bool = False,
+         log=print) -> dict[str, Any]:
     """Tune one architecture on one task until its Optuna study holds ``trials`` finished trials.
     Returns the entry written to ``out/tuned.yaml``."""
     out = Path(out)

@@ -43,11 +43,12 @@ import pandas as pd
 import seaborn as sns
 import torch
 
+from mnemoscope.bootstrap import LEVEL, cluster_ci
 from mnemoscope.errors import UserError
 from mnemoscope.evaluate import greedy_hits
-from mnemoscope.figures import N_BOOT, figure_png, html_table, img_tag, label_runs, paragraph
+from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, paragraph
 from mnemoscope.registry import register_task
-from mnemoscope.statistics import cluster_ci
+from mnemoscope.settings import EVAL_BATCH, N_BOOT, STUDY
 from mnemoscope.store import StudyFolder
 from mnemoscope.task import Task, TokenSplit, check_options
 
@@ -305,8 +306,8 @@ def answer_spans(mask_row: np.ndarray, target_row: np.ndarray) -> list[tuple[int
     return [(a, b) for a, b in zip(edges[::2], edges[1::2]) if target_row[b - 1] == NEWLINE]
 
 
-def answer_accuracy(model: torch.nn.Module, split: TokenSplit, context_length: int, n_sequences: int = 256,
-                    batch_size: int = 32) -> pd.DataFrame:
+def answer_accuracy(model: torch.nn.Module, split: TokenSplit, context_length: int,
+                    n_sequences: int = STUDY.eval_sequences, batch_size: int = EVAL_BATCH) -> pd.DataFrame:
     """One row per complete answer in the evaluation windows: ``correct`` (exact match under greedy
     decoding), ``loss`` (mean nats per answer token), ``length``, ``kind``, ``sequence``, ``position``.
 
@@ -356,8 +357,8 @@ def math_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -
                      "acc high": acc[2], "answer loss (nats/char)": loss[0], "loss low": loss[1], "loss high": loss[2]})
     table = pd.DataFrame(rows)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
-    sns.barplot(data=answers, x="model", y="accuracy", hue="split", errorbar=("ci", 95), n_boot=N_BOOT, seed=0, ax=ax1)
-    sns.barplot(data=answers, x="model", y="loss", hue="split", errorbar=("ci", 95), n_boot=N_BOOT, seed=0, ax=ax2)
+    sns.barplot(data=answers, x="model", y="accuracy", hue="split", errorbar=("ci", LEVEL), n_boot=N_BOOT, seed=0, ax=ax1)
+    sns.barplot(data=answers, x="model", y="loss", hue="split", errorbar=("ci", LEVEL), n_boot=N_BOOT, seed=0, ax=ax2)
     ax1.set_ylabel("exact-match accuracy (greedy)")
     ax1.set_ylim(0, max(0.05, min(1.0, answers["accuracy"].groupby([answers["model"], answers["split"]]).mean().max() * 1.3)))
     ax2.set_ylabel("mean loss per answer character (nats)")

@@ -10,11 +10,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from mnemoscope.bootstrap import LEVEL, cluster_ci
 from mnemoscope.evaluate import greedy_hits
 from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
-from mnemoscope.statistics import cluster_ci
 from mnemoscope.store import StudyFolder
-from mnemoscope.task import scored_windows, window_tokens
+from mnemoscope.windows import scored_windows, window_tokens
 
 
 # -- an instance's distance, from its tokens ------------------------------------------------------
@@ -91,7 +91,7 @@ def recall_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame)
     wide = acc.pivot(index="model", columns="distance", values="accuracy").add_prefix("acc d=").reset_index()
     return (img_tag(figure_png(fig), f"recall against distance for {spec}") +
             paragraph("Each query repeats a key stored exactly d tokens earlier; the target is that key's value (floor 0 "
-               "nats, chance 1/values). 95% bootstrap intervals over test sequences.") + html_table(wide))
+               f"nats, chance 1/values). {LEVEL}% bootstrap intervals over test sequences.") + html_table(wide))
 
 
 def copy_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -> str:
@@ -115,7 +115,7 @@ def copy_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -
     wide = table.pivot(index="model", columns="distance", values="loss").add_prefix("loss d=").reset_index()
     return (img_tag(figure_png(fig), f"copy loss against distance for {spec}") +
             paragraph(f"A marked segment of {task.options['segment']} random symbols repeats exactly d tokens later; the loss "
-               "is on the repeat (floor 0 nats). 95% bootstrap intervals over test sequences.") + html_table(wide))
+               f"is on the repeat (floor 0 nats). {LEVEL}% bootstrap intervals over test sequences.") + html_table(wide))
 
 
 def lag_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -> str:
@@ -146,5 +146,5 @@ def lag_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) ->
             paragraph(f"Each token equals the one k={k} back with probability p={task.options['p']}, else is uniform over "
                f"{task.options['vocab']} symbols. Dashed: the exact optimal loss, log({task.options['vocab']}) = "
                f"{floor[0]:.3f} before the lagged token is in view, {floor[-1]:.3f} after. Table: mean excess over the "
-               "floor from position k-1 on, 95% bootstrap intervals over sequences; a model that cannot reach k tokens "
+               f"floor from position k-1 on, {LEVEL}% bootstrap intervals over sequences; a model that cannot reach k tokens "
                f"back sits about {floor[0] - floor[-1]:.3f} nats above it.") + html_table(pd.DataFrame(rows)))

@@ -25,9 +25,9 @@ import math
 
 import numpy as np
 
+from mnemoscope.bootstrap import cluster_ci
 from mnemoscope.errors import UserError
 from mnemoscope.registry import register_task
-from mnemoscope.statistics import cluster_ci
 from mnemoscope.task import Task, check_options, sequences_split, token_dtype
 from mnemoscope.tasks.probe_views import copy_view, lag_view, recall_view
 

@@ -24,9 +24,11 @@ import seaborn as sns
 import torch
 import torch.nn.functional as F
 
+from mnemoscope.bootstrap import LEVEL
 from mnemoscope.errors import UserError
-from mnemoscope.figures import N_BOOT, figure_png, html_table, img_tag, label_runs, model_palette, paragraph
+from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
 from mnemoscope.registry import register_task
+from mnemoscope.settings import N_BOOT
 from mnemoscope.store import StudyFolder
 from mnemoscope.task import Task, check_options, sequences_split, token_dtype
 
@@ -207,7 +209,7 @@ def video_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) 
             for f, v in enumerate(row):
                 rows.append({"model": r["model"], "seed": r["seed"], "sequence": i, "frame": f + 1, "loss": v})
     frames = pd.DataFrame(rows)
-    sns.pointplot(data=frames, x="frame", y="loss", hue="model", palette=palette, errorbar=("ci", 95),
+    sns.pointplot(data=frames, x="frame", y="loss", hue="model", palette=palette, errorbar=("ci", LEVEL),
                   n_boot=N_BOOT, seed=0, dodge=0.3 if frames["model"].nunique() > 1 else False, ax=ax2)  # seaborn divides by (levels - 1)
     ax2.set_ylabel("mean test loss over the frame (nats/token)")
     ax2.grid(alpha=0.3)

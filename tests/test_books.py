@@ -13,7 +13,8 @@ import torch
 from mnemoscope.errors import UserError
 from mnemoscope.registry import TASKS
 from mnemoscope.registry import ARCHITECTURES
-from mnemoscope.task import TokenSplit, TrainBatches, eval_offsets, n_windows, window_offset
+from mnemoscope.task import TokenSplit
+from mnemoscope.windows import TrainBatches, eval_offsets, n_windows, window_offset
 from mnemoscope.tasks import books
 
 

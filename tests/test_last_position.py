@@ -17,7 +17,8 @@ from mnemoscope.evaluate import per_position_losses
 from mnemoscope.model import build
 from mnemoscope.sizing import size_for
 from mnemoscope.registry import ARCHITECTURES
-from mnemoscope.task import TokenSplit, TrainBatches, eval_offsets, window_offset
+from mnemoscope.task import TokenSplit
+from mnemoscope.windows import TrainBatches, eval_offsets, window_offset
 from mnemoscope.train import sequence_loss
 
 V, T, B = 37, 24, 4

@@ -1,0 +1,197 @@
+"""Every default is written once, in mnemoscope/settings.py (or TrainConfig, for the training
+hyperparameters): the command line, its --help, the config file and the report's prose take it
+from there. The scan below reads the source and fails on a second copy of a default: a literal
+argparse default, a "default N" written in a help text, a public function's (or dataclass's)
+keyword default or a fallback (``x if ... else N``, ``.get(key, N)``) equal to the setting of the
+same name, and a named constant's value written as a literal number in the report's prose."""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+from mnemoscope import settings
+from mnemoscope.bootstrap import LEVEL
+from mnemoscope.cli import main, run_parser
+from mnemoscope.config import StudyConfig
+from mnemoscope.settings import ANALYSIS, EXECUTION, SCORE, STUDY, TUNE, VALIDATION_WINDOWS
+from mnemoscope.train import TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+SOURCES = sorted([*(REPO / "mnemoscope").glob("*.py"), REPO / "study.py", *(REPO / "tasks").glob("*.py"),
+                  *(REPO / "architectures").glob("*.py")])
+REPORT = sorted([*(REPO / "mnemoscope").glob("report*.py"), REPO / "tasks" / "probe_views.py"])
+GROUPS = (settings.StudySettings, settings.ExecutionSettings, settings.TuneSettings, settings.AnalysisSettings,
+          settings.ScoreSettings, TrainConfig)
+# names a setting also goes by as a function's parameter
+ALIASES = {"n_targets": {"targets"}, "targets": {"n_targets"}, "sequences": {"n_sequences"},
+           "extrapolation_sequences": {"n_sequences"}, "trials": {"n_trials"}}
+TRIVIAL = {0, 1}  # too common to be a copy of anything
+
+
+def number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def setting_defaults() -> dict[str, set]:
+    """name -> the numeric defaults the settings give it (under its own name and its aliases)."""
+    out: dict[str, set] = {}
+    for cls in GROUPS:
+        for f in dataclasses.fields(cls):
+            value = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for v in values:
+                if number(v) and v not in TRIVIAL:
+                    for name in {f.name, *ALIASES.get(f.name, ())}:
+                        out.setdefault(name, set()).add(v)
+    shared = {"level": LEVEL, "n_sequences": settings.VALIDATION_WINDOWS, "batch_size": settings.EVAL_BATCH,
+              "n_boot": settings.N_BOOT, "tolerance": settings.TOLERANCE}  # the numbers named once, by parameter
+    for name, value in shared.items():
+        out.setdefault(name, set()).add(value)
+    return out
+
+
+def prose_constants(tree) -> dict[float, str]:
+    """value -> name of the numbers a report module's prose must take from a name: every constant
+    it imports, the interval level (as a percentage) and every setting's default of 10 or more."""
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module:
+            module = importlib.import_module("mnemoscope." + node.module.removeprefix("mnemoscope."), "mnemoscope") \
+                if node.level or node.module.startswith("mnemoscope") else None
+            for alias in node.names if module else ():
+                value = getattr(module, alias.name, None)
+                if alias.name.isupper() and number(value):
+                    out.setdefault(float(value), f"{node.module}.{alias.name}")
+    out.setdefault(float(LEVEL), "bootstrap.LEVEL")
+    for name, value in vars(settings).items():
+        if name.isupper() and number(value):
+            out.setdefault(float(value), f"settings.{name}")
+    for cls in GROUPS[:-1]:
+        for f in dataclasses.fields(cls):
+            if number(f.default):
+                out.setdefault(float(f.default), f"settings.{cls.__name__}.{f.name}")
+    return {v: n for v, n in out.items() if v >= 10 or v != int(v)}  # not the 2 of "T/2", the 4 of "1, 2, 4"
+
+
+def docstrings(tree) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+    return ids
+
+
+def literal_texts(node):
+    """The literal pieces of a string expression (a constant, an f-string, a sum of them)."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+            yield sub
+
+
+def copies_in(path: Path, source: str | None = None) -> list[str]:
+    """Every second copy of a default in one file (``source``: its text, else read)."""
+    tree = ast.parse(source if source is not None else path.read_text())
+    defaults, found = setting_defaults(), []
+    where = lambda node, what: f"{path.relative_to(REPO)}:{node.lineno}: {what}"  # noqa: E731
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+            for kw in node.keywords:
+                if kw.arg == "default" and isinstance(kw.value, ast.Constant) and kw.value.value is not None:
+                    found.append(where(node, f"argparse default {kw.value.value!r} written here"))
+                if kw.arg == "help":
+                    for text in literal_texts(kw.value):
+                        for m in re.finditer(r"\bdefault:?\s+(\d[\d.]*[kKMG]?)\b", text.value):
+                            found.append(where(node, f"help text writes 'default {m.group(1)}'"))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (
+                not node.name.startswith("_") or node.name == "__init__"):
+            a = node.args
+            pairs = [*zip(a.args[len(a.args) - len(a.defaults):], a.defaults), *zip(a.kwonlyargs, a.kw_defaults)]
+            for arg, default in pairs:
+                if isinstance(default, ast.Constant) and default.value in defaults.get(arg.arg, ()) \
+                        and number(default.value):
+                    found.append(where(default, f"{node.name}({arg.arg}={default.value!r}): a setting's default"))
+        fallback = (node.orelse, node.body) if isinstance(node, ast.IfExp) else (
+            (node.args[1], node.args[0]) if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "get"
+            and len(node.args) == 2 else None)  # `row["tolerance"] if ... else 0.01`, `d.get("tolerance", 0.01)`
+        if fallback and isinstance(fallback[0], ast.Constant) and number(fallback[0].value):
+            keys = {n.value for n in ast.walk(fallback[1]) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+            if any(fallback[0].value in defaults.get(k, ()) for k in keys):
+                found.append(where(node, f"a fallback {fallback[0].value!r} for {', '.join(sorted(keys))}: a setting's default"))
+        if isinstance(node, ast.ClassDef) and path.name != "settings.py":
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and \
+                        isinstance(item.value, ast.Constant) and number(item.value.value) and \
+                        item.value.value in defaults.get(item.target.id, ()) and \
+                        not (path.name == "train.py" and node.name == "TrainConfig"):
+                    found.append(where(item, f"{node.name}.{item.target.id} = {item.value.value!r}: a setting's default"))
+    if path in REPORT or path.name.startswith("report"):
+        constants, skip = prose_constants(tree), docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+                for m in re.finditer(r"(?<![\w.\-/=#])(\d+(?:\.\d+)?(?:e-?\d+)?)(?!\w|\.\d)", node.value):
+                    name = constants.get(float(m.group(1)))
+                    percent = node.value[m.end():m.end() + 1] == "%"  # a share (10% of the bytes) or the level
+                    if name and percent == (name == "bootstrap.LEVEL"):
+                        found.append(where(node, f"prose writes {m.group(1)}, the value of {name}"))
+    return found
+
+
+def test_no_default_is_written_twice():
+    found = [line for path in SOURCES for line in copies_in(path)]
+    assert not found, "defaults written a second time (take them from mnemoscope.settings):\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("path, old, new", [
+    # each a copy as it once stood in the code: the scan must see it
+    ("mnemoscope/cli.py", 'add_arguments(p, ScoreSettings, "batch_size")',
+     'p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")'),
+    ("mnemoscope/cli.py", 'add_arguments(p, ScoreSettings, "batch_size")',
+     'p.add_argument("--batch-size", type=int, help="windows per forward pass (default 8)")'),
+    ("mnemoscope/tune.py", "trials: int = TUNE.trials", "trials: int = 30"),
+    ("mnemoscope/analysis.py", "tolerance: float = TOLERANCE,", "tolerance: float = 0.01,"),
+    ("mnemoscope/callbacks.py", "n_sequences: int = VALIDATION_WINDOWS", "n_sequences: int = 64"),
+    ("mnemoscope/analysis.py", "level: float = LEVEL)", "level: float = 95)"),
+    ("mnemoscope/report_findings.py", 'if "tolerance" in f else TOLERANCE', 'if "tolerance" in f else 0.01'),
+    ("mnemoscope/report_history.py", "{N_STARTS} starts", "27 starts"),
+])
+def test_the_scan_sees_a_copy(path, old, new):
+    source = (REPO / path).read_text()
+    assert old in source
+    assert not copies_in(REPO / path, source)
+    assert copies_in(REPO / path, source.replace(old, new, 1))
+
+
+def test_config_and_command_line_take_the_settings():
+    assert dataclasses.asdict(StudyConfig()) == dataclasses.asdict(STUDY)
+    args = run_parser().parse_args([])  # a flag left out is None, so that --config can fill it
+    assert args.arch is None and args.history is None and args.heartbeat is None
+    assert args.workers == EXECUTION.workers
+    text = run_parser().format_help()
+    assert f"(default {STUDY.eval_sequences})" in text and f"(default {EXECUTION.heartbeat})" in text
+
+
+@pytest.mark.parametrize("command, shown", [
+    ("tune", [f"(default {TUNE.trials})", "(default 100k)", "(default 1M)", f"(default {TUNE.out})"]),
+    ("analyze", [f"(default {ANALYSIS.n_targets})", f"(default {ANALYSIS.tolerance})", "(default: truncate shuffle"]),
+    ("score", [f"(default {SCORE.sequences})", f"(default {SCORE.batch_size})"]),
+])
+def test_help_shows_the_settings(command, shown, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for s in shown:
+        assert s in text
+
+
+def test_validation_windows_one_number():
+    from mnemoscope.callbacks import LogSpacedValidation
+    import inspect
+    assert inspect.signature(LogSpacedValidation).parameters["n_sequences"].default == VALIDATION_WINDOWS
