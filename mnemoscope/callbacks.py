@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from .evaluate import per_position_losses
-from .history import window_stride, write_step
+from .history import window_stride
+from .store import RunFolder
 from .task import TokenSplit, eval_offsets
 
 VAL_SEQUENCES = 64  # validation windows scored at each log-spaced point (as train.fit's loop does)
@@ -143,8 +144,8 @@ class TrainingHistory(L.Callback):
         t0 = time.perf_counter()
         losses, mask = per_position_losses(pl_module.model, self.split, self.T, batch_size=self.batch_size,
                                            offsets=self.offsets)
-        write_step(self.folder, step, step * self.tokens_per_step, losses, mask,
-                   pl_module.model.state_dict() if self.keep_weights else None)
+        RunFolder(self.folder).write_step(step, step * self.tokens_per_step, losses, mask,
+                                          pl_module.model.state_dict() if self.keep_weights else None)
         self.seconds += time.perf_counter() - t0
 
     def state_dict(self):
