@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import files
 from .errors import UserError
 from .evaluate import SCORING_PARTS, scoring_difference, scoring_fingerprint, scoring_parts
 from .migrations import recorded_data_fingerprint, with_bytes
@@ -49,7 +48,7 @@ def parse_selection(text: str) -> Selection:
             break
     else:
         raise UserError(f"no study folder in {text!r} (expected DIR or DIR:ARCH,...)")
-    if not (folder / "config.yaml").is_file():
+    if not StudyFolder(folder).config_path.is_file():
         raise UserError(f"no study at {folder} (no config.yaml)")
     archs: list[str] = []
     for piece in [p for p in rest.split(",") if p.strip()]:
@@ -345,7 +344,7 @@ def fits_of(runs: pd.DataFrame) -> pd.Series:
     """Each run's effective context with its interval from its study's fits.csv ('' where not analysed)."""
     out = pd.Series("", index=runs.index)
     for folder, group in runs.groupby("folder", sort=False):
-        fits = files.read_optional(Path(folder) / "fits.csv")
+        fits = StudyFolder(folder).table("fits.csv")
         if fits.empty or "effective_context" not in fits:
             continue
         by_id = fits.set_index("run_id")
