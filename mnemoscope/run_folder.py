@@ -31,8 +31,12 @@ def _write_npz(path: Path, arrays: dict[str, Any]) -> None:
 
 
 def _savez(path: Path, arrays: dict[str, Any]) -> None:
+    _save_to_file(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def _save_to_file(path: Path, save: Callable[[Any], None]) -> None:
     with open(path, "wb") as f:  # a file object: numpy would add ".npz" to the temporary name
-        np.savez_compressed(f, **arrays)
+        save(f)
 
 
 class RunFolder:
@@ -133,7 +137,7 @@ class RunFolder:
     def write_val_curve(self, curve) -> None:
         """A :class:`mnemoscope.callbacks.LogSpacedValidation`'s points (nothing when it has none)."""
         if curve.history:
-            files.atomic_write(self.path / self.CURVE, curve.save)
+            files.atomic_write(self.path / self.CURVE, lambda p: _save_to_file(p, curve.save))
 
     # -- the model ----------------------------------------------------------------------------------
     def checkpoint(self, device: str = "cpu") -> dict[str, Any]:

@@ -104,3 +104,23 @@ def test_report_rebuilds_a_committed_study_identically(tmp_path):
     differs = {k: v for k, v in verdicts.items() if v not in ("identical", "equal values", "equal but paths")}
     assert not differs, differs
     assert verdicts["runs.parquet"] == "identical" and verdicts["report.html"] in ("identical", "equal but paths")
+
+
+def test_a_run_folder_reads_back_what_it_writes_and_leaves_no_temporary_file(tmp_path):
+    import numpy as np
+
+    class Curve:  # what RunFolder.write_val_curve takes of callbacks.LogSpacedValidation
+        history = [(1, 8, None)]
+
+        def save(self, f):
+            np.savez_compressed(f, steps=np.array([1, 2]), tokens=np.array([8, 16]), loss_sum=np.ones((2, 3)),
+                                targets=np.ones(3))
+
+    run = RunFolder(tmp_path / "r")
+    run.write_val_curve(Curve())
+    run.write_losses(losses=np.full((2, 4), 0.5, np.float32), mask=np.ones((2, 4), bool))
+    run.write_step(3, 24, np.zeros((2, 4)), np.ones((2, 4), bool))
+    assert run.val_curve()["steps"].tolist() == [1, 2] and run.losses()[0].shape == (2, 4)
+    assert [s["step"] for s in run.steps()] == [3]
+    left = [p.name for p in run.path.rglob("*") if p.name.startswith(".")]
+    assert not left, left
