@@ -14,10 +14,10 @@ from .settings import N_BOOT
 LEVEL = 95  # percent: the confidence level of every interval unless a caller asks for another
 
 
-def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+def bootstrap_indices(n: int, n_boot: int, seed: int | np.random.Generator = 0) -> np.ndarray:
     """(n_boot, n) indices of ``n_boot`` resamples with replacement of n units (sequences, or
     targets), drawn from ``np.random.default_rng(seed)``: every bootstrap here resamples through
-    this. Row b is the draw a loop of ``integers(0, n, n)`` calls gives at step b (tested), the
+    this. ``seed`` may be a Generator, for several bootstraps drawn in turn from one stream. Row b is the draw a loop of ``integers(0, n, n)`` calls gives at step b (tested), the
     resampling seaborn's ``algorithms.bootstrap`` made for the intervals of older studies."""
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 

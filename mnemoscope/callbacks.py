@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 from .evaluate import per_position_losses
-from .history import window_stride, write_step
+from .history import window_stride
 from .settings import EVAL_BATCH, VALIDATION_WINDOWS
+from .store import RunFolder
 from .windows import TokenSplit, eval_offsets
 
 POINTS_PER_DECADE = 5  # validation points per decade of training steps
@@ -143,8 +144,8 @@ class TrainingHistory(L.Callback):
         t0 = time.perf_counter()
         losses, mask = per_position_losses(pl_module.model, self.split, self.T, batch_size=self.batch_size,
                                            offsets=self.offsets)
-        write_step(self.folder, step, step * self.tokens_per_step, losses, mask,
-                   pl_module.model.state_dict() if self.keep_weights else None)
+        RunFolder(self.folder).write_step(step, step * self.tokens_per_step, losses, mask,
+                                          pl_module.model.state_dict() if self.keep_weights else None)
         self.seconds += time.perf_counter() - t0
 
     def state_dict(self):

@@ -22,15 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import files
 from .errors import UserError
 from .evaluate import SCORING_PARTS, scoring_difference, scoring_fingerprint, scoring_parts
+from .migrations import recorded_data_fingerprint, with_bytes
 from .runner import Study
 from .settings import N_BOOT
 from .specs import format_count
 from .statistics import format_effective_context, paired_gap, paired_gap_curve
 from .store import StudyFolder
-from .tokenizer import with_bytes
 
 @dataclass
 class Selection:
@@ -50,7 +49,7 @@ def parse_selection(text: str) -> Selection:
             break
     else:
         raise UserError(f"no study folder in {text!r} (expected DIR or DIR:ARCH,...)")
-    if not (folder / "config.yaml").is_file():
+    if not StudyFolder(folder).config_path.is_file():
         raise UserError(f"no study at {folder} (no config.yaml)")
     archs: list[str] = []
     for piece in [p for p in rest.split(",") if p.strip()]:
@@ -75,9 +74,10 @@ def _match(wanted: str, available: list[str], folder: Path) -> list[str]:
 def _study_runs(folder: Path) -> pd.DataFrame:
     """The finished, non-diverged runs of a study folder, from their ``result.json`` (read only)."""
     rows = []
-    for path in sorted(StudyFolder(folder).runs_dir.glob("*/result.json")):
+    study = StudyFolder(folder)
+    for run_id in study.finished():
         try:
-            rows.append(json.loads(path.read_text()))
+            rows.append(study.run(run_id).row())
         except (OSError, ValueError):
             continue
     runs = pd.DataFrame(rows)
@@ -101,16 +101,12 @@ def _rebuilt_parts(folder: Path, row: dict, mask: np.ndarray, studies: dict) -> 
 
 
 def _data_fingerprint(folder: Path, row: dict, studies: dict, stored: str | None) -> str | None:
-    """The run's data fingerprint: as recorded, or, for a run from before it was, its task's as the
-    study's config.yaml rebuilds it (where it cannot be rebuilt: ``stored``, the part as recorded)."""
-    if isinstance(row.get("data_fingerprint"), str):
-        return row["data_fingerprint"]
-    try:
+    """The run's data fingerprint (:func:`mnemoscope.migrations.recorded_data_fingerprint`)."""
+    def rebuild():
         if folder not in studies:
             studies[folder] = Study.from_folder(folder)
         return studies[folder].task(row["task"]).data_fingerprint()
-    except UserError:
-        return stored
+    return recorded_data_fingerprint(row, rebuild, stored)
 
 
 @dataclass
@@ -206,7 +202,7 @@ def _curves(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         tokenizers = {(p or {}).get("tokenizer", "?") for p in group["parts"]}
         in_bytes = len(tokenizers) > 1
         for r in group.to_dict("records"):
-            pp = pd.read_parquet(Path(r["folder"]) / "runs" / r["run_id"] / "per_position.parquet").sort_values("position")
+            pp = StudyFolder(r["folder"]).run(r["run_id"]).per_position().sort_values("position")
             x = pp["position"].to_numpy(float) + 1
             y = pp[["loss", "ci_low", "ci_high"]].to_numpy(float)
             unit = ("tokens of context (position + 1)", "test loss (nats/token)")
@@ -349,7 +345,7 @@ def fits_of(runs: pd.DataFrame) -> pd.Series:
     """Each run's effective context with its interval from its study's fits.csv ('' where not analysed)."""
     out = pd.Series("", index=runs.index)
     for folder, group in runs.groupby("folder", sort=False):
-        fits = files.read_optional(Path(folder) / "fits.csv")
+        fits = StudyFolder(folder).table("fits.csv")
         if fits.empty or "effective_context" not in fits:
             continue
         by_id = fits.set_index("run_id")

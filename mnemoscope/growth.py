@@ -19,7 +19,6 @@ run's part is kept in ``runs/<id>/analysis/growth*`` and reused by a later ``ana
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -27,16 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import files
-from .analysis import ablation_table, context_bytes, truncation_ablation
+from .ablation import ablation_table, context_bytes, truncation_ablation
 from .bootstrap import LEVEL
 from .errors import UserError
-from .history import history_dir, load_step_weights, read_steps
-from .model import build
-from .registry import ARCHITECTURES
 from .runner import Study
 from .settings import N_BOOT, AnalysisSettings
-from .specs import parse_spec
+from .store import RunFolder, model_from_checkpoint
 
 RATIO = 4  # the crossing asked of the law: first architecture's effective context RATIO times the other's
 MIN_POINTS = 3  # kept steps a law needs
@@ -52,19 +47,16 @@ def _first_within(mean: np.ndarray, contexts: np.ndarray, tolerance: float) -> n
 
 
 def _run_model(run_folder: Path, device: str):
-    path = Path(run_folder) / "model.pt"
-    meta = torch.load(path, map_location="cpu", weights_only=True)
-    cls, _, _ = parse_spec(meta["arch"], ARCHITECTURES)
-    model = build(cls, int(meta["vocab_size"]), int(meta["context_length"]), meta["arch_config"])
-    model.load_state_dict(meta["state_dict"])  # the run's end; the kept steps' weights replace it in turn
-    return model.to(device).eval(), meta
+    """The run's model at its end (``model.pt``); the kept steps' weights replace it in turn."""
+    meta = RunFolder(run_folder).checkpoint("cpu")
+    return model_from_checkpoint(meta, device), meta
 
 
 def ablate_steps(run_folder: Path, task, settings: AnalysisSettings, seed: int, device=None):
     """The truncation ablation at each kept step whose weights are kept (the last step: ``model.pt``).
     Returns (table: one row per step, raw: {step: (contexts (K,), losses (M, K))})."""
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    steps = read_steps(run_folder)
+    steps = RunFolder(run_folder).steps()
     if not steps:
         return pd.DataFrame(), {}
     model, meta = _run_model(run_folder, device)
@@ -78,7 +70,7 @@ def ablate_steps(run_folder: Path, task, settings: AnalysisSettings, seed: int, 
         last = i == len(steps) - 1
         if s["weights"] is None and not last:
             continue
-        model.load_state_dict(final if last else load_step_weights(s["weights"], device))
+        model.load_state_dict(final if last else RunFolder.step_weights(s["weights"], device))
         ab = truncation_ablation(model, split, T, settings.n_targets, variants=("truncate",), seed=seed,
                                  device=device, tolerance=settings.tolerance)
         table = ablation_table(ab, settings.tolerance, settings.n_boot, seed)
@@ -105,26 +97,24 @@ def _settings_key(settings: AnalysisSettings) -> dict:
 def run_growth(run_folder: Path, task, settings: AnalysisSettings, seed: int, device=None, recompute: bool = False):
     """:func:`ablate_steps` of one run, stored in ``analysis/growth.parquet`` and ``growth.npz`` and
     reused while the settings and the kept steps are the same."""
-    folder = Path(run_folder) / "analysis"
-    kept = history_dir(run_folder).is_dir()  # a committed study keeps its analysis, not its kept steps' files
-    key = {**_settings_key(settings), "steps": [s["step"] for s in read_steps(run_folder)]}
+    folder = RunFolder(run_folder)
+    kept = folder.history_dir.is_dir()  # a committed study keeps its analysis, not its kept steps' files
+    key = {**_settings_key(settings), "steps": [s["step"] for s in folder.steps()]}
     if not recompute or not kept:
         try:
-            stored = json.loads((folder / "growth.json").read_text())
+            stored = folder.analysis_json("growth")
             if stored == key or (not kept and {k: stored.get(k) for k in _settings_key(settings)} == _settings_key(settings)):
-                table = pd.read_parquet(folder / "growth.parquet")
-                with np.load(folder / "growth.npz") as z:
-                    raw = {int(s): (z[f"contexts_{s}"], z[f"losses_{s}"]) for s in table["step"]}
+                table = folder.analysis_table("growth")
+                z = folder.analysis_arrays("growth")
+                raw = {int(s): (z[f"contexts_{s}"], z[f"losses_{s}"]) for s in table["step"]}
                 return table, raw
         except (OSError, ValueError, KeyError):
             pass
-    if not (Path(run_folder) / "model.pt").exists():
+    if not folder.has_model:
         raise UserError(f"{run_folder} keeps no model.pt: the effective context through training needs the weights")
     table, raw = ablate_steps(run_folder, task, settings, seed, device)
-    files.write_parquet(folder / "growth.parquet", table)
     arrays = {f"{k}_{s}": v for s, (c, l) in raw.items() for k, v in (("contexts", c), ("losses", l))}
-    files.atomic_write(folder / "growth.npz", lambda p: np.savez_compressed(open(p, "wb"), **arrays))
-    files.write_text(folder / "growth.json", json.dumps(key))
+    folder.write_analysis("growth", key, {"growth": table}, arrays)
     return table, raw
 
 
@@ -210,20 +200,20 @@ def analyze_growth(study, settings: AnalysisSettings | None = None, log=print, d
     if not isinstance(study, Study):
         study = Study.from_folder(study)
     settings = settings or AnalysisSettings()
-    runs = files.read_optional(study.out / "runs.parquet")
-    steps_all = files.read_optional(study.out / "history_steps.parquet")
+    runs = study.folder.table("runs.parquet")
+    steps_all = study.folder.table("history_steps.parquet")
     if runs.empty or steps_all.empty:
         return {}
     tables, fits, laws = [], [], {}
     for r in runs.to_dict("records"):
         if r.get("status", "ok") != "ok":
             continue
-        folder = study.runs_dir / r["run_id"]
+        folder = study.folder.run(r["run_id"])
         mine = steps_all[steps_all["run_id"] == r["run_id"]]
-        if mine.empty or not ((folder / "history").is_dir() or (folder / "analysis" / "growth.json").exists()):
+        if mine.empty or not (folder.history_dir.is_dir() or folder.has_analysis("growth")):
             continue
         try:
-            table, raw = run_growth(folder, study.task(r["task"]), settings, int(r["seed"]), device, recompute)
+            table, raw = run_growth(folder.path, study.task(r["task"]), settings, int(r["seed"]), device, recompute)
         except UserError as exc:
             log(f"analysis: {r['run_id']}: no effective context through training: {exc}")
             table, raw = pd.DataFrame(), {}
@@ -251,7 +241,7 @@ def analyze_growth(study, settings: AnalysisSettings | None = None, log=print, d
                           **crossing(base[0], base[1], fit, boots)})
     growth = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     fits_df, cross_df = pd.DataFrame(fits), pd.DataFrame(crossings)
-    files.write_parquet(study.out / "growth.parquet", growth)
-    files.write_text(study.out / "growth_fits.csv", fits_df.to_csv(index=False))
-    files.write_text(study.out / "growth_crossings.csv", cross_df.to_csv(index=False))
+    study.folder.write_table("growth.parquet", growth)
+    study.folder.write_table("growth_fits.csv", fits_df)
+    study.folder.write_table("growth_crossings.csv", cross_df)
     return {"growth": growth, "fits": fits_df, "crossings": cross_df}

@@ -23,24 +23,20 @@ over the positions whose context is within 10% of ``late`` tokens, minus the sam
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from . import files
 from .bootstrap import LEVEL
 from .evaluate import bootstrap_ci
-from .errors import UserError
 from .settings import N_BOOT, STUDY
+from .store import RunFolder
 
 HISTORY_POINTS = STUDY.history  # kept steps per run (0: none)
 HISTORY_WINDOWS = 128  # test windows scored at a kept step: every k-th of the final evaluation's, at most this many
 HISTORY_SPAN = 128  # the first kept step is at this fraction of the run (1/128: seven octaves before the end)
 ICL_LATE, ICL_EARLY, ICL_BAND = 500, 50, 0.10  # Olsson et al.'s tokens of context, and the band around each
-_STEP_FILE = re.compile(r"step-(\d+)\.npz$")
 
 
 def history_steps(n_steps: int, points: int = HISTORY_POINTS, span: int = HISTORY_SPAN) -> list[int]:
@@ -104,44 +100,19 @@ def icl_score(losses: np.ndarray, mask: np.ndarray, n_boot: int = N_BOOT, seed: 
     return {**out, "icl_score": float(d.mean()), "icl_low": float(lo), "icl_high": float(hi)}
 
 
-# -- the files of a run's history ---------------------------------------------------------------------
-def history_dir(run_folder: Path) -> Path:
-    return Path(run_folder) / "history"
-
-
+# -- the files of a run's history: kept by mnemoscope.store.RunFolder -------------------------------------
 def write_step(run_folder: Path, step: int, tokens: int, losses: np.ndarray, mask: np.ndarray,
                state_dict: dict | None = None) -> None:
-    """One kept step's per-window losses (and weights, unless None), each file written atomically."""
-    folder = history_dir(run_folder)
-    if state_dict is not None:
-        weights = {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
-        files.atomic_write(folder / f"step-{step:07d}.pt", lambda p: torch.save(weights, p))
-    files.atomic_write(folder / f"step-{step:07d}.npz",
-                       lambda p: np.savez_compressed(open(p, "wb"), losses=losses.astype(np.float32),
-                                                     mask=np.asarray(mask, bool), step=step, tokens=tokens))
+    """:meth:`RunFolder.write_step`: one kept step's per-window losses (and weights, unless None)."""
+    RunFolder(run_folder).write_step(step, tokens, losses, mask, state_dict)
 
 
 def read_steps(run_folder: Path) -> list[dict]:
-    """The kept steps of a run, in order: dicts of step, tokens, losses, mask, weights (a path or None)."""
-    out = []
-    folder = history_dir(run_folder)
-    for p in sorted(folder.glob("step-*.npz")) if folder.is_dir() else []:
-        if not _STEP_FILE.search(p.name):
-            continue
-        with np.load(p) as z:
-            step = int(z["step"])
-            row = {"step": step, "tokens": int(z["tokens"]), "losses": z["losses"], "mask": z["mask"]}
-        pt = p.with_suffix(".pt")
-        row["weights"] = pt if pt.exists() else None
-        out.append(row)
-    return out
+    """:meth:`RunFolder.steps`: the kept steps of a run, in order."""
+    return RunFolder(run_folder).steps()
 
 
-def load_step_weights(path: Path, device: str = "cpu") -> dict:
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot load the kept weights {path}: {type(exc).__name__}: {exc}") from None
+load_step_weights = RunFolder.step_weights
 
 
 def run_tables(run_folder: Path, label: dict, context_bytes: np.ndarray | None = None, n_boot: int = N_BOOT,

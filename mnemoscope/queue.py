@@ -315,7 +315,7 @@ class RunQueue:
                 self._finish(trial_id, TrialState.FAIL, error=f"run {run_id} is not in this study's plan")
                 continue
             if run_id in self.study.finished():  # its worker died after moving the folder into place
-                row = json.loads((self.study.runs_dir / run_id / "result.json").read_text())
+                row = self.study.folder.run(run_id).row()
                 self._complete(trial_id, run_id, row, reused=True)
                 continue
             retry = f" (retry of trial {trial.system_attrs['failed_trial']})" if "failed_trial" in trial.system_attrs else ""

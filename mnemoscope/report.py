@@ -18,7 +18,7 @@ import pandas as pd
 import seaborn as sns
 import yaml
 
-from . import files, report_growth, report_history, report_scaling
+from . import report_growth, report_history, report_scaling
 from .bootstrap import LEVEL
 from .report_findings import findings, findings_html, findings_lines, flags
 from .errors import UserError
@@ -30,20 +30,17 @@ from .runner import Study, mixed_data
 from .specs import format_count, parse_spec, spec_labels
 from .statistics import format_effective_context, format_gap, paired_gap_curve, single_positions
 from .store import StudyFolder
+from .migrations import windows_inside_documents
 from .task import DESCRIBED_DOCUMENTS, Task
-from .tokenizer import TextTask, corpus_and_tokenization, tokens_are, windows_inside_documents, with_bytes
+from .tokenizer import TextTask, corpus_and_tokenization, tokens_are
 
 
 def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     out = Path(out)
     if not out.is_dir():
         raise UserError(f"no study folder at {out}")
-    runs = files.read_parquet(out / "runs.parquet")
-    pp = files.read_parquet(out / "per_position.parquet")
-    missing = {"run_id", "arch", "task", "params", "position", "loss", "ci_low", "ci_high"} - set(pp.columns)
-    if missing:
-        raise UserError(f"corrupt table {out / 'per_position.parquet'}: missing columns {', '.join(sorted(missing))}")
-    return runs, with_bytes(pp)
+    folder = StudyFolder(out)
+    return folder.read_table("runs.parquet"), folder.per_position()
 
 
 BINS_PER_OCTAVE = 4
@@ -92,7 +89,7 @@ def per_position_figure(pp: pd.DataFrame, runs: pd.DataFrame | None = None, bins
 
 def gap_baseline(out: Path, runs: pd.DataFrame) -> str | None:
     """The architecture the study's gaps are to: gaps.csv's baseline, else the study's first."""
-    gaps = files.read_optional(Path(out) / "gaps.csv")
+    gaps = StudyFolder(out).table("gaps.csv")
     order = list(StudyFolder(out).config().get("archs") or []) + list(runs["arch"])
     if not gaps.empty and "baseline" in gaps:
         order.insert(0, str(gaps["baseline"].iloc[0]))
@@ -229,14 +226,14 @@ def curves_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
     """The per-position curves (``per_position.png``) and the paired gaps to the baseline beside or
     under them (``gap_per_position.png``)."""
     png = figure_png(per_position_figure(pp, runs))
-    files.atomic_write(out / "per_position.png", lambda p: p.write_bytes(png))
+    StudyFolder(out).write_file("per_position.png", png)
     figures = [img_tag(png, "per-position loss")]
     wide = ' style="flex-basis:100%"' if runs["task"].nunique() > 1 else ""  # side by side: one panel each
     baseline = gap_baseline(out, runs)
     fig = gap_figure(out, runs, baseline) if baseline else None
     if fig is not None:
         gap_png = figure_png(fig)
-        files.atomic_write(out / "gap_per_position.png", lambda p: p.write_bytes(gap_png))
+        StudyFolder(out).write_file("gap_per_position.png", gap_png)
         figures.append(img_tag(gap_png, f"gap to {baseline} by position"))
     name = spec_labels(runs["arch"]).get(baseline, baseline)
     return [("Per-position loss", '<div class="row">' + "".join(f"<div{wide}>{f}</div>" for f in figures) + "</div>" +
@@ -261,7 +258,7 @@ def last_octave_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list
 
 
 def runs_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
-    summary = summary_table(runs, files.read_optional(out / "fits.csv"), files.read_optional(out / "gaps.csv"),
+    summary = summary_table(runs, StudyFolder(out).table("fits.csv"), StudyFolder(out).table("gaps.csv"),
                             flags(out, runs))
     return [("Runs", html_table(summary) + html_table(runs, fold=f"every column of runs.parquet ({len(runs)} runs)") +
              paragraph("Test loss in nats per token; effective context in tokens; the gap is paired on the same test "
@@ -273,11 +270,9 @@ def data_page_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[t
 
 
 def settings_sections(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
-    config = (out / "config.yaml").read_text() if (out / "config.yaml").exists() else "(missing)"
-    try:
-        env = json.loads((out / "environment.json").read_text())
-    except (OSError, ValueError):
-        env = {"note": "environment.json missing or unreadable"}
+    folder = StudyFolder(out)
+    config = folder.config_path.read_text() if folder.config_path.exists() else "(missing)"
+    env = folder.environment() or {"note": "environment.json missing or unreadable"}
     return [("Configuration", f"<pre>{html.escape(config)}</pre><p>Rerun with <code>python study.py --config "
                               f"{html.escape(str(out / 'config.yaml'))}</code>.</p>"),
             ("Environment", f"<details><summary>versions, device, commit</summary><pre>"
@@ -297,7 +292,7 @@ def write_report(out: Path) -> Path:
     sections = []
     for section in [*HEAD, *SECTIONS, *TAIL]:
         sections += section(out, runs, pp)
-    files.write_text(out / "report.html", page_html(out.name, f"Study {out.name}", sections))
+    StudyFolder(out).write_file("report.html", page_html(out.name, f"Study {out.name}", sections))
     return out / "report.html"
 
 
@@ -306,10 +301,7 @@ def data_section(out: Path, runs: pd.DataFrame) -> str:
     split's documents and tokens, whether a window may span two documents; and a warning when the
     runs were trained on different versions of a task's data."""
     parts = [f"<p><b>Note: {html.escape(note)}.</b></p>" for note in mixed_data(runs)]
-    try:
-        data = json.loads((Path(out) / "data.json").read_text())
-    except (OSError, ValueError):
-        data = {}
+    data = StudyFolder(out).data()
     rows = []
     for spec, versions in data.items():
         inside = windows_inside_documents(spec)  # a data.json written before spans were looked at says "yes"
@@ -370,10 +362,10 @@ def summary_table(runs: pd.DataFrame, fits: pd.DataFrame, gaps: pd.DataFrame, fl
 def summary_lines(out: Path) -> list[str]:
     """The summary a study prints when it ends: :func:`summary_table` as text, and how to read it."""
     out = Path(out)
-    runs = files.read_optional(out / "runs.parquet")
+    runs = StudyFolder(out).table("runs.parquet")
     if runs.empty:
         return []
-    table = summary_table(runs, files.read_optional(out / "fits.csv"), files.read_optional(out / "gaps.csv"),
+    table = summary_table(runs, StudyFolder(out).table("fits.csv"), StudyFolder(out).table("gaps.csv"),
                           flags(out, runs))
     return ["findings:", *findings_lines(findings(out, runs)),
             "summary (test loss in nats per token; effective context in tokens; gap: test loss minus the baseline's "
@@ -389,7 +381,7 @@ def bytes_section(out: Path, pp: pd.DataFrame, archs=None) -> list[tuple[str, st
     if fig is None:
         return []
     png = figure_png(fig)
-    files.atomic_write(out / "per_position_bytes.png", lambda p: p.write_bytes(png))
+    StudyFolder(out).write_file("per_position_bytes.png", png)
     return [("Per-position loss per byte", img_tag(png, "per-position loss in bits per byte") +
              "<p>The same curves in the units of text rather than tokens: loss in bits per byte (a bin's mean loss "
              "over its targets' mean bytes, divided by ln 2) against the mean bytes of context at each position "

@@ -5,17 +5,16 @@ report opens with them (:mod:`mnemoscope.report`), and a study prints them when 
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from . import files
 from .bootstrap import LEVEL
 from .settings import TOLERANCE
 from .specs import format_count, spec_labels
 from .statistics import format_effective_context, format_gap
+from .store import StudyFolder
 from .tokenizer import byte_level_spec
 
 
@@ -23,10 +22,7 @@ def uniform_losses(out: Path, runs: pd.DataFrame) -> pd.Series:
     """Each run's uniform loss, ln V nats per token (V: its task's vocabulary, from data.json; 256
     for text at byte level), NaN where the vocabulary is not recorded. A model above it predicts
     worse than a guess."""
-    try:
-        data = json.loads((Path(out) / "data.json").read_text())
-    except (OSError, ValueError):
-        data = {}
+    data = StudyFolder(out).data()
     vocab = {}
     for spec, versions in data.items():
         for fingerprint, d in versions.items():
@@ -68,8 +64,8 @@ def findings(out: Path, runs: pd.DataFrame) -> list[tuple[str, str]]:
     out = Path(out)
     if runs.empty:
         return []
-    fits = files.read_optional(out / "fits.csv")
-    gaps = files.read_optional(out / "gaps.csv")
+    fits = StudyFolder(out).table("fits.csv")
+    gaps = StudyFolder(out).table("gaps.csv")
     labels = spec_labels(runs["arch"])
     lines: list[tuple[str, str]] = []
     runs = runs.assign(flag=flags(out, runs))

@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 
-from . import files
 from .bootstrap import LEVEL
 from .figures import STUDY_STYLES, arch_palette, figure_png, html_table, img_tag
 from .growth import BAD_FIT_RMS, MIN_POINTS, RATIO
 from .history import ICL_BAND, ICL_EARLY, ICL_LATE, STILL_LEARNING, still_learning
 from .specs import format_count, spec_labels
+from .store import StudyFolder
 
 TITLE = "How context use grows with training"
 BINS_PER_OCTAVE = 4
@@ -215,7 +215,7 @@ def _method(growth: pd.DataFrame) -> str:
 
 def still_learning_lines(out: Path, runs: pd.DataFrame) -> list[str]:
     """One line per run still changing fast at its last kept step (:func:`mnemoscope.history.still_learning`)."""
-    fast = still_learning(files.read_optional(Path(out) / "history_steps.parquet"))
+    fast = still_learning(StudyFolder(out).table("history_steps.parquet"))
     flagged = runs[runs["run_id"].isin(fast)] if fast else runs.iloc[:0]
     if len(flagged) > 2:  # many: one line, not a wall of the same sentence
         rates = [fast[i] for i in flagged["run_id"]]
@@ -234,14 +234,14 @@ def still_learning_lines(out: Path, runs: pd.DataFrame) -> list[str]:
 def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
     """The section, where the runs kept a history (none otherwise)."""
     out = Path(out)
-    history = files.read_optional(out / "history.parquet")
+    history = StudyFolder(out).table("history.parquet")
     if history.empty:
         return []
-    growth = files.read_optional(out / "growth.parquet")
+    growth = StudyFolder(out).table("growth.parquet")
     if growth.empty:
-        growth = files.read_optional(out / "history_steps.parquet")
-    fits = files.read_optional(out / "growth_fits.csv")
-    crossings = files.read_optional(out / "growth_crossings.csv")
+        growth = StudyFolder(out).table("history_steps.parquet")
+    fits = StudyFolder(out).table("growth_fits.csv")
+    crossings = StudyFolder(out).table("growth_crossings.csv")
     parts = []
     text = findings(growth, fits, crossings)
     if text:
@@ -251,7 +251,7 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
         parts.append("<p>" + "<br>".join(html.escape(n.removeprefix("note: ")) for n in notes) +
                      f" (flagged where the loss falls more than {STILL_LEARNING:.0%} per doubling).</p>")
     png = figure_png(growth_figure(growth, fits))
-    files.atomic_write(out / "growth.png", lambda p: p.write_bytes(png))
+    StudyFolder(out).write_file("growth.png", png)
     parts.append(img_tag(png, "effective context and in-context learning score against training tokens"))
     parts.append(img_tag(figure_png(curves_figure(history)), "per-position loss at each kept step"))
     if history["context_bytes"].notna().any():
@@ -269,12 +269,12 @@ def comparison_section(studies: list[tuple[str, Path]]) -> list[tuple[str, str]]
     architecture (line style: the study), where at least one study kept a history."""
     growths, fits = [], []
     for label, out in studies:
-        g = files.read_optional(Path(out) / "growth.parquet")
+        g = StudyFolder(out).table("growth.parquet")
         if g.empty:
-            g = files.read_optional(Path(out) / "history_steps.parquet")
+            g = StudyFolder(out).table("history_steps.parquet")
         if not g.empty:
             growths.append(g.assign(study=label))
-        f = files.read_optional(Path(out) / "growth_fits.csv")
+        f = StudyFolder(out).table("growth_fits.csv")
         if not f.empty:
             fits.append(f.assign(study=label))
     if not growths:

@@ -11,11 +11,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import files
 from .bootstrap import LEVEL
 from .figures import figure_png, html_table, img_tag, legend_below, model_palette, wrap_title
 from .settings import TOLERANCE
 from .specs import format_count, spec_labels
+from .store import StudyFolder
 from .statistics import (HUBER_DELTA, MIN_FIT_POINTS, N_STARTS, WRONG_FORM_CHI2, format_effective_context, format_gap,
                          short_number)
 
@@ -148,11 +148,11 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
     extrapolation.parquet (written by ``study.py analyze``)."""
     title = "How much history does each architecture use?"
     out = Path(out)
-    fits = files.read_optional(out / "fits.csv")
+    fits = StudyFolder(out).table("fits.csv")
     if fits.empty:
         return [(title, f"<p>Not analysed yet: run <code>python study.py analyze {html.escape(str(out))}</code>.</p>")]
-    context = files.read_optional(out / "context.parquet")
-    ext = files.read_optional(out / "extrapolation.parquet")
+    context = StudyFolder(out).table("context.parquet")
+    ext = StudyFolder(out).table("extrapolation.parquet")
     tol = fits["tolerance"].iloc[0] if "tolerance" in fits else TOLERANCE
     parts = [html_table(history_table(fits))]
     parts.append(
@@ -174,7 +174,7 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
         f"fewer than {MIN_FIT_POINTS} points; <i>flat</i> when no octave's gain is significant (then alpha and L_inf "
         "describe noise). <b>Last significant octave</b>: the farthest octave of positions "
         f"[2^j, 2^(j+1)) whose mean loss is below the previous octave's with a {LEVEL}% interval above zero.</p>")
-    gaps = files.read_optional(out / "gaps.csv")
+    gaps = StudyFolder(out).table("gaps.csv")
     if not gaps.empty:
         parts.append(f"<h3>Gap to {html.escape(str(gaps['baseline'].iloc[0]))}, paired, by position</h3>"
                      + html_table(gap_table(gaps)) +
@@ -186,17 +186,17 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
                      "<code>study.py analyze DIR --baseline ARCH</code>.</p>")
     if not context.empty:
         png = figure_png(context_figure(context, fits))
-        files.atomic_write(out / "context.png", lambda p: p.write_bytes(png))
+        StudyFolder(out).write_file("context.png", png)
         parts.append(img_tag(png, "loss against available context"))
     if not ext.empty:
         png = figure_png(extrapolation_figure(ext))
-        files.atomic_write(out / "extrapolation.png", lambda p: p.write_bytes(png))
+        StudyFolder(out).write_file("extrapolation.png", png)
         parts.append(img_tag(png, "length extrapolation") + "<p>Loss at each position of test sequences up to "
                      f"{int(ext['factor'].max())}x the training context, for the models that accept them "
                      "(recurrent and convolutional ones; a transformer only with rotary positions); positions past the "
                      f"dotted line were never trained on. Averaged in quarter-octave bins; bands: {LEVEL}% bootstrap "
                      "intervals over sequences.</p>")
-    buckets = files.read_optional(out / "extrapolation_buckets.parquet")
+    buckets = StudyFolder(out).table("extrapolation_buckets.parquet")
     if not buckets.empty:
         parts.append("<h3>Loss by position bucket</h3>" + html_table(bucket_table(buckets)) +
                      "<p>The longest windows scored above, their mean loss in buckets of the training length "

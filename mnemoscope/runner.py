@@ -1,7 +1,8 @@
 """The study runner: prepares a study, trains and scores each run, and collects the tables.
 
 A run's folder is written under ``runs/.tmp-<id>-<pid>`` and moved into place at once, so a
-run is either absent or complete (layout: :mod:`mnemoscope.store`). The queue of runs and its
+run is either absent or complete; every file is read and written through :mod:`mnemoscope.store`,
+and a trained run is scored and written by :mod:`mnemoscope.finish`. The queue of runs and its
 workers live in :mod:`mnemoscope.queue`; the analysis and the report come after, from the
 stored tables (:mod:`mnemoscope.analysis`, :mod:`mnemoscope.report`).
 """
@@ -9,51 +10,35 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import json
 import os
 import shutil
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import pandas as pd
 import torch
-import yaml
 
-from . import files
 from .callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines, TrainingHistory
 from .checkpoints import Elapsed, checkpoint_step, latest_checkpoint
 from .config import RunSpec, StudyConfig, plan
 from .errors import ContractError, UserError
-from .evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
+from .finish import POSITION_COLUMNS, RUN_COLUMNS, finish_run
 from .flops import flops_per_token
-from .history import history_steps, run_tables, window_stride, write_step
-from .model import (SIZE_TOLERANCE, active_params, build, check_contract, check_memory, check_shape_options, count_params,
-                    size_for, state_size)
+from .history import history_steps
+from .migrations import fill_active_params, predates_data_fingerprint
+from .model import SIZE_TOLERANCE, active_params, build, check_contract, check_memory, check_shape_options, count_params, size_for
 from .queue import run_study
 from .registry import ARCHITECTURES, TASKS
-from .settings import EVAL_BATCH, VALIDATION_WINDOWS
+from .settings import EVAL_BATCH
 from .specs import format_count, parse_spec
-from .statistics import octave_gain
-from .store import disk_error, environment, jsonable, load_run_model
+from .store import RunFolder, StudyFolder, disk_error
 from .task import Task
-from .trackers import check_loggers, check_stores, log_results, open_stores, tracker_loggers
+from .trackers import check_loggers, check_stores, open_stores, tracker_loggers
 from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
-
-RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_config", "target_params",
-               "achieved_params", "active_params", "total_params", "state_size", "batch_size", "tokens_trained", "wall_seconds",
-               "torch_threads",
-               "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
-               "last_octave_gain_high", "status", "diverged_step", "flops_per_token", "data_fingerprint",
-               "scoring_fingerprint", "scoring_parts"]  # what the test losses were scored on (evaluate.scoring_parts)
-POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences",
-                    "context_bytes", "target_bytes"]
-
 
 @dataclass
 class Trained:
@@ -79,15 +64,12 @@ class Study:
     def from_folder(cls, out: Path, missing_hint: str = "", **kwargs) -> "Study":
         """The study whose ``config.yaml`` lies in ``out``; one clear line where there is none
         (``missing_hint`` appended) or it is not YAML. ``kwargs`` go to the constructor."""
-        out = Path(out)
-        path = out / "config.yaml"
-        if not path.is_file():
-            raise UserError(f"no study at {out} (no config.yaml){missing_hint}")
-        return cls(StudyConfig.from_dict(files.read_yaml(path)), out, **kwargs)
+        return cls(StudyConfig.from_dict(StudyFolder(out).read_config(missing_hint)), out, **kwargs)
 
     def __init__(self, config: StudyConfig, out: Path, trainer_kwargs: dict[str, Any] | None = None,
                  tasks: dict[str, Task] | None = None, loggers: list[str] | None = None):
         self.config, self.out = config, Path(out)
+        self.folder = StudyFolder(self.out)  # every file of the study is read and written through it
         # built tasks by spec; another Study of the same tasks and context may share them (tune's trials)
         self.tasks: dict[str, Task] = tasks if tasks is not None else {}
         # devices / num_nodes / strategy for Lightning: one run on many GPUs or nodes
@@ -105,7 +87,7 @@ class Study:
 
     @property
     def runs_dir(self) -> Path:
-        return self.out / "runs"
+        return self.folder.runs_dir
 
     # -- building tasks and models -------------------------------------------------------------
     def task(self, spec: str) -> Task:
@@ -138,12 +120,12 @@ class Study:
 
     def run_id(self, run: RunSpec) -> str:
         """The run's folder name in ``runs/``: :meth:`RunSpec.run_id` with its task's data fingerprint.
-        A run finished before ids held the data keeps the id it had then (its result.json records
-        no data_fingerprint): a rerun of its study recognises it instead of training it again."""
-        legacy = self.runs_dir / run.run_id(self.config) / "result.json"
+        A run finished before ids held the data keeps the id it had then
+        (:func:`mnemoscope.migrations.predates_data_fingerprint`)."""
+        legacy = self.folder.run(run.run_id(self.config))
         try:
-            if "data_fingerprint" not in json.loads(legacy.read_text()):
-                return legacy.parent.name
+            if predates_data_fingerprint(legacy.row()):
+                return legacy.run_id
         except (OSError, ValueError):
             pass
         return run.run_id(self.config, self.task(run.task).data_fingerprint())
@@ -190,18 +172,14 @@ class Study:
         open_stores(self.loggers, self.out, self.config.name)
         for spec in dict.fromkeys(r.task for r in runs):  # e.g. a trained tokenizer, to decode the runs' tokens
             for rel, src in self.task(spec).study_files().items():
-                if not (self.out / rel).exists() or (self.out / rel).read_bytes() != Path(src).read_bytes():
-                    files.atomic_write(self.out / rel, lambda p, src=src: shutil.copyfile(src, p))
+                self.folder.keep_file(rel, src)
         return runs
 
     def write_config(self) -> None:
-        path = self.out / "config.yaml"
+        path = self.folder.config_path
         mine = self.config.to_dict()
         if path.exists():
-            try:
-                theirs = yaml.safe_load(path.read_text())
-            except yaml.YAMLError:
-                theirs = None
+            theirs = self.folder.config() or None
             try:  # a config written before a key existed holds that key's default
                 theirs = StudyConfig.from_dict(theirs).identity() if isinstance(theirs, dict) else None
             except UserError:
@@ -212,28 +190,20 @@ class Study:
                 raise UserError(f"{self.out} holds a different study (differs in {', '.join(diff)}); to continue "
                                 f"it run `study.py --config {path}` with no flag that changes it; for this study "
                                 f"give a new folder with --out")
-        files.write_text(path, yaml.safe_dump(mine, sort_keys=False))
-        if not (self.out / "environment.json").exists():
-            files.write_text(self.out / "environment.json", json.dumps(environment(), indent=1))
+        self.folder.write_config(mine)
+        self.folder.write_environment()
 
     def write_data(self) -> None:
         """``data.json``: what each task's data are (splits, documents, tokens), per data version,
         for the report; a version the study used before is kept beside the new one."""
-        path = self.out / "data.json"
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}
+        data = self.folder.data()
         for spec in self.config.tasks:
             described = self.task(spec).describe_data()
             data.setdefault(spec, {})[described["data_fingerprint"]] = described
-        files.write_text(path, json.dumps(data, indent=1))
+        self.folder.write_data(data)
 
     def finished(self) -> set[str]:
-        if not self.runs_dir.exists():
-            return set()
-        # .partial-* and .tmp-*: runs under way (or stopped), never finished ones
-        return {p.name for p in self.runs_dir.iterdir() if not p.name.startswith(".") and (p / "result.json").exists()}
+        return set(self.folder.finished())
 
     def run(self, progress: bool = True, log=print, storage: str | None = None, workers: int = 1,
             heartbeat: int | None = None) -> bool:
@@ -285,7 +255,7 @@ class Study:
         n_steps = cfg.steps(task.context_length)
         history, checkpoints, resumed_from = None, None, None
         if work is not None:
-            checkpoints = Path(work) / "checkpoints"
+            checkpoints = RunFolder(work).checkpoints_dir
             resume = latest_checkpoint(checkpoints)
             resumed_from = checkpoint_step(resume) if resume is not None else None
             if self.config.history:
@@ -344,7 +314,7 @@ class Study:
         work = self.runs_dir / f".partial-{run_id}"
         try:
             work.mkdir(parents=True, exist_ok=True)
-            lock = open(work / ".lock", "a+")
+            lock = open(work / RunFolder.LOCK, "a+")
         except OSError as exc:
             raise disk_error(exc, work) from exc
         try:
@@ -375,111 +345,33 @@ class Study:
                 lock.close()
 
     def _execute_in(self, run: RunSpec, run_id: str, tmp: Path, progress: bool | str) -> dict[str, Any]:
-        task = self.task(run.task)
-        splits = task.splits()
-        trained = self.train(run, tmp / "logs", progress=progress, work=tmp)
-        model, arch_config, cfg, guard, curve = (trained.model, trained.arch_config, trained.cfg, trained.guard,
-                                                 trained.curve)
+        work = RunFolder(tmp)
+        trained = self.train(run, work.logs_dir, progress=progress, work=tmp)
         self.rank = trained.trainer.global_rank
         if self.rank != 0:  # other ranks of a multi-process run: rank 0 evaluates and writes
             return {}
-        fpt, wall = trained.flops_per_token, trained.wall_seconds
-        model = model.float()
-        T = task.context_length
-        eval_batch = max(cfg.batch_size, EVAL_BATCH)  # no gradients: larger batches than training are free
-        losses, mask = per_position_losses(model, splits["test"], T, self.config.eval_sequences, eval_batch)
-        val_losses, val_mask = per_position_losses(model, splits["validation"], T, min(VALIDATION_WINDOWS, self.config.eval_sequences), eval_batch)
-        mean, lo, hi, n = bootstrap_ci(losses, mask, seed=run.seed)
-        # bytes of text in each window's context and in each target (None: the task's tokens are not text)
-        nbytes = window_bytes(splits["test"], T, self.config.eval_sequences, task.token_bytes())
-        gain = octave_gain(losses, mask, T // 4, T // 2, T, seed=run.seed)
-        status = "diverged" if guard.step is not None or not np.isfinite(losses).all() else "ok"
-        params_nonemb = count_params(model, non_embedding=True)
-        scored = scoring_parts(task, self.config.eval_sequences, mask)
-        row = {
-            "run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params, "seed": run.seed, "context": T,
-            "arch_config": json.dumps(arch_config, sort_keys=True), "target_params": run.params,
-            "achieved_params": params_nonemb, "active_params": active_params(model), "total_params": count_params(model, non_embedding=False),
-            "state_size": state_size(model, T), "batch_size": cfg.batch_size, "tokens_trained": cfg.steps(T) * cfg.batch_size * T,
-            "wall_seconds": round(wall, 2), "torch_threads": torch.get_num_threads(),
-            "final_val_loss": float((val_losses * val_mask).sum() / max(val_mask.sum(), 1)),
-            "test_loss": float((losses * mask).sum() / max(mask.sum(), 1)),
-            "last_octave_gain": gain[0], "last_octave_gain_low": gain[1], "last_octave_gain_high": gain[2],
-            "status": status, "diverged_step": guard.step, "flops_per_token": fpt,
-            "data_fingerprint": task.data_fingerprint(),
-            "scoring_fingerprint": scoring_fingerprint(scored), "scoring_parts": json.dumps(scored, sort_keys=True),
-        }
-        try:
-            log_results(trained.trainer.loggers, trained.hparams, {k: row[k] for k in ("test_loss", "final_val_loss")})
-        except Exception as exc:  # a tracker's failure costs the run nothing: its files are what counts
-            print(f"warning: run {run_id}: a logger failed to record the results: {type(exc).__name__}: {exc}")
-        pp = pd.DataFrame({"run_id": run_id, "arch": run.arch, "task": run.task, "params": run.params,
-                           "seed": run.seed, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
-                           "n_sequences": n.astype(np.int64), "context_bytes": np.nan, "target_bytes": np.nan})
-        stored = {}
-        if nbytes is not None:
-            pp["context_bytes"] = nbytes[0].mean(0)
-            with np.errstate(invalid="ignore"):  # NaN where no target counts
-                pp["target_bytes"] = (nbytes[1] * mask).sum(0) / mask.sum(0)
-            stored = {"bytes": nbytes[0].astype(np.int32), "target_bytes": nbytes[1].astype(np.int32)}
-        pp.to_parquet(tmp / "per_position.parquet", index=False)
-        np.savez_compressed(tmp / "losses.npz", losses=losses, mask=mask, **stored)
-        curve.save(tmp / "val_curve.npz")
-        torch.save({"arch": run.arch, "task": run.task, "arch_config": arch_config, "vocab_size": task.vocab_size,
-                    "context_length": T, "state_dict": model.state_dict()}, tmp / "model.pt")
-        if trained.history is not None:  # the last kept step is the run's end: its losses, its model.pt
-            stride = window_stride(self.config.eval_sequences)  # the windows the kept steps scored
-            write_step(tmp, cfg.steps(T), row["tokens_trained"], losses[::stride], mask[::stride], None)
-            label = {k: row[k] for k in ("run_id", "arch", "task", "params", "seed")}
-            positions, steps = run_tables(tmp, label, None if nbytes is None else nbytes[0][::stride].mean(0),
-                                          seed=run.seed)
-            positions.to_parquet(tmp / "history.parquet", index=False)
-            steps.to_parquet(tmp / "history_steps.parquet", index=False)
-            row["history_seconds"] = round(trained.history.seconds, 2)
-        if trained.resumed_from is not None:
-            row["resumed_from_step"] = trained.resumed_from
-        metrics = tmp / "logs" / "metrics.csv"
-        if metrics.exists():
-            shutil.move(metrics, tmp / "metrics.csv")
-        shutil.rmtree(tmp / "logs", ignore_errors=True)
-        shutil.rmtree(tmp / "checkpoints", ignore_errors=True)  # the run is whole: nothing to resume from
-        (tmp / ".lock").unlink(missing_ok=True)
-        (tmp / "result.json").write_text(json.dumps(row, indent=1, default=jsonable))
-        final = self.runs_dir / run_id
+        row = finish_run(self, run, run_id, trained, work)
         # the whole folder appears at once: a run is either absent or complete, never half-written
-        for attempt in range(2):
-            if (final / "result.json").exists():  # someone finished it first (a retried run): keep theirs
-                return json.loads((final / "result.json").read_text())
-            if final.exists():
-                shutil.rmtree(final, ignore_errors=True)  # a folder without result.json is no run
-            try:
-                os.replace(tmp, final)
-                return row
-            except OSError as exc:
-                if attempt:
-                    raise disk_error(exc, final) from exc
+        theirs = work.move_to(self.runs_dir / run_id)
+        return row if theirs is None else theirs
 
     def collect(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Rebuild runs.parquet and per_position.parquet from the finished runs' folders."""
         rows, tables = [], []
-        for run_id in sorted(self.finished()):
-            folder = self.runs_dir / run_id
-            row = json.loads((folder / "result.json").read_text())
-            if "active_params" not in row:  # a run from before the column existed
-                cls, _, _ = parse_spec(row["arch"], ARCHITECTURES)
-                row["active_params"] = (active_params(load_run_model(folder)[0]) if hasattr(cls, "num_active_params")
-                                        else row["achieved_params"])
-            rows.append(row)
-            tables.append(pd.read_parquet(folder / "per_position.parquet"))
+        finished = [self.folder.run(run_id) for run_id in self.folder.finished()]
+        for folder in finished:
+            rows.append(fill_active_params(folder.row(), lambda arch: hasattr(parse_spec(arch, ARCHITECTURES)[0],
+                                                                              "num_active_params"),
+                                           lambda: active_params(folder.load_model()[0])))
+            tables.append(folder.per_position())
         runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
         pp = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=POSITION_COLUMNS)
-        files.write_table(self.out / "runs.parquet", runs)
-        files.write_table(self.out / "per_position.parquet", pp)
-        for name in ("history", "history_steps"):  # context use through training, where the runs kept it
-            parts = [files.read_optional(self.runs_dir / r / f"{name}.parquet") for r in sorted(self.finished())]
-            parts = [p for p in parts if not p.empty]
+        self.folder.write_table("runs.parquet", runs)
+        self.folder.write_table("per_position.parquet", pp)
+        for name in RunFolder.HISTORY_TABLES:  # context use through training, where the runs kept it
+            parts = [p for p in (folder.table(name) for folder in finished) if not p.empty]
             if parts:
-                files.write_table(self.out / f"{name}.parquet", pd.concat(parts, ignore_index=True))
+                self.folder.write_table(f"{name}.parquet", pd.concat(parts, ignore_index=True))
         return runs, pp
 
 

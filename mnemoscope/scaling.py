@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from . import files
 from .bootstrap import LEVEL, percentile_interval
 from .statistics import bootstrap_fit, fit_power_law
+from .store import RunFolder, StudyFolder
 
 FRONTIER_PER_DECADE = 4  # frontier grid points per decade of compute
 FRONTIER_SKIP = 0.05  # the first 5% of each run's steps (warm-up) is left out of the frontier
@@ -103,10 +103,9 @@ def bootstrap_law(x, point: dict, replicate, n_boot: int = N_BOOT, seed: int = 0
 
 
 # -- L(N) ---------------------------------------------------------------------------------------------------
-def _sequence_table(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+def _sequence_table(folder: RunFolder) -> tuple[np.ndarray, np.ndarray]:
     """Per test sequence: summed loss (nats) and counted targets, from a run's losses.npz."""
-    with np.load(folder / "losses.npz") as z:
-        losses, mask = z["losses"].astype(np.float64), z["mask"].astype(np.float64)
+    losses, mask = (a.astype(np.float64) for a in folder.losses())
     return (losses * mask).sum(1), mask.sum(1)
 
 
@@ -117,8 +116,8 @@ def size_law(study_dir: Path, runs: pd.DataFrame, n_boot: int = N_BOOT, seed: in
     for (arch, task), group in ok.groupby(["arch", "task"], sort=False):
         sizes = []  # per size: [(loss_sum, targets) per seed], achieved params
         for params, g in group.groupby("params"):
-            tables = [_sequence_table(Path(study_dir) / "runs" / r) for r in g["run_id"]
-                      if (Path(study_dir) / "runs" / r / "losses.npz").exists()]
+            folders = [StudyFolder(study_dir).run(r) for r in g["run_id"]]
+            tables = [_sequence_table(f) for f in folders if f.has_losses]
             if tables:
                 sizes.append((float(g["achieved_params"].mean()), tables))
         if not sizes:
@@ -182,12 +181,11 @@ def load_curves(study_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """Tidy validation curves: one row per (run, log-spaced point), with compute in FLOPs."""
     rows = []
     for r in runs.itertuples():
-        path = Path(study_dir) / "runs" / r.run_id / "val_curve.npz"
         fpt = getattr(r, "flops_per_token", math.nan)
-        if not path.exists() or fpt is None or not np.isfinite(fpt):
+        z = StudyFolder(study_dir).run(r.run_id).val_curve() if fpt is not None and np.isfinite(fpt) else None
+        if z is None:
             continue
-        with np.load(path) as z:
-            steps, tokens, loss_sum, targets = z["steps"], z["tokens"], z["loss_sum"], z["targets"]
+        steps, tokens, loss_sum, targets = z["steps"], z["tokens"], z["loss_sum"], z["targets"]
         for i in range(len(steps)):
             rows.append({"run_id": r.run_id, "arch": r.arch, "task": r.task, "params": r.params,
                          "achieved_params": r.achieved_params, "seed": r.seed, "step": int(steps[i]),
@@ -200,8 +198,8 @@ def _curve_arrays(study_dir: Path, curves: pd.DataFrame):
     """Per run: (compute (P,), loss_sum (P, N), targets (N,), params), the warm-up points dropped."""
     out = []
     for run_id, g in curves.groupby("run_id", sort=False):
-        with np.load(Path(study_dir) / "runs" / run_id / "val_curve.npz") as z:
-            loss_sum, targets = z["loss_sum"].astype(np.float64), z["targets"].astype(np.float64)
+        z = StudyFolder(study_dir).run(run_id).val_curve()
+        loss_sum, targets = z["loss_sum"].astype(np.float64), z["targets"].astype(np.float64)
         keep = (g["step"] >= FRONTIER_SKIP * g["last_step"]).to_numpy()
         out.append((g["compute"].to_numpy()[keep], loss_sum[keep], targets, float(g["achieved_params"].iloc[0])))
     return out
@@ -279,11 +277,10 @@ def alpha_vs_params(study_dir: Path, runs: pd.DataFrame, n_boot: int = 100) -> p
     """alpha of each run's per-position power law (analysis.bootstrap_fit), with its interval."""
     rows = []
     for r in runs.itertuples():
-        path = Path(study_dir) / "runs" / r.run_id / "losses.npz"
-        if getattr(r, "status", "ok") != "ok" or not path.exists():
+        folder = StudyFolder(study_dir).run(r.run_id)
+        if getattr(r, "status", "ok") != "ok" or not folder.has_losses:
             continue
-        with np.load(path) as z:
-            fit = bootstrap_fit(z["losses"], z["mask"], n_boot=n_boot, seed=int(r.seed))
+        fit = bootstrap_fit(*folder.losses(), n_boot=n_boot, seed=int(r.seed))
         rows.append({"run_id": r.run_id, "arch": r.arch, "task": r.task, "params": r.params,
                      "achieved_params": r.achieved_params, "seed": r.seed, **{k: fit.get(k) for k in (
                          "alpha", "alpha_low", "alpha_high", "L_inf", "A", "fit_status", "n_points")}})
@@ -293,9 +290,9 @@ def alpha_vs_params(study_dir: Path, runs: pd.DataFrame, n_boot: int = 100) -> p
 # -- everything, written beside the study's other tables ----------------------------------------------------
 def scaling_tables(study_dir: Path, runs: pd.DataFrame | None = None, n_boot: int = N_BOOT) -> dict[str, pd.DataFrame]:
     """Compute every scaling table of a study from its stored run folders and write them as files."""
-    study_dir = Path(study_dir)
+    study_dir, folder = Path(study_dir), StudyFolder(study_dir)
     if runs is None:
-        runs = files.read_parquet(study_dir / "runs.parquet")
+        runs = folder.read_table("runs.parquet")
     with threadpool_limits(1):  # see fit_law
         size_fits, size_points = size_law(study_dir, runs, n_boot)
         curves = load_curves(study_dir, runs[runs["status"] == "ok"] if "status" in runs else runs)
@@ -305,9 +302,9 @@ def scaling_tables(study_dir: Path, runs: pd.DataFrame | None = None, n_boot: in
         not size_fits.empty or not c_fits.empty) else pd.DataFrame()
     tables = {"fits": fits, "points": size_points, "curves": curves, "frontier": front, "n_opt": nopt,
               "alpha": alphas}
-    files.write_text(study_dir / "scaling_fits.csv", fits.to_csv(index=False))
-    files.write_text(study_dir / "scaling_points.csv", size_points.to_csv(index=False))
-    files.write_text(study_dir / "alpha_vs_params.csv", alphas.to_csv(index=False))
+    folder.write_table("scaling_fits.csv", fits)
+    folder.write_table("scaling_points.csv", size_points)
+    folder.write_table("alpha_vs_params.csv", alphas)
     if not curves.empty:
-        files.write_parquet(study_dir / "curves.parquet", curves)
+        folder.write_table("curves.parquet", curves)
     return tables

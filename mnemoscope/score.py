@@ -52,7 +52,7 @@ from .settings import N_BOOT, SCORE
 from .specs import parse_spec
 from .statistics import (bootstrap_fit, context_resolution, last_significant_octave, octave_gain, octave_gains,
                          truncation_check)
-from .store import environment, jsonable
+from .store import RunFolder, StudyFolder, environment
 from .task import Task, TokenSplit, sequences_split, split_documents
 from .windows import eval_offsets, window_batch
 
@@ -316,44 +316,46 @@ def length_buckets(losses, mask, training: int | None, n_boot: int = N_BOOT, see
     return pd.DataFrame(rows)
 
 
+ANALYSIS_TABLES = ("context", "octaves", "extrapolation_buckets")  # a scored model's runs/<id>/analysis/NAME.parquet
+
+
 def _write_run(out: Path, run_id: str, work: Path, result: dict) -> None:
     """The model's finished folder, assembled in ``work`` and moved into place whole."""
     row = {**result["row"], "run_id": run_id}
-    tmp = out / "runs" / f".tmp-{run_id}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    result["pp"].assign(run_id=run_id).to_parquet(tmp / "per_position.parquet", index=False)
-    np.savez_compressed(tmp / "losses.npz", **result["stored"])
-    (tmp / "analysis").mkdir()
-    for name in ("context", "octaves", "extrapolation_buckets"):
-        result[name].assign(run_id=run_id).to_parquet(tmp / "analysis" / f"{name}.parquet", index=False)
-    (tmp / "analysis" / "fit.json").write_text(json.dumps({**result["fit"], "run_id": run_id}, indent=1, default=jsonable))
-    (tmp / "result.json").write_text(json.dumps(row, indent=1, default=jsonable))
-    os.replace(tmp, out / "runs" / run_id)
+    runs_dir = StudyFolder(out).runs_dir
+    tmp = RunFolder(runs_dir / f".tmp-{run_id}-{os.getpid()}")
+    shutil.rmtree(tmp.path, ignore_errors=True)
+    tmp.write_per_position(result["pp"].assign(run_id=run_id))
+    tmp.write_losses(**result["stored"])
+    tmp.write_analysis("fit", {**result["fit"], "run_id": run_id},
+                       {name: result[name].assign(run_id=run_id) for name in ANALYSIS_TABLES})
+    tmp.write_row(row)
+    tmp.move_to(runs_dir / run_id)
     shutil.rmtree(work, ignore_errors=True)
 
 
 def collect(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """runs.parquet, per_position.parquet, fits.csv, context.parquet, octaves.parquet,
     extrapolation_buckets.parquet and byte_gaps.csv, rebuilt from the finished models' folders."""
-    rows, pps, fits, tables = [], [], [], {"context": [], "octaves": [], "extrapolation_buckets": []}
-    for folder in sorted(p for p in (out / "runs").iterdir() if (p / "result.json").exists()):
-        rows.append(json.loads((folder / "result.json").read_text()))
-        pps.append(pd.read_parquet(folder / "per_position.parquet"))
-        fits.append(json.loads((folder / "analysis" / "fit.json").read_text()))
+    study = StudyFolder(out)
+    rows, pps, fits, tables = [], [], [], {name: [] for name in ANALYSIS_TABLES}
+    for folder in (study.run(run_id) for run_id in study.finished()):
+        rows.append(folder.row())
+        pps.append(folder.per_position())
+        fits.append(folder.analysis_json("fit"))
         for name in tables:
-            tables[name].append(pd.read_parquet(folder / "analysis" / f"{name}.parquet"))
+            tables[name].append(folder.analysis_table(name))
     runs = pd.DataFrame(rows)
     runs = runs[[c for c in RUN_COLUMNS if c in runs] + [c for c in runs if c not in RUN_COLUMNS]]
     pp = pd.concat(pps, ignore_index=True)[POSITION_COLUMNS]
-    files.write_table(out / "runs.parquet", runs)
-    files.write_table(out / "per_position.parquet", pp)
+    study.write_table("runs.parquet", runs)
+    study.write_table("per_position.parquet", pp)
     fit_df = pd.DataFrame(fits)
     fit_df = fit_df[[c for c in FIT_COLUMNS if c in fit_df] + [c for c in fit_df if c not in FIT_COLUMNS]]
-    files.write_text(out / "fits.csv", fit_df.to_csv(index=False))
+    study.write_table("fits.csv", fit_df)
     for name, parts in tables.items():
-        files.write_parquet(out / f"{name}.parquet", pd.concat(parts, ignore_index=True))
-    files.write_text(out / "byte_gaps.csv", byte_gaps(out, runs).to_csv(index=False))
+        study.write_table(f"{name}.parquet", pd.concat(parts, ignore_index=True))
+    study.write_table("byte_gaps.csv", byte_gaps(out, runs))
     return runs, pp
 
 

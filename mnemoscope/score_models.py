@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +24,7 @@ from .model import build, check_contract, count_params
 from .registry import ARCHITECTURES
 from .runner import Study
 from .specs import is_class_path, parse_spec, spec_label
-from .store import load_run_model
+from .store import RunFolder
 from .task import Task
 from .tokenizer import token_byte_lengths
 
@@ -166,7 +165,7 @@ def load_hf(path: Path, T: int, extrapolate: bool, gguf: str | None = None) -> L
 
 def load_run(folder: Path, task: Task, task_spec: str, T: int, extrapolate: bool) -> Loaded:
     """A finished run of a study: its trained model, read through its study's tokenizer."""
-    model, row = load_run_model(folder)
+    model, row = RunFolder(folder).load_model()
     ckpt_context = int(row.get("context") or T)
     if T > ckpt_context and not (extrapolate and getattr(model, "extrapolates", False)):
         raise UserError(f"{folder} was trained at context {ckpt_context}, not {T}"
@@ -174,7 +173,7 @@ def load_run(folder: Path, task: Task, task_spec: str, T: int, extrapolate: bool
                            else "; its architecture does not take longer sequences"))
     same = row["task"] == task_spec
     loaded = Loaded(row["arch"], model, str(folder), "run", task.vocab_size if same else 0, int(row["achieved_params"]),
-                    ckpt_context, same, tokens_trained=row.get("tokens_trained"), identity=[_stamp(folder / "model.pt")],
+                    ckpt_context, same, tokens_trained=row.get("tokens_trained"), identity=[_stamp(RunFolder(folder).model_path)],
                     describe={"arch": row["arch"], "task": row["task"], "run_id": row["run_id"], "kind": "run",
                               "source": str(folder)})
     if not same:  # another tokenization: read the task's text through the run's own tokenizer
@@ -246,8 +245,8 @@ def load_model(text: str, task: Task, spec: str, T: int, extrapolate: bool = Fal
         if path.suffix.lower() != ".gguf":
             raise UserError(f"{path} is a file but not a GGUF model (.gguf); for a state dict write ARCH@{path}")
         return load_hf(path, T, extrapolate, gguf=path.name)
-    if (path / "result.json").is_file() or (path / "model.pt").is_file():
-        if not (path / "model.pt").is_file():
+    if RunFolder(path).finished or RunFolder(path).has_model:
+        if not RunFolder(path).has_model:
             raise UserError(f"{path} is a run folder without its weights (model.pt); score a run whose weights are kept")
         return load_run(path, task, spec, T, extrapolate)
     if (path / "config.json").is_file():

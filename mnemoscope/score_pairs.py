@@ -82,7 +82,7 @@ def byte_gaps(out: Path, runs: pd.DataFrame) -> pd.DataFrame:
     order = list(StudyFolder(out).config().get("archs") or [])  # the models in the order they were given
     aligned = aligned.sort_values("arch", key=lambda a: a.map(lambda x: order.index(x) if x in order else len(order)),
                                   kind="stable")
-    load = lambda rid: dict(np.load(Path(out) / "runs" / rid / "losses.npz"))  # noqa: E731
+    load = lambda rid: StudyFolder(out).run(rid).loss_arrays()  # noqa: E731
     rows = []
     base = aligned.iloc[0]
     zb = load(base["run_id"])

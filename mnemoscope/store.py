@@ -1,30 +1,19 @@
-"""A study folder on disk, as the analysis, the report and the tasks' views read it.
+"""The storage layer: every file of a study folder is read and written here, and nowhere else.
 
-Layout::
-
-    config.yaml            the fully resolved study (``--config`` on it resumes the study, in this folder)
-    environment.json       package versions, device, git commit
-    data.json              each task's splits, documents and tokens, per version of its data
-    runs/<run_id>/         one folder per finished run, moved into place atomically:
-        result.json        its row of runs.parquet
-        per_position.parquet
-        losses.npz         per-sequence, per-position losses (N, T) and the target mask
-        val_curve.npz      validation loss per sequence at log-spaced steps (loss against compute)
-        model.pt           the trained weights (state_dict; load with weights_only=True)
-        metrics.csv        Lightning's CSV log
-        analysis/          the run's stored analysis (reused by a later ``analyze``)
-        view_<name>.parquet  a task view's table computed from the model, kept
-    runs.parquet           one row per run, rebuilt from runs/*/result.json
-    per_position.parquet   tidy rows, rebuilt from runs/*/per_position.parquet
-    per_position.png, report.html, fits.csv, gaps.csv, ...
+:class:`StudyFolder` owns a study's folder (``config.yaml``, ``environment.json``, ``data.json``,
+the tables rebuilt from the runs, ``runs/``), :class:`mnemoscope.run_folder.RunFolder` one run's
+folder (``runs/<run_id>/``: its result row, losses, per-position table, validation curve, model, kept
+steps, checkpoints, stored analysis, task views). The layout, the ``format`` number
+(:data:`mnemoscope.migrations.FORMAT`) and the older layouts read through
+:mod:`mnemoscope.migrations`: docs/design.md, "The storage layer".
 """
 from __future__ import annotations
 
-import errno
 import importlib.metadata as md
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -38,40 +27,131 @@ import yaml
 
 from . import files
 from .errors import UserError
-from .model import build
-from .registry import ARCHITECTURES
+from .migrations import FORMAT, file_format, with_bytes, without_format
+# a run's folder: its own module; read through this one as well
+from .run_folder import RunFolder, disk_error, jsonable, model_from_checkpoint  # noqa: F401
 from .settings import STUDY
-from .specs import parse_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class StudyFolder:
-    """Read access to a study folder's runs: what a report section or a task's view needs."""
+    """A study folder: its files (``config.yaml``, ``environment.json``, ``data.json``, the tables),
+    and its runs (:class:`RunFolder`), read and written through this class."""
+
+    CONFIG, ENVIRONMENT, DATA, RUNS = "config.yaml", "environment.json", "data.json", "runs"
+    RUN_TABLES = ("runs.parquet", "per_position.parquet")  # rebuilt from the run folders
 
     def __init__(self, out: Path):
         self.out = Path(out)
 
     @property
     def runs_dir(self) -> Path:
-        return self.out / "runs"
+        return self.out / self.RUNS
+
+    def run(self, run_id: str) -> RunFolder:
+        return RunFolder(self.runs_dir / run_id)
+
+    def finished(self) -> list[str]:
+        """The ids of the finished runs, sorted (``.partial-*``, ``.tmp-*``: runs under way, or stopped)."""
+        if not self.runs_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.runs_dir.iterdir() if not p.name.startswith(".") and RunFolder(p).finished)
+
+    # -- config, environment, data -------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.out / self.CONFIG
 
     def config(self) -> dict[str, Any]:
-        """The raw ``config.yaml`` (an empty dict when missing or unreadable)."""
+        """The study ``config.yaml`` describes, without its ``format`` (an empty dict when missing or
+        unreadable)."""
         try:
-            d = yaml.safe_load((self.out / "config.yaml").read_text())
+            d = yaml.safe_load(self.config_path.read_text())
         except (OSError, yaml.YAMLError):
             return {}
-        return d if isinstance(d, dict) else {}
+        return without_format(d) if isinstance(d, dict) else {}
+
+    def read_config(self, missing_hint: str = "") -> Any:
+        """``config.yaml`` as a study is built from it (without ``format``): one clear line where there
+        is none (``missing_hint`` appended) or it is not YAML."""
+        if not self.config_path.is_file():
+            raise UserError(f"no study at {self.out} (no config.yaml){missing_hint}")
+        d = files.read_yaml(self.config_path)
+        return without_format(d) if isinstance(d, dict) else d
+
+    def format(self) -> int:
+        try:
+            d = yaml.safe_load(self.config_path.read_text())
+        except (OSError, yaml.YAMLError):
+            return 0
+        return file_format(d) if isinstance(d, dict) else 0
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        files.write_text(self.config_path, yaml.safe_dump({**config, "format": FORMAT}, sort_keys=False))
 
     def environment(self) -> dict[str, Any]:
         """The study's ``environment.json`` (versions, device, commit); empty when missing or unreadable."""
         try:
-            d = json.loads((self.out / "environment.json").read_text())
+            d = json.loads((self.out / self.ENVIRONMENT).read_text())
         except (OSError, ValueError):
             return {}
         return d if isinstance(d, dict) else {}
 
+    def write_environment(self) -> None:
+        """``environment.json``, once: the environment the study started in."""
+        if not (self.out / self.ENVIRONMENT).exists():
+            files.write_text(self.out / self.ENVIRONMENT, json.dumps(environment(), indent=1))
+
+    def data(self) -> dict[str, Any]:
+        """``data.json``: each task's data per data fingerprint; empty when missing or unreadable."""
+        try:
+            d = json.loads((self.out / self.DATA).read_text())
+        except (OSError, ValueError):
+            return {}
+        return d if isinstance(d, dict) else {}
+
+    def write_data(self, data: dict[str, Any]) -> None:
+        files.write_text(self.out / self.DATA, json.dumps(data, indent=1))
+
+    def keep_file(self, rel: str, src: Path) -> None:
+        """A task's file the study keeps (``Task.study_files``: e.g. a trained tokenizer, to decode the
+        runs' tokens), copied to ``rel`` unless the same bytes are there."""
+        path = self.out / rel
+        if not path.exists() or path.read_bytes() != Path(src).read_bytes():
+            files.atomic_write(path, lambda p: shutil.copyfile(src, p))
+
+    # -- the tables ---------------------------------------------------------------------------------------
+    def table(self, name: str) -> pd.DataFrame:
+        """A table of the study (``NAME.parquet`` or ``NAME.csv``); empty when it does not exist yet."""
+        return files.read_optional(self.out / name)
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        """A parquet table that must exist: one line where it is missing or corrupt."""
+        return files.read_parquet(self.out / name)
+
+    def write_table(self, name: str, df: pd.DataFrame) -> None:
+        """``NAME.parquet`` (untouched when its bytes would not change) or ``NAME.csv``."""
+        if name.endswith(".csv"):
+            files.write_text(self.out / name, df.to_csv(index=False))
+        else:
+            files.write_table(self.out / name, df)
+
+    def write_file(self, name: str, data: bytes | str) -> None:
+        """A figure (PNG) or a page (HTML) of the study, written atomically."""
+        files.atomic_write(self.out / name, lambda p: p.write_bytes(data.encode() if isinstance(data, str) else data))
+
+    def per_position(self) -> pd.DataFrame:
+        """``per_position.parquet``, its bytes columns filled for a table from before them
+        (:func:`mnemoscope.migrations.with_bytes`)."""
+        pp = self.read_table("per_position.parquet")
+        missing = {"run_id", "arch", "task", "params", "position", "loss", "ci_low", "ci_high"} - set(pp.columns)
+        if missing:
+            raise UserError(f"corrupt table {self.out / 'per_position.parquet'}: missing columns "
+                            f"{', '.join(sorted(missing))}")
+        return with_bytes(pp)
+
+    # -- what a report section or a task's view reads --------------------------------------------------
     @property
     def eval_sequences(self) -> int:
         """Test sequences each run was scored on."""
@@ -79,8 +159,7 @@ class StudyFolder:
 
     def run_losses(self, run_id: str) -> tuple[np.ndarray, np.ndarray]:
         """A run's stored per-sequence losses (N, T) in nats and target mask (N, T)."""
-        with np.load(self.runs_dir / run_id / "losses.npz") as z:
-            return z["losses"], z["mask"]
+        return self.run(run_id).losses()
 
     def stored_losses(self, runs: pd.DataFrame):
         """(row, losses, mask) for each run of ``runs`` whose losses are stored (rows as dicts)."""
@@ -92,50 +171,17 @@ class StudyFolder:
             yield r, losses, mask
 
     def load_model(self, run_id: str, device: str = "cpu") -> torch.nn.Module:
-        return load_run_model(self.runs_dir / run_id, device)[0]
+        return self.run(run_id).load_model(device)[0]
 
     def cached_table(self, run_id: str, name: str, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         """``runs/<id>/view_<name>.parquet``, computed once (e.g. from the stored model) and kept."""
-        path = self.runs_dir / run_id / f"view_{name}.parquet"
-        if path.exists():
-            return pd.read_parquet(path)
-        df = compute()
-        files.write_parquet(path, df)
-        return df
+        return self.run(run_id).cached_table(name, compute)
 
 
 def load_run_model(folder: Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild a finished run's trained model from ``runs/<run_id>/``.
-
-    ``model.pt`` is read with ``weights_only=True``: tensors and plain containers only, so a
-    tampered file cannot run code. Returns (model in eval mode, result row).
-    """
-    folder = Path(folder)
-    try:
-        row = json.loads((folder / "result.json").read_text())
-        ckpt = torch.load(folder / "model.pt", map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"{folder} is not a finished run (no result.json or model.pt)") from None
-    except Exception as exc:
-        raise UserError(f"cannot load the model of {folder}: {type(exc).__name__}: {exc}") from None
-    cls, _, _ = parse_spec(ckpt["arch"], ARCHITECTURES)
-    model = build(cls, int(ckpt["vocab_size"]), int(ckpt["context_length"]), ckpt["arch_config"])
-    model.load_state_dict(ckpt["state_dict"])
-    return model.to(device).eval(), row
-
-
-def disk_error(exc: OSError, path: Path) -> UserError:
-    """One clear line for a full disk or a folder we may not write."""
-    if exc.errno == errno.ENOSPC:
-        return UserError(f"disk full while writing {path}; finished runs and tables are intact")
-    return UserError(f"cannot write {path}: {exc.strerror or exc}")
-
-
-def jsonable(o):
-    """``json.dumps(default=...)`` for numpy scalars."""
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(type(o))
+    """Rebuild a finished run's trained model from ``runs/<run_id>/``: :meth:`RunFolder.load_model`.
+    Returns (model in eval mode, result row)."""
+    return RunFolder(folder).load_model(device)
 
 
 def environment() -> dict[str, Any]:

@@ -275,34 +275,6 @@ def byte_level_spec(spec: str) -> bool:
     return isinstance(cls, type) and issubclass(cls, TextTask) and not set(options) & set(TOKENIZATION_OPTIONS)
 
 
-def windows_inside_documents(spec: str) -> bool:
-    """Whether a task spec names text whose windows lie inside one document (``windows=document``,
-    the default of ``books``): what a study's data.json says, corrected for studies whose data.json
-    was written before it looked at the documents' spans. False when the task cannot be resolved."""
-    try:
-        cls, _, options = parse_spec(spec, TASKS)
-    except Exception:  # a plugin that cannot be imported now: nothing is known of its windows
-        return False
-    return isinstance(cls, type) and issubclass(cls, TextTask) and options.get("windows", cls.default_windows) == "document"
-
-
-def with_bytes(pp):
-    """``per_position`` rows with ``context_bytes`` and ``target_bytes`` filled where a table from
-    before these columns lacks them: a byte-level text task's position t has t+1 bytes of context
-    and 1 byte of target; every other task stays NaN (its bytes are unknown, or not text)."""
-    pp = pp.copy()
-    for col in ("context_bytes", "target_bytes"):
-        if col not in pp:
-            pp[col] = np.nan
-    missing = pp["context_bytes"].isna()
-    if missing.any():
-        byte_level = pp["task"].map({t: byte_level_spec(t) for t in pp["task"].unique()}).astype(bool)
-        fill = missing & byte_level
-        pp.loc[fill, "context_bytes"] = pp.loc[fill, "position"] + 1.0
-        pp.loc[fill, "target_bytes"] = 1.0
-    return pp
-
-
 def tokens_are(spec: str, vocab: int | None) -> str:
     """What a task's tokens are, in words: bytes, a trained BPE of N tokens, a given tokenizer."""
     tokenization = corpus_and_tokenization(spec)[1]

@@ -156,9 +156,9 @@ def test_no_default_is_written_twice():
     ("mnemoscope/cli.py", 'add_arguments(p, ScoreSettings, "batch_size")',
      'p.add_argument("--batch-size", type=int, help="windows per forward pass (default 8)")'),
     ("mnemoscope/tune.py", "trials: int = TUNE.trials", "trials: int = 30"),
-    ("mnemoscope/analysis.py", "tolerance: float = TOLERANCE,", "tolerance: float = 0.01,"),
+    ("mnemoscope/ablation.py", "tolerance: float = TOLERANCE,", "tolerance: float = 0.01,"),
     ("mnemoscope/callbacks.py", "n_sequences: int = VALIDATION_WINDOWS", "n_sequences: int = 64"),
-    ("mnemoscope/analysis.py", "level: float = LEVEL)", "level: float = 95)"),
+    ("mnemoscope/ablation.py", "level: float = LEVEL)", "level: float = 95)"),
     ("mnemoscope/report_findings.py", 'if "tolerance" in f else TOLERANCE', 'if "tolerance" in f else 0.01'),
     ("mnemoscope/report_history.py", "{N_STARTS} starts", "27 starts"),
 ])
