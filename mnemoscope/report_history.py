@@ -71,8 +71,9 @@ def context_figure(context: pd.DataFrame, fits: pd.DataFrame):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("tokens of context given (n)")
         ax.set_ylabel("loss on the same targets (nats/token)")
-        ax.set_title(wrap_title(f"{task}  (solid: truncated; dashed: beyond n shuffled; dotted: replaced)", 6.2, 9),
-                     fontsize=9)
+        words = {"truncate": "solid: truncated", "shuffle": "dashed: beyond n shuffled", "replace": "dotted: replaced"}
+        shown = "; ".join(words[v] for v in words if v in set(d["variant"]))  # only the variants scored
+        ax.set_title(wrap_title(f"{task}  ({shown})", 6.2, 9), fontsize=9)
         ax.grid(alpha=0.3)
     legend_below(fig, axes.flat)
     return fig
