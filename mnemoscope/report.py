@@ -46,6 +46,19 @@ def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 BINS_PER_OCTAVE = 4
 
 
+def _curves_panel(ax, g: pd.DataFrame, x: str, style: str, palette: dict, title: str, xlabel: str, ylabel: str):
+    """One panel of per-position curves: a line per architecture (hue) and ``style``, each with its
+    band from the runs' own intervals, on a log2 axis of context."""
+    sns.lineplot(data=g, x=x, y="loss", hue="arch", style=style, palette=palette, ax=ax, errorbar=None, linewidth=1.4)
+    for (arch, _), part in g.groupby(["arch", style]):
+        ax.fill_between(part[x], part["ci_low"], part["ci_high"], color=palette[arch], alpha=0.2, lw=0)
+    ax.set_xscale("log", base=2)
+    ax.set_title(wrap_title(title, 6.2))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
 def per_position_figure(pp: pd.DataFrame, runs: pd.DataFrame | None = None, bins_per_octave: int | None = BINS_PER_OCTAVE):
     """One facet per task: loss against position (log x), a line per architecture, a dash style
     per size, and 95% bootstrap bands (over sequences) from the stored ci columns.
@@ -72,15 +85,8 @@ def per_position_figure(pp: pd.DataFrame, runs: pd.DataFrame | None = None, bins
         d = pp[pp["task"] == task]
         # average seeds of one arch x size; bands from the runs' own intervals
         g = d.groupby(["arch", "size", "params", "context tokens"], as_index=False)[["loss", "ci_low", "ci_high"]].mean()
-        sns.lineplot(data=g, x="context tokens", y="loss", hue="arch", style="size", palette=palette, ax=ax,
-                     errorbar=None, linewidth=1.4)
-        for (arch, size), part in g.groupby(["arch", "size"]):
-            ax.fill_between(part["context tokens"], part["ci_low"], part["ci_high"], color=palette[arch], alpha=0.2, lw=0)
-        ax.set_xscale("log", base=2)
-        ax.set_title(wrap_title(task, 6.2))
-        ax.set_xlabel("tokens of context (position + 1)")
-        ax.set_ylabel("test loss (nats/token)")
-        ax.grid(alpha=0.3)
+        _curves_panel(ax, g, "context tokens", "size", palette, task, "tokens of context (position + 1)",
+                      "test loss (nats/token)")
     for ax in list(axes.flat)[len(tasks):]:
         ax.set_visible(False)
     legend_below(fig, axes.flat)
@@ -159,15 +165,8 @@ def bytes_figure(pp: pd.DataFrame, bins_per_octave: int = BINS_PER_OCTAVE, archs
     for ax, corpus in zip(axes.flat, corpora):
         d = pp[pp["corpus"] == corpus]
         g = d.groupby(["arch", "tokens", "bin"], as_index=False)[["loss", "ci_low", "ci_high", "context_bytes"]].mean()
-        sns.lineplot(data=g, x="context_bytes", y="loss", hue="arch", style="tokens", palette=palette, ax=ax,
-                     errorbar=None, linewidth=1.4)
-        for (arch, _), part in g.groupby(["arch", "tokens"]):
-            ax.fill_between(part["context_bytes"], part["ci_low"], part["ci_high"], color=palette[arch], alpha=0.2, lw=0)
-        ax.set_xscale("log", base=2)
-        ax.set_title(wrap_title(corpus, 6.2))
-        ax.set_xlabel("bytes of context (mean over the test windows)")
-        ax.set_ylabel("test loss (bits/byte)")
-        ax.grid(alpha=0.3)
+        _curves_panel(ax, g, "context_bytes", "tokens", palette, corpus, "bytes of context (mean over the test windows)",
+                      "test loss (bits/byte)")
     for ax in list(axes.flat)[len(corpora):]:
         ax.set_visible(False)
     legend_below(fig, axes.flat)
