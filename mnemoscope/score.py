@@ -52,7 +52,7 @@ from .settings import N_BOOT, SCORE
 from .specs import parse_spec
 from .statistics import (bootstrap_fit, context_resolution, last_significant_octave, octave_gain, octave_gains,
                          truncation_check)
-from .store import RunFolder, StudyFolder, environment
+from .store import RunFolder, StudyFolder
 from .task import Task, TokenSplit, sequences_split, split_documents
 from .windows import eval_offsets, window_batch
 
@@ -383,8 +383,7 @@ def score(models: list[str], s: Settings, out: Path, log=print) -> pd.DataFrame:
         config["score"]["models"] = {**(earlier if isinstance(earlier, dict) else {}), **config["score"]["models"]}
         config["params"] = list(dict.fromkeys(old.get("params", []) + config["params"]))
     files.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    if not (out / "environment.json").exists():
-        files.write_text(out / "environment.json", json.dumps(environment(), indent=1))
+    StudyFolder(out).write_environment()
     data = task.data_fingerprint()
     for x in loaded:
         run_id = _run_id(x, s, data)
