@@ -97,13 +97,14 @@ class MoEBlock(nn.Module):
 class MoETransformer(Transformer):
     """Transformer with top-k routed expert MLPs (default 8 experts, top 2); reports active and total params."""
 
+    version = None  # GPT-2's attention (no convolution), as before the transformer's version 2
     shape_space = {"n_layer": [1, 2, 3, 4, 6]}  # depths `study.py tune` tries, as for the transformer
 
     def __init__(self, vocab_size: int, context_length: int, d_model: int = 128, n_layer: int = 4,
                  n_head: int | None = None, n_expert: int = 8, top_k: int = 2, expert_ratio: int = 2,
                  balance_coef: float = 0.01, pos: str = "rotary"):
         # the transformer's embeddings, positions, final norm and forward; blocks replaced below
-        super().__init__(vocab_size, context_length, d_model=d_model, n_layer=0, n_head=n_head, pos=pos)
+        super().__init__(vocab_size, context_length, d_model=d_model, n_layer=0, n_head=n_head, pos=pos, conv=0)
         self.n_layer, self.n_expert, self.top_k = n_layer, n_expert, top_k
         self.blocks = nn.ModuleList(
             MoEBlock(d_model, self.n_head, n_expert=n_expert, top_k=top_k, hidden=expert_ratio * d_model,

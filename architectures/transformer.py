@@ -1,4 +1,15 @@
-"""GPT-style decoder: pre-LayerNorm blocks, causal scaled_dot_product_attention.
+"""Decoder-only transformers: pre-LayerNorm blocks, causal scaled_dot_product_attention.
+
+``transformer`` adds to GPT-2's block one thing: Primer's depthwise causal convolution (So et al.
+2021, "multi-dconv-head attention") over the last ``conv`` = 3 positions of each query, key and
+value channel. With it the key of a pair reaches the position of its value inside one layer, so
+associative recall becomes a single attention lookup instead of the two-layer induction circuit;
+at this project's CPU budgets that is the difference between a transformer that recalls at every
+distance on every seed and one that, like the LSTM, fails past 16 tokens (docs/architectures.md has
+the ablation and its numbers, results/recall-ablation the runs). The convolution sees 2 tokens
+back per layer; every longer reach is still attention's. ``transformer_gpt2`` (``conv=0``) is
+GPT-2's recipe unchanged, the one Kaplan et al. 2020 used and every study committed before this
+change trained under the name ``transformer``.
 
 Positions are rotary by default, which also lets the model score sequences longer than its
 training context; ``pos="learned"`` gives GPT-2's learned absolute embeddings (as in Kaplan et
@@ -36,15 +47,23 @@ def apply_rotary(x, cos, sin):  # x: (B, H, T, hd)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_head: int):
+    """Multi-head causal attention; ``conv`` > 0: Primer's depthwise causal convolution of that many
+    positions over every query, key and value channel, after their projection (0: none, GPT-2)."""
+
+    def __init__(self, d_model: int, n_head: int, conv: int = 0):
         super().__init__()
         self.n_head = n_head
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
+        self.conv = nn.Conv1d(3 * d_model, 3 * d_model, conv, groups=3 * d_model, padding=conv - 1,
+                              bias=False) if conv else None
 
     def forward(self, x, rotary=None, attn_mask=None):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
+        qkv = self.qkv(x)  # (B, T, 3C)
+        if self.conv is not None:  # causal: the left padding's outputs are kept, the right ones dropped
+            qkv = self.conv(qkv.transpose(1, 2))[..., :T].transpose(1, 2)
+        q, k, v = qkv.split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
@@ -56,10 +75,10 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, d_model: int, n_head: int, mlp_ratio: int):
+    def __init__(self, d_model: int, n_head: int, mlp_ratio: int, conv: int = 0):
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
-        self.attn = CausalSelfAttention(d_model, n_head)
+        self.attn = CausalSelfAttention(d_model, n_head, conv)
         self.ln2 = nn.LayerNorm(d_model)
         self.fc = nn.Linear(d_model, mlp_ratio * d_model)
         self.proj = nn.Linear(mlp_ratio * d_model, d_model)
@@ -71,26 +90,35 @@ class Block(nn.Module):
 
 @register_architecture("transformer")
 class Transformer(Architecture):
-    """GPT-2-style decoder. Non-embedding parameters ~ 12 * n_layer * d_model^2."""
+    """GPT-2 block with Primer's 3-tap convolutions on q, k, v; rotary. Non-embedding params ~ 12 * n_layer * d_model^2."""
 
+    #: enters the run id (mnemoscope.config.RunSpec.run_id): runs of the GPT-2 recipe, trained under
+    #: this name before the convolutions came, are not taken for runs of this one
+    version = "2"
     width_key = "d_model"
     width_multiple = 8
     shape_space = {"n_layer": [1, 2, 3, 4, 6]}  # depths `study.py tune` tries
     default_hparams = {"lr": 3e-3, "warmup_fraction": 0.05}  # best of 1e-3, 3e-3, 6e-3 at 300k params, 1M tokens
 
     def __init__(self, vocab_size: int, context_length: int, d_model: int = 128, n_layer: int = 4,
-                 n_head: int | None = None, mlp_ratio: int = 4, pos: str = "rotary"):
+                 n_head: int | None = None, mlp_ratio: int = 4, pos: str = "rotary", conv: int = 3,
+                 rotary_fraction: float = 1.0):
         super().__init__()
         if pos not in ("learned", "rotary"):
             raise ValueError(f"pos must be 'learned' or 'rotary', not {pos!r}")
+        if isinstance(rotary_fraction, bool) or not isinstance(rotary_fraction, (int, float)) or not 0 <= rotary_fraction <= 1:
+            raise ValueError(f"rotary_fraction must be in [0, 1] (the share of each head's dimensions rotated), not {rotary_fraction!r}")
+        if isinstance(conv, bool) or not isinstance(conv, int) or conv < 0:
+            raise ValueError(f"conv must be a whole number of positions (0: none), not {conv!r}")
         n_head = n_head or self.heads_for(d_model)
         if d_model % n_head:
             raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
         self.context_length, self.d_model, self.n_layer, self.n_head, self.pos = context_length, d_model, n_layer, n_head, pos
+        self.conv, self.rotary_fraction = conv, float(rotary_fraction)
         self.extrapolates = pos == "rotary"
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(context_length, d_model) if pos == "learned" else None
-        self.blocks = nn.ModuleList(Block(d_model, n_head, mlp_ratio) for _ in range(n_layer))
+        self.blocks = nn.ModuleList(Block(d_model, n_head, mlp_ratio, conv) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.head.weight = self.tok_emb.weight  # tied
@@ -136,7 +164,8 @@ class Transformer(Architecture):
                 raise ValueError(f"learned positions cover {self.context_length} tokens, got {T}; use pos='rotary' to extrapolate")
             x = x + self.pos_emb(torch.arange(T, device=tokens.device))
         else:
-            rotary = rotary_tables(T, self.d_model // self.n_head, tokens.device)
+            head = self.d_model // self.n_head  # the first rotary_fraction of each head's dimensions rotate
+            rotary = rotary_tables(T, 2 * int(head * self.rotary_fraction / 2), tokens.device)
         for block in self.blocks:
             x = block(x, rotary, attn_mask)
         return self.ln_f(x)  # (B, T, C)
@@ -145,4 +174,16 @@ class Transformer(Architecture):
         return [self.tok_emb.weight] + ([self.pos_emb.weight] if self.pos_emb is not None else [])
 
     def state_size(self, seq_len: int) -> int:
-        return 2 * self.n_layer * self.d_model * seq_len  # keys and values, every layer, every position
+        # keys and values, every layer, every position; the convolutions' last conv - 1 inputs of q, k, v
+        return self.n_layer * self.d_model * (2 * seq_len + 3 * max(0, self.conv - 1))
+
+
+@register_architecture("transformer_gpt2")
+class TransformerGPT2(Transformer):
+    """GPT-2's decoder as Kaplan et al. 2020 trained it (no convolution); rotary unless pos=learned."""
+
+    version = None  # its runs' ids are those of `transformer` before version 2, under this name
+
+    def __init__(self, vocab_size: int, context_length: int, d_model: int = 128, n_layer: int = 4,
+                 n_head: int | None = None, mlp_ratio: int = 4, pos: str = "rotary", conv: int = 0):
+        super().__init__(vocab_size, context_length, d_model, n_layer, n_head, mlp_ratio, pos, conv)

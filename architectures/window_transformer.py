@@ -2,9 +2,10 @@
 as in Longformer / Mistral): the controlled ablation of how far attention reaches.
 
 It is ``architectures.transformer.Transformer`` unchanged, given a banded causal mask: same
-blocks, same parameters, same size matching. One layer sees ``window`` tokens (itself
-included); information can still hop back ``window - 1`` tokens per layer, so the whole stack's
-receptive field is ``n_layer * (window - 1) + 1`` tokens.
+blocks, same parameters, same size matching. One layer's attention sees ``window`` tokens (itself
+included) and its convolutions (the transformer's ``conv``, 3) mix each query, key and value with
+the ``conv - 1`` before it; information can so hop back ``window + conv - 2`` tokens per layer, and
+the whole stack's receptive field is ``n_layer * (window + conv - 2) + 1`` tokens.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class WindowTransformer(Transformer):
     @property
     def receptive_field(self) -> int:
         """Tokens that can influence one prediction through the whole stack, the current one included."""
-        return self.n_layer * (self.window - 1) + 1
+        return self.n_layer * (self.window - 1 + max(0, self.conv - 1)) + 1
 
     def features(self, tokens: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         T = tokens.shape[1]
@@ -45,4 +46,5 @@ class WindowTransformer(Transformer):
         return super().features(tokens, attn_mask=banded_causal_mask(T, self.window, tokens.device))
 
     def state_size(self, seq_len: int) -> int:
-        return 2 * self.n_layer * self.d_model * min(seq_len, self.window)  # a KV cache of the last `window` tokens
+        # a KV cache of the last `window` tokens, and the convolutions' last inputs (Transformer.state_size)
+        return self.n_layer * self.d_model * (2 * min(seq_len, self.window) + 3 * max(0, self.conv - 1))

@@ -131,16 +131,20 @@ class RunSpec:
     params: int
     seed: int
 
-    def run_id(self, study: StudyConfig, data: str | None = None) -> str:
+    def run_id(self, study: StudyConfig, data: str | None = None, arch_version: str | None = None) -> str:
         """``arch-task-size-sSEED-digest``: the digest covers everything that decides the run's
         numbers, the task's ``data`` fingerprint (:meth:`mnemoscope.task.Task.data_fingerprint`)
         included, so changed data means a new run. ``data=None`` gives the id of a run recorded
-        before data fingerprints were (its folder is recognised by it; its label from the file name)."""
+        before data fingerprints were (its folder is recognised by it; its label from the file name).
+        ``arch_version``: the architecture class's ``version`` where it has one (a changed built-in,
+        such as the transformer's convolutions, is a new run; None keeps every older id)."""
         key = [self.arch, self.task, self.params, self.seed, study.context, study.tokens, study.batch_size,
                study.eval_sequences, study.hparams.get(self.arch, {}), study.val_every_tokens]
         legacy = lambda s: Path(s.split(":")[0]).stem if s.endswith(".py") or "/" in s else s.replace(":", "_")
         label = legacy if data is None else lambda s: spec_label(s) if is_class_path(s) else legacy(s)
-        digest = hashlib.sha256(json.dumps(key if data is None else [*key, data]).encode()).hexdigest()[:8]
+        key = key if data is None else [*key, data]
+        key = key if arch_version is None else [*key, {"arch_version": arch_version}]
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]
         safe = lambda s: re.sub(r"[^A-Za-z0-9]+", "", label(s))[:24]
         return f"{safe(self.arch)}-{safe(self.task)}-{format_count(self.params)}-s{self.seed}-{digest}"
 

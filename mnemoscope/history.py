@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .bootstrap import LEVEL
+from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from .evaluate import bootstrap_ci
 from .settings import N_BOOT, STUDY
 from .store import RunFolder
@@ -163,3 +163,43 @@ def still_learning(steps: pd.DataFrame, threshold: float = STILL_LEARNING) -> di
             if fall > threshold:
                 out[run_id] = float(fall)
     return out
+
+
+def phase_change(steps: list[dict], threshold: float, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+    """When a run starts using its history on a probe (Olsson et al. 2022's phase change): the
+    training tokens at which the mean loss on the scored targets falls below ``threshold`` (half of
+    the loss of a model that cannot see the answer's source, e.g. ln(symbols) / 2 on copy).
+
+    ``steps``: the run's kept steps (:func:`read_steps`). At each, the mean scored loss with a
+    bootstrap interval over windows. ``low``: the tokens of the last kept step whose interval lies
+    wholly above the threshold before the first that lies wholly below; ``high``: that first step's
+    tokens; ``tokens``: the crossing of the means, interpolated on log tokens between the kept steps
+    around it. ``status``: "crossed"; "none" (the last kept step is not wholly below: no phase
+    change within the run's budget); "before" (already below at the first kept step: it happened
+    earlier than ``high``)."""
+    rows = []
+    for s in steps:
+        m = np.asarray(s["mask"], np.float64)
+        per = (np.asarray(s["losses"], np.float64) * m).sum(1)
+        w = m.sum(1)
+        idx = bootstrap_indices(len(per), n_boot, seed)
+        lo, hi = percentile_interval(per[idx].sum(1) / np.maximum(w[idx].sum(1), 1e-12), axis=None)
+        rows.append((int(s["tokens"]), float(per.sum() / max(w.sum(), 1e-12)), float(lo), float(hi)))
+    rows.sort()
+    out = {"threshold": float(threshold), "steps": len(rows), "status": "none", "tokens": float("nan"),
+           "low": float("nan"), "high": float("nan"),
+           "final_loss": rows[-1][1] if rows else float("nan"), "final_low": rows[-1][2] if rows else float("nan"),
+           "final_high": rows[-1][3] if rows else float("nan")}
+    below = [i for i, r in enumerate(rows) if r[3] < threshold]
+    if not rows or not below or rows[-1][3] >= threshold:
+        return out
+    first = below[0]
+    above = [i for i, r in enumerate(rows[:first]) if r[2] > threshold]
+    if not above:
+        return {**out, "status": "before", "high": float(rows[first][0])}
+    a = above[-1]
+    cross = next(i for i in range(a + 1, first + 1) if rows[i][1] < threshold)  # the means cross here
+    (t0, l0, _, _), (t1, l1, _, _) = rows[cross - 1], rows[cross]
+    frac = (l0 - threshold) / (l0 - l1) if l0 != l1 else 1.0
+    tokens = 2 ** (math.log2(t0) + frac * (math.log2(t1) - math.log2(t0)))
+    return {**out, "status": "crossed", "tokens": float(tokens), "low": float(rows[a][0]), "high": float(rows[first][0])}

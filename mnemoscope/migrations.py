@@ -28,6 +28,9 @@ in runs/<id>/analysis/
 windows inside documents          books-long (its data.json, written before the documents'
 in data.json                      spans were looked at, says windows may cross documents)
 whole names in the default name   none (a study made before is found by rerunning its command)
+the transformer's convolutions    hf-families, modalities, scaling-text (their ``transformer``
+in a transformer's weights        is GPT-2's recipe, today ``transformer_gpt2``: it is built
+                                  so, :func:`transformer_before_convolutions`)
 ================================  ===========================================================
 """
 from __future__ import annotations
@@ -54,6 +57,17 @@ def without_format(config: dict[str, Any]) -> dict[str, Any]:
     """A ``config.yaml`` mapping without its ``format``: the study it describes (the study's
     identity, its name's digest and :class:`mnemoscope.config.StudyConfig` know no format)."""
     return {k: v for k, v in config.items() if k != "format"}
+
+
+def transformer_before_convolutions(config: dict[str, Any], state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The config to build a stored ``transformer`` (or ``window_transformer``) from: one trained
+    before the architecture's version 2 has no convolution weights in its ``state_dict`` and was
+    GPT-2's recipe, so it is built with ``conv=0`` (``transformer_gpt2``); any other is unchanged."""
+    if "conv" in config or not any(k.endswith(".attn.qkv.weight") for k in state_dict):
+        return config
+    if any(k.endswith(".attn.conv.weight") for k in state_dict):
+        return config
+    return {**config, "conv": 0}
 
 
 def predates_data_fingerprint(row: dict[str, Any]) -> bool:

@@ -59,6 +59,10 @@ class Architecture(nn.Module):
     default_hparams: dict[str, Any] = {}
     #: True if the model accepts sequences longer than ``context_length`` at evaluation time.
     extrapolates: bool = False
+    #: an architecture changed under the same name (the built-in transformer's version "2": Primer's
+    #: convolutions) says so here; it enters the run id, so a study made before trains the new one
+    #: instead of taking the old run for it. None: run ids as they always were.
+    version: str | None = None
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters without (``non_embedding``) or with the token and position embeddings. Default:

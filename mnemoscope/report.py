@@ -212,8 +212,38 @@ def headline_table(out: Path, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def study_tasks(out: Path, runs: pd.DataFrame) -> dict[str, Task]:
+    """The study's tasks that draw something of their own (a view, a headline, a finding), built from
+    its config.yaml, in the study's task order; a plugin that cannot be imported now is left out."""
+    order = list(StudyFolder(out).config().get("tasks") or [])
+    try:
+        study = Study.from_folder(out)
+    except UserError:
+        return {}
+    tasks = {}
+    for spec in dict.fromkeys([t for t in order if t in set(runs["task"])] + list(runs["task"])):
+        try:
+            cls = parse_spec(spec, TASKS)[0]
+            if isinstance(cls, type) and issubclass(cls, Task):
+                tasks[spec] = study.task(spec)
+        except Exception:  # noqa: BLE001 - a plugin that cannot be imported or built draws nothing
+            continue
+    return tasks
+
+
+def task_findings(out: Path, runs: pd.DataFrame) -> dict[str, str]:
+    """spec -> the sentence a task adds to the findings (``Task.report_findings``)."""
+    sentences = {}
+    for spec, task in study_tasks(out, runs).items():
+        try:
+            sentences[spec] = task.report_findings(StudyFolder(out), runs[runs["task"] == spec])
+        except (UserError, OSError, ValueError, KeyError) as exc:
+            sentences[spec] = f"(not measured: {type(exc).__name__}: {exc})"
+    return sentences
+
+
 def findings_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
-    return [("Findings", findings_html(findings(out, runs)) + paragraph(
+    return [("Findings", findings_html(findings(out, runs, task_findings(out, runs))) + paragraph(
         "Generated from this study's tables (<code>runs.parquet</code>, <code>fits.csv</code>, <code>gaps.csv</code>): "
         f"gaps are paired on the same test sequences with {LEVEL}% bootstrap intervals over sequences (a gap that <i>loses "
         "ground</i> rises with context: the model falls further behind, or its lead shrinks); effective context: the "
@@ -228,6 +258,10 @@ def curves_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
     StudyFolder(out).write_file("per_position.png", png)
     figures = [img_tag(png, "per-position loss")]
     wide = ' style="flex-basis:100%"' if runs["task"].nunique() > 1 else ""  # side by side: one panel each
+    headline = headline_figure(out, runs)
+    if headline is not None:  # the page opens with it, the per-position loss beside it
+        figures.insert(0, img_tag(headline[0], headline[1]) + f"<p>{html.escape(headline[1])}</p>")
+        wide = ""
     baseline = gap_baseline(out, runs)
     fig = gap_figure(out, runs, baseline) if baseline else None
     if fig is not None:
@@ -245,6 +279,19 @@ def curves_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
                 "intervals over sequences (the noise the two share cancels, so differences the first figure's "
                 "overlapping bands hide show here; <code>study.py compare</code> draws it across studies)."
                 if len(figures) > 1 else "") + "</p>")]
+
+
+def headline_figure(out: Path, runs: pd.DataFrame) -> tuple[bytes, str] | None:
+    """(PNG, caption) of the first task of the study that opens the page with a figure of its own
+    (``Task.report_headline``: the recall probe's accuracy against distance); None where none does."""
+    for spec, task in study_tasks(out, runs).items():
+        try:
+            made = task.report_headline(StudyFolder(out), runs[runs["task"] == spec])
+        except (UserError, OSError, ValueError, KeyError):
+            continue
+        if made is not None:
+            return made
+    return None
 
 
 def last_octave_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
@@ -366,7 +413,7 @@ def summary_lines(out: Path) -> list[str]:
         return []
     table = summary_table(runs, StudyFolder(out).table("fits.csv"), StudyFolder(out).table("gaps.csv"),
                           flags(out, runs))
-    return ["findings:", *findings_lines(findings(out, runs)),
+    return ["findings:", *findings_lines(findings(out, runs, task_findings(out, runs))),
             "summary (test loss in nats per token; effective context in tokens; gap: test loss minus the baseline's "
             f"on the same test sequences, all positions; [{LEVEL}% intervals]):",
             *("  " + line for line in table.to_string(index=False).splitlines()),
@@ -393,26 +440,30 @@ def task_sections(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple
     """One section per task of the study that draws a view of its own (``Task.report_view``),
     in the study's task order."""
     folder = StudyFolder(out)
-    order = list(folder.config().get("tasks") or [])
-    try:
-        study = Study.from_folder(out)
-    except UserError:
-        return []
     sections = []
-    for spec in dict.fromkeys([t for t in order if t in set(runs["task"])] + list(runs["task"])):
-        try:
-            cls = parse_spec(spec, TASKS)[0]
-        except Exception:  # a plugin task that cannot be imported now draws no view
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, Task)) or cls.report_view is Task.report_view:
+    for spec, task in study_tasks(out, runs).items():
+        if type(task).report_view is Task.report_view:
             continue
         try:
-            task = study.task(spec)
             body = task.report_view(folder, runs[runs["task"] == spec], pp[pp["task"] == spec])
         except (UserError, OSError, ValueError, KeyError) as exc:
             body = paragraph(f"(view not drawn: {html.escape(type(exc).__name__ + ': ' + str(exc))})")
         if body:
-            sections.append((f"Task {spec}: {cls.view_title or 'view'}", body))
+            sections.append((f"Task {spec}: {type(task).view_title or 'view'}", body))
+    return sections
+
+
+def through_training_sections(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
+    """What a task adds to the through-training section (``Task.report_through_training``: the probes'
+    phase change), one section per task that draws it."""
+    sections = []
+    for spec, task in study_tasks(out, runs).items():
+        try:
+            body = task.report_through_training(StudyFolder(out), runs[runs["task"] == spec])
+        except (UserError, OSError, ValueError, KeyError) as exc:
+            body = paragraph(f"(not drawn: {html.escape(type(exc).__name__ + ': ' + str(exc))})")
+        if body:
+            sections.append((f"Phase change on {spec}: when each model starts using its history", body))
     return sections
 
 
@@ -426,6 +477,7 @@ SECTIONS: list[Section] = [
     task_sections,  # each task's own view
     report_history.report_section,  # how much history: effective context, fits, extrapolation (study.py analyze)
     report_growth.report_section,  # how context use grows with training: kept steps, ICL score, law (--history)
+    through_training_sections,  # the probes' phase change, from the kept steps
     report_scaling.report_section,  # L(N), L(C), frontier, alpha(N), tuning: only for size sweeps
 ]
 TAIL: list[Section] = [runs_section, data_page_section, settings_sections]

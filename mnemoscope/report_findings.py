@@ -57,10 +57,11 @@ def _names(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def findings(out: Path, runs: pd.DataFrame) -> list[tuple[str, str]]:
-    """[(heading, sentence)], plain text: per task, the ranking by test loss, the effective
-    contexts, the gaps to the baseline that grow and those that do not; then the runs flagged and
-    whether any curve still falls over its last octave."""
+def findings(out: Path, runs: pd.DataFrame, task_sentences: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """[(heading, sentence)], plain text: per task, the ranking by test loss, the task's own
+    sentence (``task_sentences``: spec -> text, from ``Task.report_findings``, e.g. where recall
+    falls below half), the effective contexts, the gaps to the baseline that grow and those that do
+    not; then the runs flagged and whether any curve still falls over its last octave."""
     out = Path(out)
     if runs.empty:
         return []
@@ -80,6 +81,8 @@ def findings(out: Path, runs: pd.DataFrame) -> list[tuple[str, str]]:
             seeds = f" (mean of {top['seed'].nunique()} seeds)" if top["seed"].nunique() > 1 else ""
             ranked = [f"{labels[a]} {v:.3f}" for a, v in mean.items()]
             parts.append(f"test loss{size}{seeds}, lowest first: {', '.join(ranked)} nats/token.")
+        if (task_sentences or {}).get(task):
+            parts.append(task_sentences[task])
         f = fits[fits["task"] == task] if not fits.empty and "effective_context" in fits else pd.DataFrame()
         if not f.empty:
             f = f[f["params"] == f["params"].max()]

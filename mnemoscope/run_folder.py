@@ -18,7 +18,7 @@ import torch
 
 from . import files
 from .errors import UserError
-from .migrations import ANALYSIS_TABLES_ADDED_LATER, FORMAT, file_format, without_format
+from .migrations import ANALYSIS_TABLES_ADDED_LATER, FORMAT, file_format, transformer_before_convolutions, without_format
 from .model import build
 from .registry import ARCHITECTURES
 from .specs import parse_spec
@@ -274,7 +274,10 @@ class RunFolder:
 def model_from_checkpoint(ckpt: dict[str, Any], device: str = "cpu") -> torch.nn.Module:
     """The model a ``model.pt`` describes, with its weights, in eval mode."""
     cls, _, _ = parse_spec(ckpt["arch"], ARCHITECTURES)
-    model = build(cls, int(ckpt["vocab_size"]), int(ckpt["context_length"]), ckpt["arch_config"])
+    config = ckpt["arch_config"]
+    if getattr(cls, "version", None) == "2":  # the transformer's convolutions (mnemoscope.migrations)
+        config = transformer_before_convolutions(config, ckpt["state_dict"])
+    model = build(cls, int(ckpt["vocab_size"]), int(ckpt["context_length"]), config)
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
 

@@ -122,13 +122,16 @@ class Study:
         """The run's folder name in ``runs/``: :meth:`RunSpec.run_id` with its task's data fingerprint.
         A run finished before ids held the data keeps the id it had then
         (:func:`mnemoscope.migrations.predates_data_fingerprint`)."""
-        legacy = self.folder.run(run.run_id(self.config))
-        try:
-            if predates_data_fingerprint(legacy.row()):
-                return legacy.run_id
-        except (OSError, ValueError):
-            pass
-        return run.run_id(self.config, self.task(run.task).data_fingerprint())
+        cls = parse_spec(run.arch, ARCHITECTURES)[0]
+        version = getattr(cls, "version", None)
+        if version is None:  # a changed architecture (a version) never reuses a run from before ids held data
+            legacy = self.folder.run(run.run_id(self.config))
+            try:
+                if predates_data_fingerprint(legacy.row()):
+                    return legacy.run_id
+            except (OSError, ValueError):
+                pass
+        return run.run_id(self.config, self.task(run.task).data_fingerprint(), version)
 
     def batch_size(self, context_length: int) -> int:
         """The study's batch size for a task of this context length (auto: about 1000 steps)."""

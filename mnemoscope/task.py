@@ -190,6 +190,21 @@ class Task:
         ``runs.parquet`` and ``per_position.parquet``. The default draws none ('')."""
         return ""
 
+    def report_headline(self, folder, runs) -> tuple[bytes, str] | None:
+        """(PNG, caption) of a figure the page opens with, beside the per-position loss (the recall
+        probe's accuracy against distance); None: none (the default)."""
+        return None
+
+    def report_findings(self, folder, runs) -> str:
+        """A sentence the study's findings add for this task (the recall probe's distance at which
+        recall falls below half, and the state each model carries); '' (the default): none."""
+        return ""
+
+    def report_through_training(self, folder, runs) -> str:
+        """HTML the page adds after its through-training section, from the runs' kept steps (the
+        probes' phase change); '' (the default): none."""
+        return ""
+
 
 # -- caching with a checksum ----------------------------------------------------------------
 def _sha256(path: Path) -> str:

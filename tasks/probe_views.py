@@ -10,9 +10,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mnemoscope.bootstrap import LEVEL, cluster_ci
+from mnemoscope.bootstrap import LEVEL, bootstrap_indices, cluster_ci, percentile_interval
 from mnemoscope.evaluate import greedy_hits
 from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
+from mnemoscope.history import phase_change
+from mnemoscope.settings import N_BOOT
+from mnemoscope.specs import format_count
 from mnemoscope.store import StudyFolder
 from mnemoscope.windows import scored_windows, window_tokens
 
@@ -69,14 +72,118 @@ def _distance_plot(ax, table: pd.DataFrame, value: str, palette: dict) -> None:
     ax.grid(alpha=0.3)
 
 
-def recall_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -> str:
-    spec = str(runs["task"].iloc[0])
+def recall_queries(task, folder: StudyFolder, runs: pd.DataFrame) -> pd.DataFrame:
+    """Every scored query of every run: model, unit (run and sequence), distance, loss, correct,
+    accuracy; computed once per run from its stored model (``runs/<id>/view_recall.parquet``)."""
     parts = []
     for _, r in label_runs(runs).iterrows():
         df = folder.cached_table(r["run_id"], "recall", lambda: recall_eval(folder, r["run_id"], task))
-        parts.append(df.assign(model=r["model"], unit=r["run_id"] + ":" + df["sequence"].astype(str)))
+        parts.append(df.assign(model=r["model"], arch=r["arch"], params=r["params"], run_id=r["run_id"],
+                               unit=r["run_id"] + ":" + df["sequence"].astype(str)))
     queries = pd.concat(parts, ignore_index=True)
     queries["accuracy"] = queries["correct"].astype(float)
+    return queries
+
+
+def half_distance(distances: np.ndarray, accuracy: np.ndarray, level: float = 0.5) -> np.ndarray:
+    """The distance at which recall accuracy first falls below ``level``: interpolated on a log2
+    axis between the last distance at or above it and the first below (``accuracy`` (..., D) at
+    the increasing ``distances`` (D,)). The smallest distance where it starts below; inf where it
+    never falls below within the distances measured."""
+    acc = np.atleast_2d(np.asarray(accuracy, dtype=float))
+    x = np.log2(np.asarray(distances, dtype=float))
+    below = acc < level
+    first = np.where(below.any(-1), below.argmax(-1), -1)
+    out = np.full(acc.shape[0], np.inf)
+    for i, j in enumerate(first):
+        if j == 0:
+            out[i] = distances[0]
+        elif j > 0:
+            a0, a1 = acc[i, j - 1], acc[i, j]
+            out[i] = 2 ** (x[j - 1] + (x[j] - x[j - 1]) * (a0 - level) / (a0 - a1))
+    return out if np.ndim(accuracy) > 1 else out[:1]
+
+
+def recall_half_table(queries: pd.DataFrame, seed: int = 0, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """Per model: the distance at which its recall falls below half (:func:`half_distance`) with a
+    {LEVEL}% bootstrap interval over test sequences (whole sequences resampled, every distance
+    recomputed from the same draw), its accuracy at the longest distance, and the distances measured."""
+    rows = []
+    for m, g in queries.groupby("model", sort=False):
+        dists = np.sort(g["distance"].unique())
+        units, inv = np.unique(g["unit"], return_inverse=True)
+        col = np.searchsorted(dists, g["distance"].to_numpy())
+        hit = np.zeros((len(units), len(dists)))
+        n = np.zeros((len(units), len(dists)))
+        np.add.at(hit, (inv, col), g["accuracy"].to_numpy())
+        np.add.at(n, (inv, col), 1.0)
+        point = half_distance(dists, hit.sum(0) / np.maximum(n.sum(0), 1))[0]
+        idx = bootstrap_indices(len(units), n_boot, seed)
+        draws = half_distance(dists, hit[idx].sum(1) / np.maximum(n[idx].sum(1), 1))
+        lo, hi = percentile_interval(np.where(np.isinf(draws), 2.0 * dists[-1], draws), axis=None)
+        rows.append({"model": m, "arch": g["arch"].iloc[0], "params": int(g["params"].iloc[0]),
+                     "half_distance": point, "half_low": float(lo), "half_high": float(hi),
+                     "never_below_half": bool(np.isinf(point)), "longest_distance": int(dists[-1]),
+                     "shortest_distance": int(dists[0]), "accuracy_shortest": float(hit[:, 0].sum() / max(n[:, 0].sum(), 1)),
+                     "accuracy_longest": float(hit[:, -1].sum() / max(n[:, -1].sum(), 1))})
+    return pd.DataFrame(rows)
+
+
+def format_half(r) -> str:
+    """'9.1 [8.2, 10.3]', 'never below half up to 128 (0.99 at 128)', or 'below half from the
+    shortest distance, 2 (0.31)'; an interval end past the longest distance (a resample that never
+    falls below half) reads '>128'."""
+    top = r["longest_distance"]
+    end = lambda v: f">{top}" if v > top else f"{v:.1f}"  # noqa: E731
+    if r["never_below_half"]:
+        return f"never below half up to {top} ({r['accuracy_longest']:.2f} at {top})"
+    if r["accuracy_shortest"] < 0.5:
+        return f"below half from the shortest distance, {r['shortest_distance']} ({r['accuracy_shortest']:.2f})"
+    return f"{r['half_distance']:.1f} [{end(r['half_low'])}, {end(r['half_high'])}]"
+
+
+def recall_accuracy_figure(task, acc: pd.DataFrame, palette: dict):
+    """Recall accuracy against distance, a line per model with its {LEVEL}% intervals, and chance."""
+    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    _distance_plot(ax, acc, "accuracy", palette)
+    ax.axhline(1 / task.options["values"], color="k", ls=":", lw=1, label="chance")
+    ax.axhline(0.5, color="0.5", ls="--", lw=0.8)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("recall accuracy (argmax = value)")
+    ax.set_title("recall against the distance of the key", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def recall_headline(task, folder: StudyFolder, runs: pd.DataFrame) -> tuple[bytes, str]:
+    """The page's opening figure for a study with recall (``recall_accuracy.png``) and its caption."""
+    queries = recall_queries(task, folder, runs)
+    png = figure_png(recall_accuracy_figure(task, _against_distance(queries, "accuracy"),
+                                            model_palette(label_runs(runs))))
+    folder.write_file("recall_accuracy.png", png)
+    return png, (f"Recall ({runs['task'].iloc[0]}): the fraction of queries answered with the right value, against how "
+                 f"far back the key was stored; {LEVEL}% bootstrap intervals over test sequences; dotted: chance "
+                 f"(1/{task.options['values']}); dashed: half.")
+
+
+def recall_findings(task, folder: StudyFolder, runs: pd.DataFrame) -> str:
+    """One sentence per study: where each model's recall falls below half, and the numbers of state
+    each carries at the context length (runs.parquet's ``state_size``)."""
+    table = recall_half_table(recall_queries(task, folder, runs))
+    top = table[table["params"] == table["params"].max()]
+    cells = [f"{r['model']} {format_half(r)}" for _, r in top.iterrows()]
+    state = runs.set_index("run_id")["state_size"] if "state_size" in runs else pd.Series(dtype=float)
+    carried = [f"{m} {int(state[rid]):,}" for m, rid in label_runs(runs)[["model", "run_id"]].itertuples(index=False)
+               if rid in state and pd.notna(state[rid])]
+    return (f"Recall falls below half at distance (tokens, {LEVEL}% interval): {'; '.join(cells)}."
+            + (f" Numbers of state carried per sequence at {task.context_length} tokens: {'; '.join(carried)}."
+               if carried else ""))
+
+
+def recall_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -> str:
+    spec = str(runs["task"].iloc[0])
+    queries = recall_queries(task, folder, runs)
     acc, loss = _against_distance(queries, "accuracy"), _against_distance(queries, "loss")
     palette = model_palette(label_runs(runs))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
@@ -89,9 +196,13 @@ def recall_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame)
     ax1.legend(fontsize=8)
     fig.tight_layout()
     wide = acc.pivot(index="model", columns="distance", values="accuracy").add_prefix("acc d=").reset_index()
+    half = recall_half_table(queries)
+    wide["falls below half at (tokens)"] = wide["model"].map(dict(zip(half["model"], half.apply(format_half, axis=1))))
     return (img_tag(figure_png(fig), f"recall against distance for {spec}") +
             paragraph("Each query repeats a key stored exactly d tokens earlier; the target is that key's value (floor 0 "
-               f"nats, chance 1/values). {LEVEL}% bootstrap intervals over test sequences.") + html_table(wide))
+               f"nats, chance 1/values). {LEVEL}% bootstrap intervals over test sequences. <i>Falls below half</i>: the "
+               "distance at which accuracy first drops under 0.5, interpolated on the log2 axis between the two distances "
+               "around it, with a bootstrap interval over test sequences.") + html_table(wide))
 
 
 def copy_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -> str:
@@ -148,3 +259,66 @@ def lag_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) ->
                f"{floor[0]:.3f} before the lagged token is in view, {floor[-1]:.3f} after. Table: mean excess over the "
                f"floor from position k-1 on, {LEVEL}% bootstrap intervals over sequences; a model that cannot reach k tokens "
                f"back sits about {floor[0] - floor[-1]:.3f} nats above it.") + html_table(pd.DataFrame(rows)))
+
+
+# -- the phase change: when a run starts using its history --------------------------------------
+def phase_table(task, folder: StudyFolder, runs: pd.DataFrame) -> pd.DataFrame:
+    """A row per run that kept steps: :func:`mnemoscope.history.phase_change` at half the task's
+    ``no_history_loss`` (the loss of a model that cannot see the answer's source)."""
+    rows = []
+    for _, r in label_runs(runs).iterrows():
+        steps = folder.run(r["run_id"]).steps()
+        if len(steps) < 2:
+            continue
+        change = phase_change(steps, task.no_history_loss / 2, seed=int(r["seed"]))
+        curve = [{"tokens": s["tokens"], "loss": float((s["losses"] * s["mask"]).sum() / max(s["mask"].sum(), 1))}
+                 for s in steps]
+        rows.append({"model": r["model"], "arch": r["arch"], "run_id": r["run_id"], "seed": r["seed"],
+                     "tokens_trained": r.get("tokens_trained"), **change, "curve": curve})
+    return pd.DataFrame(rows)
+
+
+def format_phase(r) -> str:
+    if r["status"] == "crossed":
+        return f"at {format_count(int(r['tokens']))} training tokens [{format_count(int(r['low']))}, {format_count(int(r['high']))}]"
+    if r["status"] == "before":
+        return f"before its first kept step ({format_count(int(r['high']))} tokens)"
+    budget = format_count(int(float(f"{r['tokens_trained']:.3g}"))) if pd.notna(r.get("tokens_trained")) else "its"
+    return (f"none within its {budget} training tokens (scored loss {r['final_loss']:.2f} [{r['final_low']:.2f}, "
+            f"{r['final_high']:.2f}] at the end)")
+
+
+def phase_sentence(task, table: pd.DataFrame) -> str:
+    if table.empty:
+        return ""
+    cells = [f"{r['model']}{' seed ' + str(r['seed']) if table['seed'].nunique() > 1 else ''} {format_phase(r)}"
+             for _, r in table.iterrows()]
+    return (f"Phase change (the loss on the scored targets falls below {table['threshold'].iloc[0]:.2f} nats, half of "
+            f"{task.no_history_name}; interval: the kept steps around it): {'; '.join(cells)}.")
+
+
+def phase_view(task, folder: StudyFolder, runs: pd.DataFrame) -> str:
+    """The scored loss at every kept step against training tokens, the threshold, and each run's phase change."""
+    table = phase_table(task, folder, runs)
+    if table.empty:
+        return ""
+    palette = model_palette(label_runs(runs))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for _, r in table.iterrows():
+        c = pd.DataFrame(r["curve"])
+        ax.plot(c["tokens"], c["loss"], marker="o", ms=3, color=palette[r["model"]], label=r["model"])
+        if r["status"] == "crossed":
+            ax.axvspan(r["low"], r["high"], color=palette[r["model"]], alpha=0.15, lw=0)
+    ax.axhline(table["threshold"].iloc[0], color="k", ls="--", lw=1, label=f"half of {task.no_history_name}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss on the scored targets (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    shown = table.assign(**{"phase change": table.apply(format_phase, axis=1)})[["model", "seed", "phase change"]]
+    return (img_tag(figure_png(fig), f"{runs['task'].iloc[0]}: scored loss through training") +
+            paragraph(f"{phase_sentence(task, table)} Each point is a kept step (<code>--history</code>): the mean loss on "
+                      "the scored targets of the same test windows; shaded, the interval of each phase change: from the last "
+                      f"kept step whose {LEVEL}% interval (bootstrap over windows) lies above the dashed line to the first "
+                      "that lies below it. Keep more steps (<code>--history 24</code>) to narrow it.") + html_table(shown))

@@ -29,7 +29,8 @@ from mnemoscope.bootstrap import cluster_ci
 from mnemoscope.errors import UserError
 from mnemoscope.registry import register_task
 from mnemoscope.task import Task, check_options, sequences_split, token_dtype
-from mnemoscope.tasks.probe_views import copy_view, lag_view, recall_view
+from mnemoscope.tasks.probe_views import (copy_view, lag_view, phase_sentence, phase_table, phase_view, recall_findings,
+                                          recall_headline, recall_view)
 
 SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 
@@ -157,6 +158,22 @@ class Recall(Probe):
     def report_view(self, folder, runs, pp) -> str:
         return recall_view(self, folder, runs, pp)
 
+    def report_headline(self, folder, runs):
+        return recall_headline(self, folder, runs)
+
+    def report_findings(self, folder, runs) -> str:
+        return " ".join(t for t in (recall_findings(self, folder, runs), phase_sentence(self, phase_table(self, folder, runs))) if t)
+
+    def report_through_training(self, folder, runs) -> str:
+        return phase_view(self, folder, runs)
+
+    @property
+    def no_history_loss(self) -> float:
+        """The loss on a query's value of a model that does not find its key: ln(values)."""
+        return math.log(self.options["values"])
+
+    no_history_name = "ln(values), the loss of a model that does not find the key"
+
     known_options = {"keys": 128, "values": 32, "queries": 0.5}
 
     def check(self):
@@ -208,6 +225,19 @@ class Copy(Probe):
 
     def report_view(self, folder, runs, pp) -> str:
         return copy_view(self, folder, runs, pp)
+
+    def report_findings(self, folder, runs) -> str:
+        return phase_sentence(self, phase_table(self, folder, runs))
+
+    def report_through_training(self, folder, runs) -> str:
+        return phase_view(self, folder, runs)
+
+    @property
+    def no_history_loss(self) -> float:
+        """The loss on the repeat of a model that does not copy: ln(symbols)."""
+        return math.log(self.options["symbols"])
+
+    no_history_name = "ln(symbols), the loss of a model that does not copy"
 
     known_options = {"symbols": 16, "segment": 4}
 

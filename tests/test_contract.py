@@ -115,7 +115,9 @@ def test_reports_state_size(name):
 
 def test_state_sizes_of_builtins_follow_their_kind():
     tr, lstm, cnn = small("transformer"), small("lstm"), small("cnn")
-    assert tr.state_size(2 * T) == 2 * tr.state_size(T)  # KV cache grows with length
+    kv = 2 * tr.n_layer * tr.d_model  # keys and values of one position, every layer
+    assert tr.state_size(2 * T) - tr.state_size(T) == kv * T  # the KV cache grows with length
+    assert tr.state_size(T) == kv * T + 3 * tr.n_layer * tr.d_model * (tr.conv - 1)  # + the convolutions' inputs
     assert lstm.state_size(2 * T) == lstm.state_size(T) == 2 * lstm.n_layer * lstm.d_model
     assert cnn.state_size(T) == (cnn.receptive_field - 1) * cnn.channels
 
