@@ -258,10 +258,14 @@ def curves_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
     StudyFolder(out).write_file("per_position.png", png)
     figures = [img_tag(png, "per-position loss")]
     wide = ' style="flex-basis:100%"' if runs["task"].nunique() > 1 else ""  # side by side: one panel each
+    opening = ""
     headline = headline_figure(out, runs)
-    if headline is not None:  # the page opens with it, the per-position loss beside it
-        figures.insert(0, img_tag(headline[0], headline[1]) + f"<p>{html.escape(headline[1])}</p>")
-        wide = ""
+    if headline is not None:  # the page opens with it, that task's per-position loss beside it
+        spec, head_png, caption = headline
+        beside = figure_png(per_position_figure(pp[pp["task"] == spec], runs[runs["task"] == spec]))
+        opening = ('<div class="row">' + f"<div>{img_tag(head_png, caption)}<p>{html.escape(caption)}</p></div>" +
+                   f"<div>{img_tag(beside, f'per-position loss on {spec}')}<p>The loss on {html.escape(spec)} at each "
+                   "position (below: every task, and the gaps).</p></div></div>")
     baseline = gap_baseline(out, runs)
     fig = gap_figure(out, runs, baseline) if baseline else None
     if fig is not None:
@@ -269,7 +273,7 @@ def curves_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
         StudyFolder(out).write_file("gap_per_position.png", gap_png)
         figures.append(img_tag(gap_png, f"gap to {baseline} by position"))
     name = spec_labels(runs["arch"]).get(baseline, baseline)
-    return [("Per-position loss", '<div class="row">' + "".join(f"<div{wide}>{f}</div>" for f in figures) + "</div>" +
+    return [("Per-position loss", opening + '<div class="row">' + "".join(f"<div{wide}>{f}</div>" for f in figures) + "</div>" +
              "<p>Loss at each position of held-out test sequences, in nats per token, averaged in quarter-octave "
              f"bins of positions (each of the first {single_positions(BINS_PER_OCTAVE)} positions on its own); bands are the bins' mean {LEVEL}% bootstrap "
              "intervals over sequences (conservative for a bin's mean). Position t predicts token t+1 from t+1 "
@@ -281,16 +285,16 @@ def curves_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
                 if len(figures) > 1 else "") + "</p>")]
 
 
-def headline_figure(out: Path, runs: pd.DataFrame) -> tuple[bytes, str] | None:
-    """(PNG, caption) of the first task of the study that opens the page with a figure of its own
-    (``Task.report_headline``: the recall probe's accuracy against distance); None where none does."""
+def headline_figure(out: Path, runs: pd.DataFrame) -> tuple[str, bytes, str] | None:
+    """(task spec, PNG, caption) of the first task of the study that opens the page with a figure of
+    its own (``Task.report_headline``: the recall probe's accuracy against distance); None where none does."""
     for spec, task in study_tasks(out, runs).items():
         try:
             made = task.report_headline(StudyFolder(out), runs[runs["task"] == spec])
         except (UserError, OSError, ValueError, KeyError):
             continue
         if made is not None:
-            return made
+            return (spec, *made)
     return None
 
 
