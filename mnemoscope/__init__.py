@@ -5,11 +5,11 @@ from .registry import ARCHITECTURES, TASKS, register_architecture, register_task
 from .task import Task, TokenSplit
 
 __all__ = ["Architecture", "Task", "TokenSplit", "ARCHITECTURES", "TASKS", "register_architecture",
-           "register_task", "UserError", "RegistryError", "ContractError", "load"]
+           "register_task", "UserError", "RegistryError", "ContractError", "load", "run"]
 
 #: the Python interface (docs/python.md), imported when first used: a plugin that only subclasses
 #: Architecture or Task does not load the training and report machinery (Lightning, Optuna, matplotlib)
-_LAZY = {"load": "view"}
+_LAZY = {"load": "view", "run": "api"}
 
 
 def __getattr__(name: str):

@@ -1,18 +1,23 @@
 """The Python interface (docs/python.md): mnemoscope.load on every kind of folder, its tables and
-figures (the report's own PNGs, byte for byte)."""
+figures (the report's own PNGs, byte for byte), mnemoscope.run against study.py, its errors and
+its resume after an interrupt."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import mnemoscope
+from mnemoscope.cli import main
 from mnemoscope.errors import UserError
 from mnemoscope.figures import figure_png
 from mnemoscope.view import ComparisonResults, StudyResults
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
+TINY = dict(params="8k", tokens="6k", context=32, eval_sequences=8, batch_size=8)
+TINY_FLAGS = ["--params", "8k", "--tokens", "6k", "--context", "32", "--eval-sequences", "8", "--batch-size", "8"]
 
 
 def _png(fig) -> bytes:
@@ -71,3 +76,71 @@ def test_compare_in_memory_draws_what_study_py_compare_draws(tmp_path):
     c = books.compare(RESULTS / "pretrained-smollm2", baseline=f"{RESULTS / 'books-bpe'}:transformer")
     assert _png(c.plot.per_position()) == (RESULTS / "pretrained-smollm2-compare" / "per_position.png").read_bytes()
     assert len(c.runs) == 4  # its gaps need the books' text to check the pairing: the tiny comparison below
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame, drop=("wall_seconds", "torch_threads")) -> None:
+    pd.testing.assert_frame_equal(a.drop(columns=[c for c in drop if c in a]).reset_index(drop=True),
+                                  b.drop(columns=[c for c in drop if c in b]).reset_index(drop=True))
+
+
+def test_run_writes_the_tables_study_py_writes(text_dir, tmp_path, capsys):
+    task = f"text:{text_dir}"
+    assert main(["--arch", "lstm", "cnn", "--task", task, *TINY_FLAGS, "--out", str(tmp_path / "cli"),
+                 "--no-progress", "--no-analysis"]) == 0
+    s = mnemoscope.run(arch=["lstm", "cnn"], task=task, out=tmp_path / "py", analysis=False, progress=False, **TINY)
+    assert isinstance(s, StudyResults) and len(s.runs) == 2
+    cli = mnemoscope.load(tmp_path / "cli")
+    assert s.config == cli.config  # the same study, the same name, the same settings
+    _same(s.runs, cli.runs)
+    _same(s.per_position, cli.per_position)
+    for name in ("per_position.png", "gap_per_position.png"):
+        assert (tmp_path / "py" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+    assert "wrote" in capsys.readouterr().out  # it prints what study.py prints (quiet=True: nothing)
+    # the comparison from Python draws compare.html's figures
+    base = f"{tmp_path / 'cli'}:lstm"
+    assert main(["compare", str(tmp_path / "cli"), str(tmp_path / "py"), "--baseline", base, "--out", str(tmp_path / "c")]) == 0
+    c = cli.compare(s, baseline=base)
+    assert len(c.runs) == 4 and not c.gaps.empty
+    assert _png(c.plot.per_position()) == (tmp_path / "c" / "per_position.png").read_bytes()
+    assert _png(c.plot.gap()) == (tmp_path / "c" / "gaps.png").read_bytes()
+    assert _png(mnemoscope.load(tmp_path / "c").plot.gap()) == (tmp_path / "c" / "gaps.png").read_bytes()
+
+
+def test_run_raises_the_command_lines_errors(text_dir, tmp_path, capsys):
+    cases = [(dict(arch="no_such_arch", task=f"text:{text_dir}"), ["--arch", "no_such_arch", "--task", f"text:{text_dir}"]),
+             (dict(arch="lstm", task=f"text:{text_dir}", params="lots"), ["--arch", "lstm", "--task", f"text:{text_dir}",
+                                                                          "--params", "lots"]),
+             (dict(arch="lstm", task=f"text:{text_dir}", workers=-1), ["--arch", "lstm", "--task", f"text:{text_dir}",
+                                                                       "--workers", "-1"])]
+    for kwargs, argv in cases:
+        with pytest.raises(UserError) as e:
+            mnemoscope.run(out=tmp_path / "s", **kwargs)
+        assert main([*argv, "--out", str(tmp_path / "s")]) == 2
+        assert capsys.readouterr().err.strip() == "error: " + str(e.value)
+    assert not (tmp_path / "s" / "runs").exists()
+
+
+def test_an_interrupted_run_resumes_on_the_second_call(text_dir, tmp_path, monkeypatch):
+    """A KeyboardInterrupt (the notebook's stop button) during the second run leaves the first
+    finished; the second call trains only what is left, and its tables equal an uninterrupted run's."""
+    from mnemoscope.runner import Study
+
+    execute, calls = Study.execute, []
+
+    def interrupted_once(self, run, progress=True):
+        calls.append(run.arch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return execute(self, run, progress=progress)
+
+    monkeypatch.setattr(Study, "execute", interrupted_once)
+    kwargs = dict(arch=["lstm", "cnn"], task=f"text:{text_dir}", analysis=False, progress=False, quiet=True, **TINY)
+    with pytest.raises(KeyboardInterrupt, match="rerun the same call"):
+        mnemoscope.run(out=tmp_path / "a", **kwargs)
+    assert len(list((tmp_path / "a" / "runs").glob("lstm-*"))) == 1
+    s = mnemoscope.run(out=tmp_path / "a", **kwargs)
+    assert calls == ["lstm", "cnn", "cnn"]  # the finished run is not trained again
+    monkeypatch.setattr(Study, "execute", execute)
+    whole = mnemoscope.run(out=tmp_path / "b", **kwargs)
+    _same(s.runs, whole.runs)
+    _same(s.per_position, whole.per_position)
