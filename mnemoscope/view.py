@@ -281,13 +281,15 @@ class StudyPlots:
         history = _need(s.history, "kept steps", s.path, " (run it with --history N)")
         return _figure(report_growth.curves_figure(history, "context_bytes" if bytes else "position"))
 
-    def recall(self):
-        """Recall accuracy and loss against the distance back to the key (the recall task's view)."""
-        parts = self._s._recall()
-        if not parts:
-            raise UserError(f"{self._s.path} has no recall runs")
-        task, queries, runs = parts[0]
-        return _figure(recall_figure(task, runs, queries)[0])
+    def recall(self, task: str | None = None):
+        """Recall accuracy and loss against the distance back to the key (the recall task's view), for
+        ``task`` (a recall spec of the study; default: its first)."""
+        parts = {str(r["task"].iloc[0]): (t, q, r) for t, q, r in self._s._recall()}
+        if not parts or (task is not None and task not in parts):
+            raise UserError(f"{self._s.path} has no recall runs" + (f" on {task}" if task else "") +
+                            (f" (its recall tasks: {', '.join(parts)})" if parts else ""))
+        spec, queries, runs = parts[task or next(iter(parts))]
+        return _figure(recall_figure(spec, runs, queries)[0])
 
 
 class ComparisonResults:

@@ -60,6 +60,18 @@ def test_load_a_scored_folder_and_a_comparison():
     assert "4 runs" in repr(c)
 
 
+def test_recall_by_distance_is_the_recall_tasks_view():
+    m = mnemoscope.load(RESULTS / "modalities")
+    r = m.recall
+    assert {"run_id", "arch", "task", "params", "seed", "distance", "loss", "correct", "accuracy"} <= set(r.columns)
+    assert set(r["task"]) == {"recall"} and set(r["arch"]) == set(m.runs["arch"])
+    assert sorted(r["distance"].unique()) == [2, 4, 8, 16, 32, 64, 128]
+    ax = m.plot.recall().axes[0]
+    assert ax.get_xlabel() == "distance back (tokens)" and len(ax.lines) >= 3
+    with pytest.raises(UserError, match="no recall runs on copy"):
+        m.plot.recall("copy")
+
+
 def test_load_refuses_what_is_not_a_study_in_one_line(tmp_path):
     for path in (tmp_path / "nowhere", tmp_path):
         with pytest.raises(UserError) as e:
