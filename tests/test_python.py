@@ -73,8 +73,11 @@ def test_recall_by_distance_is_the_recall_tasks_view():
 
 
 def test_load_refuses_what_is_not_a_study_in_one_line(tmp_path):
-    for path in (tmp_path / "nowhere", tmp_path):
-        with pytest.raises(UserError) as e:
+    (tmp_path / "started").mkdir()
+    (tmp_path / "started" / "config.yaml").write_text("name: started\n")  # a study with no finished run yet
+    for path, says in ((tmp_path / "nowhere", "no study folder"), (tmp_path, "no study at"),
+                       (tmp_path / "started", "no finished runs yet")):
+        with pytest.raises(UserError, match=says) as e:
             mnemoscope.load(path)
         assert "\n" not in str(e.value)
     s = mnemoscope.load(RESULTS / "books-long")
