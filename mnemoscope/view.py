@@ -375,7 +375,7 @@ class ComparisonPlots:
         """Context use through training, a line per study and architecture (where kept)."""
         if not self._c.comparison.studies:
             raise UserError("a comparison read from its folder does not hold its studies' kept steps: "
-                            "mnemoscope.compare(...) them instead")
+                            "study.compare(...) them instead (mnemoscope.load(DIR).compare(OTHER))")
         studies = list(zip(dict.fromkeys(self._c.runs["study"]), self._c.comparison.studies))
         growth, _, styles = report_growth.comparison_growth(studies)
         if growth.empty:
