@@ -11,26 +11,24 @@ import os
 import sys
 from pathlib import Path
 
-from tqdm import tqdm  # Lightning's progress bars (a dependency of lightning)
-
-from . import files
 from .analysis import analyze
+from .api import INTERRUPTED, close_bars, execution_settings, resolve_study, run_study
+from .api import study_folder as api_study_folder
 from .compare import compare, parse_selection
-from .config import StudyConfig, default_name, legacy_default_name
+from .config import StudyConfig
 from .errors import UserError
 from .growth import analyze_growth
-from .queue import RunQueue, check_url, sigterm_as_interrupt
+from .queue import RunQueue, sigterm_as_interrupt
 from .registry import ARCHITECTURES, TASKS
-from .report import summary_lines, write_report
+from .report import write_report
 from .report_compare import summary_lines as comparison_lines
 from .report_compare import write_comparison
-from .runner import Study, mixed_data
+from .runner import Study
 from .score import Settings, build_task, score
 from .settings import (VARIANTS, AnalysisSettings, ExecutionSettings, ScoreSettings, StudySettings, TuneSettings,
                        add_arguments)
 from .specs import parse_count
-from .train import distributed_settings
-from .tune import apply_tuned, tune
+from .tune import tune
 
 EXAMPLES = """examples:
   PROG --arch transformer lstm cnn            the default study (text and recall, minutes on a CPU)
@@ -85,11 +83,7 @@ def add_execution_flags(p: argparse.ArgumentParser) -> None:
 
 def execution(args) -> dict:
     """Check the execution flags; returns Trainer arguments."""
-    if args.storage is not None:
-        check_url(args.storage)
-    if args.heartbeat is not None and args.heartbeat < 1:
-        raise UserError(f"--heartbeat must be at least 1 second, got {args.heartbeat}")
-    return distributed_settings(args.devices, args.num_nodes, args.strategy)
+    return execution_settings(args.storage, args.heartbeat, args.devices, args.num_nodes, args.strategy)
 
 
 def _one_line_errors(parser: argparse.ArgumentParser) -> None:
@@ -107,49 +101,16 @@ def progress_mode(no_progress: bool) -> bool | str:
 
 
 def resolve_config(args):
-    base = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise UserError(f"no such config file: {args.config}")
-        base = files.read_yaml(path, args.config) or {}
-        if not isinstance(base, dict):
-            raise UserError(f"{args.config} is not a YAML mapping")
     flags = {"archs": args.arch, "tasks": args.task, "params": args.params, "context": args.context,
              "tokens": args.tokens, "seeds": args.seeds, "batch_size": args.batch_size,
              "eval_sequences": args.eval_sequences, "name": args.name, "history": args.history,
              "keep_weights": False if args.no_keep_weights else None, "checkpoint_every": args.checkpoint_every}
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    config = StudyConfig.from_dict({**base, **overrides})
-    if overrides and args.config and "name" not in overrides and base.get("name") is not None:
-        try:  # how runs execute and what they keep (history, checkpoints) changes no study
-            changed = config.identity() != StudyConfig.from_dict(base).identity()
-        except UserError:
-            changed = True
-        if changed:  # a changed study gets its own name (flags that change nothing keep the study's)
-            config = StudyConfig.from_dict({**base, **overrides, "name": None})
-    if getattr(args, "hparams", None):
-        config = apply_tuned(config, args.hparams)
-    return config
+    return resolve_study(flags, args.config, getattr(args, "hparams", None))
 
 
 def study_folder(args, config: StudyConfig) -> Path:
-    """--out; else the folder of --config's file when that is a study's own config.yaml (so the
-    study continues where it is); else results/NAME (or results/<the name of a study made before
-    default names were kept whole>, where that study lies)."""
-    if args.out:
-        return Path(args.out)
-    folder = Path(args.config).parent if args.config else None
-    if folder and Path(args.config).name == "config.yaml" and ((folder / "environment.json").exists()
-                                                              or (folder / "runs").is_dir()):
-        return folder
-    out = Path("results") / config.name
-    if not args.config and not args.name and config.name == default_name(config) and not out.exists():
-        legacy = Path("results") / legacy_default_name(config)
-        if (legacy / "config.yaml").is_file():
-            config.name = legacy.name
-            return legacy
-    return out
+    """The study's folder (:func:`mnemoscope.api.study_folder`): --out, --config's own folder, or results/NAME."""
+    return api_study_folder(config, args.out, args.config, named=bool(args.name))
 
 
 def cmd_run(argv: list[str], prog: str = "study.py") -> int:
@@ -157,26 +118,10 @@ def cmd_run(argv: list[str], prog: str = "study.py") -> int:
     _one_line_errors(parser)
     args = parser.parse_args(argv)
     trainer_kwargs = execution(args)
-    if args.workers < 0:
-        raise UserError(f"--workers must be 0 or more, got {args.workers}")
     config = resolve_config(args)
     out = study_folder(args, config)
-    study = Study(config, out, trainer_kwargs=trainer_kwargs, loggers=args.logger)
-    if study.multi_process and (args.workers != 1 or args.storage):
-        raise UserError("a run on several devices or nodes runs the study's runs in order, one at a time: "
-                        "drop --workers and --storage, or use --devices 1 with many workers")
-    if not study.run(progress=progress_mode(args.no_progress), storage=args.storage,
-                     workers=args.workers, heartbeat=args.heartbeat):
-        return 0  # the queue is filled for workers elsewhere, or another rank of a multi-process run writes
-    if not args.no_analysis:
-        analyze(study)  # effective context, fits, extrapolation (runs analysed before are reused)
-        analyze_growth(study)  # the effective context at each kept step, and its law
-    report = write_report(study.out)
-    for line in summary_lines(study.out):
-        print(line)
-    for note in mixed_data(files.read_parquet(study.out / "runs.parquet")):
-        print(f"note: {note}")
-    print(f"wrote {report}")
+    run_study(config, out, trainer_kwargs, args.logger, progress_mode(args.no_progress), args.storage, args.workers,
+              args.heartbeat, analysis=not args.no_analysis)
     return 0
 
 
@@ -378,9 +323,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print("error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip()), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        for bar in list(getattr(tqdm, "_instances", ())):  # a bar closed later would redraw under the line below
-            bar.close()
-        print("interrupted; finished runs are kept and a run under way resumes from its checkpoint: rerun the same command", file=sys.stderr)
+        close_bars()
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except BrokenPipeError:
         # the reader of our output left (study.py list | head -1): stop quietly, as a command killed by

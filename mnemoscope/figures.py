@@ -6,12 +6,14 @@ import base64
 import hashlib
 import html
 import inspect
+import sys
 import textwrap
 from io import BytesIO
 
 import matplotlib
 
-matplotlib.use("Agg")  # reports are drawn without a screen
+if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend: mnemoscope.load(...).plot shows there
+    matplotlib.use("Agg")  # reports are drawn without a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

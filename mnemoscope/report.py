@@ -43,6 +43,20 @@ def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return folder.read_table("runs.parquet"), folder.per_position()
 
 
+def report_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs, per_position) as the report draws them: the tasks in the study's order (its panels'
+    order), each table sorted stably by it. Every figure of the page, and ``mnemoscope.load(DIR).plot``,
+    is drawn from these."""
+    out = Path(out)
+    runs, pp = load_tables(out)
+    if pp.empty:
+        raise UserError(f"{out} has no finished runs to report on")
+    order = {t: i for i, t in enumerate(StudyFolder(out).config().get("tasks") or [])}  # panels in the study's order
+    by_task = lambda s: s.map(order).fillna(len(order))  # noqa: E731
+    runs, pp = (t.sort_values("task", key=by_task, kind="stable") for t in (runs, pp))
+    return runs, pp
+
+
 BINS_PER_OCTAVE = 4
 
 
@@ -333,12 +347,7 @@ def write_report(out: Path) -> Path:
     """Rebuild the figures and report.html from the stored tables alone: the page's sections are
     those of ``HEAD``, then ``SECTIONS``, then ``TAIL``."""
     out = Path(out)
-    runs, pp = load_tables(out)
-    if pp.empty:
-        raise UserError(f"{out} has no finished runs to report on")
-    order = {t: i for i, t in enumerate(StudyFolder(out).config().get("tasks") or [])}  # panels in the study's order
-    by_task = lambda s: s.map(order).fillna(len(order))  # noqa: E731
-    runs, pp = (t.sort_values("task", key=by_task, kind="stable") for t in (runs, pp))
+    runs, pp = report_tables(out)
     sections = []
     for section in [*HEAD, *SECTIONS, *TAIL]:
         sections += section(out, runs, pp)

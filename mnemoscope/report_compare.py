@@ -59,6 +59,14 @@ def gaps_figure(c: Comparison, colors: dict, styles: dict):
     return fig
 
 
+def comparison_styles(runs: pd.DataFrame) -> tuple[dict, dict]:
+    """(colours by architecture, line styles by study) of a comparison's runs: every figure of
+    ``compare.html`` and of ``mnemoscope.compare(...).plot`` draws with them."""
+    colors = arch_palette(runs["arch"])
+    styles = {s: STUDY_STYLES[i % len(STUDY_STYLES)] for i, s in enumerate(dict.fromkeys(runs["study"]))}
+    return colors, styles
+
+
 def gap_table(gaps: pd.DataFrame) -> pd.DataFrame:
     """A row per run and baseline, a column per band: gap [95% interval], * where it excludes zero."""
     if gaps.empty:
@@ -139,8 +147,7 @@ def write_comparison(c: Comparison, out: Path, command: str = "") -> Path:
     """Write compare.html, per_position.png, gaps.png, runs.csv, gaps.csv, curves.parquet and
     gap_curves.parquet into ``out``; returns the page's path."""
     out = Path(out)
-    colors = arch_palette(c.runs["arch"])
-    styles = {s: STUDY_STYLES[i % len(STUDY_STYLES)] for i, s in enumerate(dict.fromkeys(c.runs["study"]))}
+    colors, styles = comparison_styles(c.runs)
     table = runs_table(c)
     files.write_text(out / "runs.csv", table.to_csv(index=False))
     files.write_text(out / "gaps.csv", c.gaps.to_csv(index=False))

@@ -231,17 +231,23 @@ def still_learning_lines(out: Path, runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def growth_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(history, growth, fits, crossings) of a study, as the section draws them: ``growth.parquet``
+    (the kept steps with their effective context), else ``history_steps.parquet`` (kept steps not
+    analysed yet); each empty where the study has none."""
+    folder = StudyFolder(out)
+    growth = folder.table("growth.parquet")
+    if growth.empty:
+        growth = folder.table("history_steps.parquet")
+    return (folder.table("history.parquet"), growth, folder.table("growth_fits.csv"),
+            folder.table("growth_crossings.csv"))
+
+
 def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tuple[str, str]]:
     """The section, where the runs kept a history (none otherwise)."""
-    out = Path(out)
-    history = StudyFolder(out).table("history.parquet")
+    history, growth, fits, crossings = growth_tables(out)
     if history.empty:
         return []
-    growth = StudyFolder(out).table("growth.parquet")
-    if growth.empty:
-        growth = StudyFolder(out).table("history_steps.parquet")
-    fits = StudyFolder(out).table("growth_fits.csv")
-    crossings = StudyFolder(out).table("growth_crossings.csv")
     parts = []
     text = findings(growth, fits, crossings)
     if text:
@@ -264,24 +270,28 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
     return [(TITLE, "\n".join(parts))]
 
 
+def comparison_growth(studies: list[tuple[str, Path]]) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """(growth, fits, line style by study) of studies side by side, each table with a ``study``
+    column; growth is empty where no study kept a history."""
+    growths, fits = [], []
+    for label, out in studies:
+        _, g, f, _ = growth_tables(out)
+        if not g.empty:
+            growths.append(g.assign(study=label))
+        if not f.empty:
+            fits.append(f.assign(study=label))
+    growth = pd.concat(growths, ignore_index=True) if growths else pd.DataFrame()
+    fit = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame()
+    styles = {label: STUDY_STYLES[i % len(STUDY_STYLES)] for i, (label, _) in enumerate(studies)}
+    return growth, fit, styles
+
+
 def comparison_section(studies: list[tuple[str, Path]]) -> list[tuple[str, str]]:
     """The same section for studies side by side (``study.py compare``): one line per study and
     architecture (line style: the study), where at least one study kept a history."""
-    growths, fits = [], []
-    for label, out in studies:
-        g = StudyFolder(out).table("growth.parquet")
-        if g.empty:
-            g = StudyFolder(out).table("history_steps.parquet")
-        if not g.empty:
-            growths.append(g.assign(study=label))
-        f = StudyFolder(out).table("growth_fits.csv")
-        if not f.empty:
-            fits.append(f.assign(study=label))
-    if not growths:
+    growth, fit, styles = comparison_growth(studies)
+    if growth.empty:
         return []
-    growth = pd.concat(growths, ignore_index=True)
-    fit = pd.concat(fits, ignore_index=True) if fits else pd.DataFrame()
-    styles = {label: STUDY_STYLES[i % len(STUDY_STYLES)] for i, (label, _) in enumerate(studies)}
     parts = [img_tag(figure_png(growth_figure(growth, None, styles)), "context use through training, by study")]
     if not fit.empty:
         parts.append(html_table(fits_table(fit).assign(study=fit["study"].values)))

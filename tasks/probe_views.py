@@ -73,13 +73,16 @@ def _distance_plot(ax, table: pd.DataFrame, value: str, palette: dict) -> None:
 
 
 def recall_queries(task, folder: StudyFolder, runs: pd.DataFrame) -> pd.DataFrame:
-    """Every scored query of every run: model, unit (run and sequence), distance, loss, correct,
-    accuracy; computed once per run from its stored model (``runs/<id>/view_recall.parquet``)."""
+    """Every scored query of the recall runs ``runs``: a row per query with its run's columns
+    (``run_id``, ``arch``, ``task``, ``params``, ``seed``, ``model``), ``sequence``, ``position``,
+    ``distance`` (tokens back to its key), ``loss`` (nats), ``correct`` (greedy answer right) and
+    ``accuracy`` (the same as 0/1). Kept per run as ``view_recall.parquet``, computed once from the
+    stored model."""
     parts = []
     for _, r in label_runs(runs).iterrows():
         df = folder.cached_table(r["run_id"], "recall", lambda: recall_eval(folder, r["run_id"], task))
-        parts.append(df.assign(model=r["model"], arch=r["arch"], params=r["params"], run_id=r["run_id"],
-                               unit=r["run_id"] + ":" + df["sequence"].astype(str)))
+        parts.append(df.assign(model=r["model"], unit=r["run_id"] + ":" + df["sequence"].astype(str),
+                               **{k: r[k] for k in ("run_id", "arch", "task", "params", "seed")}))
     queries = pd.concat(parts, ignore_index=True)
     queries["accuracy"] = queries["correct"].astype(float)
     return queries
@@ -181,9 +184,9 @@ def recall_findings(task, folder: StudyFolder, runs: pd.DataFrame) -> str:
                if carried else ""))
 
 
-def recall_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -> str:
-    spec = str(runs["task"].iloc[0])
-    queries = recall_queries(task, folder, runs)
+def recall_figure(task, runs: pd.DataFrame, queries: pd.DataFrame):
+    """(figure, accuracy table): accuracy and loss against distance, a line per model, with 95%
+    cluster bootstrap intervals over test sequences."""
     acc, loss = _against_distance(queries, "accuracy"), _against_distance(queries, "loss")
     palette = model_palette(label_runs(runs))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
@@ -195,6 +198,13 @@ def recall_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame)
     ax2.axhline(math.log(task.options["values"]), color="k", ls=":", lw=1, label="log(values)")
     ax1.legend(fontsize=8)
     fig.tight_layout()
+    return fig, acc
+
+
+def recall_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) -> str:
+    spec = str(runs["task"].iloc[0])
+    queries = recall_queries(task, folder, runs)
+    fig, acc = recall_figure(task, runs, queries)
     wide = acc.pivot(index="model", columns="distance", values="accuracy").add_prefix("acc d=").reset_index()
     half = recall_half_table(queries)
     wide["falls below half at (tokens)"] = wide["model"].map(dict(zip(half["model"], half.apply(format_half, axis=1))))

@@ -1,0 +1,157 @@
+"""Run a study from Python: :func:`run` takes the settings of ``study.py`` as keyword arguments
+(their defaults: :mod:`mnemoscope.settings`, the one source) and returns the loaded study
+(:func:`mnemoscope.view.load`). The command line runs a study through the same functions
+(:func:`resolve_study`, :func:`study_folder`, :func:`run_study`), so the two write the same folder.
+
+Progress is Lightning's bar (``tqdm.auto`` where ipywidgets is installed: a widget in a notebook).
+Interrupting (Ctrl-C, the notebook's stop button) stops at once and keeps every finished run and
+the checkpoint of the run under way; calling :func:`run` again with the same settings resumes there.
+Bad input raises :class:`mnemoscope.errors.UserError` with the command line's message.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm  # Lightning's progress bars (a dependency of lightning)
+
+from . import files
+from .analysis import analyze
+from .config import StudyConfig, default_name, legacy_default_name
+from .errors import UserError
+from .growth import analyze_growth
+from .queue import check_url
+from .report import summary_lines, write_report
+from .runner import Study, mixed_data
+from .settings import EXECUTION
+from .train import distributed_settings
+from .tune import apply_tuned
+from .view import StudyResults, load
+
+#: what a KeyboardInterrupt ends with, on the command line and in a notebook
+INTERRUPTED = ("interrupted; finished runs are kept and a run under way resumes from its checkpoint: rerun the "
+               "same command")
+
+
+def execution_settings(storage: str | None = None, heartbeat: int | None = None, devices: str | None = None,
+                       num_nodes: str | None = None, strategy: str | None = None) -> dict:
+    """Check how runs are to execute (``--storage``, ``--heartbeat``, ``--devices``, ...); returns
+    Lightning Trainer arguments."""
+    if storage is not None:
+        check_url(storage)
+    if heartbeat is not None and heartbeat < 1:
+        raise UserError(f"--heartbeat must be at least 1 second, got {heartbeat}")
+    return distributed_settings(devices, num_nodes, strategy)
+
+
+def resolve_study(settings: dict[str, Any], config: str | Path | None = None, hparams: str | None = None) -> StudyConfig:
+    """The study ``settings`` (fields of :class:`mnemoscope.settings.StudySettings`; None: not given)
+    describe, over the study file ``config`` where one is given (settings override it; a changed
+    study gets its own name); ``hparams``: ``tuned`` or a tuned.yaml."""
+    base = {}
+    if config:
+        path = Path(config)
+        if not path.is_file():
+            raise UserError(f"no such config file: {config}")
+        base = files.read_yaml(path, str(config)) or {}
+        if not isinstance(base, dict):
+            raise UserError(f"{config} is not a YAML mapping")
+    overrides = {k: v for k, v in settings.items() if v is not None}
+    study = StudyConfig.from_dict({**base, **overrides})
+    if overrides and config and "name" not in overrides and base.get("name") is not None:
+        try:  # how runs execute and what they keep (history, checkpoints) changes no study
+            changed = study.identity() != StudyConfig.from_dict(base).identity()
+        except UserError:
+            changed = True
+        if changed:  # a changed study gets its own name (flags that change nothing keep the study's)
+            study = StudyConfig.from_dict({**base, **overrides, "name": None})
+    if hparams:
+        study = apply_tuned(study, hparams)
+    return study
+
+
+def study_folder(study: StudyConfig, out: str | Path | None = None, config: str | Path | None = None,
+                 named: bool = False) -> Path:
+    """``out``; else the folder of ``config`` when that is a study's own config.yaml (so the study
+    continues where it is); else results/NAME (or results/<the name of a study made before default
+    names were kept whole>, where that study lies). ``named``: the user gave the name."""
+    if out:
+        return Path(out)
+    folder = Path(config).parent if config else None
+    if folder and Path(config).name == "config.yaml" and ((folder / "environment.json").exists()
+                                                         or (folder / "runs").is_dir()):
+        return folder
+    path = Path("results") / study.name
+    if not config and not named and study.name == default_name(study) and not path.exists():
+        legacy = Path("results") / legacy_default_name(study)
+        if (legacy / "config.yaml").is_file():
+            study.name = legacy.name
+            return legacy
+    return path
+
+
+def run_study(study: StudyConfig, out: Path, trainer_kwargs: dict | None = None, loggers: list[str] | None = None,
+              progress: bool | str = True, storage: str | None = None, workers: int = EXECUTION.workers,
+              heartbeat: int | None = None, analysis: bool = True, log: Callable[[str], None] = print) -> Path | None:
+    """Train the study's runs not finished yet, analyse them (unless ``analysis`` is False), write
+    the report and ``log`` its summary; returns the report's path (None where this process only
+    filled the queue, or is not the one that writes)."""
+    if workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {workers}")
+    s = Study(study, out, trainer_kwargs=trainer_kwargs or {}, loggers=loggers)
+    if s.multi_process and (workers != 1 or storage):
+        raise UserError("a run on several devices or nodes runs the study's runs in order, one at a time: "
+                        "drop --workers and --storage, or use --devices 1 with many workers")
+    if not s.run(progress=progress, storage=storage, workers=workers, heartbeat=heartbeat, log=log):
+        return None  # the queue is filled for workers elsewhere, or another rank of a multi-process run writes
+    if analysis:
+        analyze(s)  # effective context, fits, extrapolation (runs analysed before are reused)
+        analyze_growth(s)  # the effective context at each kept step, and its law
+    report = write_report(s.out)
+    for line in summary_lines(s.out):
+        log(line)
+    for note in mixed_data(files.read_parquet(s.out / "runs.parquet")):
+        log(f"note: {note}")
+    log(f"wrote {report}")
+    return report
+
+
+def close_bars() -> None:
+    """Close the progress bars still open (one closed later would redraw under the next line)."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def run(arch: str | list[str] | None = None, task: str | list[str] | None = None, params=None, context=None,
+        tokens=None, seeds=None, batch_size=None, eval_sequences=None, name: str | None = None,
+        history: int | None = None, keep_weights: bool | None = None, checkpoint_every: str | None = None,
+        out: str | Path | None = None, config: str | Path | None = None, hparams: str | None = None,
+        analysis: bool = True, progress: bool = True, workers: int = EXECUTION.workers, storage: str | None = None,
+        heartbeat: int | None = None, devices: str | None = None, num_nodes: str | None = None,
+        strategy: str | None = None, logger: list[str] | None = None, quiet: bool = False) -> StudyResults:
+    """Run a study as ``study.py`` does, and return it loaded (:func:`mnemoscope.load`).
+
+    Each argument is the flag of the same name (``arch`` is ``--arch``, ``task`` ``--task``, ...;
+    ``analysis=False`` is ``--no-analysis``, ``progress=False`` ``--no-progress``,
+    ``keep_weights=False`` ``--no-keep-weights``); one not given takes the study's default
+    (``mnemoscope.settings.StudySettings``), or ``config``'s value. Sizes may be numbers or text
+    (``params="100k"``, ``tokens=2_000_000``). ``quiet``: print nothing but the bars.
+
+    A second call with the same settings resumes: finished runs are kept, a stopped run goes on
+    from its checkpoint. Raises :class:`~mnemoscope.errors.UserError` on bad input."""
+    settings = {"archs": arch, "tasks": task, "params": params, "context": context, "tokens": tokens,
+                "seeds": seeds, "batch_size": batch_size, "eval_sequences": eval_sequences, "name": name,
+                "history": history, "keep_weights": keep_weights, "checkpoint_every": checkpoint_every}
+    try:
+        trainer_kwargs = execution_settings(storage, heartbeat, devices, num_nodes, strategy)
+        study = resolve_study(settings, config, hparams)
+        folder = study_folder(study, out, config, named=name is not None)
+        report = run_study(study, folder, trainer_kwargs, logger, progress, storage, workers, heartbeat, analysis,
+                           log=(lambda line: None) if quiet else print)
+    except KeyboardInterrupt:
+        close_bars()
+        raise KeyboardInterrupt(INTERRUPTED.replace("the same command", "the same call")) from None
+    if report is None:
+        raise UserError(f"no study to load at {folder}: its runs are queued for workers elsewhere "
+                        "(workers=0), or another process of a multi-device run writes it")
+    return load(folder)
