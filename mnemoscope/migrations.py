@@ -28,9 +28,10 @@ in runs/<id>/analysis/
 windows inside documents          books-long (its data.json, written before the documents'
 in data.json                      spans were looked at, says windows may cross documents)
 whole names in the default name   none (a study made before is found by rerunning its command)
-the transformer's convolutions    hf-families, modalities, scaling-text (their ``transformer``
-in a transformer's weights        is GPT-2's recipe, today ``transformer_gpt2``: it is built
-                                  so, :func:`transformer_before_convolutions`)
+no convolutions in the weights    architectures, books-bpe, books-long, hf-families,
+of a ``transformer``              modalities, reference, scaling-text: GPT-2's recipe, built
+                                  so (:func:`transformer_before_convolutions`) and tabled as
+                                  ``transformer:conv=0`` by a rerun (:func:`arch_before_convolutions`)
 ================================  ===========================================================
 """
 from __future__ import annotations
@@ -68,6 +69,19 @@ def transformer_before_convolutions(config: dict[str, Any], state_dict: dict[str
     if any(k.endswith(".attn.conv.weight") for k in state_dict):
         return config
     return {**config, "conv": 0}
+
+
+def arch_before_convolutions(arch: str, state_dict: Callable[[], dict[str, Any]]) -> str:
+    """The name a stored run of ``transformer`` or ``window_transformer`` is tabled under: its spec
+    with ``conv=0`` where its weights (``state_dict()``, read only for these two) have no
+    convolutions, i.e. it was GPT-2's recipe, so that a study rerun after the transformer's version 2
+    tables the old run and the new one under two names (``transformer:conv=0`` beside ``transformer``)."""
+    head, sep, options = str(arch).partition(":")
+    if head not in ("transformer", "window_transformer") or "conv=" in options:
+        return arch
+    if transformer_before_convolutions({}, state_dict()).get("conv") != 0:
+        return arch
+    return f"{head}:{options + ',' if options else ''}conv=0"
 
 
 def predates_data_fingerprint(row: dict[str, Any]) -> bool:

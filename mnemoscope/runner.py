@@ -29,7 +29,7 @@ from .errors import ContractError, UserError
 from .finish import POSITION_COLUMNS, RUN_COLUMNS, finish_run
 from .flops import flops_per_token
 from .history import history_steps
-from .migrations import fill_active_params, predates_data_fingerprint
+from .migrations import arch_before_convolutions, fill_active_params, predates_data_fingerprint
 from .model import SIZE_TOLERANCE, active_params, build, check_contract, check_memory, check_shape_options, count_params, size_for
 from .queue import run_study
 from .registry import ARCHITECTURES, TASKS
@@ -363,9 +363,10 @@ class Study:
         rows, tables = [], []
         finished = [self.folder.run(run_id) for run_id in self.folder.finished()]
         for folder in finished:
-            rows.append(fill_active_params(folder.row(), lambda arch: hasattr(parse_spec(arch, ARCHITECTURES)[0],
-                                                                              "num_active_params"),
-                                           lambda: active_params(folder.load_model()[0])))
+            row = fill_active_params(folder.row(), lambda arch: hasattr(parse_spec(arch, ARCHITECTURES)[0],
+                                                                        "num_active_params"),
+                                     lambda: active_params(folder.load_model()[0]))
+            rows.append({**row, "arch": arch_before_convolutions(row["arch"], lambda: folder.checkpoint()["state_dict"])})
             tables.append(folder.per_position())
         runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
         pp = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=POSITION_COLUMNS)

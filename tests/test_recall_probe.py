@@ -104,3 +104,15 @@ def test_a_stored_transformer_without_convolutions_loads_as_the_gpt2_recipe():
     assert transformer_before_convolutions({"conv": 3}, ckpt["state_dict"]) == {"conv": 3}  # said: left alone
     new = ARCHITECTURES.get("transformer")(32, 16, d_model=16, n_layer=2)
     assert transformer_before_convolutions({}, new.state_dict()) == {}  # has them: the new recipe
+
+
+def test_a_rerun_study_tables_the_old_recipe_under_its_own_name():
+    old = ARCHITECTURES.get("transformer_gpt2")(32, 16, d_model=16, n_layer=2).state_dict()
+    new = ARCHITECTURES.get("transformer")(32, 16, d_model=16, n_layer=2).state_dict()
+    from mnemoscope.migrations import arch_before_convolutions
+    assert arch_before_convolutions("transformer", lambda: old) == "transformer:conv=0"
+    assert arch_before_convolutions("transformer:pos=learned", lambda: old) == "transformer:pos=learned,conv=0"
+    assert arch_before_convolutions("transformer", lambda: new) == "transformer"
+    assert arch_before_convolutions("lstm", lambda: 1 / 0) == "lstm"  # other architectures: weights never read
+    cls, _, options = __import__("mnemoscope.specs", fromlist=["parse_spec"]).parse_spec("transformer:conv=0", ARCHITECTURES)
+    assert cls(32, 16, d_model=16, n_layer=2, **options).conv == 0  # the name builds the recipe it names
