@@ -22,9 +22,20 @@ from mnemoscope.settings import ANALYSIS, EXECUTION, SCORE, STUDY, TUNE, VALIDAT
 from mnemoscope.train import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = sorted([*(REPO / "mnemoscope").glob("*.py"), REPO / "study.py", *(REPO / "tasks").glob("*.py"),
-                  *(REPO / "architectures").glob("*.py")])
-REPORT = sorted([*(REPO / "mnemoscope").glob("report*.py"), REPO / "tasks" / "probe_views.py"])
+
+
+def sources(repo: Path = REPO) -> list[Path]:
+    """Every .py file of the package (in every subfolder), the built-ins and the command line."""
+    return sorted([*(repo / "mnemoscope").rglob("*.py"), repo / "study.py", *(repo / "tasks").rglob("*.py"),
+                   *(repo / "architectures").rglob("*.py")])
+
+
+def is_report(path: Path) -> bool:
+    """A module that writes the report's prose: report*.py, anything in a report/ folder, the probes' views."""
+    return path.name.startswith("report") or "report" in path.parent.parts[-1:] or path.name == "probe_views.py"
+
+
+SOURCES = sources()
 GROUPS = (settings.StudySettings, settings.ExecutionSettings, settings.TuneSettings, settings.AnalysisSettings,
           settings.ScoreSettings, TrainConfig)
 # names a setting also goes by as a function's parameter
@@ -56,14 +67,27 @@ def setting_defaults() -> dict[str, set]:
     return out
 
 
-def prose_constants(tree) -> dict[float, str]:
+def package_of(path: Path, repo: Path = REPO) -> str:
+    """The package a file's relative imports start from (mnemoscope/report/page.py: mnemoscope.report)."""
+    parts = path.relative_to(repo).with_suffix("").parts
+    parts = ("mnemoscope", *parts) if parts[0] in ("architectures", "tasks") else parts
+    return ".".join(parts[:-1])
+
+
+def imported_module(node: ast.ImportFrom, package: str):
+    """The module a `from X import ...` reads, relative ones resolved against ``package``."""
+    if node.level:
+        return importlib.import_module("." * node.level + (node.module or ""), package)
+    return importlib.import_module(node.module) if node.module.startswith("mnemoscope") else None
+
+
+def prose_constants(tree, package: str = "mnemoscope") -> dict[float, str]:
     """value -> name of the numbers a report module's prose must take from a name: every constant
     it imports, the interval level (as a percentage) and every setting's default of 10 or more."""
     out = {}
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.module:
-            module = importlib.import_module("mnemoscope." + node.module.removeprefix("mnemoscope."), "mnemoscope") \
-                if node.level or node.module.startswith("mnemoscope") else None
+            module = imported_module(node, package)
             for alias in node.names if module else ():
                 value = getattr(module, alias.name, None)
                 if alias.name.isupper() and number(value):
@@ -96,11 +120,11 @@ def literal_texts(node):
             yield sub
 
 
-def copies_in(path: Path, source: str | None = None) -> list[str]:
+def copies_in(path: Path, source: str | None = None, repo: Path = REPO) -> list[str]:
     """Every second copy of a default in one file (``source``: its text, else read)."""
     tree = ast.parse(source if source is not None else path.read_text())
     defaults, found = setting_defaults(), []
-    where = lambda node, what: f"{path.relative_to(REPO)}:{node.lineno}: {what}"  # noqa: E731
+    where = lambda node, what: f"{path.relative_to(repo)}:{node.lineno}: {what}"  # noqa: E731
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
             for kw in node.keywords:
@@ -132,8 +156,8 @@ def copies_in(path: Path, source: str | None = None) -> list[str]:
                         item.value.value in defaults.get(item.target.id, ()) and \
                         not (path.name == "train.py" and node.name == "TrainConfig"):
                     found.append(where(item, f"{node.name}.{item.target.id} = {item.value.value!r}: a setting's default"))
-    if path in REPORT or path.name.startswith("report"):
-        constants, skip = prose_constants(tree), docstrings(tree)
+    if is_report(path):
+        constants, skip = prose_constants(tree, package_of(path, repo)), docstrings(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
                 for m in re.finditer(r"(?<![\w.\-/=#])(\d+(?:\.\d+)?(?:e-?\d+)?)(?!\w|\.\d)", node.value):
@@ -147,6 +171,24 @@ def copies_in(path: Path, source: str | None = None) -> list[str]:
 def test_no_default_is_written_twice():
     found = [line for path in SOURCES for line in copies_in(path)]
     assert not found, "defaults written a second time (take them from mnemoscope.settings):\n" + "\n".join(found)
+
+
+def test_the_scan_reads_every_subfolder(tmp_path):
+    """A file two folders down is scanned, and a report module in a report/ folder has its prose
+    read, its relative imports resolved from where it lies."""
+    deep = tmp_path / "mnemoscope" / "study" / "deep" / "tune_more.py"
+    page = tmp_path / "mnemoscope" / "report" / "page.py"
+    for path in (deep, page, tmp_path / "study.py"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deep.write_text(f"def tune(trials: int = {TUNE.trials}):\n    pass\n")
+    page.write_text('from ..settings import N_BOOT\nTEXT = f"{N_BOOT} resamples"\n')
+    (tmp_path / "study.py").write_text("")
+    assert deep in sources(tmp_path) and page in sources(tmp_path)
+    assert copies_in(deep, repo=tmp_path) == [
+        f"mnemoscope/study/deep/tune_more.py:1: tune(trials={TUNE.trials}): a setting's default"]
+    assert not copies_in(page, repo=tmp_path)
+    written = page.read_text().replace('f"{N_BOOT} resamples"', f'"{settings.N_BOOT} resamples"')
+    assert copies_in(page, written, repo=tmp_path)
 
 
 @pytest.mark.parametrize("path, old, new", [
