@@ -22,7 +22,7 @@ from torch import nn
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from .errors import UserError
 from .model import has_features
-from .settings import N_BOOT, TOLERANCE, VARIANTS
+from .settings import ABLATION_TOKENS, ANALYSIS, N_BOOT, TOLERANCE, VARIANTS
 from .statistics import effective_context
 from .windows import TokenSplit, eval_offsets, window_index
 
@@ -116,9 +116,9 @@ def _variant_losses(model, windows, available, target, variant: str, n: int, rng
     return rows
 
 
-def truncation_ablation(model: nn.Module, split: TokenSplit, context_length: int, n_targets: int = 512,
+def truncation_ablation(model: nn.Module, split: TokenSplit, context_length: int, n_targets: int = ANALYSIS.n_targets,
                         batch_size: int | None = None, variants=VARIANTS, contexts=None, seed: int = 0,
-                        device=None, max_tokens: int = 1 << 16, tolerance: float = TOLERANCE,
+                        device=None, max_tokens: int = ABLATION_TOKENS, tolerance: float = TOLERANCE,
                         refine=("truncate",)) -> Ablation:
     """Khandelwal et al.'s ablation: the same targets scored with n tokens of context, n in ``contexts``
     (default 1, 2, 4, ..., T).
