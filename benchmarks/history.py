@@ -31,14 +31,24 @@ from mnemoscope.checkpoints import AtomicCheckpointIO
 from mnemoscope.evaluate import per_position_losses
 from mnemoscope.history import HISTORY_POINTS, history_steps, window_stride, write_step
 from mnemoscope.model import build, count_params, size_for
-from mnemoscope.registry import ARCHITECTURES
+from mnemoscope.registry import ARCHITECTURES, TASKS
+from mnemoscope.settings import STUDY
 from mnemoscope.task import TokenSplit
-from mnemoscope.train import TrainConfig, fit
+from mnemoscope.train import TrainConfig, auto_batch_size, fit
+
+
+
+def default_study(arch: str) -> tuple:
+    """The default study's run of ``arch`` on recall, its shape taken from the settings (its size,
+    recall's context, the automatic batch, its tokens, kept steps and test windows)."""
+    T = TASKS.get("recall").default_context
+    return (f"default study, {arch} on recall", arch, STUDY.params[0], 256, T, auto_batch_size(STUDY.tokens, T),
+            STUDY.tokens, HISTORY_POINTS, STUDY.eval_sequences)
+
 
 #: (name, arch, non-embedding params, vocabulary, context, batch, tokens of the run, kept steps, final test windows)
 SHAPES = {
-    "full": [("default study, transformer on recall", "transformer", 300_000, 256, 256, 4, 2_000_000, HISTORY_POINTS, 256),
-             ("default study, lstm on recall", "lstm", 300_000, 256, 256, 4, 2_000_000, HISTORY_POINTS, 256),
+    "full": [default_study("transformer"), default_study("lstm"),
              ("books-long, transformer", "transformer", 1_000_000, 1024, 1024, 16, 20_000_000, 10, 256),
              ("books-long, lstm", "lstm", 1_000_000, 1024, 1024, 16, 20_000_000, 10, 256)],
     "tiny": [("tiny transformer", "transformer", 20_000, 64, 32, 4, 40_000, HISTORY_POINTS, 16),

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnemoscope.train import fused_adamw
+from mnemoscope.train import TrainConfig, fused_adamw
 
 
 def stamp(device: torch.device) -> np.ndarray:
@@ -28,7 +28,7 @@ def stamp(device: torch.device) -> np.ndarray:
 class BareLoop:
     """Trains ``model`` on ``batches`` (a list of (x, y) on the device), one step at a time."""
 
-    def __init__(self, model: nn.Module, batches: list, device: torch.device, lr: float = 2e-3,
+    def __init__(self, model: nn.Module, batches: list, device: torch.device, lr: float = TrainConfig.lr,
                  grad_clip: float = 1.0, compile: bool = False):
         self.model, self.batches, self.device, self.grad_clip = model.to(device).train(), batches, device, grad_clip
         self.forward = torch.compile(self.model) if compile else self.model

@@ -33,7 +33,7 @@ import torch
 
 from benchmarks import output_layer as ol
 from benchmarks.references import stamp
-from benchmarks.run import CLOCK, EVAL_TARGET, Rounds, alternate, compared, markdown, row
+from benchmarks.common import CLOCK, EVAL_TARGET, Rounds, alternate, compared, markdown, row
 from mnemoscope.model import count_params
 from mnemoscope.score import window_losses
 from mnemoscope.score_models import CausalLM

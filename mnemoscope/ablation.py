@@ -22,7 +22,7 @@ from torch import nn
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from .errors import UserError
 from .model import has_features
-from .settings import N_BOOT, TOLERANCE, VARIANTS
+from .settings import ABLATION_TOKENS, ANALYSIS, N_BOOT, TOLERANCE, VARIANTS
 from .statistics import effective_context
 from .windows import TokenSplit, eval_offsets, window_index
 
@@ -87,9 +87,38 @@ def _last_position_loss(model: nn.Module, inputs: np.ndarray, targets: np.ndarra
     return out
 
 
-def truncation_ablation(model: nn.Module, split: TokenSplit, context_length: int, n_targets: int = 512,
+def _variant_losses(model, windows, available, target, variant: str, n: int, rng, device, max_tokens: int,
+                    counter: list[int]) -> np.ndarray:
+    """(M,) losses of every target of ``windows`` under ``variant`` with n tokens of context (see
+    :func:`truncation_ablation`); ``rng`` shuffles, ``counter`` counts the forward tokens."""
+    M, T = windows.shape[0], windows.shape[1] - 1
+    if variant == "truncate" or n == T:
+        keep = np.minimum(n, available)  # a target with fewer tokens available keeps them all
+        starts = available - keep
+    else:  # the full context, tokens farther than n back altered
+        keep = available
+        starts = np.zeros(M, np.int64)
+    rows = np.empty(M, np.float32)
+    for length in np.unique(keep):  # one batch shape per window length
+        sel = np.flatnonzero(keep == length)
+        idx = starts[sel, None] + np.arange(length)[None, :]
+        x = windows[sel[:, None], idx]  # (R, length)
+        cut = length - np.minimum(n, length)  # tokens farther than n back: x[:, :cut]
+        if variant == "shuffle" and n < T and cut > 1:
+            x = x.copy()
+            perm = np.argsort(rng.random((len(sel), cut)), axis=1)
+            x[:, :cut] = np.take_along_axis(x[:, :cut], perm, axis=1)
+        elif variant == "replace" and n < T and cut > 0:
+            x = x.copy()
+            donor = (sel + M // 2) % M  # the window half the split away
+            x[:, :cut] = windows[donor][:, :cut]
+        rows[sel] = _last_position_loss(model, x, target[sel], device, max_tokens, counter)
+    return rows
+
+
+def truncation_ablation(model: nn.Module, split: TokenSplit, context_length: int, n_targets: int = ANALYSIS.n_targets,
                         batch_size: int | None = None, variants=VARIANTS, contexts=None, seed: int = 0,
-                        device=None, max_tokens: int = 1 << 16, tolerance: float = TOLERANCE,
+                        device=None, max_tokens: int = ABLATION_TOKENS, tolerance: float = TOLERANCE,
                         refine=("truncate",)) -> Ablation:
     """Khandelwal et al.'s ablation: the same targets scored with n tokens of context, n in ``contexts``
     (default 1, 2, 4, ..., T).
@@ -133,29 +162,7 @@ def truncation_ablation(model: nn.Module, split: TokenSplit, context_length: int
     rng = np.random.default_rng(seed)
 
     def score(variant: str, n: int, counter: list[int]) -> np.ndarray:
-        """(M,) losses of every target under ``variant`` with n tokens of context."""
-        if variant == "truncate" or n == T:
-            keep = np.minimum(n, available)  # a target with fewer tokens available keeps them all
-            starts = available - keep
-        else:  # the full context, tokens farther than n back altered
-            keep = available
-            starts = np.zeros(M, np.int64)
-        rows = np.empty(M, np.float32)
-        for length in np.unique(keep):  # one batch shape per window length
-            sel = np.flatnonzero(keep == length)
-            idx = starts[sel, None] + np.arange(length)[None, :]
-            x = windows[sel[:, None], idx]  # (R, length)
-            cut = length - np.minimum(n, length)  # tokens farther than n back: x[:, :cut]
-            if variant == "shuffle" and n < T and cut > 1:
-                x = x.copy()
-                perm = np.argsort(rng.random((len(sel), cut)), axis=1)
-                x[:, :cut] = np.take_along_axis(x[:, :cut], perm, axis=1)
-            elif variant == "replace" and n < T and cut > 0:
-                x = x.copy()
-                donor = (sel + M // 2) % M  # the window half the split away
-                x[:, :cut] = windows[donor][:, :cut]
-            rows[sel] = _last_position_loss(model, x, target[sel], device, max_tokens, counter)
-        return rows
+        return _variant_losses(model, windows, available, target, variant, n, rng, device, max_tokens, counter)
 
     was_training = model.training
     model.eval()

@@ -30,7 +30,7 @@ import pandas as pd
 
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from .evaluate import bootstrap_ci
-from .settings import N_BOOT, STUDY
+from .settings import N_BOOT, STILL_LEARNING, STUDY
 from .store import RunFolder
 
 HISTORY_POINTS = STUDY.history  # kept steps per run (0: none)
@@ -139,9 +139,6 @@ def run_tables(run_folder: Path, label: dict, context_bytes: np.ndarray | None =
             for i, (k, v) in enumerate(label.items()):
                 df.insert(i, k, v)
     return pos, st
-
-
-STILL_LEARNING = 0.02  # a run whose loss still falls by more than this fraction per octave of training tokens
 
 
 def still_learning(steps: pd.DataFrame, threshold: float = STILL_LEARNING) -> dict[str, float]:

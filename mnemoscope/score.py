@@ -48,7 +48,7 @@ from .registry import TASKS
 from .runner import POSITION_COLUMNS, RUN_COLUMNS
 from .score_models import Loaded, load_model
 from .score_pairs import byte_gaps
-from .settings import N_BOOT, SCORE
+from .settings import ANALYSIS, N_BOOT, SCORE
 from .specs import parse_spec
 from .statistics import (bootstrap_fit, context_resolution, last_significant_octave, octave_gain, octave_gains,
                          truncation_check)
@@ -254,7 +254,7 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print) -> d
     context, ablation_fit = _ablation(model, split, T, s, token_bytes, work, seed, log, loaded.label)
     octaves = octave_gains(losses, mask, s.n_boot, seed)
     start, end = last_significant_octave(octaves)
-    fit = bootstrap_fit(losses, mask, n_boot=200 if start is not None else 0, seed=seed)
+    fit = bootstrap_fit(losses, mask, n_boot=ANALYSIS.fit_boot if start is not None else 0, seed=seed)
     if start is None and fit["fit_status"] in ("ok", "not converged"):
         fit["fit_status"] = "flat"
     gain = octave_gain(losses, mask, T // 4, T // 2, T, n_boot=s.n_boot, seed=seed)

@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from .errors import UserError
-from .settings import N_BOOT, TOLERANCE
+from .settings import ANALYSIS, N_BOOT, TOLERANCE
 
 # a band or bin with no counted target in a resample has no mean there: its interval is NaN by design
 warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
@@ -172,8 +172,8 @@ def position_means(losses: np.ndarray, mask: np.ndarray):
     return mean, se, n
 
 
-def bootstrap_fit(losses: np.ndarray, mask: np.ndarray, n_boot: int = 200, level: float = LEVEL, seed: int = 0,
-                  **fit_kwargs) -> dict:
+def bootstrap_fit(losses: np.ndarray, mask: np.ndarray, n_boot: int = ANALYSIS.fit_boot, level: float = LEVEL,
+                  seed: int = 0, **fit_kwargs) -> dict:
     """Power-law fit of the per-position curve of (N, T) losses, intervals by bootstrap over sequences.
 
     Each replicate resamples whole sequences, recomputes the curve and refits from the point

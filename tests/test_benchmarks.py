@@ -91,7 +91,7 @@ def test_tiny_benchmark_has_every_row(tmp_path):
 
 def test_paired_ratio_and_verdict():
     """The statistics behind every ratio: per-round ratios, their median and a bootstrap interval."""
-    from benchmarks.run import CLOCK, Rounds, paired_ratio, verdict
+    from benchmarks.common import CLOCK, Rounds, paired_ratio, verdict
 
     CLOCK["index"] = 1
     rng = np.random.default_rng(0)
@@ -118,10 +118,12 @@ def test_paired_ratio_and_verdict():
 def test_append_replaces_only_the_sections_run(tmp_path, monkeypatch):
     """--only hf --append: the other sections' rows and table stay; a second run replaces its own block."""
     import benchmarks.run as bench
+    from benchmarks import hf_families
+    from benchmarks.common import row
 
-    monkeypatch.setattr(bench, "bench_hf", lambda args, device, split: [
-        bench.row("hf", "train hf:llama", 10.0, "tokens/s", "built-in transformer", 20.0, 0.5, arch="hf:llama")])
-    pd.DataFrame([bench.row("train", "train lstm 1M T=256", 5.0, "tokens/s", arch="lstm")]).to_csv(
+    monkeypatch.setattr(hf_families, "bench_hf", lambda args, device, split: [
+        row("hf", "train hf:llama", 10.0, "tokens/s", "built-in transformer", 20.0, 0.5, arch="hf:llama")])
+    pd.DataFrame([row("train", "train lstm 1M T=256", 5.0, "tokens/s", arch="lstm")]).to_csv(
         tmp_path / "benchmarks.csv", index=False)
     (tmp_path / "benchmarks.md").write_text("# Benchmarks (full mode)\n\n| train lstm 1M T=256 |\n")
     for _ in range(2):

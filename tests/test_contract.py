@@ -200,7 +200,7 @@ def hooks_read(*variables: str) -> set[str]:
     from pathlib import Path
 
     pattern = re.compile(r'(?:getattr|hasattr)\((?:%s), "(\w+)"' % "|".join(map(re.escape, variables)))
-    return {m for f in (Path(__file__).parent.parent / "mnemoscope").glob("*.py") for m in pattern.findall(f.read_text())}
+    return {m for f in (Path(__file__).parent.parent / "mnemoscope").rglob("*.py") for m in pattern.findall(f.read_text())}
 
 
 def test_every_hook_the_harness_reads_is_listed_with_its_default():

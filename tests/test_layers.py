@@ -19,11 +19,16 @@ def layer_order() -> list[str]:
     return [name.strip(" `") for name in line.split("->")]
 
 
-def modules() -> dict[str, Path]:
-    """Module name as imported (mnemoscope.x, mnemoscope.architectures.y) -> file."""
-    found = {f"mnemoscope.{p.stem}": p for p in (REPO / "mnemoscope").glob("*.py") if p.stem != "__init__"}
-    for pkg, folder in FOLDERS.items():
-        found.update({f"mnemoscope.{pkg}.{p.stem}": p for p in folder.glob("*.py") if p.stem != "__init__"})
+def modules(root: Path = REPO / "mnemoscope", folders: dict[str, Path] = FOLDERS) -> dict[str, Path]:
+    """Module name as imported (mnemoscope.x, mnemoscope.sub.x, mnemoscope.architectures.y) -> file,
+    for every .py file in every subfolder of the package (a subpackage's __init__ as the package)."""
+    found = {}
+    for base, folder in [("mnemoscope", root), *((f"mnemoscope.{pkg}", f) for pkg, f in folders.items())]:
+        for p in sorted(folder.rglob("*.py")):
+            parts = p.relative_to(folder).with_suffix("").parts
+            parts = parts[:-1] if parts[-1] == "__init__" else parts
+            if parts:  # the package's own __init__ is the public API, checked by the contract tests
+                found[".".join((base, *parts))] = p
     return found
 
 
@@ -36,7 +41,7 @@ def layer_of(module: str, order: list[str]) -> int | None:
 
 def imports(module: str, path: Path):
     """(imported module, line, inside a function?) for every import of the mnemoscope package."""
-    package = module.rpartition(".")[0]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     tree = ast.parse(path.read_text())
     nested = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
               for n in ast.walk(f) if n is not f}
@@ -59,17 +64,64 @@ def test_layer_order_is_written_and_covers_every_module():
     assert not missing, f"modules with no layer in docs/design.md: {missing}"
 
 
-def test_no_import_against_the_layer_order():
-    order = layer_order()
+def imports_against(order: list[str], found: dict[str, Path]) -> list[str]:
     against = []
-    for module, path in modules().items():
+    for module, path in found.items():
         mine = layer_of(module, order)
         for target, line, _ in imports(module, path):
             theirs = layer_of(target, order)
-            if theirs is not None and theirs > mine:
-                against.append(f"{path.relative_to(REPO)}:{line} imports {target} ({order[theirs]} is above {order[mine]})")
+            if theirs is not None and mine is not None and theirs > mine:
+                against.append(f"{path}:{line} imports {target} ({order[theirs]} is above {order[mine]})")
+    return against
+
+
+def test_no_import_against_the_layer_order():
+    against = imports_against(layer_order(), modules())
     assert not against, "\n".join(against)
 
+
+def test_no_import_cycle():
+    """Modules of one layer may import each other, but never in a circle."""
+    found = modules()
+    graph = {}  # module -> the modules it imports (`from .x import name` names module x)
+    for m, p in found.items():
+        targets = {target if target in found else target.rpartition(".")[0] for target, _, _ in imports(m, p)}
+        graph[m] = {t for t in targets if t in found and t != m}
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for t in sorted(graph[m]):
+            assert state.get(t) != 1, "import cycle: " + " -> ".join([*path, m, t])
+            if t not in state:
+                visit(t, [*path, m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def test_the_layer_check_reads_every_subfolder(tmp_path):
+    """A file two folders down is found, named as imported, and an import of it or from it
+    against the order is seen, whether written relative or absolute."""
+    pkg = tmp_path / "mnemoscope"
+    for rel, text in {"__init__.py": "", "errors.py": "",
+                      "low/__init__.py": "from .deep.a import A\n",
+                      "low/deep/__init__.py": "", "low/deep/a.py": "from ...high.b import B\nA = 1\n",
+                      "low/c.py": "from mnemoscope.high import b\nfrom .. import errors\n",
+                      "high/__init__.py": "", "high/b.py": "from ..low.deep.a import A\nB = 2\n",
+                      "cli.py": "from .high.b import B\n"}.items():
+        (pkg / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkg / rel).write_text(text)
+    found = modules(pkg, {})
+    assert set(found) == {"mnemoscope.errors", "mnemoscope.low", "mnemoscope.low.deep", "mnemoscope.low.deep.a",
+                          "mnemoscope.low.c", "mnemoscope.high", "mnemoscope.high.b", "mnemoscope.cli"}
+    against = imports_against(["errors", "low", "high", "cli"], found)
+    assert sorted(a.split(" imports ")[1].split(" (")[0] for a in against) == ["mnemoscope.high", "mnemoscope.high.b.B"]
+    assert sorted(a.split(":")[0].split("mnemoscope/")[1] for a in against) == ["low/c.py", "low/deep/a.py"]
+    reverse = imports_against(["errors", "high", "low", "cli"], found)
+    assert [a.split(":")[0].split("mnemoscope/")[1] for a in reverse] == ["high/b.py"]
 
 def test_imports_inside_functions_only_for_optional_dependencies():
     inner = [f"{path.relative_to(REPO)}:{line} {target}" for module, path in modules().items()
@@ -78,5 +130,6 @@ def test_imports_inside_functions_only_for_optional_dependencies():
 
 
 def test_no_machinery_module_much_over_500_lines():
-    long = {p.name: n for p in (REPO / "mnemoscope").glob("*.py") if (n := len(p.read_text().splitlines())) > 520}
+    long = {str(p.relative_to(REPO)): n for p in (REPO / "mnemoscope").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 520}
     assert not long, long

@@ -3,7 +3,10 @@ hyperparameters): the command line, its --help, the config file and the report's
 from there. The scan below reads the source and fails on a second copy of a default: a literal
 argparse default, a "default N" written in a help text, a public function's (or dataclass's)
 keyword default or a fallback (``x if ... else N``, ``.get(key, N)``) equal to the setting of the
-same name, and a named constant's value written as a literal number in the report's prose."""
+same name, a keyword default that disagrees with the setting of its name (a second default under
+another value), and a named constant's value written as a literal number in the report's prose.
+The scan reads every subfolder of the package, the built-ins, study.py and benchmarks/ (whose own
+flags keep their defaults, but whose help texts about the default study take its numbers)."""
 from __future__ import annotations
 
 import ast
@@ -22,9 +25,20 @@ from mnemoscope.settings import ANALYSIS, EXECUTION, SCORE, STUDY, TUNE, VALIDAT
 from mnemoscope.train import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
-SOURCES = sorted([*(REPO / "mnemoscope").glob("*.py"), REPO / "study.py", *(REPO / "tasks").glob("*.py"),
-                  *(REPO / "architectures").glob("*.py")])
-REPORT = sorted([*(REPO / "mnemoscope").glob("report*.py"), REPO / "tasks" / "probe_views.py"])
+
+
+def sources(repo: Path = REPO) -> list[Path]:
+    """Every .py file of the package (in every subfolder), the built-ins and the command line."""
+    return sorted([*(repo / "mnemoscope").rglob("*.py"), repo / "study.py", *(repo / "tasks").rglob("*.py"),
+                   *(repo / "architectures").rglob("*.py"), *(repo / "benchmarks").rglob("*.py")])
+
+
+def is_report(path: Path) -> bool:
+    """A module that writes the report's prose: report*.py, anything in a report/ folder, the probes' views."""
+    return path.name.startswith("report") or "report" in path.parent.parts[-1:] or path.name == "probe_views.py"
+
+
+SOURCES = sources()
 GROUPS = (settings.StudySettings, settings.ExecutionSettings, settings.TuneSettings, settings.AnalysisSettings,
           settings.ScoreSettings, TrainConfig)
 # names a setting also goes by as a function's parameter
@@ -35,6 +49,21 @@ TRIVIAL = {0, 1}  # too common to be a copy of anything
 
 def number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def literal_number(node):
+    """The number a literal expression writes (``200``, ``1 << 16``, ``-0.5``, ``2 ** 10``), else None."""
+    if isinstance(node, ast.Constant):
+        return node.value if number(node.value) else None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        v = literal_number(node.operand)
+        return None if v is None else -v
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.LShift, ast.Pow, ast.Mult)):
+        a, b = literal_number(node.left), literal_number(node.right)
+        if a is None or b is None:
+            return None
+        return a << b if isinstance(node.op, ast.LShift) else a ** b if isinstance(node.op, ast.Pow) else a * b
+    return None
 
 
 def setting_defaults() -> dict[str, set]:
@@ -56,14 +85,27 @@ def setting_defaults() -> dict[str, set]:
     return out
 
 
-def prose_constants(tree) -> dict[float, str]:
+def package_of(path: Path, repo: Path = REPO) -> str:
+    """The package a file's relative imports start from (mnemoscope/report/page.py: mnemoscope.report)."""
+    parts = path.relative_to(repo).with_suffix("").parts
+    parts = ("mnemoscope", *parts) if parts[0] in ("architectures", "tasks") else parts
+    return ".".join(parts[:-1])
+
+
+def imported_module(node: ast.ImportFrom, package: str):
+    """The module a `from X import ...` reads, relative ones resolved against ``package``."""
+    if node.level:
+        return importlib.import_module("." * node.level + (node.module or ""), package)
+    return importlib.import_module(node.module) if node.module.startswith("mnemoscope") else None
+
+
+def prose_constants(tree, package: str = "mnemoscope") -> dict[float, str]:
     """value -> name of the numbers a report module's prose must take from a name: every constant
     it imports, the interval level (as a percentage) and every setting's default of 10 or more."""
     out = {}
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.module:
-            module = importlib.import_module("mnemoscope." + node.module.removeprefix("mnemoscope."), "mnemoscope") \
-                if node.level or node.module.startswith("mnemoscope") else None
+            module = imported_module(node, package)
             for alias in node.names if module else ():
                 value = getattr(module, alias.name, None)
                 if alias.name.isupper() and number(value):
@@ -96,13 +138,22 @@ def literal_texts(node):
             yield sub
 
 
-def copies_in(path: Path, source: str | None = None) -> list[str]:
+def copies_in(path: Path, source: str | None = None, repo: Path = REPO) -> list[str]:
     """Every second copy of a default in one file (``source``: its text, else read)."""
     tree = ast.parse(source if source is not None else path.read_text())
     defaults, found = setting_defaults(), []
-    where = lambda node, what: f"{path.relative_to(REPO)}:{node.lineno}: {what}"  # noqa: E731
+    values = {v for vs in defaults.values() for v in vs}
+    bench = "benchmarks" in path.relative_to(repo).parts[:1]
+    where = lambda node, what: f"{path.relative_to(repo)}:{node.lineno}: {what}"  # noqa: E731
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument" and bench:
+            # the benchmarks' own flags keep their own defaults, but a help text that speaks of the
+            # default study takes its numbers from the settings
+            for kw in node.keywords:
+                for text in literal_texts(kw.value) if kw.arg == "help" else ():
+                    if "default study" in text.value and re.search(r"(?<![\w.%])\d+(?:\.\d+)?[kM]?\b", text.value):
+                        found.append(where(node, "a help text about the default study writes a number"))
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
             for kw in node.keywords:
                 if kw.arg == "default" and isinstance(kw.value, ast.Constant) and kw.value.value is not None:
                     found.append(where(node, f"argparse default {kw.value.value!r} written here"))
@@ -115,9 +166,14 @@ def copies_in(path: Path, source: str | None = None) -> list[str]:
             a = node.args
             pairs = [*zip(a.args[len(a.args) - len(a.defaults):], a.defaults), *zip(a.kwonlyargs, a.kw_defaults)]
             for arg, default in pairs:
-                if isinstance(default, ast.Constant) and default.value in defaults.get(arg.arg, ()) \
-                        and number(default.value):
-                    found.append(where(default, f"{node.name}({arg.arg}={default.value!r}): a setting's default"))
+                value = literal_number(default) if default is not None else None
+                if value is None or value in TRIVIAL or arg.arg not in defaults:
+                    continue
+                if value in defaults[arg.arg]:
+                    found.append(where(default, f"{node.name}({arg.arg}={value!r}): a setting's default"))
+                else:  # a second default that disagrees with the setting of that name
+                    found.append(where(default, f"{node.name}({arg.arg}={value!r}): the setting of that name says "
+                                                f"{', '.join(map(str, sorted(defaults[arg.arg])))}"))
         fallback = (node.orelse, node.body) if isinstance(node, ast.IfExp) else (
             (node.args[1], node.args[0]) if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "get"
             and len(node.args) == 2 else None)  # `row["tolerance"] if ... else 0.01`, `d.get("tolerance", 0.01)`
@@ -132,8 +188,8 @@ def copies_in(path: Path, source: str | None = None) -> list[str]:
                         item.value.value in defaults.get(item.target.id, ()) and \
                         not (path.name == "train.py" and node.name == "TrainConfig"):
                     found.append(where(item, f"{node.name}.{item.target.id} = {item.value.value!r}: a setting's default"))
-    if path in REPORT or path.name.startswith("report"):
-        constants, skip = prose_constants(tree), docstrings(tree)
+    if is_report(path):
+        constants, skip = prose_constants(tree, package_of(path, repo)), docstrings(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
                 for m in re.finditer(r"(?<![\w.\-/=#])(\d+(?:\.\d+)?(?:e-?\d+)?)(?!\w|\.\d)", node.value):
@@ -144,9 +200,45 @@ def copies_in(path: Path, source: str | None = None) -> list[str]:
     return found
 
 
+# Second defaults in files another branch is editing now (issue 30: analysis, scaling), left for it to
+# take from the settings; each must still be there (the test fails once one is fixed: drop it here).
+KNOWN = {
+    "mnemoscope/analysis.py": ["extrapolation(batch_size=16)", "long_context(batch_size=16)",
+                               "long_context(n_boot=200)"],
+    "mnemoscope/scaling.py": ["alpha_vs_params(n_boot=100)"],
+}
+
+
+def known(line: str) -> bool:
+    path, _, what = line.split(":", 2)
+    return any(k in what for k in KNOWN.get(path, ()))
+
+
 def test_no_default_is_written_twice():
     found = [line for path in SOURCES for line in copies_in(path)]
-    assert not found, "defaults written a second time (take them from mnemoscope.settings):\n" + "\n".join(found)
+    new = [line for line in found if not known(line)]
+    assert not new, "defaults written a second time (take them from mnemoscope.settings):\n" + "\n".join(new)
+    stale = [f"{path}: {k}" for path, ks in KNOWN.items() for k in ks
+             if not any(line.startswith(path + ":") and k in line for line in found)]
+    assert not stale, "fixed (drop them from KNOWN):\n" + "\n".join(stale)
+
+
+def test_the_scan_reads_every_subfolder(tmp_path):
+    """A file two folders down is scanned, and a report module in a report/ folder has its prose
+    read, its relative imports resolved from where it lies."""
+    deep = tmp_path / "mnemoscope" / "study" / "deep" / "tune_more.py"
+    page = tmp_path / "mnemoscope" / "report" / "page.py"
+    for path in (deep, page, tmp_path / "study.py"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deep.write_text(f"def tune(trials: int = {TUNE.trials}):\n    pass\n")
+    page.write_text('from ..settings import N_BOOT\nTEXT = f"{N_BOOT} resamples"\n')
+    (tmp_path / "study.py").write_text("")
+    assert deep in sources(tmp_path) and page in sources(tmp_path)
+    assert copies_in(deep, repo=tmp_path) == [
+        f"mnemoscope/study/deep/tune_more.py:1: tune(trials={TUNE.trials}): a setting's default"]
+    assert not copies_in(page, repo=tmp_path)
+    written = page.read_text().replace('f"{N_BOOT} resamples"', f'"{settings.N_BOOT} resamples"')
+    assert copies_in(page, written, repo=tmp_path)
 
 
 @pytest.mark.parametrize("path, old, new", [
@@ -161,6 +253,12 @@ def test_no_default_is_written_twice():
     ("mnemoscope/ablation.py", "level: float = LEVEL)", "level: float = 95)"),
     ("mnemoscope/report_findings.py", 'if "tolerance" in f else TOLERANCE', 'if "tolerance" in f else 0.01'),
     ("mnemoscope/report_history.py", "{N_STARTS} starts", "27 starts"),
+    # a default that disagrees with the setting of its name (ablation's 512 targets, 1 << 16 tokens)
+    ("mnemoscope/ablation.py", "n_targets: int = ANALYSIS.n_targets", "n_targets: int = 512"),
+    ("mnemoscope/ablation.py", "max_tokens: int = ABLATION_TOKENS", "max_tokens: int = 1 << 15"),
+    ("mnemoscope/statistics.py", "n_boot: int = ANALYSIS.fit_boot", "n_boot: int = 200"),
+    ("benchmarks/common.py", "level: float = LEVEL", "level: float = 95"),
+    ("benchmarks/run.py", "{format_count(STUDY.tokens)}", "2M"),
 ])
 def test_the_scan_sees_a_copy(path, old, new):
     source = (REPO / path).read_text()
