@@ -88,14 +88,14 @@ def recall_queries(task, folder: StudyFolder, runs: pd.DataFrame) -> pd.DataFram
     return queries
 
 
-def half_distance(distances: np.ndarray, accuracy: np.ndarray, level: float = 0.5) -> np.ndarray:
-    """The distance at which recall accuracy first falls below ``level``: interpolated on a log2
+def half_distance(distances: np.ndarray, accuracy: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """The distance at which recall accuracy first falls below ``threshold``: interpolated on a log2
     axis between the last distance at or above it and the first below (``accuracy`` (..., D) at
     the increasing ``distances`` (D,)). The smallest distance where it starts below; inf where it
     never falls below within the distances measured."""
     acc = np.atleast_2d(np.asarray(accuracy, dtype=float))
     x = np.log2(np.asarray(distances, dtype=float))
-    below = acc < level
+    below = acc < threshold
     first = np.where(below.any(-1), below.argmax(-1), -1)
     out = np.full(acc.shape[0], np.inf)
     for i, j in enumerate(first):
@@ -103,7 +103,7 @@ def half_distance(distances: np.ndarray, accuracy: np.ndarray, level: float = 0.
             out[i] = distances[0]
         elif j > 0:
             a0, a1 = acc[i, j - 1], acc[i, j]
-            out[i] = 2 ** (x[j - 1] + (x[j] - x[j - 1]) * (a0 - level) / (a0 - a1))
+            out[i] = 2 ** (x[j - 1] + (x[j] - x[j - 1]) * (a0 - threshold) / (a0 - a1))
     return out if np.ndim(accuracy) > 1 else out[:1]
 
 
