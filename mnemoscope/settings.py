@@ -94,18 +94,20 @@ class StudySettings:
     name: str | None = setting(None, "study name (default: derived from the config)", "--name")
     archs: list[str] = setting(["transformer", "lstm", "cnn"], "architectures: names, module:Class or file.py:Class "
                                "(options: transformer:pos=rotary; default: {default})", "--arch", words, nargs="+")
-    # text beside the recall probe: at this budget the LSTM's gap to the transformer grows with
-    # position only where the task puts information far back (measured; README, "A study in one line")
-    tasks: list[str] = setting(["text", "recall"], "tasks: names, or name:PATH for your own files (default: {default})",
+    # the recall probe: the transformer recalls at every distance to 128, the LSTM and CNN fall with
+    # distance (docs/protocol.md, "The default study"; results/recall-ablation for why this budget)
+    tasks: list[str] = setting(["recall"], "tasks: names, or name:PATH for your own files (default: {default})",
                                "--task", words, nargs="+")
     params: list[int] = setting([300_000], "target non-embedding parameter counts, e.g. 100k 1M (default: {default})",
                                 "--params", counts, nargs="+")
     context: int | None = setting(None, "context length in tokens (default: each task's natural length)", "--context")
-    tokens: int = setting(2_000_000, "training tokens per run, e.g. 2M (default: {default})", "--tokens", format_count)
+    tokens: int = setting(6_000_000, "training tokens per run, e.g. 2M (default: {default})", "--tokens", format_count)
     seeds: list[int] = setting([0], "random seeds (default: {default})", "--seeds", words, nargs="+", type=whole_number)
-    batch_size: int | str = setting("auto", "sequences per training batch (default {default}: the largest power "
-                                    f"of two from {MIN_AUTO_BATCH} to {MAX_AUTO_BATCH} that leaves about {MIN_STEPS} "
-                                    "optimizer steps)", "--batch-size")
+    # 4, not auto (16 at 6M tokens): at CPU budgets the number of steps, not the batch, limits what a
+    # model learns, and recall's lookup needs about 1-3k steps to appear (results/recall-ablation)
+    batch_size: int | str = setting(4, "sequences per training batch (default {default}), or auto: the largest "
+                                    f"power of two from {MIN_AUTO_BATCH} to {MAX_AUTO_BATCH} that leaves about "
+                                    f"{MIN_STEPS} optimizer steps", "--batch-size")
     eval_sequences: int = setting(256, "held-out sequences scored per run (default {default})", "--eval-sequences")
     hparams: dict[str, dict[str, Any]] = setting({})  # per arch: TrainConfig's lr, warmup_fraction, ...
     val_every_tokens: int | None = None

@@ -120,26 +120,28 @@ def recall_half_table(queries: pd.DataFrame, seed: int = 0, n_boot: int = N_BOOT
         n = np.zeros((len(units), len(dists)))
         np.add.at(hit, (inv, col), g["accuracy"].to_numpy())
         np.add.at(n, (inv, col), 1.0)
-        point = half_distance(dists, hit.sum(0) / np.maximum(n.sum(0), 1))[0]
+        curve = hit.sum(0) / np.maximum(n.sum(0), 1)
+        point = half_distance(dists, curve)[0]
         idx = bootstrap_indices(len(units), n_boot, seed)
         draws = half_distance(dists, hit[idx].sum(1) / np.maximum(n[idx].sum(1), 1))
         lo, hi = percentile_interval(np.where(np.isinf(draws), 2.0 * dists[-1], draws), axis=None)
         rows.append({"model": m, "arch": g["arch"].iloc[0], "params": int(g["params"].iloc[0]),
                      "half_distance": point, "half_low": float(lo), "half_high": float(hi),
                      "never_below_half": bool(np.isinf(point)), "longest_distance": int(dists[-1]),
+                     "lowest_accuracy": float(curve.min()), "lowest_at": int(dists[int(curve.argmin())]),
                      "shortest_distance": int(dists[0]), "accuracy_shortest": float(hit[:, 0].sum() / max(n[:, 0].sum(), 1)),
                      "accuracy_longest": float(hit[:, -1].sum() / max(n[:, -1].sum(), 1))})
     return pd.DataFrame(rows)
 
 
 def format_half(r) -> str:
-    """'9.1 [8.2, 10.3]', 'never below half up to 128 (0.99 at 128)', or 'below half from the
+    """'9.1 [8.2, 10.3]', 'never below half up to 128 (lowest 0.97, at 64)', or 'below half from the
     shortest distance, 2 (0.31)'; an interval end past the longest distance (a resample that never
     falls below half) reads '>128'."""
     top = r["longest_distance"]
     end = lambda v: f">{top}" if v > top else f"{v:.1f}"  # noqa: E731
     if r["never_below_half"]:
-        return f"never below half up to {top} ({r['accuracy_longest']:.2f} at {top})"
+        return f"never below half up to {top} (lowest {r['lowest_accuracy']:.2f}, at {r['lowest_at']})"
     if r["accuracy_shortest"] < 0.5:
         return f"below half from the shortest distance, {r['shortest_distance']} ({r['accuracy_shortest']:.2f})"
     return f"{r['half_distance']:.1f} [{end(r['half_low'])}, {end(r['half_high'])}]"

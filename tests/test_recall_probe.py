@@ -48,7 +48,7 @@ def test_recall_half_table_gives_an_interval_around_the_point_and_reads_in_words
     lstm, tr = t.loc["lstm 1k"], t.loc["transformer 1k"]
     assert 8 < lstm["half_distance"] < 16 and lstm["half_low"] <= lstm["half_distance"] <= lstm["half_high"]
     assert lstm["half_high"] - lstm["half_low"] > 0  # 40 sequences: a real interval, not a point
-    assert tr["never_below_half"] and format_half(tr).startswith("never below half up to 32 (0.9")
+    assert tr["never_below_half"] and format_half(tr).startswith("never below half up to 32 (lowest 0.9")
     assert format_half(lstm).count("[") == 1 and not format_half(lstm).startswith("never")
 
 

@@ -159,7 +159,7 @@ def test_auto_batch_size_leaves_about_a_thousand_steps():
     assert auto_batch_size(2_000, 16) == 4  # never below 4
     for b in (auto_batch_size(t, T) for t in (10**5, 10**6, 10**7, 10**8) for T in (64, 256, 784, 1024)):
         assert b in (4, 8, 16, 32)
-    config = StudyConfig(tokens="2M").normalized()
+    config = StudyConfig(tokens="2M", batch_size="auto").normalized()
     assert config.batch_size == "auto" and Study(config, Path("unused")).batch_size(256) == 4
     assert StudyConfig(batch_size="8").normalized().batch_size == 8
 
