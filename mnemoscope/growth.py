@@ -168,6 +168,12 @@ def fit_growth(table: pd.DataFrame, raw: dict, context_length: int, tolerance: f
             "rms_log_residual": rms, "fit_status": status}, boots
 
 
+FIT_COLUMNS = ["run_id", "arch", "task", "params", "seed", "n_points", "tokens_min", "tokens_max", "capped", "a", "g",
+               "g_low", "g_high", "rms_log_residual", "fit_status"]  # growth_fits.csv: a run and its law (fit_growth)
+CROSSING_COLUMNS = ["task", "params", "seed", "arch", "other", "ratio", "tokens", "tokens_low", "tokens_high", "defined",
+                    "extrapolation", "tokens_max"]  # growth_crossings.csv: a pair and its crossing (crossing)
+
+
 def crossing(first: dict, first_boots: np.ndarray, other: dict, other_boots: np.ndarray, ratio: float = RATIO,
              level: float = LEVEL) -> dict:
     """Training tokens D* at which ``first``'s law gives ``ratio`` times ``other``'s effective context:
@@ -240,7 +246,8 @@ def analyze_growth(study, settings: AnalysisSettings | None = None, log=print, d
         crossings.append({"task": task, "params": params, "seed": seed, "arch": first_arch, "other": arch,
                           **crossing(base[0], base[1], fit, boots)})
     growth = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    fits_df, cross_df = pd.DataFrame(fits), pd.DataFrame(crossings)
+    # the header even without a row: pd.read_csv of an empty table reads its columns, not an error
+    fits_df, cross_df = pd.DataFrame(fits, columns=FIT_COLUMNS), pd.DataFrame(crossings, columns=CROSSING_COLUMNS)
     study.folder.write_table("growth.parquet", growth)
     study.folder.write_table("growth_fits.csv", fits_df)
     study.folder.write_table("growth_crossings.csv", cross_df)

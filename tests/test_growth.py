@@ -121,6 +121,12 @@ def test_a_study_keeps_its_history_and_reports_how_context_use_grows(text_dir, t
     weights = sorted(p.name for p in out.glob("runs/*/history/*.pt"))
     assert len(weights) == (2 * 4 if keep else 0)  # the last step's weights are model.pt
     growth = pd.read_parquet(out / "growth.parquet")
+    # with or without a crossing (none without weights), the tables read back with their header
+    crossings, laws = pd.read_csv(out / "growth_crossings.csv"), pd.read_csv(out / "growth_fits.csv")
+    assert {"task", "arch", "other", "tokens", "tokens_low", "tokens_high"} <= set(crossings.columns)
+    assert {"run_id", "g", "g_low", "g_high", "fit_status"} <= set(laws.columns)
+    if not keep:
+        assert crossings.empty
     page = (out / "report.html").read_text()
     assert "How context use grows with training" in page and "in-context learning score" in page
     # at the last kept step, the effective context is the final analysis's (the same model, targets, rule)
