@@ -183,8 +183,9 @@ def stop_at(argv: list[str], folder: Path, signum: int = signal.SIGKILL, then=No
     """Run ``study.py argv`` in a child process until the step ``hook`` names (``pause=N`` or
     ``after=N``, and ``checkpoint=K``: :class:`mnemoscope.checkpoints.StepHook`), send it ``signum``
     there and wait for its end. Returns the step it stopped at, or None when it finished first
-    (exit 0); ``stop_at.pid`` and ``stop_at.exitcode`` are the child's id and exit status. Waits on events only (the child's
-    FIFO, its exit), never on the clock. ``then()``: called at the step, before the signal."""
+    (exit 0); ``stop_at.pid`` and ``stop_at.exitcode`` are the child's id and exit status. Waits
+    on events only (the child's FIFO, its exit), never on the clock. ``then()``: called at the
+    step, before the signal."""
     from multiprocessing.connection import wait
 
     folder.mkdir(parents=True, exist_ok=True)
