@@ -307,3 +307,18 @@ class StepHook(L.Callback):
                 os.close(r)
                 os.close(w)
 
+
+def resume_record(path: Path, n_steps: int) -> dict[str, Any]:
+    """What is recorded of a resume from the checkpoint at ``path``: its step, of how many, when it
+    was written (the file's time) and when the run resumed."""
+    def utc(t: float) -> str:
+        return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    return {"step": checkpoint_step(path), "of": int(n_steps), "checkpoint_written": utc(path.stat().st_mtime),
+            "resumed_at": utc(time.time())}
+
+
+def resume_line(run_id: str, record: dict[str, Any]) -> str:
+    """``run R resumes from step S of N, from a checkpoint written 2026-01-02 03:04:05 UTC``."""
+    written = record["checkpoint_written"].replace("T", " ").replace("Z", " UTC")
+    return f"run {run_id} resumes from step {record['step']} of {record['of']}, from a checkpoint written {written}"

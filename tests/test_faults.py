@@ -458,17 +458,28 @@ def assert_same_end(whole: Path, stopped: Path) -> dict:
     return row_b
 
 
-def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_same_end(whole_run, tmp_path):
+def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_same_end(whole_run, tmp_path, capfd):
     """SIGKILL at step 230, rows logged after its last checkpoint (step 200); the same command
-    then resumes from that checkpoint (not step 0) and ends with the uninterrupted run's test loss,
-    weights, through-training measurements and metrics.csv."""
+    then says which run resumes from where, resumes from that checkpoint (not step 0) and ends with
+    the uninterrupted run's test loss, weights, through-training measurements and metrics.csv."""
     corpus, whole = whole_run
     killed = tmp_path / "killed"
     argv = [*RESUMABLE, "--task", f"text:{corpus}", "--out", str(killed), "--checkpoint-every", "off"]
     assert stop_at(argv, tmp_path / "fifos", pause=230, checkpoint=100) == 230  # SIGKILL: nothing saved at the kill
+    (partial,) = (killed / "runs").glob(".partial-*")
+    written = (partial / "checkpoints" / "last.ckpt").stat().st_mtime
+    capfd.readouterr()
     assert main(argv) == 0
+    run_id = partial.name.removeprefix(".partial-")
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(written))
+    assert f"run {run_id} resumes from step 200 of {STEPS}, from a checkpoint written {when}" in capfd.readouterr().out
     row = assert_same_end(whole, killed)
     assert row["resumed_from_step"] == 200  # resumed, not restarted
+    assert [(r["step"], r["of"]) for r in row["resumes"]] == [(200, STEPS)]
+    assert row["resumes"][0]["checkpoint_written"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(written))
+    (cell,) = pd.read_parquet(killed / "runs.parquet")["resumes"]
+    assert json.loads(cell) == row["resumes"]
+    assert pd.isna(pd.read_parquet(whole / "runs.parquet")["resumes"]).all()  # never stopped: no resume
 
 
 def test_a_run_killed_ten_times_at_random_steps_ends_as_the_uninterrupted_run(whole_run, tmp_path):
@@ -478,14 +489,28 @@ def test_a_run_killed_ten_times_at_random_steps_ends_as_the_uninterrupted_run(wh
     corpus, whole = whole_run
     out = tmp_path / "stopped"
     argv = [*RESUMABLE, "--task", f"text:{corpus}", "--out", str(out), "--checkpoint-every", "off"]
+    from mnemoscope.checkpoints import checkpoint_step
+
     rng = random.Random(30)
     steps = sorted(rng.sample(range(5, STEPS), 10))  # each later than the last: past any checkpoint resumed from
+    resumed = []  # the step each sitting should resume from (none: no checkpoint yet, it starts afresh)
+
+    def resumes_from():
+        ckpt = list((out / "runs").glob(".partial-*/checkpoints/last.ckpt")) if (out / "runs").exists() else []
+        if ckpt:
+            resumed.append(checkpoint_step(ckpt[0]))
+
     for i, step in enumerate(steps):
         signum = signal.SIGTERM if i in (3, 7) else signal.SIGKILL
+        resumes_from()
         assert stop_at(argv, tmp_path / "fifos", signum, pause=step, checkpoint=rng.randint(3, 60)) == step
         assert stop_at.exitcode == (130 if signum == signal.SIGTERM else -signal.SIGKILL)
+    resumes_from()
     assert main(argv) == 0
-    assert_same_end(whole, out)
+    row = assert_same_end(whole, out)
+    # every resume recorded, in order, those of sittings stopped before they saved a checkpoint too
+    assert [r["step"] for r in row["resumes"]] == resumed and len(resumed) >= 8
+    assert json.loads(pd.read_parquet(out / "runs.parquet")["resumes"][0]) == row["resumes"]
 
 
 def test_resumed_batches_continue_where_they_stopped():
