@@ -31,6 +31,7 @@ from .bootstrap import LEVEL
 from .errors import UserError
 from .runner import Study
 from .settings import N_BOOT, AnalysisSettings
+from .statistics import context_resolution
 from .store import RunFolder, model_from_checkpoint
 
 RATIO = 4  # the crossing asked of the law: first architecture's effective context RATIO times the other's
@@ -85,13 +86,18 @@ def ablate_steps(run_folder: Path, task, settings: AnalysisSettings, seed: int, 
         best = table.loc[table["loss"].idxmin()]
         row["full_context_worse"] = bool(best["loss"] < row["full_context_loss"] * (1 - settings.tolerance)
                                          and int(best["context"]) < T)
+        row["best_truncated_context"] = int(best["context"])
+        # how finely the lengths tried resolve it, as the final analysis says (format_effective_context)
+        row.update(context_resolution(table))
         rows.append(row)
     model.load_state_dict(final)
     return pd.DataFrame(rows), raw
 
 
 def _settings_key(settings: AnalysisSettings) -> dict:
-    return {"n_targets": settings.n_targets, "tolerance": settings.tolerance, "n_boot": settings.n_boot}
+    # "resolution": tables stored before each step kept context_resolution's fields are made again
+    return {"n_targets": settings.n_targets, "tolerance": settings.tolerance, "n_boot": settings.n_boot,
+            "resolution": True}
 
 
 def run_growth(run_folder: Path, task, settings: AnalysisSettings, seed: int, device=None, recompute: bool = False):

@@ -18,6 +18,7 @@ from .figures import STUDY_STYLES, arch_palette, figure_png, html_table, img_tag
 from .growth import BAD_FIT_RMS, MIN_POINTS, RATIO
 from .history import ICL_BAND, ICL_EARLY, ICL_LATE, STILL_LEARNING, still_learning
 from .specs import format_count, spec_labels
+from .statistics import format_effective_context
 from .store import StudyFolder
 
 TITLE = "How context use grows with training"
@@ -146,9 +147,7 @@ def steps_table(growth: pd.DataFrame) -> pd.DataFrame:
                       f"in-context learning score [{LEVEL}%]": [_interval(v, a, b, 3) for v, a, b in
                                                           zip(growth["icl_score"], growth["icl_low"], growth["icl_high"])]})
     if "effective_context" in growth:
-        t[f"effective context, tokens [{LEVEL}%]"] = [
-            "" if v != v else f"{int(v)} [{int(a)}, {int(b)}]" for v, a, b in
-            zip(growth["effective_context"], growth["effective_context_low"], growth["effective_context_high"])]
+        t[f"effective context, tokens [{LEVEL}%]"] = [format_effective_context(r) for r in growth.to_dict("records")]
         if growth["effective_context_bytes"].notna().any():
             t["in bytes"] = [
                 "" if v != v else f"{v:.0f} [{a:.0f}, {b:.0f}]" for v, a, b in
@@ -172,11 +171,11 @@ def findings(growth: pd.DataFrame, fits: pd.DataFrame, crossings: pd.DataFrame) 
             if not f.empty and f["g"].notna().iloc[0]:
                 f = f.iloc[0]
                 law = f"; C ~ D^{f['g']:.2f} [{f['g_low']:.2f}, {f['g_high']:.2f}] ({f['fit_status']})"
-            out.append(f"{spec_labels([arch])[arch]} on {task}: effective context {int(a['effective_context'])} "
-                       f"[{int(a['effective_context_low'])}, {int(a['effective_context_high'])}] tokens after "
-                       f"{_tokens(a['tokens'])} training tokens, {int(b['effective_context'])} "
-                       f"[{int(b['effective_context_low'])}, {int(b['effective_context_high'])}] after "
-                       f"{_tokens(b['tokens'])}{law}.")
+            # the one format of an effective context (the findings', the summary's): the last kept
+            # step is the final model, and reads as the final analysis does
+            out.append(f"{spec_labels([arch])[arch]} on {task}: effective context "
+                       f"{format_effective_context(a.to_dict())} tokens after {_tokens(a['tokens'])} training "
+                       f"tokens, {format_effective_context(b.to_dict())} after {_tokens(b['tokens'])}{law}.")
     for c in crossings.to_dict("records") if not crossings.empty else []:
         first, other = spec_labels([c["arch"]])[c["arch"]], spec_labels([c["other"]])[c["other"]]
         if c["tokens"] != c["tokens"]:

@@ -133,6 +133,15 @@ def test_a_study_keeps_its_history_and_reports_how_context_use_grows(text_dir, t
     fits = pd.read_csv(out / "fits.csv").set_index("run_id")
     ends = growth[growth["step"] == growth.groupby("run_id")["step"].transform("max")].set_index("run_id")
     assert (ends["effective_context"] == fits.loc[ends.index, "effective_context"]).all()
+    # and reads the same, interval included, in the findings and the through-training sentence
+    from mnemoscope.statistics import format_effective_context
+
+    assert {"effective_context_step", "effective_context_min"} <= set(growth.columns)  # how finely it is resolved
+    for run_id, end in ends.iterrows():
+        final = format_effective_context(fits.loc[run_id].to_dict())
+        assert format_effective_context(end.to_dict()) == final
+        if keep:
+            assert f"{final} after" in page, final
     if keep:
         assert growth["effective_context"].notna().sum() == 10
         assert (growth["effective_context_low"] <= growth["effective_context"]).all()
@@ -159,3 +168,18 @@ def test_kept_steps_score_every_kth_window_of_the_final_evaluation(text_dir, tmp
     assert [s["losses"].shape[0] for s in steps] == [100, 100, 100]
     with np.load(run / "losses.npz") as z:
         assert np.array_equal(steps[-1]["losses"], z["losses"][::2])
+
+
+def test_the_through_training_sentence_gives_an_effective_context_as_the_findings_do():
+    """One format, one interval: a point resolved on a grid reads [the lowest length the interval's
+    low end stands for, high] in the through-training sentence, as in the findings and summary."""
+    from mnemoscope.report_growth import findings
+    from mnemoscope.statistics import format_effective_context
+
+    rows = [{"task": "text", "arch": "transformer", "params": 1000, "seed": 0, "step": s, "tokens": t,
+             "effective_context": c, "effective_context_low": lo, "effective_context_high": 32,
+             "effective_context_step": 1, "effective_context_min": m}
+            for s, t, c, lo, m in ((10, 1000, 8, 4, 3), (100, 10000, 27, 24, 17))]
+    text = findings(pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame())
+    assert format_effective_context(rows[-1]) == "27 [17, 32]"
+    assert "effective context 8 [3, 32] tokens after" in text and "27 [17, 32] after" in text, text
