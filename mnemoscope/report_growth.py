@@ -119,11 +119,32 @@ def growth_figure(growth: pd.DataFrame, fits: pd.DataFrame | None = None, styles
             ax.legend(fontsize=8, loc="upper left")
         ax = row[1]
         _lines(ax, part.dropna(subset=["icl"]), "icl", colors, styles)
+        if part["icl"].isna().all():
+            ax.text(0.5, 0.5, "not defined: no window has a scored target\nat both lengths of context compared",
+                    ha="center", va="center", transform=ax.transAxes)
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_ylabel("in-context learning score (nats)")
         ax.set_title(f"{task}: in-context learning score", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def icl_undefined(growth: pd.DataFrame) -> list[str]:
+    """The tasks whose in-context learning score is defined at no kept step of any run: no test
+    window has a counted target both around ``early`` and around ``late`` tokens of context (a task
+    that scores some targets per window, e.g. copy's last ones)."""
+    if "icl_score" not in growth or growth.empty:
+        return []
+    return [task for task, g in growth.groupby("task", sort=False) if g["icl_score"].isna().all()]
+
+
+def icl_undefined_text(task: str, growth: pd.DataFrame) -> str:
+    g = growth[growth["task"] == task]
+    early = int(g["icl_early"].iloc[0]) if "icl_early" in g else ICL_EARLY
+    late = int(g["icl_late"].iloc[0]) if "icl_late" in g else ICL_LATE
+    return (f"The in-context learning score is not defined on {task}: it compares each window's loss around {late} "
+            f"tokens of context with its loss around {early}, and no test window of {task} has a scored target in "
+            f"both places (the task scores only some targets of a window), so its panel and column are empty.")
 
 
 def fits_table(fits: pd.DataFrame) -> pd.DataFrame:
@@ -144,8 +165,9 @@ def steps_table(growth: pd.DataFrame) -> pd.DataFrame:
     t = pd.DataFrame({"task": growth["task"], "architecture": growth["arch"].map(spec_labels(growth["arch"])),
                       "size": growth["params"].map(lambda p: format_count(int(p))), "step": growth["step"],
                       "training tokens": growth["tokens"].map(_tokens), "test loss (nats/token)": growth["loss"].round(4),
-                      f"in-context learning score [{LEVEL}%]": [_interval(v, a, b, 3) for v, a, b in
-                                                          zip(growth["icl_score"], growth["icl_low"], growth["icl_high"])]})
+                      f"in-context learning score [{LEVEL}%]": [_interval(v, a, b, 3) if v == v else "not defined"
+                                                          for v, a, b in zip(growth["icl_score"], growth["icl_low"],
+                                                                             growth["icl_high"])]})
     if "effective_context" in growth:
         t[f"effective context, tokens [{LEVEL}%]"] = [format_effective_context(r) for r in growth.to_dict("records")]
         if growth["effective_context_bytes"].notna().any():
@@ -242,9 +264,9 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
     fits = StudyFolder(out).table("growth_fits.csv")
     crossings = StudyFolder(out).table("growth_crossings.csv")
     parts = []
-    text = findings(growth, fits, crossings)
-    if text:
-        parts.append(f"<p>{html.escape(text)}</p>")
+    text = " ".join([findings(growth, fits, crossings), *(icl_undefined_text(t, growth) for t in icl_undefined(growth))])
+    if text.strip():
+        parts.append(f"<p>{html.escape(text.strip())}</p>")
     notes = still_learning_lines(out, runs)
     if notes:
         parts.append("<p>" + "<br>".join(html.escape(n.removeprefix("note: ")) for n in notes) +

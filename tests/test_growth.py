@@ -183,3 +183,17 @@ def test_the_through_training_sentence_gives_an_effective_context_as_the_finding
     text = findings(pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame())
     assert format_effective_context(rows[-1]) == "27 [17, 32]"
     assert "effective context 8 [3, 32] tokens after" in text and "27 [17, 32] after" in text, text
+
+
+def test_a_task_scoring_some_targets_says_its_in_context_learning_score_is_undefined(tmp_path):
+    """copy scores a few targets at a window's end: no window has a target around both lengths of
+    context the score compares. The page says so, in words, instead of an empty panel and column."""
+    out = tmp_path / "study"
+    assert main(["--arch", "lstm", "--task", "copy", "--params", "2k", "--context", "32", "--tokens", "8k",
+                 "--batch-size", "8", "--eval-sequences", "16", "--history", "3", "--no-progress", "--no-analysis",
+                 "--out", str(out)]) == 0
+    assert pd.read_parquet(out / "history_steps.parquet")["icl_score"].isna().all()
+    page = (out / "report.html").read_text()
+    assert "The in-context learning score is not defined on copy" in page
+    assert "no test window of copy has a scored target in both places" in page
+    assert "<td>not defined</td>" in page
