@@ -51,10 +51,13 @@ def curves_figure(history: pd.DataFrame, x: str = "position"):
         d["label"] += " " + d["params"].map(lambda p: format_count(int(p)))
     d["bin"] = np.floor(np.log2(d["position"] + 1) * BINS_PER_OCTAVE)
     d["x"] = d["position"] + 1 if x == "position" else d["context_bytes"]
+    d = d.dropna(subset=["x"])  # in bytes: only the tasks whose tokens are text have a panel
     panels = list(dict.fromkeys(zip(d["task"], d["label"])))
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False, sharey=False)
+    cols = max(1, min(3, len(panels)))
+    rows = max(1, math.ceil(len(panels) / cols))
+    # constrained layout: no panel's title over the axis labels of the panel above, the colour bar beside
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False, sharey=False,
+                             layout="constrained")
     norm = LogNorm(vmin=max(1, d["tokens"].min()), vmax=max(2, d["tokens"].max()))
     cmap = plt.get_cmap("viridis")
     for ax, (task, label) in zip(axes.flat, panels):

@@ -197,3 +197,41 @@ def test_a_task_scoring_some_targets_says_its_in_context_learning_score_is_undef
     assert "The in-context learning score is not defined on copy" in page
     assert "no test window of copy has a scored target in both places" in page
     assert "<td>not defined</td>" in page
+
+
+def test_the_kept_step_grid_in_bytes_draws_only_panels_with_data_and_nothing_overlaps():
+    """Tasks without bytes (recall) get no empty panel in the grid against bytes of context; no
+    panel's title runs into the axis labels of the panel above."""
+    import matplotlib.pyplot as plt
+    from matplotlib.transforms import Bbox
+
+    from mnemoscope.report_growth import curves_figure
+
+    rows = []
+    for task, has_bytes in (("text", True), ("code", True), ("recall", False)):
+        for arch in ("transformer", "lstm", "cnn"):
+            for step, tokens in ((10, 1000), (100, 10000)):
+                for position in range(32):
+                    rows.append({"task": task, "arch": arch, "params": 1000, "seed": 0, "step": step, "tokens": tokens,
+                                 "position": position, "loss": 3 - 0.01 * position - 0.1 * (step == 100),
+                                 "context_bytes": 2.5 * (position + 1) if has_bytes else np.nan})
+    history = pd.DataFrame(rows)
+    fig = curves_figure(history, "context_bytes")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_title()]  # the colour bar has no title
+    assert sorted(ax.get_title() for ax in panels if ax.axison) == sorted(
+        f"{a} on {t}" for t in ("text", "code") for a in ("transformer", "lstm", "cnn"))
+    assert all(ax.lines for ax in panels if ax.axison)  # every panel drawn holds curves
+
+    def boxes(ax):  # the axis labels and tick labels below a panel
+        texts = [ax.xaxis.label, *ax.get_xticklabels()]
+        return [t.get_window_extent(renderer) for t in texts if t.get_visible() and t.get_text()]
+
+    for upper in panels:
+        for lower in panels:
+            if lower is upper:
+                continue
+            title = lower.title.get_window_extent(renderer)
+            assert not any(Bbox.intersection(title, b) for b in boxes(upper)), (lower.get_title(), upper.get_title())
+    plt.close(fig)
