@@ -51,8 +51,8 @@ from .score_models import Loaded, load_model
 from .score_pairs import byte_gaps
 from .settings import N_BOOT, SCORE
 from .specs import parse_spec
-from .statistics import (bootstrap_fit, context_resolution, last_significant_octave, octave_gain, octave_gains,
-                         truncation_check)
+from .statistics import (MIN_WINDOWS, bootstrap_fit, context_resolution, last_significant_octave, octave_gain,
+                         octave_gains, truncation_check)
 from .store import RunFolder, StudyFolder
 from .task import Task, TokenSplit, sequences_split, split_documents
 from .windows import eval_offsets, window_batch
@@ -293,7 +293,8 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print, wind
            "flops_per_token": None, "data_fingerprint": task.data_fingerprint(),
            "scoring_fingerprint": scoring_fingerprint(parts), "scoring_parts": json.dumps(parts, sort_keys=True),
            "source": loaded.source, "kind": loaded.kind, "training_context": loaded.training_context,
-           "windows": "task" if loaded.task_tokens else "byte-aligned", "score_seconds": round(time.time() - t0, 1)}
+           "windows": "task" if loaded.task_tokens else "byte-aligned", "score_seconds": round(time.time() - t0, 1),
+           "n_windows": int((mask.sum(1) > 0).sum())}
     pp = pd.DataFrame({**label, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
                        "n_sequences": count.astype(np.int64), "context_bytes": np.nan, "target_bytes": np.nan})
     stored = {"losses": losses, "mask": mask}
@@ -310,11 +311,37 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print, wind
                "last_octave_gain_high": octaves["gain_high"].iloc[-1], "last_significant_octave_start": start,
                "last_significant_octave_end": end, "tolerance": s.tolerance, "extrapolates": s.extrapolate,
                "training_context": loaded.training_context, **ablation_fit}
+    if int((mask.sum(1) > 0).sum()) < MIN_WINDOWS:  # a bootstrap over one window: intervals of zero width
+        no_intervals(row, pp, fit_row, context, octaves, buckets)
+        log(f"score: {loaded.label}: one window scored: no interval and no claim of significance (an interval "
+            f"needs at least {MIN_WINDOWS} windows; raise --sequences)")
     tables = {"context": context, "octaves": octaves, "extrapolation_buckets": buckets}
     for df in tables.values():  # each row labelled with its model, as analyze labels a run's
         for i, (k, v) in enumerate(label.items()):
             df.insert(i, k, v)
     return {"row": row, "pp": pp, "stored": stored, "fit": fit_row, **tables}
+
+
+def no_intervals(row: dict, pp: pd.DataFrame, fit: dict, context: pd.DataFrame, octaves: pd.DataFrame,
+                 buckets: pd.DataFrame) -> None:
+    """Fewer than MIN_WINDOWS windows: every interval blank (NaN), no octave significant, no fit of
+    the curve's form (it rests on the significant octaves), in place."""
+    for d in (row, fit):
+        for k in [k for k in d if k.endswith(("_low", "_high", "_min"))]:
+            d[k] = math.nan
+    fit["last_significant_octave_start"] = fit["last_significant_octave_end"] = None
+    fit["fit_status"] = "too few windows"
+    for df in (pp, buckets):
+        for col in ("ci_low", "ci_high"):
+            if col in df:
+                df[col] = np.nan
+    for col in [c for c in context if c.endswith(("_low", "_high"))]:
+        context[col] = np.nan
+    for col in ("gain_low", "gain_high"):
+        if col in octaves:
+            octaves[col] = np.nan
+    if "significant" in octaves:
+        octaves["significant"] = False
 
 
 def length_buckets(losses, mask, training: int | None, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:

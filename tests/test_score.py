@@ -239,3 +239,25 @@ def test_a_score_refused_for_short_documents_leaves_out_as_it_was(text_dir, tmp_
         assert len(err) == 1 and "too short for windows of 16 tokens" in err[0], err
     assert not fresh.exists()
     assert _snapshot(kept) == before
+
+
+def test_one_window_gives_no_interval_and_no_claim_and_no_targets_no_empty_value(text_dir, tmp_path, capsys):
+    """--sequences 1: every interval is left out (none of zero width), no octave is called
+    significant, and the findings say why in words; --targets 0: the effective context reads
+    "not measured", never an empty value."""
+    folder = hf_folder(text_dir, tmp_path / "tiny-llama")
+    one, none = tmp_path / "one", tmp_path / "none"
+    assert main(["score", str(folder), "--task", f"text:{text_dir}", "--context", "16", "--sequences", "1",
+                 "--targets", "4", "--out", str(one)]) == 0
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r'src="data:[^"]*"', "", (one / "report.html").read_text())))
+    assert "one window scored, so no interval and no claim of significance" in text
+    assert not re.search(r"\[(-?[\d.]+), \1\]", text), re.search(r".{60}\[(-?[\d.]+), \1\].{20}", text).group(0)
+    assert "nan" not in text.replace("chi2/dof nan", "")
+    assert not pd.read_parquet(one / "octaves.parquet")["significant"].any()
+    fits = pd.read_csv(one / "fits.csv")
+    assert fits["effective_context_low"].isna().all() and fits["last_significant_octave_start"].isna().all()
+    assert main(["score", str(folder), "--task", f"text:{text_dir}", "--context", "16", *FAST[:2], "--targets", "0",
+                 "--out", str(none)]) == 0
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", (none / "report.html").read_text()))
+    assert "tiny-llama not measured (no truncation ablation: --targets 0)." in text
+    assert not re.search(r"tiny-llama \.", text)
