@@ -88,11 +88,18 @@ class LogSpacedValidation(L.Callback):
         self.tokens_per_step = tokens_per_step
         self.history: list[tuple[int, int, np.ndarray]] = []  # (step, tokens, per-sequence loss sums)
         self.targets: np.ndarray | None = None
+        self.resumed = False  # restored from a checkpoint, the latest value not logged again yet
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = int(trainer.global_step)
+        if self.resumed and step not in self.steps:
+            # Lightning writes the value last logged on every later row of metrics.csv; a resumed
+            # sitting starts without it: log it again, as the uninterrupted run still holds it
+            self.resumed = False
+            pl_module.log("val_loss_logspaced", self.last_loss, on_step=True, on_epoch=False)
         if step not in self.steps or (self.history and self.history[-1][0] == step):
             return
+        self.resumed = False
         losses, mask = per_position_losses(pl_module.model, self.validation, self.T, self.n_sequences, self.batch_size)
         m = mask.astype(np.float64)
         sums = (losses.astype(np.float64) * m).sum(1)  # (N,) nats per sequence
@@ -107,6 +114,7 @@ class LogSpacedValidation(L.Callback):
     def load_state_dict(self, state):
         self.history = [(int(s), int(t), np.asarray(v, np.float64)) for s, t, v in state.get("history", [])]
         self.targets = None if state.get("targets") is None else np.asarray(state["targets"], np.float64)
+        self.resumed = bool(self.history)
 
     @property
     def last_loss(self) -> float:

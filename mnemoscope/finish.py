@@ -30,7 +30,8 @@ RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_conf
                "torch_threads",
                "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
                "last_octave_gain_high", "status", "diverged_step", "flops_per_token", "data_fingerprint",
-               "scoring_fingerprint", "scoring_parts"]  # what the test losses were scored on (evaluate.scoring_parts)
+               "scoring_fingerprint", "scoring_parts",  # what the test losses were scored on (evaluate.scoring_parts)
+               "resumes"]  # every resume of the run after a stop: JSON, [{step, of, checkpoint_written, resumed_at}]
 POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "n_sequences",
                     "context_bytes", "target_bytes"]
 
@@ -95,8 +96,9 @@ def finish_run(study, run, run_id: str, trained, work: RunFolder) -> dict[str, A
         work.write_table("history", positions)
         work.write_table("history_steps", steps)
         row["history_seconds"] = round(trained.history.seconds, 2)
-    if trained.resumed_from is not None:
+    if trained.resumes:  # every resume, oldest first; runs.parquet holds the list as JSON text
         row["resumed_from_step"] = trained.resumed_from
+        row["resumes"] = trained.resumes
     work.keep_metrics()
     work.write_row(row)
     return row

@@ -31,6 +31,7 @@ from .bootstrap import LEVEL
 from .errors import UserError
 from .runner import Study
 from .settings import N_BOOT, AnalysisSettings
+from .statistics import context_resolution
 from .store import RunFolder, model_from_checkpoint
 
 RATIO = 4  # the crossing asked of the law: first architecture's effective context RATIO times the other's
@@ -85,13 +86,18 @@ def ablate_steps(run_folder: Path, task, settings: AnalysisSettings, seed: int, 
         best = table.loc[table["loss"].idxmin()]
         row["full_context_worse"] = bool(best["loss"] < row["full_context_loss"] * (1 - settings.tolerance)
                                          and int(best["context"]) < T)
+        row["best_truncated_context"] = int(best["context"])
+        # how finely the lengths tried resolve it, as the final analysis says (format_effective_context)
+        row.update(context_resolution(table))
         rows.append(row)
     model.load_state_dict(final)
     return pd.DataFrame(rows), raw
 
 
 def _settings_key(settings: AnalysisSettings) -> dict:
-    return {"n_targets": settings.n_targets, "tolerance": settings.tolerance, "n_boot": settings.n_boot}
+    # "resolution": tables stored before each step kept context_resolution's fields are made again
+    return {"n_targets": settings.n_targets, "tolerance": settings.tolerance, "n_boot": settings.n_boot,
+            "resolution": True}
 
 
 def run_growth(run_folder: Path, task, settings: AnalysisSettings, seed: int, device=None, recompute: bool = False):
@@ -168,6 +174,12 @@ def fit_growth(table: pd.DataFrame, raw: dict, context_length: int, tolerance: f
             "rms_log_residual": rms, "fit_status": status}, boots
 
 
+FIT_COLUMNS = ["run_id", "arch", "task", "params", "seed", "n_points", "tokens_min", "tokens_max", "capped", "a", "g",
+               "g_low", "g_high", "rms_log_residual", "fit_status"]  # growth_fits.csv: a run and its law (fit_growth)
+CROSSING_COLUMNS = ["task", "params", "seed", "arch", "other", "ratio", "tokens", "tokens_low", "tokens_high", "defined",
+                    "extrapolation", "tokens_max"]  # growth_crossings.csv: a pair and its crossing (crossing)
+
+
 def crossing(first: dict, first_boots: np.ndarray, other: dict, other_boots: np.ndarray, ratio: float = RATIO,
              level: float = LEVEL) -> dict:
     """Training tokens D* at which ``first``'s law gives ``ratio`` times ``other``'s effective context:
@@ -240,7 +252,8 @@ def analyze_growth(study, settings: AnalysisSettings | None = None, log=print, d
         crossings.append({"task": task, "params": params, "seed": seed, "arch": first_arch, "other": arch,
                           **crossing(base[0], base[1], fit, boots)})
     growth = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-    fits_df, cross_df = pd.DataFrame(fits), pd.DataFrame(crossings)
+    # the header even without a row: pd.read_csv of an empty table reads its columns, not an error
+    fits_df, cross_df = pd.DataFrame(fits, columns=FIT_COLUMNS), pd.DataFrame(crossings, columns=CROSSING_COLUMNS)
     study.folder.write_table("growth.parquet", growth)
     study.folder.write_table("growth_fits.csv", fits_df)
     study.folder.write_table("growth_crossings.csv", cross_df)

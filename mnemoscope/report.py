@@ -220,7 +220,8 @@ def headline_table(out: Path, runs: pd.DataFrame) -> pd.DataFrame:
         if "last_octave_gain" in r and pd.notna(r["last_octave_gain"]):
             row[f"gain over the last octave (nats) [{LEVEL}%]"] = format_gap(r["last_octave_gain"], r["last_octave_gain_low"],
                                                                        r["last_octave_gain_high"])
-            row["still falling?"] = "yes" if r["last_octave_gain_low"] > 0 else "no"
+            row["still falling?"] = ("no interval" if pd.isna(r["last_octave_gain_low"]) else
+                                     "yes" if r["last_octave_gain_low"] > 0 else "no")
         row["status"] = f or "ok"
         rows.append(row)
     return pd.DataFrame(rows)

@@ -13,7 +13,7 @@ import pandas as pd
 from .bootstrap import LEVEL
 from .settings import TOLERANCE
 from .specs import format_count, spec_labels
-from .statistics import format_effective_context, format_gap
+from .statistics import MIN_WINDOWS, format_effective_context, format_gap
 from .store import StudyFolder
 from .tokenizer import byte_level_spec
 
@@ -86,7 +86,8 @@ def findings(out: Path, runs: pd.DataFrame, task_sentences: dict[str, str] | Non
         f = fits[fits["task"] == task] if not fits.empty and "effective_context" in fits else pd.DataFrame()
         if not f.empty:
             f = f[f["params"] == f["params"].max()]
-            cells = [f"{labels.get(r['arch'], r['arch'])} {format_effective_context(r)}" for r in f.to_dict("records")]
+            cells = [f"{labels.get(r['arch'], r['arch'])} {format_effective_context(r) or not_measured(r)}"
+                     for r in f.to_dict("records")]
             tol = f["tolerance"].iloc[0] if "tolerance" in f else TOLERANCE
             parts.append(f"Effective context (tokens, of {int(f['context'].iloc[0])}; within {tol:.0%} of the "
                          f"full-context loss): {'; '.join(cells)}.")
@@ -100,6 +101,14 @@ def findings(out: Path, runs: pd.DataFrame, task_sentences: dict[str, str] | Non
         lines.append(("flagged", "; ".join(f"{labels[r['arch']]} on {r['task']} ({format_count(int(r['params']))}, seed "
                                            f"{r['seed']}): {r['flag']}" for r in bad.to_dict("records"))
                       + ". Their numbers describe no learned model; they are left out of the sentences above."))
+    if "n_windows" in runs:  # scored on one window: a bootstrap over windows has nothing to resample
+        few = runs[runs["n_windows"].notna() & (runs["n_windows"] < MIN_WINDOWS)]
+        if not few.empty:
+            names = list(dict.fromkeys(f"{labels.get(a, a)} on {t}" for a, t in zip(few["arch"], few["task"])))
+            lines.append(("intervals", f"{_names(names)}: one window scored, so no interval and no claim of "
+                                       f"significance (a bootstrap interval over windows needs at least {MIN_WINDOWS}); "
+                                       "score more windows (--sequences) for them."))
+    ok = ok[ok["last_octave_gain_low"].notna()] if "last_octave_gain_low" in ok else ok  # runs with no interval: no claim
     if "last_octave_gain_low" in ok and not ok.empty:
         falling = ok[ok["last_octave_gain_low"] > 0]
         if falling.empty:
@@ -110,6 +119,13 @@ def findings(out: Path, runs: pd.DataFrame, task_sentences: dict[str, str] | Non
             lines.append(("last octave", f"Still falling over the last octave of positions (T/2 to T, {LEVEL}% interval "
                                          f"above zero): {_names(names)}; their loss would keep falling with more context."))
     return lines
+
+
+def not_measured(fit: dict) -> str:
+    """What an effective context without a value says instead of an empty cell."""
+    if fit.get("ablation_targets") == 0:
+        return "not measured (no truncation ablation: --targets 0)"
+    return "not measured"
 
 
 def gap_sentence(g: pd.DataFrame, labels: dict, key: str = "arch") -> str:

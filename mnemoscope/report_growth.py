@@ -18,6 +18,7 @@ from .figures import STUDY_STYLES, arch_palette, figure_png, html_table, img_tag
 from .growth import BAD_FIT_RMS, MIN_POINTS, RATIO
 from .history import ICL_BAND, ICL_EARLY, ICL_LATE, STILL_LEARNING, still_learning
 from .specs import format_count, spec_labels
+from .statistics import format_effective_context
 from .store import StudyFolder
 
 TITLE = "How context use grows with training"
@@ -50,10 +51,13 @@ def curves_figure(history: pd.DataFrame, x: str = "position"):
         d["label"] += " " + d["params"].map(lambda p: format_count(int(p)))
     d["bin"] = np.floor(np.log2(d["position"] + 1) * BINS_PER_OCTAVE)
     d["x"] = d["position"] + 1 if x == "position" else d["context_bytes"]
+    d = d.dropna(subset=["x"])  # in bytes: only the tasks whose tokens are text have a panel
     panels = list(dict.fromkeys(zip(d["task"], d["label"])))
-    cols = min(3, len(panels))
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False, sharey=False)
+    cols = max(1, min(3, len(panels)))
+    rows = max(1, math.ceil(len(panels) / cols))
+    # constrained layout: no panel's title over the axis labels of the panel above, the colour bar beside
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False, sharey=False,
+                             layout="constrained")
     norm = LogNorm(vmin=max(1, d["tokens"].min()), vmax=max(2, d["tokens"].max()))
     cmap = plt.get_cmap("viridis")
     for ax, (task, label) in zip(axes.flat, panels):
@@ -118,11 +122,32 @@ def growth_figure(growth: pd.DataFrame, fits: pd.DataFrame | None = None, styles
             ax.legend(fontsize=8, loc="upper left")
         ax = row[1]
         _lines(ax, part.dropna(subset=["icl"]), "icl", colors, styles)
+        if part["icl"].isna().all():
+            ax.text(0.5, 0.5, "not defined: no window has a scored target\nat both lengths of context compared",
+                    ha="center", va="center", transform=ax.transAxes)
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_ylabel("in-context learning score (nats)")
         ax.set_title(f"{task}: in-context learning score", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def icl_undefined(growth: pd.DataFrame) -> list[str]:
+    """The tasks whose in-context learning score is defined at no kept step of any run: no test
+    window has a counted target both around ``early`` and around ``late`` tokens of context (a task
+    that scores some targets per window, e.g. copy's last ones)."""
+    if "icl_score" not in growth or growth.empty:
+        return []
+    return [task for task, g in growth.groupby("task", sort=False) if g["icl_score"].isna().all()]
+
+
+def icl_undefined_text(task: str, growth: pd.DataFrame) -> str:
+    g = growth[growth["task"] == task]
+    early = int(g["icl_early"].iloc[0]) if "icl_early" in g else ICL_EARLY
+    late = int(g["icl_late"].iloc[0]) if "icl_late" in g else ICL_LATE
+    return (f"The in-context learning score is not defined on {task}: it compares each window's loss around {late} "
+            f"tokens of context with its loss around {early}, and no test window of {task} has a scored target in "
+            f"both places (the task scores only some targets of a window), so its panel and column are empty.")
 
 
 def fits_table(fits: pd.DataFrame) -> pd.DataFrame:
@@ -143,12 +168,11 @@ def steps_table(growth: pd.DataFrame) -> pd.DataFrame:
     t = pd.DataFrame({"task": growth["task"], "architecture": growth["arch"].map(spec_labels(growth["arch"])),
                       "size": growth["params"].map(lambda p: format_count(int(p))), "step": growth["step"],
                       "training tokens": growth["tokens"].map(_tokens), "test loss (nats/token)": growth["loss"].round(4),
-                      f"in-context learning score [{LEVEL}%]": [_interval(v, a, b, 3) for v, a, b in
-                                                          zip(growth["icl_score"], growth["icl_low"], growth["icl_high"])]})
+                      f"in-context learning score [{LEVEL}%]": [_interval(v, a, b, 3) if v == v else "not defined"
+                                                          for v, a, b in zip(growth["icl_score"], growth["icl_low"],
+                                                                             growth["icl_high"])]})
     if "effective_context" in growth:
-        t[f"effective context, tokens [{LEVEL}%]"] = [
-            "" if v != v else f"{int(v)} [{int(a)}, {int(b)}]" for v, a, b in
-            zip(growth["effective_context"], growth["effective_context_low"], growth["effective_context_high"])]
+        t[f"effective context, tokens [{LEVEL}%]"] = [format_effective_context(r) for r in growth.to_dict("records")]
         if growth["effective_context_bytes"].notna().any():
             t["in bytes"] = [
                 "" if v != v else f"{v:.0f} [{a:.0f}, {b:.0f}]" for v, a, b in
@@ -172,11 +196,11 @@ def findings(growth: pd.DataFrame, fits: pd.DataFrame, crossings: pd.DataFrame) 
             if not f.empty and f["g"].notna().iloc[0]:
                 f = f.iloc[0]
                 law = f"; C ~ D^{f['g']:.2f} [{f['g_low']:.2f}, {f['g_high']:.2f}] ({f['fit_status']})"
-            out.append(f"{spec_labels([arch])[arch]} on {task}: effective context {int(a['effective_context'])} "
-                       f"[{int(a['effective_context_low'])}, {int(a['effective_context_high'])}] tokens after "
-                       f"{_tokens(a['tokens'])} training tokens, {int(b['effective_context'])} "
-                       f"[{int(b['effective_context_low'])}, {int(b['effective_context_high'])}] after "
-                       f"{_tokens(b['tokens'])}{law}.")
+            # the one format of an effective context (the findings', the summary's): the last kept
+            # step is the final model, and reads as the final analysis does
+            out.append(f"{spec_labels([arch])[arch]} on {task}: effective context "
+                       f"{format_effective_context(a.to_dict())} tokens after {_tokens(a['tokens'])} training "
+                       f"tokens, {format_effective_context(b.to_dict())} after {_tokens(b['tokens'])}{law}.")
     for c in crossings.to_dict("records") if not crossings.empty else []:
         first, other = spec_labels([c["arch"]])[c["arch"]], spec_labels([c["other"]])[c["other"]]
         if c["tokens"] != c["tokens"]:
@@ -249,9 +273,9 @@ def report_section(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[tupl
     if history.empty:
         return []
     parts = []
-    text = findings(growth, fits, crossings)
-    if text:
-        parts.append(f"<p>{html.escape(text)}</p>")
+    text = " ".join([findings(growth, fits, crossings), *(icl_undefined_text(t, growth) for t in icl_undefined(growth))])
+    if text.strip():
+        parts.append(f"<p>{html.escape(text.strip())}</p>")
     notes = still_learning_lines(out, runs)
     if notes:
         parts.append("<p>" + "<br>".join(html.escape(n.removeprefix("note: ")) for n in notes) +

@@ -17,7 +17,7 @@ from .settings import TOLERANCE
 from .specs import format_count, spec_labels
 from .store import StudyFolder
 from .statistics import (HUBER_DELTA, MIN_FIT_POINTS, N_STARTS, WRONG_FORM_CHI2, format_effective_context, format_gap,
-                         short_number)
+                         format_interval, short_number)
 
 
 def gap_cells(gaps: pd.DataFrame, index: list[str]) -> pd.DataFrame:
@@ -212,7 +212,7 @@ def bucket_table(buckets: pd.DataFrame) -> pd.DataFrame:
     b = buckets[buckets["factor"] == buckets.groupby("run_id")["factor"].transform("max")].copy()
     b["model"] = _model_label(b)
     b["bucket"] = b["bucket_start"].astype(str) + "-" + (b["bucket_end"] - 1).astype(str)
-    b["cell"] = [f"{v:.3f} [{lo:.3f}, {hi:.3f}]" for v, lo, hi in zip(b["loss"], b["ci_low"], b["ci_high"])]
+    b["cell"] = [format_interval(v, lo, hi, ".3f") for v, lo, hi in zip(b["loss"], b["ci_low"], b["ci_high"])]
     wide = b.pivot_table(index=["task", "model"], columns="bucket", values="cell", aggfunc="first", sort=False)
     wide = wide[list(dict.fromkeys(b["bucket"]))].reset_index()
     wide.columns.name = None

@@ -53,6 +53,7 @@ class RunFolder:
     HISTORY_TABLES = ("history", "history_steps")  # NAME.parquet made of the kept steps
     CHECKPOINTS = "checkpoints"  # mid-run checkpoints (a run under way only)
     LOGS = "logs"  # the loggers' folder (a run under way only)
+    RESUMES = "resumes.json"  # every resume so far (a run under way only; result.json's "resumes" at the end)
     ANALYSIS = "analysis"  # the run's stored analysis: NAME.json, NAME.parquet, NAME.npz
     VIEW = "view_{}.parquet"  # a task view's table computed from the model, kept
     LOCK = ".lock"  # held by the process working on the run (a run under way only)
@@ -242,6 +243,16 @@ class RunFolder:
         return df
 
     # -- a run under way ---------------------------------------------------------------------------------
+    def resumes(self) -> list[dict[str, Any]]:
+        """Every resume of the run under way so far, oldest first (:meth:`add_resume`)."""
+        path = self.path / self.RESUMES
+        return json.loads(path.read_text()) if path.exists() else []
+
+    def add_resume(self, record: dict[str, Any]) -> None:
+        """Record a resume (:func:`mnemoscope.checkpoints.resume_record`) of the run under way: the
+        list is the folder's, so a sitting stopped before its first checkpoint is recorded too."""
+        files.write_text(self.path / self.RESUMES, json.dumps([*self.resumes(), record], indent=1))
+
     def keep_metrics(self) -> None:
         """Lightning's CSV log moved out of the loggers' folder, which goes with the checkpoints."""
         metrics = self.logs_dir / self.METRICS
@@ -249,6 +260,7 @@ class RunFolder:
             shutil.move(metrics, self.path / self.METRICS)
         shutil.rmtree(self.logs_dir, ignore_errors=True)
         shutil.rmtree(self.checkpoints_dir, ignore_errors=True)  # the run is whole: nothing to resume from
+        (self.path / self.RESUMES).unlink(missing_ok=True)  # in result.json now
 
     def move_to(self, final: Path) -> dict[str, Any] | None:
         """Move this (working) folder into place as ``final`` whole, without its lock: a run is either

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ import pandas as pd
 import torch
 
 from .callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines, TrainingHistory
-from .checkpoints import Elapsed, checkpoint_step, latest_checkpoint
+from .checkpoints import Elapsed, latest_checkpoint, resume_line, resume_record
 from .config import RunSpec, StudyConfig, plan
 from .errors import ContractError, UserError
 from .finish import POSITION_COLUMNS, RUN_COLUMNS, finish_run
@@ -54,7 +55,12 @@ class Trained:
     flops_per_token: float
     hparams: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the trackers record of the run
     history: TrainingHistory | None = None  # the through-training scoring (None: not kept)
-    resumed_from: int | None = None  # the step a resumed run continued from (None: trained in one go)
+    resumes: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # every resume (RunFolder.resumes)
+
+    @property
+    def resumed_from(self) -> int | None:
+        """The step the last resume continued from (None: trained in one go)."""
+        return self.resumes[-1]["step"] if self.resumes else None
 
 
 class Study:
@@ -256,11 +262,16 @@ class Study:
                                     cfg.batch_size * task.context_length, max(cfg.batch_size, EVAL_BATCH))
         run_id = self.run_id(run)
         n_steps = cfg.steps(task.context_length)
-        history, checkpoints, resumed_from = None, None, None
+        history, checkpoints, start, resumes = None, None, 0, []
         if work is not None:
             checkpoints = RunFolder(work).checkpoints_dir
             resume = latest_checkpoint(checkpoints)
-            resumed_from = checkpoint_step(resume) if resume is not None else None
+            if resume is not None:
+                record = resume_record(resume, n_steps)
+                print(resume_line(run_id, record), flush=True)
+                RunFolder(work).add_resume(record)
+                start = record["step"]
+            resumes = RunFolder(work).resumes()
             if self.config.history:
                 history = TrainingHistory(splits["test"], task.context_length, self.config.eval_sequences,
                                           history_steps(n_steps, self.config.history),
@@ -270,7 +281,7 @@ class Study:
         elapsed = Elapsed()
         callbacks = [*callbacks, elapsed]
         if progress == "lines":
-            callbacks = [*callbacks, ProgressLines(run_id, n_steps, start=resumed_from or 0)]
+            callbacks = [*callbacks, ProgressLines(run_id, n_steps, start=start)]
         hparams = {"arch": run.arch, "task": run.task, "size": format_count(run.params), "params": run.params,
                    "seed": run.seed, "study": self.config.name, "run_id": run_id, "context": task.context_length,
                    "tokens": cfg.tokens, "batch_size": cfg.batch_size, "lr": cfg.lr}
@@ -300,7 +311,7 @@ class Study:
             # asked it to stop; the checkpoint holds the run, which is not finished
             raise KeyboardInterrupt
         return Trained(model, arch_config, cfg, guard, curve, trainer, elapsed.seconds, fpt, hparams, history,
-                       resumed_from)
+                       resumes)
 
     def execute(self, run: RunSpec, progress: bool | str = True) -> dict[str, Any]:
         """Train and evaluate one run; move its folder into place atomically.
@@ -368,6 +379,9 @@ class Study:
                                      lambda: active_params(folder.load_model()[0]))
             rows.append({**row, "arch": arch_before_convolutions(row["arch"], lambda: folder.checkpoint()["state_dict"])})
             tables.append(folder.per_position())
+        for row in rows:  # a list in result.json, JSON text in the table (one value per cell)
+            if isinstance(row.get("resumes"), list):
+                row["resumes"] = json.dumps(row["resumes"])
         runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
         pp = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=POSITION_COLUMNS)
         self.folder.write_table("runs.parquet", runs)

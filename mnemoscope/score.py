@@ -26,6 +26,7 @@ Loading models: :mod:`mnemoscope.score_models`.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -50,8 +51,8 @@ from .score_models import Loaded, load_model
 from .score_pairs import byte_gaps
 from .settings import ANALYSIS, N_BOOT, SCORE
 from .specs import parse_spec
-from .statistics import (bootstrap_fit, context_resolution, last_significant_octave, octave_gain, octave_gains,
-                         truncation_check)
+from .statistics import (MIN_WINDOWS, bootstrap_fit, context_resolution, last_significant_octave, octave_gain,
+                         octave_gains, truncation_check)
 from .store import RunFolder, StudyFolder
 from .task import Task, TokenSplit, sequences_split, split_documents
 from .windows import eval_offsets, window_batch
@@ -90,7 +91,8 @@ def byte_windows(docs, starts, T: int, loaded: Loaded) -> tuple[TokenSplit, np.n
         raw = docs[doc][1][at:at + reserve]
         cut = raw.rfind(b"\n")
         raw = raw[:cut + 1] if cut > len(raw) // 2 else raw
-        ids = loaded.encode(raw.decode("utf-8", errors="ignore"))[:T + 1]
+        # the document is UTF-8 (utf8_documents): only a character cut at the window's end is left out
+        ids = loaded.encode(codecs.getincrementaldecoder("utf-8")().decode(raw, final=False))[:T + 1]
         if len(ids) and max(ids) >= loaded.vocab_size:
             raise UserError(f"{loaded.label}: its tokenizer gave token {max(ids)} for the text of {docs[doc][0]}, "
                             f"past the model's {loaded.vocab_size} rows (a special token written in the text?)")
@@ -121,6 +123,33 @@ def test_documents(task: Task) -> list[tuple[str, bytes]]:
         raise UserError(f"task {task.name} is not made of text documents; score a model of another tokenizer "
                         "on a text task (text, code, books)")
     return split_documents(task.documents())["test"]
+
+
+def utf8_documents(docs: list[tuple[str, bytes]], label: str) -> None:
+    """A tokenizer other than the task's reads text: each document must be UTF-8, scored as its
+    bytes are, or refused in one line naming the document and the byte (never a byte dropped or
+    replaced: the text scored and the bytes reported would no longer be the file's)."""
+    for name, data in docs:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{name} is not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}; perhaps "
+                            f"Latin-1 or Windows-1252): {label}'s tokenizer reads UTF-8 text and score scores a "
+                            "file's bytes as they are: convert it first (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def score_windows(loaded: Loaded, task: Task, s: "Settings") -> tuple[TokenSplit, np.ndarray | None]:
+    """The windows ``loaded`` reads (the study's own with the task's tokenizer, else byte-aligned
+    ones) and the bytes of each of its tokens; every refusal of the text comes from here, before
+    anything is written."""
+    if loaded.task_tokens:  # the task's own tokenizer: the study's windows, its numbers reproduced
+        return task.splits()["test"], task.token_bytes()
+    docs = test_documents(task)
+    utf8_documents(docs, loaded.label)
+    starts = byte_starts(docs, s.context, s.sequences)
+    if not starts:
+        raise UserError(f"the test documents of {s.task} are too short for windows of {s.context} tokens")
+    return byte_windows(docs, starts, s.context, loaded)[0], loaded.token_bytes
 
 
 class Settings:
@@ -222,20 +251,13 @@ def _ablation(model, split, T: int, s: Settings, token_bytes, work: Path, seed: 
     return context, {**fit, **truncation_check(context, s.tolerance), **context_resolution(context)}
 
 
-def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print) -> dict:
+def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print, windows=None) -> dict:
     """Every number of one model, its stages kept in ``work``: the result row, the per-position
-    table, the stored losses, and the fit, context, octave and bucket tables."""
+    table, the stored losses, and the fit, context, octave and bucket tables. ``windows``: what
+    :func:`score_windows` gave for the model (made here when None)."""
     T = s.context
     t0 = time.time()
-    if loaded.task_tokens:  # the task's own tokenizer: the study's windows, its numbers reproduced
-        split, token_bytes = task.splits()["test"], task.token_bytes()
-    else:
-        docs = test_documents(task)
-        starts = byte_starts(docs, T, s.sequences)
-        if not starts:
-            raise UserError(f"the test documents of {s.task} are too short for windows of {T} tokens")
-        split, _ = byte_windows(docs, starts, T, loaded)
-        token_bytes = loaded.token_bytes
+    split, token_bytes = windows if windows is not None else score_windows(loaded, task, s)
     model = loaded.model
     n = s.sequences
 
@@ -271,7 +293,8 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print) -> d
            "flops_per_token": None, "data_fingerprint": task.data_fingerprint(),
            "scoring_fingerprint": scoring_fingerprint(parts), "scoring_parts": json.dumps(parts, sort_keys=True),
            "source": loaded.source, "kind": loaded.kind, "training_context": loaded.training_context,
-           "windows": "task" if loaded.task_tokens else "byte-aligned", "score_seconds": round(time.time() - t0, 1)}
+           "windows": "task" if loaded.task_tokens else "byte-aligned", "score_seconds": round(time.time() - t0, 1),
+           "n_windows": int((mask.sum(1) > 0).sum())}
     pp = pd.DataFrame({**label, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
                        "n_sequences": count.astype(np.int64), "context_bytes": np.nan, "target_bytes": np.nan})
     stored = {"losses": losses, "mask": mask}
@@ -288,11 +311,37 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print) -> d
                "last_octave_gain_high": octaves["gain_high"].iloc[-1], "last_significant_octave_start": start,
                "last_significant_octave_end": end, "tolerance": s.tolerance, "extrapolates": s.extrapolate,
                "training_context": loaded.training_context, **ablation_fit}
+    if int((mask.sum(1) > 0).sum()) < MIN_WINDOWS:  # a bootstrap over one window: intervals of zero width
+        no_intervals(row, pp, fit_row, context, octaves, buckets)
+        log(f"score: {loaded.label}: one window scored: no interval and no claim of significance (an interval "
+            f"needs at least {MIN_WINDOWS} windows; raise --sequences)")
     tables = {"context": context, "octaves": octaves, "extrapolation_buckets": buckets}
     for df in tables.values():  # each row labelled with its model, as analyze labels a run's
         for i, (k, v) in enumerate(label.items()):
             df.insert(i, k, v)
     return {"row": row, "pp": pp, "stored": stored, "fit": fit_row, **tables}
+
+
+def no_intervals(row: dict, pp: pd.DataFrame, fit: dict, context: pd.DataFrame, octaves: pd.DataFrame,
+                 buckets: pd.DataFrame) -> None:
+    """Fewer than MIN_WINDOWS windows: every interval blank (NaN), no octave significant, no fit of
+    the curve's form (it rests on the significant octaves), in place."""
+    for d in (row, fit):
+        for k in [k for k in d if k.endswith(("_low", "_high", "_min"))]:
+            d[k] = math.nan
+    fit["last_significant_octave_start"] = fit["last_significant_octave_end"] = None
+    fit["fit_status"] = "too few windows"
+    for df in (pp, buckets):
+        for col in ("ci_low", "ci_high"):
+            if col in df:
+                df[col] = np.nan
+    for col in [c for c in context if c.endswith(("_low", "_high"))]:
+        context[col] = np.nan
+    for col in ("gain_low", "gain_high"):
+        if col in octaves:
+            octaves[col] = np.nan
+    if "significant" in octaves:
+        octaves["significant"] = False
 
 
 def length_buckets(losses, mask, training: int | None, n_boot: int = N_BOOT, seed: int = 0) -> pd.DataFrame:
@@ -370,6 +419,7 @@ def score(models: list[str], s: Settings, out: Path, log=print) -> pd.DataFrame:
     for i, x in enumerate(loaded):  # one label per model: a second "transformer" becomes "transformer-2"
         if labels.count(x.label) > 1:
             x.label = f"{x.label}-{labels[:i + 1].count(x.label)}"
+    windows = [score_windows(x, task, s) for x in loaded]  # every check of the text, before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"name": out.resolve().name, "archs": [x.label for x in loaded], "tasks": [s.task],
@@ -385,12 +435,12 @@ def score(models: list[str], s: Settings, out: Path, log=print) -> pd.DataFrame:
     files.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     StudyFolder(out).write_environment()
     data = task.data_fingerprint()
-    for x in loaded:
+    for x, w in zip(loaded, windows):
         run_id = _run_id(x, s, data)
         if (out / "runs" / run_id / "result.json").exists():
             log(f"score: {x.label}: already scored ({run_id})")
             continue
         work = out / "runs" / f".tmp-{run_id}"
         work.mkdir(parents=True, exist_ok=True)
-        _write_run(out, run_id, work, measure(x, task, s, work, log))
+        _write_run(out, run_id, work, measure(x, task, s, work, log, w))
     return collect(out)[0]

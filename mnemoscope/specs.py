@@ -75,8 +75,12 @@ def _value(text: str) -> Any:
 
 def _options(text: str, spec: str) -> dict[str, Any]:
     options: dict[str, Any] = {}
-    for item in text.split(","):
+    for i, item in enumerate(text.split(",")):
         key, eq, val = item.partition("=")
+        if not eq and i == 0 and ("/" in item or "\\" in item or "." in item):  # a path, then options: name it too
+            head = spec[:len(spec) - len(text)]
+            raise UserError(f"malformed option {item!r} in {spec!r}: with options, name the path as one: "
+                            f"{head}source={text}")
         if not eq or not key.strip():
             raise UserError(f"malformed option {item!r} in {spec!r}: expected key=value")
         if not val.strip():

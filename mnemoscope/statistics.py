@@ -384,6 +384,9 @@ def truncation_check(context: pd.DataFrame, tolerance: float) -> dict[str, Any]:
     return {"full_context_worse": worse, "best_truncated_context": int(best["context"])}
 
 
+MIN_WINDOWS = 2  # fewer windows than this: a bootstrap over windows gives no interval, so none is given
+
+
 def context_resolution(context: pd.DataFrame) -> dict[str, int]:
     """How finely each variant's effective context is resolved, from the lengths it was scored at
     (the ablation rows of one run): ``effective_context[_variant]_step``, the point minus the length
@@ -432,7 +435,9 @@ def format_effective_context(fit: dict, variant: str = "truncate") -> str:
 def format_interval(value: float, low: float, high: float, spec: str = "+.3f") -> str:
     """A number with its interval as every table and console line prints it, the three in the
     format ``spec``: ``+0.089 [+0.077, +0.102]`` (the default, a paired gap), ``0.512 [0.47, 0.55]``
-    (``.3g``)."""
+    (``.3g``); ``+0.089 (no interval)`` where there is none (fewer than two windows)."""
+    if not (math.isfinite(float(low)) and math.isfinite(float(high))):
+        return f"{value:{spec}} (no interval)"
     return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 

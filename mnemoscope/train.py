@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import pandas as pd
 from lightning.pytorch.strategies import StrategyRegistry
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import LAST, AtomicCheckpointIO, GracefulStop, ResumableBatches, checkpoint_step, latest_checkpoint
+from .checkpoints import (LAST, STEP_HOOK, AtomicCheckpointIO, GracefulStop, LoggedRows, ResumableBatches, RowsCSVLogger,
+                          StepHook, checkpoint_step, latest_checkpoint)
 from .errors import UserError
 from .model import token_losses
 from .settings import MAX_AUTO_BATCH, MIN_AUTO_BATCH, MIN_STEPS, VALIDATION_WINDOWS
@@ -219,9 +219,10 @@ def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_len
     if cfg.compile:
         model.compile()
     lm = LanguageModel(model, cfg, n_steps)
+    rows = LoggedRows()  # metrics.csv's rows, kept in every checkpoint: a resumed run's log is whole
     if resume is not None:
-        _keep_metrics(Path(log_dir))
-    logger = [L.pytorch.loggers.CSVLogger(str(log_dir), name="", version=""), *(loggers or [])]
+        (Path(log_dir) / "metrics.csv").unlink(missing_ok=True)  # an earlier sitting's: the checkpoint has its rows
+    logger = [RowsCSVLogger(str(log_dir), name="", version="", rows=rows.rows), *(loggers or [])]
     # deterministic kernels on the CPU; trainer_kwargs may override it
     settings = {"deterministic": not torch.cuda.is_available(), **accelerator_settings(), **(trainer_kwargs or {})}
     if settings["deterministic"]:
@@ -230,13 +231,15 @@ def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_len
         # for the default study's 300k LSTM. No kernel here reads uninitialised memory, so results
         # are unchanged and still deterministic without it (PyTorch's torch.utils.deterministic docs).
         torch.utils.deterministic.fill_uninitialized_memory = False
-    callbacks = list(callbacks or [])
+    callbacks = [*(callbacks or []), rows]
     if progress:
         # Lightning's default bar redraws after every step: 1.0 ms per step on this CPU (a near-zero
         # model, 3.7-4.3 ms per step with it, 2.6-3.2 without, 2.7-3.1 redrawing every 10 steps),
         # 2% of the default study's LSTM step
         callbacks.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=PROGRESS_REFRESH_STEPS))
     plugins = []
+    if os.environ.get(STEP_HOOK):  # tests: stop at a chosen step (checkpoints.StepHook)
+        callbacks.append(StepHook(os.environ[STEP_HOOK], Path(checkpoint_dir) / LAST if checkpoint_dir else None))
     if checkpoint_dir is not None:
         last = Path(checkpoint_dir) / LAST
         callbacks.append(GracefulStop(last))
@@ -259,26 +262,6 @@ def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_len
     lm.n_steps = math.ceil(n_steps / trainer.world_size)
     trainer.fit(lm, train_dataloaders=data, val_dataloaders=val_batches if val_every else None,
                 ckpt_path=str(resume) if resume is not None else None, weights_only=True)
-    _join_metrics(Path(log_dir))
+    if rows.before and trainer.is_global_zero:  # resumed: the checkpoint's rows, then this sitting's
+        rows.write(Path(log_dir) / "metrics.csv")
     return lm, trainer
-
-
-def _keep_metrics(log_dir: Path) -> None:
-    """Before a resumed fit: Lightning's CSV logger starts metrics.csv afresh, so the part written
-    before the stop is moved aside (:func:`_join_metrics` puts the parts back together)."""
-    path = log_dir / "metrics.csv"
-    if path.exists():
-        n = len(list(log_dir.glob("metrics-part*.csv")))
-        os.replace(path, log_dir / f"metrics-part{n:03d}.csv")
-
-
-def _join_metrics(log_dir: Path) -> None:
-    """metrics.csv of a run stopped and resumed: the parts in order, the rows after the resume last."""
-    parts = sorted(log_dir.glob("metrics-part*.csv"))
-    if not parts:
-        return
-    tables = [pd.read_csv(p) for p in [*parts, log_dir / "metrics.csv"] if p.exists() and p.stat().st_size]
-    if tables:
-        pd.concat(tables, ignore_index=True).to_csv(log_dir / "metrics.csv", index=False)
-    for p in parts:
-        p.unlink()

@@ -102,6 +102,8 @@ CASES = [
     ("binary_text_file", lambda w: ["--arch", "lstm", *w["base"], "--task", f"text:{w['root'] / 'binary.txt'}"], r"looks binary"),
     ("empty_text_folder", lambda w: ["--arch", "lstm", *w["base"], "--task", f"text:{w['root'] / 'empty_dir'}"], r"no files found"),
     ("missing_text_path", lambda w: ["--arch", "lstm", *w["base"], "--task", f"text:{w['root'] / 'nowhere'}"], r"no such file or folder"),
+    ("path_then_options", lambda w: ["--arch", "lstm", *w["base"], "--task", f"text:{w['root']},bpe=300"],
+     r"name the path as one: text:source=.*,bpe=300"),
     ("malformed_arch_option", lambda w: ["--arch", "transformer:=3", *w["base"]], r"malformed option"),
     ("storage_not_a_url", lambda w: ["--arch", "lstm", *w["base"], "--storage", "my-database"], r"malformed storage URL 'my-database'"),
     ("storage_unknown_scheme", lambda w: ["--arch", "lstm", *w["base"], "--storage", "mongodb://host/db"], r"unsupported storage URL"),

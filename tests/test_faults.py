@@ -179,23 +179,54 @@ def cli_process(argv: list[str], extra_env: dict[str, str] | None = None) -> mul
     return p
 
 
+def stop_at(argv: list[str], folder: Path, signum: int = signal.SIGKILL, then=None, **hook) -> int | None:
+    """Run ``study.py argv`` in a child process until the step ``hook`` names (``pause=N`` or
+    ``after=N``, and ``checkpoint=K``: :class:`mnemoscope.checkpoints.StepHook`), send it ``signum``
+    there and wait for its end. Returns the step it stopped at, or None when it finished first
+    (exit 0); ``stop_at.pid`` and ``stop_at.exitcode`` are the child's id and exit status. Waits
+    on events only (the child's FIFO, its exit), never on the clock. ``then()``: called at the
+    step, before the signal."""
+    from multiprocessing.connection import wait
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fifo = folder / f"step-{len(list(folder.iterdir()))}.fifo"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR)  # a writer of its own: no end of file before the child writes
+    try:
+        spec = ",".join([*(f"{k}={v}" for k, v in hook.items()), f"fifo={fifo}"])
+        p = cli_process(argv, {"MNEMOSCOPE_STEP_HOOK": spec})
+        stop_at.pid = p.pid
+        if fd not in wait([fd, p.sentinel]):
+            p.join()
+            stop_at.exitcode = p.exitcode
+            assert p.exitcode == 0, f"exit {p.exitcode} before the step {hook}"
+            return None
+        step = int(os.read(fd, 64).decode().split()[0])
+        if then is not None:
+            then()
+        os.kill(p.pid, signum)
+        p.join()
+        stop_at.exitcode = p.exitcode
+        return step
+    finally:
+        os.close(fd)
+
+
 def test_sigkill_at_random_moments_then_rerun(tmp_path):
-    """A study killed with SIGKILL at 12 random moments, rerun each time, ends complete, uncorrupted,
-    without a duplicate row; killed runs are retried through the queue's heartbeats."""
+    """A study killed with SIGKILL at 12 random steps (the n-th training step each process takes,
+    over its runs), rerun each time, ends complete, uncorrupted, without a duplicate row; killed
+    runs are retried through the queue's heartbeats."""
     corpus = make_corpus(tmp_path / "texts")
     out = tmp_path / "study"
     argv = ["--arch", "transformer", "lstm", "--task", f"text:{corpus}", "--seeds", "0", "1", "--out", str(out), *TINY]
     rng = random.Random(1234)
     kills, mid_run, attempts = 0, 0, 0
-    while kills < 12 and attempts < 40:  # a process that finished before its moment is no kill: go on
+    while kills < 12 and attempts < 40:  # a process that finished before its step is no kill: go on
         attempts += 1
-        p = cli_process(argv)
-        time.sleep(rng.uniform(0.1, 3.0))
-        if p.is_alive():
-            mid_run += any((out / "runs").glob(".partial-*")) if (out / "runs").exists() else 0
-            p.kill()  # SIGKILL: no handler, no cleanup
+        # 15 steps a run: mostly a kill in the first run a process trains, sometimes after it finished one
+        if stop_at(argv, tmp_path / "fifos", after=rng.randint(1, 20)) is not None:  # SIGKILL: no cleanup
+            mid_run += any((out / "runs").glob(".partial-*"))
             kills += 1
-        p.join()
         # between kills: whatever exists is whole (tables readable, no half run folder)
         for table in ("runs.parquet", "per_position.parquet"):
             if (out / table).exists():
@@ -400,44 +431,86 @@ def _run_files(out: Path) -> tuple[dict, dict, pd.DataFrame, str]:
     return row, weights, pd.read_parquet(run / "history_steps.parquet"), (run / "metrics.csv").read_text()
 
 
-def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_same_end(tmp_path):
-    """SIGKILL half-way through training, then the same command: the run resumes from its last
-    mid-run checkpoint (not step 0) and ends with the uninterrupted run's test loss, weights and
-    through-training measurements (deterministic CPU kernels: to 1e-6)."""
-    corpus = make_corpus(tmp_path / "texts")
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert main([*RESUMABLE, "--task", f"text:{corpus}", "--out", str(whole)]) == 0
-    argv = [*RESUMABLE, "--task", f"text:{corpus}", "--out", str(killed), "--checkpoint-every", "0.2s"]
-    p = cli_process(argv)
-    from mnemoscope.checkpoints import checkpoint_step
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    """The uninterrupted run that the stopped ones must end as: (corpus, its study folder)."""
+    tmp = tmp_path_factory.mktemp("whole")
+    corpus = make_corpus(tmp / "texts")
+    assert main([*RESUMABLE, "--task", f"text:{corpus}", "--out", str(tmp / "whole")]) == 0
+    return corpus, tmp / "whole"
 
-    deadline, step = time.time() + 120, 0
-    while time.time() < deadline and p.is_alive():
-        ckpt = list((killed / "runs").glob(".partial-*/checkpoints/last.ckpt")) if (killed / "runs").exists() else []
-        if ckpt:
-            try:
-                step = checkpoint_step(ckpt[0])
-            except Exception:
-                step = 0
-            if step >= STEPS // 4:
-                break
-        time.sleep(0.02)
-    p.kill()  # SIGKILL: no handler runs, nothing is saved at the kill
-    p.join()
-    assert STEPS // 4 <= step < STEPS, step
-    assert main(argv) == 0
-    row_a, w_a, hist_a, _ = _run_files(whole)
-    row_b, w_b, hist_b, metrics_b = _run_files(killed)
-    assert row_b["resumed_from_step"] >= step  # resumed, not restarted
+
+def assert_same_end(whole: Path, stopped: Path) -> dict:
+    """The stopped-and-resumed run ends as the uninterrupted one: test loss, weights, kept steps
+    (deterministic CPU kernels: to 1e-6) and metrics.csv, every row and column, byte for byte."""
+    row_a, w_a, hist_a, metrics_a = _run_files(whole)
+    row_b, w_b, hist_b, metrics_b = _run_files(stopped)
     assert abs(row_a["test_loss"] - row_b["test_loss"]) <= 1e-6
     assert max(float((w_a[k] - w_b[k]).abs().max()) for k in w_a) <= 1e-6
     assert list(hist_a["step"]) == list(hist_b["step"]) and len(hist_a) == 8
     assert np.allclose(hist_a["loss"], hist_b["loss"], atol=1e-6) and np.allclose(hist_a["icl_score"], hist_b["icl_score"], atol=1e-6)
-    assert not list((killed / "runs").glob(".partial-*"))  # moved into place, its checkpoints removed
-    assert not list((killed / "runs").glob("*/checkpoints"))
-    # the training log of both sittings, without a step twice
-    steps = pd.read_csv(io.StringIO(metrics_b))["step"].dropna()
-    assert steps.is_unique
+    assert not list((stopped / "runs").glob(".partial-*"))  # moved into place, its checkpoints removed
+    assert not list((stopped / "runs").glob("*/checkpoints"))
+    a, b = pd.read_csv(io.StringIO(metrics_a)), pd.read_csv(io.StringIO(metrics_b))
+    assert b["step"].is_unique, b[b["step"].duplicated(keep=False)]
+    pd.testing.assert_frame_equal(a, b)  # a readable difference first: which row, which column
+    assert metrics_a == metrics_b
+    return row_b
+
+
+def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_to_the_same_end(whole_run, tmp_path, capfd):
+    """SIGKILL at step 230, rows logged after its last checkpoint (step 200); the same command
+    then says which run resumes from where, resumes from that checkpoint (not step 0) and ends with
+    the uninterrupted run's test loss, weights, through-training measurements and metrics.csv."""
+    corpus, whole = whole_run
+    killed = tmp_path / "killed"
+    argv = [*RESUMABLE, "--task", f"text:{corpus}", "--out", str(killed), "--checkpoint-every", "off"]
+    assert stop_at(argv, tmp_path / "fifos", pause=230, checkpoint=100) == 230  # SIGKILL: nothing saved at the kill
+    (partial,) = (killed / "runs").glob(".partial-*")
+    written = (partial / "checkpoints" / "last.ckpt").stat().st_mtime
+    capfd.readouterr()
+    assert main(argv) == 0
+    run_id = partial.name.removeprefix(".partial-")
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(written))
+    assert f"run {run_id} resumes from step 200 of {STEPS}, from a checkpoint written {when}" in capfd.readouterr().out
+    row = assert_same_end(whole, killed)
+    assert row["resumed_from_step"] == 200  # resumed, not restarted
+    assert [(r["step"], r["of"]) for r in row["resumes"]] == [(200, STEPS)]
+    assert row["resumes"][0]["checkpoint_written"] == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(written))
+    (cell,) = pd.read_parquet(killed / "runs.parquet")["resumes"]
+    assert json.loads(cell) == row["resumes"]
+    assert pd.isna(pd.read_parquet(whole / "runs.parquet")["resumes"]).all()  # never stopped: no resume
+
+
+def test_a_run_killed_ten_times_at_random_steps_ends_as_the_uninterrupted_run(whole_run, tmp_path):
+    """SIGKILL (and twice SIGTERM) at 10 random steps, each sitting checkpointing at its own random
+    cadence, the same command after each: the run ends as the uninterrupted one, metrics.csv
+    included, every row and column."""
+    corpus, whole = whole_run
+    out = tmp_path / "stopped"
+    argv = [*RESUMABLE, "--task", f"text:{corpus}", "--out", str(out), "--checkpoint-every", "off"]
+    from mnemoscope.checkpoints import checkpoint_step
+
+    rng = random.Random(30)
+    steps = sorted(rng.sample(range(5, STEPS), 10))  # each later than the last: past any checkpoint resumed from
+    resumed = []  # the step each sitting should resume from (none: no checkpoint yet, it starts afresh)
+
+    def resumes_from():
+        ckpt = list((out / "runs").glob(".partial-*/checkpoints/last.ckpt")) if (out / "runs").exists() else []
+        if ckpt:
+            resumed.append(checkpoint_step(ckpt[0]))
+
+    for i, step in enumerate(steps):
+        signum = signal.SIGTERM if i in (3, 7) else signal.SIGKILL
+        resumes_from()
+        assert stop_at(argv, tmp_path / "fifos", signum, pause=step, checkpoint=rng.randint(3, 60)) == step
+        assert stop_at.exitcode == (130 if signum == signal.SIGTERM else -signal.SIGKILL)
+    resumes_from()
+    assert main(argv) == 0
+    row = assert_same_end(whole, out)
+    # every resume recorded, in order, those of sittings stopped before they saved a checkpoint too
+    assert [r["step"] for r in row["resumes"]] == resumed and len(resumed) >= 8
+    assert json.loads(pd.read_parquet(out / "runs.parquet")["resumes"][0]) == row["resumes"]
 
 
 def test_resumed_batches_continue_where_they_stopped():

@@ -121,12 +121,27 @@ def test_a_study_keeps_its_history_and_reports_how_context_use_grows(text_dir, t
     weights = sorted(p.name for p in out.glob("runs/*/history/*.pt"))
     assert len(weights) == (2 * 4 if keep else 0)  # the last step's weights are model.pt
     growth = pd.read_parquet(out / "growth.parquet")
+    # with or without a crossing (none without weights), the tables read back with their header
+    crossings, laws = pd.read_csv(out / "growth_crossings.csv"), pd.read_csv(out / "growth_fits.csv")
+    assert {"task", "arch", "other", "tokens", "tokens_low", "tokens_high"} <= set(crossings.columns)
+    assert {"run_id", "g", "g_low", "g_high", "fit_status"} <= set(laws.columns)
+    if not keep:
+        assert crossings.empty
     page = (out / "report.html").read_text()
     assert "How context use grows with training" in page and "in-context learning score" in page
     # at the last kept step, the effective context is the final analysis's (the same model, targets, rule)
     fits = pd.read_csv(out / "fits.csv").set_index("run_id")
     ends = growth[growth["step"] == growth.groupby("run_id")["step"].transform("max")].set_index("run_id")
     assert (ends["effective_context"] == fits.loc[ends.index, "effective_context"]).all()
+    # and reads the same, interval included, in the findings and the through-training sentence
+    from mnemoscope.statistics import format_effective_context
+
+    assert {"effective_context_step", "effective_context_min"} <= set(growth.columns)  # how finely it is resolved
+    for run_id, end in ends.iterrows():
+        final = format_effective_context(fits.loc[run_id].to_dict())
+        assert format_effective_context(end.to_dict()) == final
+        if keep:
+            assert f"{final} after" in page, final
     if keep:
         assert growth["effective_context"].notna().sum() == 10
         assert (growth["effective_context_low"] <= growth["effective_context"]).all()
@@ -153,3 +168,70 @@ def test_kept_steps_score_every_kth_window_of_the_final_evaluation(text_dir, tmp
     assert [s["losses"].shape[0] for s in steps] == [100, 100, 100]
     with np.load(run / "losses.npz") as z:
         assert np.array_equal(steps[-1]["losses"], z["losses"][::2])
+
+
+def test_the_through_training_sentence_gives_an_effective_context_as_the_findings_do():
+    """One format, one interval: a point resolved on a grid reads [the lowest length the interval's
+    low end stands for, high] in the through-training sentence, as in the findings and summary."""
+    from mnemoscope.report_growth import findings
+    from mnemoscope.statistics import format_effective_context
+
+    rows = [{"task": "text", "arch": "transformer", "params": 1000, "seed": 0, "step": s, "tokens": t,
+             "effective_context": c, "effective_context_low": lo, "effective_context_high": 32,
+             "effective_context_step": 1, "effective_context_min": m}
+            for s, t, c, lo, m in ((10, 1000, 8, 4, 3), (100, 10000, 27, 24, 17))]
+    text = findings(pd.DataFrame(rows), pd.DataFrame(), pd.DataFrame())
+    assert format_effective_context(rows[-1]) == "27 [17, 32]"
+    assert "effective context 8 [3, 32] tokens after" in text and "27 [17, 32] after" in text, text
+
+
+def test_a_task_scoring_some_targets_says_its_in_context_learning_score_is_undefined(tmp_path):
+    """copy scores a few targets at a window's end: no window has a target around both lengths of
+    context the score compares. The page says so, in words, instead of an empty panel and column."""
+    out = tmp_path / "study"
+    assert main(["--arch", "lstm", "--task", "copy", "--params", "2k", "--context", "32", "--tokens", "8k",
+                 "--batch-size", "8", "--eval-sequences", "16", "--history", "3", "--no-progress", "--no-analysis",
+                 "--out", str(out)]) == 0
+    assert pd.read_parquet(out / "history_steps.parquet")["icl_score"].isna().all()
+    page = (out / "report.html").read_text()
+    assert "The in-context learning score is not defined on copy" in page
+    assert "no test window of copy has a scored target in both places" in page
+    assert "<td>not defined</td>" in page
+
+
+def test_the_kept_step_grid_in_bytes_draws_only_panels_with_data_and_nothing_overlaps():
+    """Tasks without bytes (recall) get no empty panel in the grid against bytes of context; no
+    panel's title runs into the axis labels of the panel above."""
+    import matplotlib.pyplot as plt
+    from matplotlib.transforms import Bbox
+
+    from mnemoscope.report_growth import curves_figure
+
+    rows = []
+    for task, has_bytes in (("text", True), ("code", True), ("recall", False)):
+        for arch in ("transformer", "lstm", "cnn"):
+            for step, tokens in ((10, 1000), (100, 10000)):
+                for position in range(32):
+                    rows.append({"task": task, "arch": arch, "params": 1000, "seed": 0, "step": step, "tokens": tokens,
+                                 "position": position, "loss": 3 - 0.01 * position - 0.1 * (step == 100),
+                                 "context_bytes": 2.5 * (position + 1) if has_bytes else np.nan})
+    history = pd.DataFrame(rows)
+    fig = curves_figure(history, "context_bytes")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_title()]  # the colour bar has no title
+    assert sorted(ax.get_title() for ax in panels if ax.axison) == sorted(
+        f"{a} on {t}" for t in ("text", "code") for a in ("transformer", "lstm", "cnn"))
+    assert all(ax.lines for ax in panels if ax.axison)  # every panel drawn holds curves
+
+    def boxes(ax):  # the axis labels and tick labels below a panel
+        texts = [ax.xaxis.label, *ax.get_xticklabels()]
+        return [t.get_window_extent(renderer) for t in texts if t.get_visible() and t.get_text()]
+
+    for upper in panels:
+        for lower in panels:
+            if lower is upper:
+                continue
+            title = lower.title.get_window_extent(renderer)
+            assert not any(Bbox.intersection(title, b) for b in boxes(upper)), (lower.get_title(), upper.get_title())
+    plt.close(fig)

@@ -2,6 +2,7 @@
 file), each through its own tokenizer, measured as a study measures its own; bad input refused in
 one line with nothing written. Every model is tiny and made here; nothing is downloaded."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -193,3 +194,70 @@ def test_bad_model_fails_in_one_line_and_writes_nothing(case, text_dir, tmp_path
         fits = pd.read_csv(out / "fits.csv")  # --targets 0: no ablation, no effective context
         assert fits["ablation_targets"].iloc[0] == 0 and fits["effective_context"].isna().all()
         assert (out / "report.html").exists()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_latin1_corpus_is_refused_in_one_line_and_a_refused_score_writes_nothing(text_dir, tmp_path, capsys):
+    """A tokenizer reads UTF-8: a Latin-1 corpus is refused in one line naming the file and the
+    encoding (not scored with its accented bytes dropped), and --out is left as it was: not made
+    when new, byte-identical when it holds earlier scores."""
+    folder = hf_folder(text_dir, tmp_path / "tiny-llama")
+    latin = tmp_path / "latin"
+    latin.mkdir()
+    for p in sorted(Path(text_dir).glob("*.txt")):
+        (latin / p.name).write_bytes(p.read_text().replace(" the ", " the naïve café ").encode("latin-1"))
+    fresh, kept = tmp_path / "fresh", tmp_path / "kept"
+    assert main(["score", str(folder), "--task", f"text:{text_dir}", "--context", "16", *FAST, "--out", str(kept)]) == 0
+    before = _snapshot(kept)
+    for out in (fresh, kept):
+        capsys.readouterr()
+        assert main(["score", str(folder), "--task", f"text:{latin}", "--context", "16", *FAST, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(r"error: \S*doc\d\d\.txt\S* is not UTF-8 \(byte 0x(ef|e9) .*Latin-1", err[0]), err
+    assert not fresh.exists()
+    assert _snapshot(kept) == before
+
+
+def test_a_score_refused_for_short_documents_leaves_out_as_it_was(text_dir, tmp_path, capsys):
+    """Refused after the models loaded (the test documents are too short for byte-aligned windows):
+    no config.yaml, environment.json or runs/.tmp-* left in --out, new or holding earlier scores."""
+    folder = hf_folder(text_dir, tmp_path / "tiny-llama")
+    short = tmp_path / "short"
+    short.mkdir()
+    for i in range(12):
+        (short / f"doc{i:02d}.txt").write_text(f"Document {i}: the quick brown fox jumps over the lazy dog.\n")
+    fresh, kept = tmp_path / "fresh", tmp_path / "kept"
+    assert main(["score", str(folder), "--task", f"text:{text_dir}", "--context", "16", *FAST, "--out", str(kept)]) == 0
+    before = _snapshot(kept)
+    for out in (fresh, kept):
+        capsys.readouterr()
+        assert main(["score", str(folder), "--task", f"text:{short}", "--context", "16", *FAST, "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "too short for windows of 16 tokens" in err[0], err
+    assert not fresh.exists()
+    assert _snapshot(kept) == before
+
+
+def test_one_window_gives_no_interval_and_no_claim_and_no_targets_no_empty_value(text_dir, tmp_path, capsys):
+    """--sequences 1: every interval is left out (none of zero width), no octave is called
+    significant, and the findings say why in words; --targets 0: the effective context reads
+    "not measured", never an empty value."""
+    folder = hf_folder(text_dir, tmp_path / "tiny-llama")
+    one, none = tmp_path / "one", tmp_path / "none"
+    assert main(["score", str(folder), "--task", f"text:{text_dir}", "--context", "16", "--sequences", "1",
+                 "--targets", "4", "--out", str(one)]) == 0
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r'src="data:[^"]*"', "", (one / "report.html").read_text())))
+    assert "one window scored, so no interval and no claim of significance" in text
+    assert not re.search(r"\[(-?[\d.]+), \1\]", text), re.search(r".{60}\[(-?[\d.]+), \1\].{20}", text).group(0)
+    assert "nan" not in text.replace("chi2/dof nan", "")
+    assert not pd.read_parquet(one / "octaves.parquet")["significant"].any()
+    fits = pd.read_csv(one / "fits.csv")
+    assert fits["effective_context_low"].isna().all() and fits["last_significant_octave_start"].isna().all()
+    assert main(["score", str(folder), "--task", f"text:{text_dir}", "--context", "16", *FAST[:2], "--targets", "0",
+                 "--out", str(none)]) == 0
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", (none / "report.html").read_text()))
+    assert "tiny-llama not measured (no truncation ablation: --targets 0)." in text
+    assert not re.search(r"tiny-llama \.", text)

@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shlex
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from mnemoscope.checkpoints import checkpoint_step
 from mnemoscope.cli import main
 from test_analysis import CopyBack
-from test_faults import TINY, cli_process
+from test_faults import TINY, stop_at
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -162,42 +164,50 @@ def long_run(text_dir: Path, out: Path) -> list[str]:
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_the_message(text_dir, tmp_path):
-    out = tmp_path / "study"
+    """Ctrl-C at step 1500 (a step the test chooses: mnemoscope.checkpoints.StepHook), in a real
+    `study.py` process whose output is a pipe; the test waits on events, never on the clock."""
+    out, fifo = tmp_path / "study", tmp_path / "step.fifo"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR)  # a writer of its own: no end of file before the process writes
     cmd = [sys.executable, str(REPO / "study.py"), *long_run(text_dir, out)]
     # its own process group, as a shell gives a command; Ctrl-C sends SIGINT to the whole group
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "MNEMOSCOPE_STEP_HOOK": f"pause=1500,fifo={fifo}"})
+    pid = os.pidfd_open(proc.pid)
     try:
-        lines = []
-        for line in proc.stdout:  # output to a pipe: plain progress lines, no bar
-            lines.append(line)
-            if re.search(r": step \d+/10000 \(\d+%\), loss [\d.]+, \d+:\d\d left", line):
-                break
-        assert list((out / "runs").glob(".partial-*")), lines  # training, in its working folder
+        # the pipes are read meanwhile, so a full pipe never stops the process before its step
+        reader = threading.Thread(target=lambda: result.extend(proc.communicate()), daemon=True)
+        result: list[str] = []
+        reader.start()
+        ready, _, _ = select.select([fd, pid], [], [])
+        assert fd in ready, "study.py ended before step 1500"
+        assert os.read(fd, 16) == b"1500\n"
+        assert list((out / "runs").glob(".partial-*"))  # training, in its working folder
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal does
-        rest, err = proc.communicate(timeout=120)
+        reader.join()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        os.close(fd)
+        os.close(pid)
+    stdout, err = result
     assert proc.returncode == 130, err[-3000:]
+    # output to a pipe: plain progress lines, no bar (a tenth of the run is step 1000)
+    assert re.search(r": step 1000/10000 \(10%\), loss [\d.]+, \d+:\d\d left", stdout), stdout[-3000:]
     assert [line for line in err.splitlines() if line.strip()] == [
         "interrupted; finished runs are kept and a run under way resumes from its checkpoint: rerun the same command"]
     interrupted_cleanly(out)
+    assert checkpoint_step(next((out / "runs").glob(".partial-*")) / "checkpoints" / "last.ckpt") == 1500
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_130(text_dir, tmp_path):
-    """What a scheduler does to a job it preempts (a forked `study.py` process, imports preloaded)."""
+    """What a scheduler does to a job it preempts (a forked `study.py` process, imports preloaded),
+    at step 700 of its training: the checkpoint is that step's."""
     out = tmp_path / "study"
-    p = cli_process(long_run(text_dir, out))
-    deadline = time.time() + 120
-    while not list((out / "runs").glob(".partial-*/logs")) and time.time() < deadline and p.is_alive():
-        time.sleep(0.05)
-    time.sleep(0.5)  # into its training steps
-    assert p.is_alive() and list((out / "runs").glob(".partial-*"))
-    os.kill(p.pid, signal.SIGTERM)
-    p.join(120)
-    assert p.exitcode == 130
+    assert stop_at(long_run(text_dir, out), tmp_path / "fifos", signal.SIGTERM, pause=700) == 700
+    assert stop_at.exitcode == 130
     interrupted_cleanly(out)
+    assert checkpoint_step(next((out / "runs").glob(".partial-*")) / "checkpoints" / "last.ckpt") == 700
 
 
 # -- 3. the refusal's advice, followed, continues the study where it is --------------------------------------

@@ -7,7 +7,6 @@ skipped here, and fails in CI (CI=true), where it must run.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import optuna
@@ -16,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from mnemoscope.cli import main
-from test_faults import TINY, check_tables, cli_process, make_corpus
+from test_faults import TINY, check_tables, cli_process, make_corpus, stop_at
 
 
 def storage_url(backend: str, tmp_path) -> str:
@@ -53,22 +52,22 @@ def test_two_workers_drain_a_study_and_one_is_killed_mid_run(backend, tmp_path):
     study = optuna.load_study(study_name=name, storage=url)
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 4
 
-    # heartbeat every 2 s: the victim's run is retried 4 s after its last beat
+    # the victim takes a run and stops at its 5th training step (a step the test chooses,
+    # mnemoscope.checkpoints.StepHook); the survivor starts beside it, and the victim is killed
+    # there. The survivor drains the rest, the victim's run too, failed as stale once its heartbeat
+    # (every 2 s) is 4 s old: the queue's clock, not the test's
     worker = ["worker", str(out), "--storage", url, "--heartbeat", "2", "--no-progress"]
-    victim, survivor = cli_process(worker), cli_process(worker)
-    deadline, held = time.time() + 300, []
-    while time.time() < deadline and victim.is_alive():  # wait until the victim holds a run, then kill it
-        trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
-        held = [t for t in trials if t.state == TrialState.RUNNING and
-                t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
-        if held or not trials:
-            break
-        time.sleep(0.05)
-    assert held, "the victim never took a run"
-    time.sleep(0.3)
-    victim.kill()
-    victim.join()
-    survivor.join(300)
+    held, started = [], []
+
+    def survivor_starts():
+        held.extend(t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    if t.user_attrs.get("worker", "").endswith(f":{stop_at.pid}"))
+        started.append(cli_process(worker))
+
+    assert stop_at(worker, tmp_path / "fifos", then=survivor_starts, pause=5) == 5
+    assert len(held) == 1, "the victim held no run at its step"
+    (survivor,) = started
+    survivor.join()
     assert survivor.exitcode == 0
 
     runs = check_tables(out, expected_runs=4)
