@@ -162,27 +162,36 @@ def still_learning(steps: pd.DataFrame, threshold: float = STILL_LEARNING) -> di
     return out
 
 
-def phase_change(steps: list[dict], threshold: float, n_boot: int = N_BOOT, seed: int = 0) -> dict:
+def scored_per_window(steps: list[dict]) -> pd.DataFrame:
+    """The kept steps (:func:`read_steps`) reduced to what :func:`phase_change` needs, a row per step
+    and window: tokens, the summed loss over the window's scored targets, and how many there are.
+    Small enough to keep beside a run (the per-window losses of a kept step are not committed)."""
+    rows = []
+    for s in steps:
+        m = np.asarray(s["mask"], np.float64)
+        rows.append(pd.DataFrame({"tokens": int(s["tokens"]), "window": np.arange(len(m)),
+                                  "loss_sum": (np.asarray(s["losses"], np.float64) * m).sum(1), "scored": m.sum(1)}))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["tokens", "window", "loss_sum", "scored"])
+
+
+def phase_change(per_window: pd.DataFrame, threshold: float, n_boot: int = N_BOOT, seed: int = 0) -> dict:
     """When a run starts using its history on a probe (Olsson et al. 2022's phase change): the
     training tokens at which the mean loss on the scored targets falls below ``threshold`` (half of
     the loss of a model that cannot see the answer's source, e.g. ln(symbols) / 2 on copy).
 
-    ``steps``: the run's kept steps (:func:`read_steps`). At each, the mean scored loss with a
-    bootstrap interval over windows. ``low``: the tokens of the last kept step whose interval lies
-    wholly above the threshold before the first that lies wholly below; ``high``: that first step's
-    tokens; ``tokens``: the crossing of the means, interpolated on log tokens between the kept steps
-    around it. ``status``: "crossed"; "none" (the last kept step is not wholly below: no phase
-    change within the run's budget); "before" (already below at the first kept step: it happened
-    earlier than ``high``)."""
+    ``per_window``: :func:`scored_per_window` of the run's kept steps. At each, the mean scored loss
+    with a bootstrap interval over windows. ``low``: the tokens of the last kept step whose interval
+    lies wholly above the threshold before the first that lies wholly below; ``high``: that first
+    step's tokens; ``tokens``: the crossing of the means, interpolated on log tokens between the
+    kept steps around it. ``status``: "crossed"; "none" (the last kept step is not wholly below: no
+    phase change within the run's budget); "before" (already below at the first kept step: it
+    happened earlier than ``high``)."""
     rows = []
-    for s in steps:
-        m = np.asarray(s["mask"], np.float64)
-        per = (np.asarray(s["losses"], np.float64) * m).sum(1)
-        w = m.sum(1)
+    for tokens, g in per_window.groupby("tokens", sort=True):
+        per, w = g["loss_sum"].to_numpy(float), g["scored"].to_numpy(float)
         idx = bootstrap_indices(len(per), n_boot, seed)
         lo, hi = percentile_interval(per[idx].sum(1) / np.maximum(w[idx].sum(1), 1e-12), axis=None)
-        rows.append((int(s["tokens"]), float(per.sum() / max(w.sum(), 1e-12)), float(lo), float(hi)))
-    rows.sort()
+        rows.append((int(tokens), float(per.sum() / max(w.sum(), 1e-12)), float(lo), float(hi)))
     out = {"threshold": float(threshold), "steps": len(rows), "status": "none", "tokens": float("nan"),
            "low": float("nan"), "high": float("nan"),
            "final_loss": rows[-1][1] if rows else float("nan"), "final_low": rows[-1][2] if rows else float("nan"),

@@ -13,7 +13,7 @@ import pandas as pd
 from mnemoscope.bootstrap import LEVEL, bootstrap_indices, cluster_ci, percentile_interval
 from mnemoscope.evaluate import greedy_hits
 from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
-from mnemoscope.history import phase_change
+from mnemoscope.history import phase_change, scored_per_window
 from mnemoscope.settings import N_BOOT
 from mnemoscope.specs import format_count
 from mnemoscope.store import StudyFolder
@@ -276,15 +276,17 @@ def lag_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) ->
 # -- the phase change: when a run starts using its history --------------------------------------
 def phase_table(task, folder: StudyFolder, runs: pd.DataFrame) -> pd.DataFrame:
     """A row per run that kept steps: :func:`mnemoscope.history.phase_change` at half the task's
-    ``no_history_loss`` (the loss of a model that cannot see the answer's source)."""
+    ``no_history_loss`` (the loss of a model that cannot see the answer's source), from the run's
+    scored loss per kept step and window, kept as ``runs/<id>/view_phase.parquet``."""
     rows = []
     for _, r in label_runs(runs).iterrows():
-        steps = folder.run(r["run_id"]).steps()
-        if len(steps) < 2:
+        run = folder.run(r["run_id"])
+        per_window = folder.cached_table(r["run_id"], "phase", lambda: scored_per_window(run.steps()))
+        if per_window["tokens"].nunique() < 2:
             continue
-        change = phase_change(steps, task.no_history_loss / 2, seed=int(r["seed"]))
-        curve = [{"tokens": s["tokens"], "loss": float((s["losses"] * s["mask"]).sum() / max(s["mask"].sum(), 1))}
-                 for s in steps]
+        change = phase_change(per_window, task.no_history_loss / 2, seed=int(r["seed"]))
+        g = per_window.groupby("tokens", sort=True)[["loss_sum", "scored"]].sum()
+        curve = [{"tokens": int(t), "loss": float(v["loss_sum"] / max(v["scored"], 1))} for t, v in g.iterrows()]
         rows.append({"model": r["model"], "arch": r["arch"], "run_id": r["run_id"], "seed": r["seed"],
                      "tokens_trained": r.get("tokens_trained"), **change, "curve": curve})
     return pd.DataFrame(rows)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mnemoscope.config import RunSpec, StudyConfig
-from mnemoscope.history import phase_change
+from mnemoscope.history import phase_change, scored_per_window
 from mnemoscope.migrations import transformer_before_convolutions
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.run_folder import model_from_checkpoint
@@ -65,16 +65,16 @@ def _steps(means: list[float], tokens: list[int], n: int = 64, T: int = 8, noise
 
 def test_phase_change_is_placed_between_the_kept_steps_around_the_jump():
     tokens = [1000, 2000, 4000, 8000, 16000]
-    ch = phase_change(_steps([2.7, 2.7, 2.6, 0.2, 0.05], tokens), threshold=1.35, n_boot=200)
+    ch = phase_change(scored_per_window(_steps([2.7, 2.7, 2.6, 0.2, 0.05], tokens)), threshold=1.35, n_boot=200)
     assert ch["status"] == "crossed" and (ch["low"], ch["high"]) == (4000, 8000)
     assert 4000 < ch["tokens"] < 8000
 
 
 def test_no_phase_change_within_the_budget_and_one_before_the_first_kept_step():
     tokens = [1000, 2000, 4000]
-    none = phase_change(_steps([2.7, 2.7, 2.69], tokens), threshold=1.35, n_boot=200)
+    none = phase_change(scored_per_window(_steps([2.7, 2.7, 2.69], tokens)), threshold=1.35, n_boot=200)
     assert none["status"] == "none" and math.isnan(none["tokens"]) and none["final_loss"] > 2.6
-    early = phase_change(_steps([0.3, 0.2, 0.1], tokens), threshold=1.35, n_boot=200)
+    early = phase_change(scored_per_window(_steps([0.3, 0.2, 0.1], tokens)), threshold=1.35, n_boot=200)
     assert early["status"] == "before" and early["high"] == 1000
 
 
