@@ -60,7 +60,18 @@ def _sdpa_cpu_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> in
     return flop_counter.sdpa_backward_flop_count(grad_out, q, k, v)
 
 
+def _conv_backward(grad_out, x, w, bias, stride, padding, dilation, transposed, output_padding, groups, output_mask,
+                   out_shape=None, **kwargs) -> int:
+    """A convolution's backward: each gradient asked for (input, weight) costs what the forward did,
+    2 * B * positions out * the weight's size (whose second dimension is already in / groups).
+    torch's own formula builds the weight gradient as a dense convolution and so counts a depthwise
+    one (the transformer's q, k, v convolutions) ``groups`` times over."""
+    forward = 2 * grad_out[0] * math.prod(grad_out[2:]) * math.prod(w)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 _FORMULAS = {
+    "convolution_backward": _conv_backward,
     "mkldnn_rnn_layer": _mkldnn_rnn_layer,
     "mkldnn_rnn_layer_backward": _mkldnn_rnn_layer_backward,
     "_cudnn_rnn": _cudnn_rnn,
