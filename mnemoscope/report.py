@@ -19,18 +19,18 @@ import seaborn as sns
 import yaml
 
 from . import report_growth, report_history, report_scaling
-from .bootstrap import LEVEL
-from .report_findings import findings, findings_html, findings_lines, flags
-from .errors import UserError
 from .analysis import paired_runs
-from .figures import (arch_labels_colors, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below,
-                      page_html, paragraph, wrap_title)
+from .bootstrap import LEVEL
+from .errors import UserError
+from .migrations import windows_inside_documents
 from .registry import TASKS
+from .render.figures import (arch_labels_colors, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below,
+                             page_html, paragraph, wrap_title)
+from .report_findings import findings, findings_html, findings_lines, flags
 from .runner import Study, mixed_data
 from .specs import format_count, parse_spec, spec_labels
 from .statistics import format_effective_context, format_gap, paired_gap_curve, single_positions
 from .store import StudyFolder
-from .migrations import windows_inside_documents
 from .task import DESCRIBED_DOCUMENTS, Task
 from .tokenizer import TextTask, corpus_and_tokenization, tokens_are
 

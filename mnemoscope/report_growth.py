@@ -14,9 +14,9 @@ import pandas as pd
 from matplotlib.colors import LogNorm
 
 from .bootstrap import LEVEL
-from .figures import STUDY_STYLES, arch_palette, figure_png, html_table, img_tag
 from .growth import BAD_FIT_RMS, MIN_POINTS, RATIO
 from .history import ICL_BAND, ICL_EARLY, ICL_LATE, STILL_LEARNING, still_learning
+from .render.figures import STUDY_STYLES, arch_palette, figure_png, html_table, img_tag
 from .specs import format_count, spec_labels
 from .statistics import format_effective_context
 from .store import StudyFolder

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import LEVEL
-from .figures import figure_png, html_table, img_tag, legend_below, model_palette, wrap_title
+from .render.figures import figure_png, html_table, img_tag, legend_below, model_palette, wrap_title
 from .settings import TOLERANCE
 from .specs import format_count, spec_labels
-from .store import StudyFolder
 from .statistics import (HUBER_DELTA, MIN_FIT_POINTS, N_STARTS, WRONG_FORM_CHI2, format_effective_context, format_gap,
                          format_interval, short_number)
+from .store import StudyFolder
 
 
 def gap_cells(gaps: pd.DataFrame, index: list[str]) -> pd.DataFrame:

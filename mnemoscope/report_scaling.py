@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import LEVEL, percentile_interval
-from .figures import arch_palette, figure_png, html_table, img_tag, legend_below, wrap_title
+from .render.figures import arch_palette, figure_png, html_table, img_tag, legend_below, wrap_title
 from .scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
 from .specs import spec_labels
 from .statistics import HUBER_DELTA, MIN_FIT_POINTS, format_interval, short_number

@@ -22,11 +22,11 @@ import pandas as pd
 from . import report, report_compare, report_growth, report_history
 from .compare import Comparison, Selection, compare as compare_runs, parse_selection
 from .errors import UserError
-from .figures import html_table
 from .registry import TASKS
+from .render.figures import html_table
 from .report_findings import findings, findings_html, findings_lines, flags
-from .specs import parse_spec
 from .runner import Study
+from .specs import parse_spec
 from .store import StudyFolder
 from .tasks.probe_views import recall_figure, recall_queries
 

@@ -46,7 +46,7 @@ import torch
 from mnemoscope.bootstrap import LEVEL, cluster_ci
 from mnemoscope.errors import UserError
 from mnemoscope.evaluate import greedy_hits
-from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, paragraph
+from mnemoscope.render.figures import figure_png, html_table, img_tag, label_runs, paragraph
 from mnemoscope.registry import register_task
 from mnemoscope.settings import EVAL_BATCH, N_BOOT, STUDY
 from mnemoscope.store import StudyFolder

@@ -12,7 +12,7 @@ import pandas as pd
 
 from mnemoscope.bootstrap import LEVEL, bootstrap_indices, cluster_ci, percentile_interval
 from mnemoscope.evaluate import greedy_hits
-from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
+from mnemoscope.render.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
 from mnemoscope.history import phase_change
 from mnemoscope.settings import N_BOOT
 from mnemoscope.specs import format_count

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from mnemoscope.bootstrap import LEVEL
 from mnemoscope.errors import UserError
-from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
+from mnemoscope.render.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
 from mnemoscope.registry import register_task
 from mnemoscope.settings import N_BOOT
 from mnemoscope.store import StudyFolder

@@ -15,7 +15,7 @@ import pytest
 from mnemoscope.cli import main
 from mnemoscope.compare import Selection, load, parse_selection
 from mnemoscope.errors import UserError
-from mnemoscope.figures import BUILTIN_ARCHS, arch_palette, canonical_arch
+from mnemoscope.render.figures import BUILTIN_ARCHS, arch_palette, canonical_arch
 from mnemoscope.statistics import paired_gap, paired_gap_curve
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ import pytest
 import mnemoscope
 from mnemoscope.cli import main
 from mnemoscope.errors import UserError
-from mnemoscope.figures import figure_png
+from mnemoscope.render.figures import figure_png
 from mnemoscope.view import ComparisonResults, StudyResults
 
 REPO = Path(__file__).resolve().parent.parent

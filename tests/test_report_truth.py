@@ -13,7 +13,7 @@ import pytest
 
 from mnemoscope import files
 from mnemoscope.cli import main
-from mnemoscope.figures import arch_palette
+from mnemoscope.render.figures import arch_palette
 from mnemoscope.report import bytes_figure, gap_figure, load_tables, per_position_figure, summary_lines
 from mnemoscope.report_findings import findings, flags
 from mnemoscope.store import environment

@@ -313,7 +313,7 @@ def test_not_meaningful_is_the_one_string_for_a_worse_full_context():
 # -- 6. plugins named by their class ----------------------------------------------------------------------
 def test_plugins_are_named_by_their_class_and_long_names_are_not_cut(tmp_path):
     from mnemoscope.config import RunSpec, StudyConfig
-    from mnemoscope.figures import label_runs
+    from mnemoscope.render.figures import label_runs
     from mnemoscope.specs import spec_label, spec_labels
 
     a, b = f"{tmp_path}/thirdparty.py:XTransformer", f"{tmp_path}/thirdparty.py:MinGRULM"

@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .registry import ARCHITECTURES  # noqa: E402
-from .specs import format_count, spec_labels  # noqa: E402
+from ..registry import ARCHITECTURES  # noqa: E402
+from ..specs import format_count, spec_labels  # noqa: E402
 
 
 def figure_png(fig) -> bytes:

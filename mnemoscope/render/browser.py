@@ -2,7 +2,7 @@
 the tests run on the study report and the comparison page (every image decodes, no section is
 empty), and the screenshots of a report's first screen in ``results/*/README.md``::
 
-    python -m mnemoscope.browser results/reference/report.html results/reference/report-screen.png
+    python -m mnemoscope.render.browser results/reference/report.html results/reference/report-screen.png
 
 Nothing here is needed to run a study; without Chromium, :func:`find_chromium` returns None.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image  # Pillow: a dependency of matplotlib
 
-from .errors import UserError
+from ..errors import UserError
 
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
@@ -105,5 +105,5 @@ def screenshot(page: Path, png: Path, width: int = 1280, height: int = 900, colo
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m mnemoscope.browser PAGE.html SCREEN.png")
+        sys.exit("usage: python -m mnemoscope.render.browser PAGE.html SCREEN.png")
     print(screenshot(Path(sys.argv[1]), Path(sys.argv[2])))
