@@ -8,8 +8,8 @@ import torch
 from benchmarks.common import alternate, Bench, compared, EVAL_TARGET, fmt_count, make_model, row, seconds
 from benchmarks.references import stamp
 from mnemoscope.evaluate import per_position_losses
-from mnemoscope.sizing import count_params
-from mnemoscope.windows import eval_offsets, window_batch
+from mnemoscope.contract.sizing import count_params
+from mnemoscope.contract.windows import eval_offsets, window_batch
 
 
 def bench_eval(arch, params, T, B, n_seq, args, device, split):

@@ -30,10 +30,10 @@ import torch
 from mnemoscope.checkpoints import AtomicCheckpointIO
 from mnemoscope.evaluate import per_position_losses
 from mnemoscope.history import HISTORY_POINTS, history_steps, window_stride, write_step
-from mnemoscope.model import build, count_params, size_for
+from mnemoscope.contract.model import build, count_params, size_for
 from mnemoscope.registry import ARCHITECTURES, TASKS
 from mnemoscope.settings import STUDY
-from mnemoscope.task import TokenSplit
+from mnemoscope.contract.task import TokenSplit
 from mnemoscope.train import TrainConfig, auto_batch_size, fit
 
 

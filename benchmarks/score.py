@@ -34,11 +34,11 @@ import torch
 from benchmarks import output_layer as ol
 from benchmarks.references import stamp
 from benchmarks.common import CLOCK, EVAL_TARGET, Rounds, alternate, compared, markdown, row
-from mnemoscope.model import count_params
+from mnemoscope.contract.model import count_params
 from mnemoscope.score import window_losses
 from mnemoscope.score_models import CausalLM
-from mnemoscope.task import sequences_split
-from mnemoscope.windows import eval_offsets, window_batch
+from mnemoscope.contract.task import sequences_split
+from mnemoscope.contract.windows import eval_offsets, window_batch
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("score", "bare", "own")

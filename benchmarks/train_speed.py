@@ -21,7 +21,7 @@ from mnemoscope.callbacks import DivergenceGuard
 from mnemoscope.config import StudyConfig
 from mnemoscope.settings import STUDY
 from mnemoscope.registry import TASKS
-from mnemoscope.sizing import count_params
+from mnemoscope.contract.sizing import count_params
 from mnemoscope.train import TrainConfig, auto_batch_size, fit
 
 

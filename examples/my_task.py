@@ -15,7 +15,7 @@ import pandas as pd
 
 from mnemoscope import Task
 from mnemoscope.render.figures import html_table, paragraph
-from mnemoscope.task import check_options, sequences_split, token_dtype
+from mnemoscope.contract.task import check_options, sequences_split, token_dtype
 
 SEEDS = {"train": 0, "validation": 1, "test": 2}  # one generator per split: no sequence is shared
 

@@ -1,8 +1,8 @@
 """mnemoscope: the machinery of the harness (registry, contracts, training, evaluation, studies)."""
+from .contract.model import Architecture
+from .contract.task import Task, TokenSplit
 from .errors import ContractError, RegistryError, UserError
-from .model import Architecture
 from .registry import ARCHITECTURES, TASKS, register_architecture, register_task
-from .task import Task, TokenSplit
 
 __all__ = ["Architecture", "Task", "TokenSplit", "ARCHITECTURES", "TASKS", "register_architecture",
            "register_task", "UserError", "RegistryError", "ContractError", "load", "run"]

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
+from .contract.model import has_features
+from .contract.windows import TokenSplit, eval_offsets, window_index
 from .errors import UserError
-from .model import has_features
 from .settings import ABLATION_TOKENS, ANALYSIS, N_BOOT, TOLERANCE, VARIANTS
 from .statistics import effective_context
-from .windows import TokenSplit, eval_offsets, window_index
 
 
 

@@ -28,6 +28,8 @@ from torch import nn
 # ablation_targets, Ablation: read through this module by callers of the ablation before its split
 from .ablation import VARIANTS, Ablation, ablation_table, ablation_targets, context_bytes, truncation_ablation  # noqa: F401
 from .bootstrap import bootstrap_indices, percentile_interval
+from .contract.task import Task, TokenSplit
+from .contract.windows import n_windows
 from .errors import UserError
 from .evaluate import bootstrap_ci, per_position_losses
 from .runner import Study
@@ -35,8 +37,6 @@ from .settings import ANALYSIS, N_BOOT, AnalysisSettings
 from .statistics import (bootstrap_fit, context_resolution, format_effective_context, last_significant_octave,
                          octave_gains, paired_gap, truncation_check)
 from .store import RunFolder, StudyFolder
-from .task import Task, TokenSplit
-from .windows import n_windows
 
 
 def paired_runs(study_dir: Path, runs: pd.DataFrame, baseline: str):

@@ -12,11 +12,11 @@ import lightning as L
 import numpy as np
 import torch
 
+from .contract.windows import TokenSplit, eval_offsets
 from .evaluate import per_position_losses
 from .history import window_stride
 from .settings import EVAL_BATCH, VALIDATION_WINDOWS
 from .store import RunFolder
-from .windows import TokenSplit, eval_offsets
 
 POINTS_PER_DECADE = 5  # validation points per decade of training steps
 

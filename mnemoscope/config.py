@@ -133,7 +133,7 @@ class RunSpec:
 
     def run_id(self, study: StudyConfig, data: str | None = None, arch_version: str | None = None) -> str:
         """``arch-task-size-sSEED-digest``: the digest covers everything that decides the run's
-        numbers, the task's ``data`` fingerprint (:meth:`mnemoscope.task.Task.data_fingerprint`)
+        numbers, the task's ``data`` fingerprint (:meth:`mnemoscope.contract.task.Task.data_fingerprint`)
         included, so changed data means a new run. ``data=None`` gives the id of a run recorded
         before data fingerprints were (its folder is recognised by it; its label from the file name).
         ``arch_version``: the architecture class's ``version`` where it has one (a changed built-in,

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
-from .model import token_losses
+from .contract.model import token_losses
+from .contract.task import Task
+from .contract.windows import TokenSplit, eval_offsets, window_batch, window_tokens
 from .settings import EVAL_BATCH, N_BOOT, STUDY
-from .task import Task
-from .windows import TokenSplit, eval_offsets, window_batch, window_tokens
 
 
 @torch.no_grad()

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .contract.model import active_params, count_params, state_size
 from .evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
 from .history import run_tables, window_stride
-from .model import active_params, count_params, state_size
 from .settings import EVAL_BATCH, VALIDATION_WINDOWS
 from .statistics import octave_gain
 from .store import RunFolder

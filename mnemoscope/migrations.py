@@ -40,10 +40,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .contract.text_task import TextTask, byte_level_spec
 from .errors import UserError
 from .registry import TASKS
 from .specs import parse_spec
-from .tokenizer import TextTask, byte_level_spec
 
 #: the layout this code writes: ``format`` in every ``result.json`` and ``config.yaml``
 FORMAT = 1

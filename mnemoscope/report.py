@@ -21,6 +21,8 @@ import yaml
 from . import report_growth, report_history, report_scaling
 from .analysis import paired_runs
 from .bootstrap import LEVEL
+from .contract.task import DESCRIBED_DOCUMENTS, Task
+from .contract.text_task import TextTask, corpus_and_tokenization, tokens_are
 from .errors import UserError
 from .migrations import windows_inside_documents
 from .registry import TASKS
@@ -31,8 +33,6 @@ from .runner import Study, mixed_data
 from .specs import format_count, parse_spec, spec_labels
 from .statistics import format_effective_context, format_gap, paired_gap_curve, single_positions
 from .store import StudyFolder
-from .task import DESCRIBED_DOCUMENTS, Task
-from .tokenizer import TextTask, corpus_and_tokenization, tokens_are
 
 
 def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

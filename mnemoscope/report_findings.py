@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from .bootstrap import LEVEL
+from .contract.text_task import byte_level_spec
 from .settings import TOLERANCE
 from .specs import format_count, spec_labels
 from .statistics import MIN_WINDOWS, format_effective_context, format_gap
 from .store import StudyFolder
-from .tokenizer import byte_level_spec
 
 
 def uniform_losses(out: Path, runs: pd.DataFrame) -> pd.Series:

@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 
 from . import files
+from .contract.model import build
 from .errors import UserError
 from .migrations import ANALYSIS_TABLES_ADDED_LATER, FORMAT, file_format, transformer_before_convolutions, without_format
-from .model import build
 from .registry import ARCHITECTURES
 from .specs import parse_spec
 

@@ -26,18 +26,18 @@ import torch
 from .callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines, TrainingHistory
 from .checkpoints import Elapsed, latest_checkpoint, resume_line, resume_record
 from .config import RunSpec, StudyConfig, plan
+from .contract.model import SIZE_TOLERANCE, active_params, build, check_contract, check_memory, check_shape_options, count_params, size_for
+from .contract.task import Task
 from .errors import ContractError, UserError
 from .finish import POSITION_COLUMNS, RUN_COLUMNS, finish_run
 from .flops import flops_per_token
 from .history import history_steps
 from .migrations import arch_before_convolutions, fill_active_params, predates_data_fingerprint
-from .model import SIZE_TOLERANCE, active_params, build, check_contract, check_memory, check_shape_options, count_params, size_for
 from .queue import run_study
 from .registry import ARCHITECTURES, TASKS
 from .settings import EVAL_BATCH
 from .specs import format_count, parse_spec
 from .store import RunFolder, StudyFolder, disk_error
-from .task import Task
 from .trackers import check_loggers, check_stores, open_stores, tracker_loggers
 from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
 

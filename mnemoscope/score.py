@@ -42,9 +42,11 @@ import yaml
 
 from . import files
 from .analysis import FIT_COLUMNS, Ablation, ablation_table, context_bytes, truncation_ablation
+from .contract.model import count_params, token_losses
+from .contract.task import Task, TokenSplit, sequences_split, split_documents
+from .contract.windows import eval_offsets, window_batch
 from .errors import UserError
 from .evaluate import _digest, bootstrap_ci, scoring_fingerprint, scoring_parts, window_bytes
-from .model import count_params, token_losses
 from .registry import TASKS
 from .runner import POSITION_COLUMNS, RUN_COLUMNS
 from .score_models import Loaded, load_model
@@ -54,8 +56,6 @@ from .specs import parse_spec
 from .statistics import (MIN_WINDOWS, bootstrap_fit, context_resolution, last_significant_octave, octave_gain,
                          octave_gains, truncation_check)
 from .store import RunFolder, StudyFolder
-from .task import Task, TokenSplit, sequences_split, split_documents
-from .windows import eval_offsets, window_batch
 
 #: bytes of text reserved per token when cutting a byte-aligned window (more than any tokenizer's mean)
 BYTES_PER_TOKEN_RESERVE = 8

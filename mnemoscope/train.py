@@ -18,10 +18,10 @@ from torch import nn
 
 from .checkpoints import (LAST, STEP_HOOK, AtomicCheckpointIO, GracefulStop, LoggedRows, ResumableBatches, RowsCSVLogger,
                           StepHook, checkpoint_step, latest_checkpoint)
+from .contract.model import token_losses
+from .contract.windows import TokenSplit, TrainBatches, eval_offsets, window_batch
 from .errors import UserError
-from .model import token_losses
 from .settings import MAX_AUTO_BATCH, MIN_AUTO_BATCH, MIN_STEPS, VALIDATION_WINDOWS
-from .windows import TokenSplit, TrainBatches, eval_offsets, window_batch
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric",
               "lightning.pytorch.trainer.connectors.signal_connector"):  # "Received SIGTERM": the CLI says it in one line
@@ -85,7 +85,7 @@ def masked_mean(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def sequence_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean nats per counted target; at a large vocabulary the output layer and the loss run in
-    chunks of positions (:func:`mnemoscope.model.token_losses`), so the (B, T, V) logits are never held."""
+    chunks of positions (:func:`mnemoscope.contract.model.token_losses`), so the (B, T, V) logits are never held."""
     return masked_mean(token_losses(model, x, y), mask)
 
 

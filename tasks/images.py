@@ -29,7 +29,7 @@ from mnemoscope.errors import UserError
 from mnemoscope.render.figures import figure_png, html_table, img_tag, label_runs, paragraph
 from mnemoscope.registry import register_task
 from mnemoscope.store import StudyFolder
-from mnemoscope.task import Task, check_options, content_digest, sequences_split, token_dtype
+from mnemoscope.contract.task import Task, check_options, content_digest, sequences_split, token_dtype
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_INSTALL = "apt-get install dataset-fashion-mnist"

@@ -50,7 +50,7 @@ from mnemoscope.render.figures import figure_png, html_table, img_tag, label_run
 from mnemoscope.registry import register_task
 from mnemoscope.settings import EVAL_BATCH, N_BOOT, STUDY
 from mnemoscope.store import StudyFolder
-from mnemoscope.task import Task, TokenSplit, check_options
+from mnemoscope.contract.task import Task, TokenSplit, check_options
 
 NEWLINE = ord("\n")
 #: fractions of the question-hash range: [0, .8) train, [.8, .9) validation, [.9, 1) test

@@ -17,7 +17,7 @@ from mnemoscope.history import phase_change
 from mnemoscope.settings import N_BOOT
 from mnemoscope.specs import format_count
 from mnemoscope.store import StudyFolder
-from mnemoscope.windows import scored_windows, window_tokens
+from mnemoscope.contract.windows import scored_windows, window_tokens
 
 
 # -- an instance's distance, from its tokens ------------------------------------------------------

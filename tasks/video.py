@@ -30,7 +30,7 @@ from mnemoscope.render.figures import figure_png, html_table, img_tag, label_run
 from mnemoscope.registry import register_task
 from mnemoscope.settings import N_BOOT
 from mnemoscope.store import StudyFolder
-from mnemoscope.task import Task, check_options, sequences_split, token_dtype
+from mnemoscope.contract.task import Task, check_options, sequences_split, token_dtype
 
 from .images import image_source_digest, load_images, parse_levels
 

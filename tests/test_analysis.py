@@ -16,7 +16,7 @@ from mnemoscope.architectures.transformer import Transformer
 from mnemoscope import analysis, report_history, statistics
 from mnemoscope.analysis import extrapolation, truncation_ablation
 from mnemoscope.statistics import bootstrap_fit, effective_context, fit_power_law, octave_gain, octave_gains
-from mnemoscope.task import TokenSplit
+from mnemoscope.contract.task import TokenSplit
 from mnemoscope.tasks.probes import Lag, lag_entropy
 
 

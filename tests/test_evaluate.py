@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mnemoscope.evaluate import bootstrap_ci, per_position_losses
-from mnemoscope.task import TokenSplit
+from mnemoscope.contract.task import TokenSplit
 
 
 class Bigram(nn.Module):

@@ -517,8 +517,8 @@ def test_resumed_batches_continue_where_they_stopped():
     """The loader of a run resumed at step s yields exactly the batches of steps s, s+1, ... of the
     uninterrupted run: none seen twice, none skipped."""
     from mnemoscope.checkpoints import ResumableBatches
-    from mnemoscope.task import TokenSplit
-    from mnemoscope.windows import TrainBatches
+    from mnemoscope.contract.task import TokenSplit
+    from mnemoscope.contract.windows import TrainBatches
 
     split = TokenSplit(np.arange(5000) % 97, None)
     batches = TrainBatches(split, 16, 4, n_steps=20, seed=3)

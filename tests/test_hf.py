@@ -13,8 +13,8 @@ import torch
 from mnemoscope.architectures import hf
 from mnemoscope.cli import main
 from mnemoscope.errors import RegistryError, UserError
-from mnemoscope.model import Architecture, build, check_contract
-from mnemoscope.sizing import count_params, size_for, solve_width
+from mnemoscope.contract.model import Architecture, build, check_contract
+from mnemoscope.contract.sizing import count_params, size_for, solve_width
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.specs import parse_count, parse_spec
 

@@ -31,7 +31,7 @@ def study(text_dir, tmp_path):
 
 
 def _bpe(text_dir, n=300):
-    from mnemoscope.tokenizer import train_bpe
+    from mnemoscope.contract.text_task import train_bpe
     return train_bpe([p.read_text() for p in sorted(Path(text_dir).glob("*.txt"))], n)
 
 

@@ -1,4 +1,4 @@
-"""Subword tokenization of the text-like tasks (mnemoscope.tokenizer) and context counted in bytes."""
+"""Subword tokenization of the text-like tasks (mnemoscope.contract.text_task) and context counted in bytes."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pytest
 from mnemoscope.cli import main
 from mnemoscope.errors import UserError
 from mnemoscope.registry import TASKS
-from mnemoscope.task import split_documents
+from mnemoscope.contract.task import split_documents
 
 pytest.importorskip("tokenizers")
 

@@ -27,9 +27,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import UserError
-from .registry import TASKS
-from .specs import parse_spec
+from ..errors import UserError
+from ..registry import TASKS
+from ..specs import parse_spec
 from .task import SPLITS, Task, TokenSplit, check_options, content_digest, split_documents, token_dtype
 
 SEPARATOR = b"\n\n"  # between documents, as the byte-level tasks always joined them

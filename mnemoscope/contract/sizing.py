@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import UserError
-from .specs import format_count
+from ..errors import UserError
+from ..specs import format_count
 
 SIZE_TOLERANCE = 0.10  # achieved non-embedding params must land within 10% of the target
 TRAINING_BYTES_PER_PARAM = 16  # fp32 weights, gradients and AdamW's two moments

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass

@@ -10,7 +10,7 @@ own section of the report (``report_view``), built-in or plugin alike.
 Helpers any task can use live here too: ``split_documents`` and ``read_user_documents`` for
 text-like data; ``sequences_split`` and ``token_dtype`` for fixed-length sequences;
 ``check_options`` and ``content_digest`` for a task's options and the files it reads.
-:class:`TokenSplit` and the windows cut from it live in :mod:`mnemoscope.windows` (``TokenSplit``
+:class:`TokenSplit` and the windows cut from it live in :mod:`mnemoscope.contract.windows` (``TokenSplit``
 is imported here too, as the contract's type).
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 from .windows import TokenSplit, n_windows
 
 SPLITS = ("train", "validation", "test")

@@ -8,7 +8,7 @@ the harness assumes where a class leaves it out (a plain ``nn.Module`` is read t
 ``getattr`` and that default). ``tests/test_contract.py`` checks that every hook the harness reads
 is listed there, and every registered architecture against the contract.
 
-Sizing to a parameter count and the memory bound are :mod:`mnemoscope.sizing`; this module takes
+Sizing to a parameter count and the memory bound are :mod:`mnemoscope.contract.sizing`; this module takes
 the loss through the optional ``features``/``head`` pair in chunks of positions (:func:`token_losses`)
 and checks a built model against the contract (:func:`check_contract`).
 """
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .errors import ContractError, UserError
+from ..errors import ContractError, UserError
 from .sizing import arch_name, count_params, solve_width
 # sizing's names the runner and architectures/hf.py import from here (they moved to .sizing)
 from .sizing import SIZE_TOLERANCE, check_memory, size_for  # noqa: F401
@@ -44,7 +44,7 @@ class Architecture(nn.Module):
     #: harness reads no other hook than these and the attributes below
     ABSENT_HOOKS = ("features", "head", "num_active_params")
 
-    #: config key that scales width, which :func:`mnemoscope.sizing.solve_width` bisects. None: no
+    #: config key that scales width, which :func:`mnemoscope.contract.sizing.solve_width` bisects. None: no
     #: solver; the model is built at its given config, which must then land within
     #: ``SIZE_TOLERANCE`` of ``--params`` itself (the study refuses it naming the count reached)
     width_key: str | None = None
@@ -87,7 +87,7 @@ class Architecture(nn.Module):
     @classmethod
     def config_for_params(cls, target: int, vocab_size: int, context_length: int, **fixed) -> dict[str, Any]:
         """A config whose non-embedding parameter count is as close as possible to ``target``.
-        Default: :func:`mnemoscope.sizing.solve_width` on ``width_key`` (none: ``fixed`` as given)."""
+        Default: :func:`mnemoscope.contract.sizing.solve_width` on ``width_key`` (none: ``fixed`` as given)."""
         return solve_width(cls, target, vocab_size, context_length, fixed)
 
 
