@@ -49,7 +49,8 @@ def rebuild(folder: Path, committed: Path, log=lambda line: None) -> list[str]:
     rebuilt without measuring are put back as committed before the report."""
     import torch
 
-    from mnemoscope import score, store
+    from mnemoscope import score
+    from mnemoscope.storage import study_folder as store
     from mnemoscope.analysis import AnalysisSettings, analyze
     from mnemoscope.growth import analyze_growth
     from mnemoscope.report import write_report

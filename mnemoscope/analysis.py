@@ -36,7 +36,7 @@ from .runner import Study
 from .settings import ANALYSIS, N_BOOT, AnalysisSettings
 from .statistics import (bootstrap_fit, context_resolution, format_effective_context, last_significant_octave,
                          octave_gains, paired_gap, truncation_check)
-from .store import RunFolder, StudyFolder
+from .storage.study_folder import RunFolder, StudyFolder
 
 
 def paired_runs(study_dir: Path, runs: pd.DataFrame, baseline: str):

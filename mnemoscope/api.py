@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 from tqdm import tqdm  # Lightning's progress bars (a dependency of lightning)
 
-from . import files
 from .analysis import analyze
 from .config import StudyConfig, default_name, legacy_default_name
 from .errors import UserError
@@ -24,6 +23,7 @@ from .queue import check_url
 from .report import summary_lines, write_report
 from .runner import Study, mixed_data
 from .settings import EXECUTION
+from .storage import files
 from .train import distributed_settings
 from .tune import apply_tuned
 from .view import StudyResults, load

@@ -16,7 +16,7 @@ from .contract.windows import TokenSplit, eval_offsets
 from .evaluate import per_position_losses
 from .history import window_stride
 from .settings import EVAL_BATCH, VALIDATION_WINDOWS
-from .store import RunFolder
+from .storage.study_folder import RunFolder
 
 POINTS_PER_DECADE = 5  # validation points per decade of training steps
 

@@ -24,12 +24,12 @@ import pandas as pd
 
 from .errors import UserError
 from .evaluate import SCORING_PARTS, scoring_difference, scoring_fingerprint, scoring_parts
-from .migrations import recorded_data_fingerprint, with_bytes
 from .runner import Study
 from .settings import N_BOOT
 from .specs import format_count
 from .statistics import format_effective_context, paired_gap, paired_gap_curve
-from .store import StudyFolder
+from .storage.migrations import recorded_data_fingerprint, with_bytes
+from .storage.study_folder import StudyFolder
 
 @dataclass
 class Selection:
@@ -101,7 +101,7 @@ def _rebuilt_parts(folder: Path, row: dict, mask: np.ndarray, studies: dict) -> 
 
 
 def _data_fingerprint(folder: Path, row: dict, studies: dict, stored: str | None) -> str | None:
-    """The run's data fingerprint (:func:`mnemoscope.migrations.recorded_data_fingerprint`)."""
+    """The run's data fingerprint (:func:`mnemoscope.storage.migrations.recorded_data_fingerprint`)."""
     def rebuild():
         if folder not in studies:
             studies[folder] = Study.from_folder(folder)

@@ -13,9 +13,9 @@ from typing import Any
 
 from .checkpoints import parse_duration
 from .errors import UserError
-from . import migrations
 from .settings import StudySettings
 from .specs import format_count, is_class_path, parse_count, spec_label
+from .storage import migrations
 
 
 @dataclass
@@ -27,7 +27,7 @@ class StudyConfig(StudySettings):
     def from_dict(cls, d: dict[str, Any]) -> "StudyConfig":
         if not isinstance(d, dict):
             raise UserError("a study config must be a YAML mapping")
-        d = migrations.without_format(d)  # the file's layout (mnemoscope.store), not the study's
+        d = migrations.without_format(d)  # the file's layout (mnemoscope.storage.study_folder), not the study's
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -119,7 +119,7 @@ def default_name(c: StudyConfig) -> str:
 
 
 def legacy_default_name(c: StudyConfig) -> str:
-    """This study's default name before names were kept whole (:func:`mnemoscope.migrations.legacy_default_name`)."""
+    """This study's default name before names were kept whole (:func:`mnemoscope.storage.migrations.legacy_default_name`)."""
     return migrations.legacy_default_name([_slug_word(x) for x in c.archs], [_slug_word(x) for x in c.tasks],
                                           _name_digest(c))
 

@@ -1,5 +1,5 @@
 """A trained run finished: scored on the test split, its row and files written into its working
-folder (:class:`mnemoscope.store.RunFolder`), which :class:`mnemoscope.runner.Study` then moves into
+folder (:class:`mnemoscope.storage.study_folder.RunFolder`), which :class:`mnemoscope.runner.Study` then moves into
 place whole.
 
 The row (``result.json``, one row of ``runs.parquet``: :data:`RUN_COLUMNS`), the per-position
@@ -21,7 +21,7 @@ from .evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, sc
 from .history import run_tables, window_stride
 from .settings import EVAL_BATCH, VALIDATION_WINDOWS
 from .statistics import octave_gain
-from .store import RunFolder
+from .storage.study_folder import RunFolder
 from .trackers import log_results
 
 

@@ -32,7 +32,7 @@ from .errors import UserError
 from .runner import Study
 from .settings import N_BOOT, AnalysisSettings
 from .statistics import context_resolution
-from .store import RunFolder, model_from_checkpoint
+from .storage.study_folder import RunFolder, model_from_checkpoint
 
 RATIO = 4  # the crossing asked of the law: first architecture's effective context RATIO times the other's
 MIN_POINTS = 3  # kept steps a law needs

@@ -31,7 +31,7 @@ import pandas as pd
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from .evaluate import bootstrap_ci
 from .settings import N_BOOT, STILL_LEARNING, STUDY
-from .store import RunFolder
+from .storage.study_folder import RunFolder
 
 HISTORY_POINTS = STUDY.history  # kept steps per run (0: none)
 HISTORY_WINDOWS = 128  # test windows scored at a kept step: every k-th of the final evaluation's, at most this many
@@ -100,7 +100,7 @@ def icl_score(losses: np.ndarray, mask: np.ndarray, n_boot: int = N_BOOT, seed: 
     return {**out, "icl_score": float(d.mean()), "icl_low": float(lo), "icl_high": float(hi)}
 
 
-# -- the files of a run's history: kept by mnemoscope.store.RunFolder -------------------------------------
+# -- the files of a run's history: kept by mnemoscope.storage.study_folder.RunFolder -------------------------------------
 def write_step(run_folder: Path, step: int, tokens: int, losses: np.ndarray, mask: np.ndarray,
                state_dict: dict | None = None) -> None:
     """:meth:`RunFolder.write_step`: one kept step's per-window losses (and weights, unless None)."""

@@ -24,7 +24,6 @@ from .bootstrap import LEVEL
 from .contract.task import DESCRIBED_DOCUMENTS, Task
 from .contract.text_task import TextTask, corpus_and_tokenization, tokens_are
 from .errors import UserError
-from .migrations import windows_inside_documents
 from .registry import TASKS
 from .render.figures import (arch_labels_colors, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below,
                              page_html, paragraph, wrap_title)
@@ -32,7 +31,8 @@ from .report_findings import findings, findings_html, findings_lines, flags
 from .runner import Study, mixed_data
 from .specs import format_count, parse_spec, spec_labels
 from .statistics import format_effective_context, format_gap, paired_gap_curve, single_positions
-from .store import StudyFolder
+from .storage.migrations import windows_inside_documents
+from .storage.study_folder import StudyFolder
 
 
 def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import files, report_growth
+from . import report_growth
 from .bootstrap import LEVEL
 from .compare import Comparison, runs_table
 from .render.figures import (STUDY_STYLES, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below, page_html,
@@ -19,6 +19,7 @@ from .report_findings import findings_html, findings_lines, gap_sentence
 from .report_history import gap_cells
 from .specs import format_count
 from .statistics import format_gap
+from .storage import files
 
 
 def curves_figure(c: Comparison, colors: dict, styles: dict):

@@ -15,7 +15,7 @@ from .contract.text_task import byte_level_spec
 from .settings import TOLERANCE
 from .specs import format_count, spec_labels
 from .statistics import MIN_WINDOWS, format_effective_context, format_gap
-from .store import StudyFolder
+from .storage.study_folder import StudyFolder
 
 
 def uniform_losses(out: Path, runs: pd.DataFrame) -> pd.Series:

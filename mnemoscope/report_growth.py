@@ -19,7 +19,7 @@ from .history import ICL_BAND, ICL_EARLY, ICL_LATE, STILL_LEARNING, still_learni
 from .render.figures import STUDY_STYLES, arch_palette, figure_png, html_table, img_tag
 from .specs import format_count, spec_labels
 from .statistics import format_effective_context
-from .store import StudyFolder
+from .storage.study_folder import StudyFolder
 
 TITLE = "How context use grows with training"
 BINS_PER_OCTAVE = 4

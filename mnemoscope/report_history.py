@@ -17,7 +17,7 @@ from .settings import TOLERANCE
 from .specs import format_count, spec_labels
 from .statistics import (HUBER_DELTA, MIN_FIT_POINTS, N_STARTS, WRONG_FORM_CHI2, format_effective_context, format_gap,
                          format_interval, short_number)
-from .store import StudyFolder
+from .storage.study_folder import StudyFolder
 
 
 def gap_cells(gaps: pd.DataFrame, index: list[str]) -> pd.DataFrame:

@@ -14,7 +14,7 @@ from .render.figures import arch_palette, figure_png, html_table, img_tag, legen
 from .scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
 from .specs import spec_labels
 from .statistics import HUBER_DELTA, MIN_FIT_POINTS, format_interval, short_number
-from .store import StudyFolder
+from .storage.study_folder import StudyFolder
 
 
 def _fmt_interval(v, lo, hi, digits=3):

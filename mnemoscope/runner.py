@@ -1,7 +1,7 @@
 """The study runner: prepares a study, trains and scores each run, and collects the tables.
 
 A run's folder is written under ``runs/.tmp-<id>-<pid>`` and moved into place at once, so a
-run is either absent or complete; every file is read and written through :mod:`mnemoscope.store`,
+run is either absent or complete; every file is read and written through :mod:`mnemoscope.storage.study_folder`,
 and a trained run is scored and written by :mod:`mnemoscope.finish`. The queue of runs and its
 workers live in :mod:`mnemoscope.queue`; the analysis and the report come after, from the
 stored tables (:mod:`mnemoscope.analysis`, :mod:`mnemoscope.report`).
@@ -32,12 +32,12 @@ from .errors import ContractError, UserError
 from .finish import POSITION_COLUMNS, RUN_COLUMNS, finish_run
 from .flops import flops_per_token
 from .history import history_steps
-from .migrations import arch_before_convolutions, fill_active_params, predates_data_fingerprint
 from .queue import run_study
 from .registry import ARCHITECTURES, TASKS
 from .settings import EVAL_BATCH
 from .specs import format_count, parse_spec
-from .store import RunFolder, StudyFolder, disk_error
+from .storage.migrations import arch_before_convolutions, fill_active_params, predates_data_fingerprint
+from .storage.study_folder import RunFolder, StudyFolder, disk_error
 from .trackers import check_loggers, check_stores, open_stores, tracker_loggers
 from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
 
@@ -127,7 +127,7 @@ class Study:
     def run_id(self, run: RunSpec) -> str:
         """The run's folder name in ``runs/``: :meth:`RunSpec.run_id` with its task's data fingerprint.
         A run finished before ids held the data keeps the id it had then
-        (:func:`mnemoscope.migrations.predates_data_fingerprint`)."""
+        (:func:`mnemoscope.storage.migrations.predates_data_fingerprint`)."""
         cls = parse_spec(run.arch, ARCHITECTURES)[0]
         version = getattr(cls, "version", None)
         if version is None:  # a changed architecture (a version) never reuses a run from before ids held data

@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from .bootstrap import LEVEL, percentile_interval
 from .statistics import bootstrap_fit, fit_power_law
-from .store import RunFolder, StudyFolder
+from .storage.study_folder import RunFolder, StudyFolder
 
 FRONTIER_PER_DECADE = 4  # frontier grid points per decade of compute
 FRONTIER_SKIP = 0.05  # the first 5% of each run's steps (warm-up) is left out of the frontier

@@ -40,7 +40,6 @@ import pandas as pd
 import torch
 import yaml
 
-from . import files
 from .analysis import FIT_COLUMNS, Ablation, ablation_table, context_bytes, truncation_ablation
 from .contract.model import count_params, token_losses
 from .contract.task import Task, TokenSplit, sequences_split, split_documents
@@ -55,7 +54,8 @@ from .settings import ANALYSIS, N_BOOT, SCORE
 from .specs import parse_spec
 from .statistics import (MIN_WINDOWS, bootstrap_fit, context_resolution, last_significant_octave, octave_gain,
                          octave_gains, truncation_check)
-from .store import RunFolder, StudyFolder
+from .storage import files
+from .storage.study_folder import RunFolder, StudyFolder
 
 #: bytes of text reserved per token when cutting a byte-aligned window (more than any tokenizer's mean)
 BYTES_PER_TOKEN_RESERVE = 8

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import files
 from .contract.model import build, check_contract, count_params
 from .contract.task import Task
 from .contract.text_task import token_byte_lengths
@@ -26,7 +25,8 @@ from .errors import ContractError, UserError
 from .registry import ARCHITECTURES
 from .runner import Study
 from .specs import is_class_path, parse_spec, spec_label
-from .store import RunFolder
+from .storage import files
+from .storage.study_folder import RunFolder
 
 HF_INSTALL = "pip install 'transformers>=5' (and gguf for a GGUF file: pip install -e '.[score]')"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")

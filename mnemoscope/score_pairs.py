@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .settings import N_BOOT
-from .store import StudyFolder
+from .storage.study_folder import StudyFolder
 
 #: bands of bytes of context: [0, 16), [16, 128), [128, 1024), [1024, 8192), [8192, ...)
 BYTE_BANDS = (0, 16, 128, 1024, 8192, 1 << 62)

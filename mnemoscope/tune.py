@@ -26,7 +26,6 @@ import lightning as L
 import optuna
 import yaml
 
-from . import files
 from .callbacks import LogSpacedValidation
 from .config import RunSpec, StudyConfig, default_name
 from .errors import UserError
@@ -35,6 +34,7 @@ from .registry import ARCHITECTURES
 from .runner import Study
 from .settings import TUNE
 from .specs import format_count, parse_spec
+from .storage import files
 
 DEFAULT_OUT = TUNE.out
 SEARCHED = ["lr", "warmup_fraction", "weight_decay"]

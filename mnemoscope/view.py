@@ -5,8 +5,8 @@ call the same functions on the same tables, so a figure drawn here is the figure
 :func:`compare` (or ``study.compare(other, ...)``) puts several studies on one figure, as ``study.py
 compare`` does, without writing.
 
-Everything is read through the storage layer (:class:`mnemoscope.store.StudyFolder`), so older
-layouts read as the current one (:mod:`mnemoscope.migrations`). docs/python.md documents it.
+Everything is read through the storage layer (:class:`mnemoscope.storage.study_folder.StudyFolder`), so older
+layouts read as the current one (:mod:`mnemoscope.storage.migrations`). docs/python.md documents it.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from .render.figures import html_table
 from .report_findings import findings, findings_html, findings_lines, flags
 from .runner import Study
 from .specs import parse_spec
-from .store import StudyFolder
+from .storage.study_folder import StudyFolder
 from .tasks.probe_views import recall_figure, recall_queries
 
 #: columns every per-run table carries, to join it with ``runs``
@@ -51,7 +51,7 @@ def _need(df: pd.DataFrame, what: str, folder: Path, hint: str = "") -> pd.DataF
 
 
 class StudyResults:
-    """A study folder or a scored folder, read through :class:`~mnemoscope.store.StudyFolder`.
+    """A study folder or a scored folder, read through :class:`~mnemoscope.storage.study_folder.StudyFolder`.
 
     Every table is a DataFrame, read from disk the first time it is asked for and kept; a table the
     study does not have is empty. ``kind``: ``"study"`` or ``"scored"`` (``study.py score``)."""

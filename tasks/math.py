@@ -49,7 +49,7 @@ from mnemoscope.evaluate import greedy_hits
 from mnemoscope.render.figures import figure_png, html_table, img_tag, label_runs, paragraph
 from mnemoscope.registry import register_task
 from mnemoscope.settings import EVAL_BATCH, N_BOOT, STUDY
-from mnemoscope.store import StudyFolder
+from mnemoscope.storage.study_folder import StudyFolder
 from mnemoscope.contract.task import Task, TokenSplit, check_options
 
 NEWLINE = ord("\n")

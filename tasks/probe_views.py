@@ -16,7 +16,7 @@ from mnemoscope.render.figures import figure_png, html_table, img_tag, label_run
 from mnemoscope.history import phase_change
 from mnemoscope.settings import N_BOOT
 from mnemoscope.specs import format_count
-from mnemoscope.store import StudyFolder
+from mnemoscope.storage.study_folder import StudyFolder
 from mnemoscope.contract.windows import scored_windows, window_tokens
 
 

@@ -352,7 +352,7 @@ def test_checkpoints_load_with_weights_only_and_nothing_untrusted_is_unpickled(t
     from mnemoscope.errors import UserError
     from mnemoscope.config import StudyConfig, plan
     from mnemoscope.runner import Study
-    from mnemoscope.store import load_run_model
+    from mnemoscope.storage.study_folder import load_run_model
 
     corpus = make_corpus(tmp_path / "texts")
     config = StudyConfig(archs=["lstm"], tasks=[f"text:{corpus}"], params=["2k"], context=16, tokens="1k",

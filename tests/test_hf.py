@@ -85,7 +85,7 @@ def test_a_wrong_config_key_fails_naming_the_valid_ones(tmp_path, capsys):
 def test_offline_by_construction():
     tf = hf.transformers()
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["USE_HUB_KERNELS"] == "NO"
-    from mnemoscope.store import environment
+    from mnemoscope.storage.study_folder import environment
 
     assert environment()["packages"]["transformers"] == tf.__version__  # a study records the version
 

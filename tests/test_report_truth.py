@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mnemoscope import files
+from mnemoscope.storage import files
 from mnemoscope.cli import main
 from mnemoscope.render.figures import arch_palette
 from mnemoscope.report import bytes_figure, gap_figure, load_tables, per_position_figure, summary_lines
 from mnemoscope.report_findings import findings, flags
-from mnemoscope.store import environment
+from mnemoscope.storage.study_folder import environment
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "reference-tiny"

@@ -186,7 +186,7 @@ class Task:
 
     def report_view(self, folder, runs, pp) -> str:
         """HTML of this task's own report section, drawn from a study's stored tables: ``folder``
-        is a :class:`mnemoscope.store.StudyFolder`, ``runs`` and ``pp`` this task's rows of
+        is a :class:`mnemoscope.storage.study_folder.StudyFolder`, ``runs`` and ``pp`` this task's rows of
         ``runs.parquet`` and ``per_position.parquet``. The default draws none ('')."""
         return ""
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mnemoscope.registry import TASKS
-from mnemoscope.store import load_run_model
+from mnemoscope.storage.study_folder import load_run_model
 from mnemoscope.contract.windows import eval_offsets
 
 HERE = Path(__file__).resolve().parent

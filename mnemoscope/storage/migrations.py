@@ -4,7 +4,7 @@ A run's ``result.json`` and a study's ``config.yaml`` carry ``format``, :data:`F
 now; a file without the key is format 0, written before the number existed. Format 0 covers
 several layouts, told apart by the keys and files they have; each function below reads one of them
 and names the committed studies (``results/*/``) that have it (tests/test_store.py checks the
-table below on them). The storage layer (:mod:`mnemoscope.store`) calls them, and so do the few
+table below on them). The storage layer (:mod:`mnemoscope.storage.study_folder`) calls them, and so do the few
 readers that need the study's tasks or architectures to read a layout (``runner``: ids and
 ``active_params``; ``compare``: data fingerprints; ``report``: windows; ``config``: old names);
 no other code knows an old layout.
@@ -40,10 +40,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .contract.text_task import TextTask, byte_level_spec
-from .errors import UserError
-from .registry import TASKS
-from .specs import parse_spec
+from ..contract.text_task import TextTask, byte_level_spec
+from ..errors import UserError
+from ..registry import TASKS
+from ..specs import parse_spec
 
 #: the layout this code writes: ``format`` in every ``result.json`` and ``config.yaml``
 FORMAT = 1

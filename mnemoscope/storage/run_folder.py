@@ -1,5 +1,5 @@
 """One run's folder, ``runs/<run_id>/``: :class:`RunFolder` reads and writes every file in it
-(the storage layer's half for a run; the study's half: :mod:`mnemoscope.store`, the layout:
+(the storage layer's half for a run; the study's half: :mod:`mnemoscope.storage.study_folder`, the layout:
 docs/design.md, "The storage layer").
 """
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pandas as pd
 import torch
 
 from . import files
-from .contract.model import build
-from .errors import UserError
+from ..contract.model import build
+from ..errors import UserError
+from ..registry import ARCHITECTURES
+from ..specs import parse_spec
 from .migrations import ANALYSIS_TABLES_ADDED_LATER, FORMAT, file_format, transformer_before_convolutions, without_format
-from .registry import ARCHITECTURES
-from .specs import parse_spec
 
 _STEP_FILE = re.compile(r"step-(\d+)\.npz$")
 
@@ -212,7 +212,7 @@ class RunFolder:
 
     def analysis_table(self, name: str) -> pd.DataFrame:
         """``analysis/NAME.parquet``; a table added after the run's analysis was stored reads as empty
-        (:data:`mnemoscope.migrations.ANALYSIS_TABLES_ADDED_LATER`), any other missing one raises."""
+        (:data:`mnemoscope.storage.migrations.ANALYSIS_TABLES_ADDED_LATER`), any other missing one raises."""
         path = self.path / self.ANALYSIS / f"{name}.parquet"
         return files.read_optional(path) if name in ANALYSIS_TABLES_ADDED_LATER else pd.read_parquet(path)
 
@@ -287,7 +287,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str = "cpu") -> torch.nn
     """The model a ``model.pt`` describes, with its weights, in eval mode."""
     cls, _, _ = parse_spec(ckpt["arch"], ARCHITECTURES)
     config = ckpt["arch_config"]
-    if getattr(cls, "version", None) == "2":  # the transformer's convolutions (mnemoscope.migrations)
+    if getattr(cls, "version", None) == "2":  # the transformer's convolutions (mnemoscope.storage.migrations)
         config = transformer_before_convolutions(config, ckpt["state_dict"])
     model = build(cls, int(ckpt["vocab_size"]), int(ckpt["context_length"]), config)
     model.load_state_dict(ckpt["state_dict"])

@@ -12,7 +12,7 @@ from typing import Callable
 import pandas as pd
 import yaml
 
-from .errors import UserError
+from ..errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -1,11 +1,11 @@
 """The storage layer: every file of a study folder is read and written here, and nowhere else.
 
 :class:`StudyFolder` owns a study's folder (``config.yaml``, ``environment.json``, ``data.json``,
-the tables rebuilt from the runs, ``runs/``), :class:`mnemoscope.run_folder.RunFolder` one run's
+the tables rebuilt from the runs, ``runs/``), :class:`mnemoscope.storage.run_folder.RunFolder` one run's
 folder (``runs/<run_id>/``: its result row, losses, per-position table, validation curve, model, kept
 steps, checkpoints, stored analysis, task views). The layout, the ``format`` number
-(:data:`mnemoscope.migrations.FORMAT`) and the older layouts read through
-:mod:`mnemoscope.migrations`: docs/design.md, "The storage layer".
+(:data:`mnemoscope.storage.migrations.FORMAT`) and the older layouts read through
+:mod:`mnemoscope.storage.migrations`: docs/design.md, "The storage layer".
 """
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ import torch
 import yaml
 
 from . import files
-from .errors import UserError
+from ..errors import UserError
 from .migrations import FORMAT, file_format, with_bytes, without_format
 # a run's folder: its own module; read through this one as well
+from ..settings import STUDY
 from .run_folder import RunFolder, disk_error, jsonable, model_from_checkpoint  # noqa: F401
-from .settings import STUDY
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,7 +143,7 @@ class StudyFolder:
 
     def per_position(self) -> pd.DataFrame:
         """``per_position.parquet``, its bytes columns filled for a table from before them
-        (:func:`mnemoscope.migrations.with_bytes`)."""
+        (:func:`mnemoscope.storage.migrations.with_bytes`)."""
         pp = self.read_table("per_position.parquet")
         missing = {"run_id", "arch", "task", "params", "position", "loss", "ci_low", "ci_high"} - set(pp.columns)
         if missing:
