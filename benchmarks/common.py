@@ -15,7 +15,7 @@ import torch
 import lightning as L
 
 from benchmarks.references import BareLoop, stamp
-from mnemoscope.bootstrap import LEVEL
+from mnemoscope.measure.bootstrap import LEVEL
 from mnemoscope.contract.model import build
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.contract.sizing import size_for

@@ -7,7 +7,7 @@ import torch
 
 from benchmarks.common import alternate, Bench, compared, EVAL_TARGET, fmt_count, make_model, row, seconds
 from benchmarks.references import stamp
-from mnemoscope.evaluate import per_position_losses
+from mnemoscope.measure.evaluate import per_position_losses
 from mnemoscope.contract.sizing import count_params
 from mnemoscope.contract.windows import eval_offsets, window_batch
 

@@ -28,8 +28,8 @@ import pandas as pd
 import torch
 
 from mnemoscope.checkpoints import AtomicCheckpointIO
-from mnemoscope.evaluate import per_position_losses
-from mnemoscope.history import HISTORY_POINTS, history_steps, window_stride, write_step
+from mnemoscope.measure.evaluate import per_position_losses
+from mnemoscope.measure.history import HISTORY_POINTS, history_steps, window_stride, write_step
 from mnemoscope.contract.model import build, count_params, size_for
 from mnemoscope.registry import ARCHITECTURES, TASKS
 from mnemoscope.settings import STUDY

@@ -170,10 +170,10 @@ def bench_fixed_cost(args, device, split, folder):
 
 def bench_flops(arch, params, T, harness_tok_s, peak, peak_name, device):
     try:
-        from mnemoscope.flops import count_training_step
+        from mnemoscope.measure.flops import count_training_step
     except ImportError:
         return row("flops", f"achieved FLOP/s {arch}", float("nan"), "FLOP/s", arch=arch, context=T,
-                   detail="not available: no mnemoscope.flops")
+                   detail="not available: no mnemoscope.measure.flops")
     _, model = make_model(arch, params, T)
     count = count_training_step(model.to(device), VOCAB, T)
     flops = count.per_token

@@ -1,13 +1,13 @@
 """How much history does each architecture use? Measurements of a finished study's models.
 
-* the truncation ablation (Khandelwal et al. 2018, :mod:`mnemoscope.ablation`): the same target
+* the truncation ablation (Khandelwal et al. 2018, :mod:`mnemoscope.measure.ablation`): the same target
   tokens scored with exactly n tokens of context; each variant's effective context.
 * ``extrapolation``: per-position loss on sequences 2x and 4x the training context, for the
   models that accept them (``extrapolates``).
 * ``paired_gaps``: every architecture against a baseline on the same test sequences.
 
 ``analyze(study)`` runs them, with the per-position fits and octave gains of
-:mod:`mnemoscope.statistics`, on every finished run and writes, in the study folder,
+:mod:`mnemoscope.measure.statistics`, on every finished run and writes, in the study folder,
 ``fits.csv`` (one row per run), ``context.parquet`` (ablation rows), ``octaves.parquet``,
 ``extrapolation.parquet`` and ``gaps.csv`` (``study.py analyze DIR``); the report's
 :mod:`mnemoscope.report_history` section draws them.
@@ -26,16 +26,16 @@ import torch
 from torch import nn
 
 # ablation_targets, Ablation: read through this module by callers of the ablation before its split
-from .ablation import VARIANTS, Ablation, ablation_table, ablation_targets, context_bytes, truncation_ablation  # noqa: F401
-from .bootstrap import bootstrap_indices, percentile_interval
 from .contract.task import Task, TokenSplit
 from .contract.windows import n_windows
 from .errors import UserError
-from .evaluate import bootstrap_ci, per_position_losses
+from .measure.ablation import VARIANTS, Ablation, ablation_table, ablation_targets, context_bytes, truncation_ablation  # noqa: F401
+from .measure.bootstrap import bootstrap_indices, percentile_interval
+from .measure.evaluate import bootstrap_ci, per_position_losses
+from .measure.statistics import (bootstrap_fit, context_resolution, format_effective_context, last_significant_octave,
+                                 octave_gains, paired_gap, truncation_check)
 from .runner import Study
 from .settings import ANALYSIS, N_BOOT, AnalysisSettings
-from .statistics import (bootstrap_fit, context_resolution, format_effective_context, last_significant_octave,
-                         octave_gains, paired_gap, truncation_check)
 from .storage.study_folder import RunFolder, StudyFolder
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from .contract.windows import TokenSplit, eval_offsets
-from .evaluate import per_position_losses
-from .history import window_stride
+from .measure.evaluate import per_position_losses
+from .measure.history import window_stride
 from .settings import EVAL_BATCH, VALIDATION_WINDOWS
 from .storage.study_folder import RunFolder
 
@@ -132,9 +132,9 @@ class LogSpacedValidation(L.Callback):
 
 
 class TrainingHistory(L.Callback):
-    """Per-position loss through training (:mod:`mnemoscope.history`): after each kept step but the
+    """Per-position loss through training (:mod:`mnemoscope.measure.history`): after each kept step but the
     last (the run's final evaluation is that one), every k-th test window of the final evaluation
-    (:func:`mnemoscope.history.window_stride`) scored at every position, and the weights kept unless ``keep_weights`` is False, written into
+    (:func:`mnemoscope.measure.history.window_stride`) scored at every position, and the weights kept unless ``keep_weights`` is False, written into
     ``folder/history/``. Only the process that writes (rank 0) scores."""
 
     def __init__(self, split: TokenSplit, context_length: int, n_sequences: int, steps: list[int],

@@ -1,12 +1,12 @@
 """Runs of several study folders side by side (``study.py compare``), paired only when it is honest.
 
 Each finished run records what its test losses were scored on (``scoring_fingerprint`` and its
-parts in ``result.json``, :func:`mnemoscope.evaluate.scoring_parts`; the task part is the data's
+parts in ``result.json``, :func:`mnemoscope.measure.evaluate.scoring_parts`; the task part is the data's
 content fingerprint, so the same data pair wherever their files lie); for a run from before that
 column, or before runs recorded their data fingerprint, it is computed here from the study's
 ``config.yaml`` (the task rebuilt, the stored target mask) without writing anything into that study. Two runs with the same fingerprint were scored
 on the same targets of the same test windows, so their difference gets paired bootstrap
-intervals over sequences (:func:`mnemoscope.statistics.paired_gap`, as ``gaps.csv`` inside a
+intervals over sequences (:func:`mnemoscope.measure.statistics.paired_gap`, as ``gaps.csv`` inside a
 study); any other pair is drawn side by side and marked unpaired, with the part that differs.
 
 Curves of one task family with different tokenizers are drawn in bits per byte against bytes of
@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .evaluate import SCORING_PARTS, scoring_difference, scoring_fingerprint, scoring_parts
+from .measure.evaluate import SCORING_PARTS, scoring_difference, scoring_fingerprint, scoring_parts
+from .measure.statistics import format_effective_context, paired_gap, paired_gap_curve
 from .runner import Study
 from .settings import N_BOOT
 from .specs import format_count
-from .statistics import format_effective_context, paired_gap, paired_gap_curve
 from .storage.migrations import recorded_data_fingerprint, with_bytes
 from .storage.study_folder import StudyFolder
 

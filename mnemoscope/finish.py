@@ -5,7 +5,7 @@ place whole.
 The row (``result.json``, one row of ``runs.parquet``: :data:`RUN_COLUMNS`), the per-position
 table (:data:`POSITION_COLUMNS`) with a bootstrap interval over sequences at each position, the
 per-sequence losses, the validation curve, the model, and the tables of the kept steps where the
-run kept a history (:mod:`mnemoscope.history`).
+run kept a history (:mod:`mnemoscope.measure.history`).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pandas as pd
 import torch
 
 from .contract.model import active_params, count_params, state_size
-from .evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
-from .history import run_tables, window_stride
+from .measure.evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
+from .measure.history import run_tables, window_stride
+from .measure.statistics import octave_gain
 from .settings import EVAL_BATCH, VALIDATION_WINDOWS
-from .statistics import octave_gain
 from .storage.study_folder import RunFolder
 from .trackers import log_results
 

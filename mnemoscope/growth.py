@@ -1,6 +1,6 @@
 """How context use grows with training: the effective context at each kept step, and a law for it.
 
-For every finished run that kept its history (:mod:`mnemoscope.history`), the truncation ablation
+For every finished run that kept its history (:mod:`mnemoscope.measure.history`), the truncation ablation
 of :mod:`mnemoscope.analysis` (variant ``truncate``, the same targets as the final analysis) is
 run on the weights of each kept step. Then, per run, the law ``C(D) = a * D**g`` of effective
 context C (tokens) against training tokens D is fitted in log-log space over the later half of the
@@ -26,12 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .ablation import ablation_table, context_bytes, truncation_ablation
-from .bootstrap import LEVEL
 from .errors import UserError
+from .measure.ablation import ablation_table, context_bytes, truncation_ablation
+from .measure.bootstrap import LEVEL
+from .measure.statistics import context_resolution
 from .runner import Study
 from .settings import N_BOOT, AnalysisSettings
-from .statistics import context_resolution
 from .storage.study_folder import RunFolder, model_from_checkpoint
 
 RATIO = 4  # the crossing asked of the law: first architecture's effective context RATIO times the other's
@@ -40,7 +40,7 @@ BAD_FIT_RMS = 0.35  # rms residual of log C (a factor of 1.4) above which a law 
 
 
 def _first_within(mean: np.ndarray, contexts: np.ndarray, tolerance: float) -> np.ndarray:
-    """:func:`mnemoscope.statistics.effective_context`'s rule on means (..., K): the smallest
+    """:func:`mnemoscope.measure.statistics.effective_context`'s rule on means (..., K): the smallest
     context from which on every mean is within ``tolerance`` of the last (full-context) one."""
     within = mean <= mean[..., -1:] * (1 + tolerance)
     tail = np.flip(np.logical_and.accumulate(np.flip(within, -1), -1), -1)

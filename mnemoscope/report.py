@@ -20,17 +20,17 @@ import yaml
 
 from . import report_growth, report_history, report_scaling
 from .analysis import paired_runs
-from .bootstrap import LEVEL
 from .contract.task import DESCRIBED_DOCUMENTS, Task
 from .contract.text_task import TextTask, corpus_and_tokenization, tokens_are
 from .errors import UserError
+from .measure.bootstrap import LEVEL
+from .measure.statistics import format_effective_context, format_gap, paired_gap_curve, single_positions
 from .registry import TASKS
 from .render.figures import (arch_labels_colors, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below,
                              page_html, paragraph, wrap_title)
 from .report_findings import findings, findings_html, findings_lines, flags
 from .runner import Study, mixed_data
 from .specs import format_count, parse_spec, spec_labels
-from .statistics import format_effective_context, format_gap, paired_gap_curve, single_positions
 from .storage.migrations import windows_inside_documents
 from .storage.study_folder import StudyFolder
 
@@ -78,7 +78,7 @@ def per_position_figure(pp: pd.DataFrame, runs: pd.DataFrame | None = None, bins
     per size, and 95% bootstrap bands (over sequences) from the stored ci columns.
 
     With ``bins_per_octave``, positions are averaged in bins of that fraction of an octave (the
-    first ``single_positions`` stay single, :func:`mnemoscope.statistics.position_bins`): one point per position makes many lines unreadable at
+    first ``single_positions`` stay single, :func:`mnemoscope.measure.statistics.position_bins`): one point per position makes many lines unreadable at
     T >= 256. A bin's band is the mean of its positions' intervals, wider than the interval of
     the bin's mean would be. ``None``: every position."""
     pp = pp.dropna(subset=["loss"]).copy()

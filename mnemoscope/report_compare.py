@@ -11,14 +11,14 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import report_growth
-from .bootstrap import LEVEL
 from .compare import Comparison, runs_table
+from .measure.bootstrap import LEVEL
+from .measure.statistics import format_gap
 from .render.figures import (STUDY_STYLES, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below, page_html,
                              paragraph, wrap_title)
 from .report_findings import findings_html, findings_lines, gap_sentence
 from .report_history import gap_cells
 from .specs import format_count
-from .statistics import format_gap
 from .storage import files
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .bootstrap import LEVEL
 from .contract.text_task import byte_level_spec
+from .measure.bootstrap import LEVEL
+from .measure.statistics import MIN_WINDOWS, format_effective_context, format_gap
 from .settings import TOLERANCE
 from .specs import format_count, spec_labels
-from .statistics import MIN_WINDOWS, format_effective_context, format_gap
 from .storage.study_folder import StudyFolder
 
 

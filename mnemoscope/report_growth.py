@@ -1,6 +1,6 @@
 """The report's section "How context use grows with training": the per-position curves at the kept
 steps, the in-context learning score and the effective context against training tokens, the law
-C(D) = a D^g and the 4x crossing, drawn from the tables of :mod:`mnemoscope.history` and
+C(D) = a D^g and the 4x crossing, drawn from the tables of :mod:`mnemoscope.measure.history` and
 :mod:`mnemoscope.growth`. :func:`comparison_section` draws the same for studies side by side."""
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 
-from .bootstrap import LEVEL
 from .growth import BAD_FIT_RMS, MIN_POINTS, RATIO
-from .history import ICL_BAND, ICL_EARLY, ICL_LATE, STILL_LEARNING, still_learning
+from .measure.bootstrap import LEVEL
+from .measure.history import ICL_BAND, ICL_EARLY, ICL_LATE, STILL_LEARNING, still_learning
+from .measure.statistics import format_effective_context
 from .render.figures import STUDY_STYLES, arch_palette, figure_png, html_table, img_tag
 from .specs import format_count, spec_labels
-from .statistics import format_effective_context
 from .storage.study_folder import StudyFolder
 
 TITLE = "How context use grows with training"
@@ -238,7 +238,7 @@ def _method(growth: pd.DataFrame) -> str:
 
 
 def still_learning_lines(out: Path, runs: pd.DataFrame) -> list[str]:
-    """One line per run still changing fast at its last kept step (:func:`mnemoscope.history.still_learning`)."""
+    """One line per run still changing fast at its last kept step (:func:`mnemoscope.measure.history.still_learning`)."""
     fast = still_learning(StudyFolder(out).table("history_steps.parquet"))
     flagged = runs[runs["run_id"].isin(fast)] if fast else runs.iloc[:0]
     if len(flagged) > 2:  # many: one line, not a wall of the same sentence

@@ -9,11 +9,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .bootstrap import LEVEL, percentile_interval
+from .measure.bootstrap import LEVEL, percentile_interval
+from .measure.statistics import HUBER_DELTA, MIN_FIT_POINTS, format_interval, short_number
 from .render.figures import arch_palette, figure_png, html_table, img_tag, legend_below, wrap_title
 from .scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
 from .specs import spec_labels
-from .statistics import HUBER_DELTA, MIN_FIT_POINTS, format_interval, short_number
 from .storage.study_folder import StudyFolder
 
 

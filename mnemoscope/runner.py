@@ -30,8 +30,8 @@ from .contract.model import SIZE_TOLERANCE, active_params, build, check_contract
 from .contract.task import Task
 from .errors import ContractError, UserError
 from .finish import POSITION_COLUMNS, RUN_COLUMNS, finish_run
-from .flops import flops_per_token
-from .history import history_steps
+from .measure.flops import flops_per_token
+from .measure.history import history_steps
 from .queue import run_study
 from .registry import ARCHITECTURES, TASKS
 from .settings import EVAL_BATCH
@@ -249,7 +249,7 @@ class Study:
 
         ``work``: the run's working folder (a study's run, not a tuning trial): its mid-run
         checkpoints go to ``work/checkpoints`` (resumed from when present) and the kept steps of
-        its history to ``work/history`` (:mod:`mnemoscope.history`)."""
+        its history to ``work/history`` (:mod:`mnemoscope.measure.history`)."""
         task = self.task(run.task)
         splits = task.splits()
         torch.manual_seed(run.seed)  # initialisation depends on the seed only

@@ -1,14 +1,14 @@
 """Scaling laws from a finished study: L(N), L(C), the compute frontier, N_opt(C), alpha(N).
 
 Every law is L(x) = L_inf + (x0/x)^alpha (Henighan et al. 2020), fitted with the one fitter of
-:mod:`mnemoscope.statistics` (log space, Huber delta 1e-3 summed, L-BFGS from a grid of starts,
+:mod:`mnemoscope.measure.statistics` (log space, Huber delta 1e-3 summed, L-BFGS from a grid of starts,
 convergence checked), with 95% intervals by bootstrap over **sequences**:
 
 * L(N): x = achieved non-embedding parameters, y = a run's mean test loss (mean over seeds).
   A replicate draws one set of test-sequence indices and applies it to every run (all runs of a
   task score the same test windows, so sequence difficulty is shared; drawing them independently
   per run would pretend it is not) and, with several seeds, also resamples the seeds of each size.
-* L(C): x = training FLOPs (``flops_per_token`` x tokens seen, :mod:`mnemoscope.flops`), y = the
+* L(C): x = training FLOPs (``flops_per_token`` x tokens seen, :mod:`mnemoscope.measure.flops`), y = the
   compute-efficient frontier: the lowest validation loss any run of the architecture reached
   with at most that compute, on a grid of 4 points per decade. The validation curves come from
   :class:`mnemoscope.callbacks.LogSpacedValidation`, which scores the same 64 validation windows at log-spaced steps.
@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from .bootstrap import LEVEL, percentile_interval
-from .statistics import bootstrap_fit, fit_power_law
+from .measure.bootstrap import LEVEL, percentile_interval
+from .measure.statistics import bootstrap_fit, fit_power_law
 from .storage.study_folder import RunFolder, StudyFolder
 
 FRONTIER_PER_DECADE = 4  # frontier grid points per decade of compute

@@ -45,15 +45,15 @@ from .contract.model import count_params, token_losses
 from .contract.task import Task, TokenSplit, sequences_split, split_documents
 from .contract.windows import eval_offsets, window_batch
 from .errors import UserError
-from .evaluate import _digest, bootstrap_ci, scoring_fingerprint, scoring_parts, window_bytes
+from .measure.evaluate import _digest, bootstrap_ci, scoring_fingerprint, scoring_parts, window_bytes
+from .measure.statistics import (MIN_WINDOWS, bootstrap_fit, context_resolution, last_significant_octave, octave_gain,
+                                 octave_gains, truncation_check)
 from .registry import TASKS
 from .runner import POSITION_COLUMNS, RUN_COLUMNS
 from .score_models import Loaded, load_model
 from .score_pairs import byte_gaps
 from .settings import ANALYSIS, N_BOOT, SCORE
 from .specs import parse_spec
-from .statistics import (MIN_WINDOWS, bootstrap_fit, context_resolution, last_significant_octave, octave_gain,
-                         octave_gains, truncation_check)
 from .storage import files
 from .storage.study_folder import RunFolder, StudyFolder
 

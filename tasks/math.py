@@ -43,9 +43,9 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from mnemoscope.bootstrap import LEVEL, cluster_ci
+from mnemoscope.measure.bootstrap import LEVEL, cluster_ci
 from mnemoscope.errors import UserError
-from mnemoscope.evaluate import greedy_hits
+from mnemoscope.measure.evaluate import greedy_hits
 from mnemoscope.render.figures import figure_png, html_table, img_tag, label_runs, paragraph
 from mnemoscope.registry import register_task
 from mnemoscope.settings import EVAL_BATCH, N_BOOT, STUDY

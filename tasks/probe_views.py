@@ -10,10 +10,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mnemoscope.bootstrap import LEVEL, bootstrap_indices, cluster_ci, percentile_interval
-from mnemoscope.evaluate import greedy_hits
+from mnemoscope.measure.bootstrap import LEVEL, bootstrap_indices, cluster_ci, percentile_interval
+from mnemoscope.measure.evaluate import greedy_hits
 from mnemoscope.render.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
-from mnemoscope.history import phase_change
+from mnemoscope.measure.history import phase_change
 from mnemoscope.settings import N_BOOT
 from mnemoscope.specs import format_count
 from mnemoscope.storage.study_folder import StudyFolder
@@ -275,7 +275,7 @@ def lag_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) ->
 
 # -- the phase change: when a run starts using its history --------------------------------------
 def phase_table(task, folder: StudyFolder, runs: pd.DataFrame) -> pd.DataFrame:
-    """A row per run that kept steps: :func:`mnemoscope.history.phase_change` at half the task's
+    """A row per run that kept steps: :func:`mnemoscope.measure.history.phase_change` at half the task's
     ``no_history_loss`` (the loss of a model that cannot see the answer's source)."""
     rows = []
     for _, r in label_runs(runs).iterrows():

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from mnemoscope.bootstrap import cluster_ci
+from mnemoscope.measure.bootstrap import cluster_ci
 from mnemoscope.errors import UserError
 from mnemoscope.registry import register_task
 from mnemoscope.contract.task import Task, check_options, sequences_split, token_dtype

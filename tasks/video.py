@@ -24,7 +24,7 @@ import seaborn as sns
 import torch
 import torch.nn.functional as F
 
-from mnemoscope.bootstrap import LEVEL
+from mnemoscope.measure.bootstrap import LEVEL
 from mnemoscope.errors import UserError
 from mnemoscope.render.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
 from mnemoscope.registry import register_task

@@ -16,7 +16,7 @@ from mnemoscope.cli import main
 from mnemoscope.compare import Selection, load, parse_selection
 from mnemoscope.errors import UserError
 from mnemoscope.render.figures import BUILTIN_ARCHS, arch_palette, canonical_arch
-from mnemoscope.statistics import paired_gap, paired_gap_curve
+from mnemoscope.measure.statistics import paired_gap, paired_gap_curve
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "reference-tiny"

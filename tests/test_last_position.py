@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnemoscope.evaluate import per_position_losses
+from mnemoscope.measure.evaluate import per_position_losses
 from mnemoscope.contract.model import build
 from mnemoscope.contract.sizing import size_for
 from mnemoscope.registry import ARCHITECTURES

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mnemoscope.bootstrap import cluster_ci
+from mnemoscope.measure.bootstrap import cluster_ci
 from mnemoscope.cli import main
 from mnemoscope.errors import UserError
 from mnemoscope.registry import TASKS

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mnemoscope.config import RunSpec, StudyConfig
-from mnemoscope.history import phase_change
+from mnemoscope.measure.history import phase_change
 from mnemoscope.storage.migrations import transformer_before_convolutions
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.storage.run_folder import model_from_checkpoint

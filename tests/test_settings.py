@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mnemoscope import settings
-from mnemoscope.bootstrap import LEVEL
+from mnemoscope.measure.bootstrap import LEVEL
 from mnemoscope.cli import main, run_parser
 from mnemoscope.config import StudyConfig
 from mnemoscope.settings import ANALYSIS, EXECUTION, SCORE, STUDY, TUNE, VALIDATION_WINDOWS
@@ -248,15 +248,15 @@ def test_the_scan_reads_every_subfolder(tmp_path):
     ("mnemoscope/cli.py", 'add_arguments(p, ScoreSettings, "batch_size")',
      'p.add_argument("--batch-size", type=int, help="windows per forward pass (default 8)")'),
     ("mnemoscope/tune.py", "trials: int = TUNE.trials", "trials: int = 30"),
-    ("mnemoscope/ablation.py", "tolerance: float = TOLERANCE,", "tolerance: float = 0.01,"),
+    ("mnemoscope/measure/ablation.py", "tolerance: float = TOLERANCE,", "tolerance: float = 0.01,"),
     ("mnemoscope/callbacks.py", "n_sequences: int = VALIDATION_WINDOWS", "n_sequences: int = 64"),
-    ("mnemoscope/ablation.py", "level: float = LEVEL)", "level: float = 95)"),
+    ("mnemoscope/measure/ablation.py", "level: float = LEVEL)", "level: float = 95)"),
     ("mnemoscope/report_findings.py", 'if "tolerance" in f else TOLERANCE', 'if "tolerance" in f else 0.01'),
     ("mnemoscope/report_history.py", "{N_STARTS} starts", "27 starts"),
     # a default that disagrees with the setting of its name (ablation's 512 targets, 1 << 16 tokens)
-    ("mnemoscope/ablation.py", "n_targets: int = ANALYSIS.n_targets", "n_targets: int = 512"),
-    ("mnemoscope/ablation.py", "max_tokens: int = ABLATION_TOKENS", "max_tokens: int = 1 << 15"),
-    ("mnemoscope/statistics.py", "n_boot: int = ANALYSIS.fit_boot", "n_boot: int = 200"),
+    ("mnemoscope/measure/ablation.py", "n_targets: int = ANALYSIS.n_targets", "n_targets: int = 512"),
+    ("mnemoscope/measure/ablation.py", "max_tokens: int = ABLATION_TOKENS", "max_tokens: int = 1 << 15"),
+    ("mnemoscope/measure/statistics.py", "n_boot: int = ANALYSIS.fit_boot", "n_boot: int = 200"),
     ("benchmarks/common.py", "level: float = LEVEL", "level: float = 95"),
     ("benchmarks/run.py", "{format_count(STUDY.tokens)}", "6M"),
 ])

@@ -240,7 +240,7 @@ def test_lag_k12_reads_12_tokens_of_effective_context(tmp_path, monkeypatch):
     """Position t sees t+1 tokens; its target repeats the token k back, which is in view with n >= k
     tokens of context: the lag k=12 at context 64 must read 12, where the powers of two gave 16 [16, 16]."""
     from mnemoscope.analysis import ablation_table, truncation_ablation
-    from mnemoscope.statistics import context_resolution, format_effective_context
+    from mnemoscope.measure.statistics import context_resolution, format_effective_context
     from mnemoscope.tasks.probes import Lag
 
     monkeypatch.setenv("MNEMOSCOPE_CACHE", str(tmp_path / "cache"))
@@ -262,7 +262,7 @@ def test_an_effective_context_on_a_coarse_grid_is_no_narrower_than_the_grid():
     """A synthetic loss table through the same functions: the loss falls within 1% from 12 tokens on,
     scored on powers of two only (as analyses made before the bisection were)."""
     from mnemoscope.analysis import Ablation, ablation_table
-    from mnemoscope.statistics import context_resolution, format_effective_context
+    from mnemoscope.measure.statistics import context_resolution, format_effective_context
 
     contexts = np.array([1, 2, 4, 8, 16, 32, 64])
     rng = np.random.default_rng(0)
@@ -300,7 +300,7 @@ def test_lag_floor_in_fits_and_one_effective_context_string_everywhere(tmp_path,
 
 def test_not_meaningful_is_the_one_string_for_a_worse_full_context():
     from mnemoscope import report_history
-    from mnemoscope.statistics import format_effective_context
+    from mnemoscope.measure.statistics import format_effective_context
 
     fit = {"arch": "x.py:Net", "task": "text", "params": 1000, "seed": 0, "context": 512, "effective_context": 4,
            "effective_context_low": 2, "effective_context_high": 256, "full_context_worse": True,

@@ -165,7 +165,7 @@ class RunFolder:
             raise UserError(f"cannot load the model of {self.path}: {type(exc).__name__}: {exc}") from None
         return model_from_checkpoint(ckpt, device), row
 
-    # -- the kept steps (mnemoscope.history) --------------------------------------------------------
+    # -- the kept steps (mnemoscope.measure.history) --------------------------------------------------------
     def write_step(self, step: int, tokens: int, losses: np.ndarray, mask: np.ndarray,
                    state_dict: dict | None = None) -> None:
         """One kept step's per-window losses (and weights, unless None), each file written atomically."""

@@ -4,7 +4,7 @@ The same target tokens scored with exactly n tokens of context, fresh state, n =
 (``truncate``), or with the tokens farther than n back shuffled (``shuffle``) or replaced by
 unrelated text (``replace``); :func:`ablation_table` gives each variant's mean loss with its
 bootstrap interval over targets and its effective context
-(:func:`mnemoscope.statistics.effective_context`); :func:`context_bytes` the same contexts in
+(:func:`mnemoscope.measure.statistics.effective_context`); :func:`context_bytes` the same contexts in
 bytes of text. Used by :mod:`mnemoscope.analysis` (a run's end), :mod:`mnemoscope.growth` (its
 kept steps) and ``study.py score``.
 """
@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contract.model import has_features
+from ..contract.windows import TokenSplit, eval_offsets, window_index
+from ..errors import UserError
+from ..settings import ABLATION_TOKENS, ANALYSIS, N_BOOT, TOLERANCE, VARIANTS
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
-from .contract.model import has_features
-from .contract.windows import TokenSplit, eval_offsets, window_index
-from .errors import UserError
-from .settings import ABLATION_TOKENS, ANALYSIS, N_BOOT, TOLERANCE, VARIANTS
 from .statistics import effective_context
 
 
@@ -135,7 +135,7 @@ def truncation_ablation(model: nn.Module, split: TokenSplit, context_length: int
     ``max_tokens`` tokens per forward (``batch_size`` sequences, if given, caps it instead).
 
     For the variants in ``refine``, the grid's effective context (within ``tolerance`` of the full
-    context: :func:`mnemoscope.statistics.effective_context`) is then bisected on whole n between
+    context: :func:`mnemoscope.measure.statistics.effective_context`) is then bisected on whole n between
     the last two lengths tried, the same targets scored at each midpoint, down to one token: a lag
     of 12 reads 12, not the 16 of the grid (``Ablation.refined``). Cost, in forward tokens, about
     M * 2T for ``truncate`` (plus at most M * n* for the bisection, n* the effective context) and
@@ -190,7 +190,7 @@ def truncation_ablation(model: nn.Module, split: TokenSplit, context_length: int
 def _bisect(score, contexts: np.ndarray, losses: np.ndarray, tolerance: float):
     """Lengths between the grid's effective context and the length tried before it, bisected on
     whole n (each midpoint within ``tolerance`` of the full context or not, as
-    :func:`mnemoscope.statistics.effective_context` decides), with their (M, J) losses."""
+    :func:`mnemoscope.measure.statistics.effective_context` decides), with their (M, J) losses."""
     mean = losses.astype(np.float64).mean(0)
     limit = mean[-1] * (1 + tolerance)
     tail = np.flip(np.logical_and.accumulate(np.flip(mean <= limit)))

@@ -27,9 +27,9 @@ import pandas as pd
 from scipy import optimize
 from threadpoolctl import threadpool_limits
 
+from ..errors import UserError
+from ..settings import ANALYSIS, N_BOOT, TOLERANCE
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
-from .errors import UserError
-from .settings import ANALYSIS, N_BOOT, TOLERANCE
 
 # a band or bin with no counted target in a resample has no mean there: its interval is NaN by design
 warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)

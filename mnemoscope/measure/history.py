@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..settings import N_BOOT, STILL_LEARNING, STUDY
+from ..storage.study_folder import RunFolder
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from .evaluate import bootstrap_ci
-from .settings import N_BOOT, STILL_LEARNING, STUDY
-from .storage.study_folder import RunFolder
 
 HISTORY_POINTS = STUDY.history  # kept steps per run (0: none)
 HISTORY_WINDOWS = 128  # test windows scored at a kept step: every k-th of the final evaluation's, at most this many

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..contract.model import token_losses
+from ..contract.task import Task
+from ..contract.windows import TokenSplit, eval_offsets, window_batch, window_tokens
+from ..settings import EVAL_BATCH, N_BOOT, STUDY
 from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
-from .contract.model import token_losses
-from .contract.task import Task
-from .contract.windows import TokenSplit, eval_offsets, window_batch, window_tokens
-from .settings import EVAL_BATCH, N_BOOT, STUDY
 
 
 @torch.no_grad()
@@ -74,7 +74,7 @@ def bootstrap_ci(losses: np.ndarray, mask: np.ndarray | None = None, n_boot: int
                  seed: int = 0):
     """Mean over sequences at each position with a bootstrap interval over **sequences**.
 
-    Rows of losses and mask are resampled together (:func:`mnemoscope.statistics.bootstrap_indices`),
+    Rows of losses and mask are resampled together (:func:`mnemoscope.measure.statistics.bootstrap_indices`),
     one replicate at a time so that (n_boot, N, T) is never held. Returns (mean, low, high, n), each
     of length T; positions with no counted target are NaN.
     """

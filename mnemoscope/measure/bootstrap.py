@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .settings import N_BOOT
+from ..settings import N_BOOT
 
 LEVEL = 95  # percent: the confidence level of every interval unless a caller asks for another
 
