@@ -10,7 +10,7 @@ from benchmarks.references import BareLoop
 from mnemoscope.contract.model import build
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.contract.sizing import count_params, size_for
-from mnemoscope.train import TrainConfig
+from mnemoscope.training.train import TrainConfig
 
 
 #: the reference study's shape (results/hf-families): non-embedding parameters, context, batch

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from mnemoscope.contract.model import LOSS_CHUNK_ELEMENTS, build, token_losses
 from mnemoscope.contract.sizing import size_for
 from mnemoscope.registry import ARCHITECTURES
-from mnemoscope.train import masked_mean
+from mnemoscope.training.train import masked_mean
 
 
 def make(vocab: int, T: int, B: int, params: int, device, seed: int = 0):

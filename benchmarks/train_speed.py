@@ -17,12 +17,12 @@ import lightning as L
 from benchmarks.common import (Bench, compared, device_batches, fmt_count, Interleaved, label_of, make_model,
                               matmul_peak, OVERHEAD_TARGET, paired_ratio, row, seconds, VOCAB)
 from benchmarks.references import BareLoop, gpt2_like
-from mnemoscope.callbacks import DivergenceGuard
+from mnemoscope.training.callbacks import DivergenceGuard
 from mnemoscope.config import StudyConfig
 from mnemoscope.settings import STUDY
 from mnemoscope.registry import TASKS
 from mnemoscope.contract.sizing import count_params
-from mnemoscope.train import TrainConfig, auto_batch_size, fit
+from mnemoscope.training.train import TrainConfig, auto_batch_size, fit
 
 
 def _gpt2_rows(t, refs, gpt2_error, label, work, shape) -> list[dict]:

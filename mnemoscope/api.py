@@ -24,7 +24,7 @@ from .report import summary_lines, write_report
 from .runner import Study, mixed_data
 from .settings import EXECUTION
 from .storage import files
-from .train import distributed_settings
+from .training.train import distributed_settings
 from .tune import apply_tuned
 from .view import StudyResults, load
 

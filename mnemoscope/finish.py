@@ -22,7 +22,7 @@ from .measure.history import run_tables, window_stride
 from .measure.statistics import octave_gain
 from .settings import EVAL_BATCH, VALIDATION_WINDOWS
 from .storage.study_folder import RunFolder
-from .trackers import log_results
+from .training.loggers import log_results
 
 
 RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_config", "target_params",

@@ -23,8 +23,6 @@ import lightning as L
 import pandas as pd
 import torch
 
-from .callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines, TrainingHistory
-from .checkpoints import Elapsed, latest_checkpoint, resume_line, resume_record
 from .config import RunSpec, StudyConfig, plan
 from .contract.model import SIZE_TOLERANCE, active_params, build, check_contract, check_memory, check_shape_options, count_params, size_for
 from .contract.task import Task
@@ -38,8 +36,10 @@ from .settings import EVAL_BATCH
 from .specs import format_count, parse_spec
 from .storage.migrations import arch_before_convolutions, fill_active_params, predates_data_fingerprint
 from .storage.study_folder import RunFolder, StudyFolder, disk_error
-from .trackers import check_loggers, check_stores, open_stores, tracker_loggers
-from .train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
+from .training.callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines, TrainingHistory
+from .training.checkpoints import Elapsed, latest_checkpoint, resume_line, resume_record
+from .training.loggers import check_loggers, check_stores, open_stores, tracker_loggers
+from .training.train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
 
 @dataclass
 class Trained:

@@ -11,7 +11,7 @@ convergence checked), with 95% intervals by bootstrap over **sequences**:
 * L(C): x = training FLOPs (``flops_per_token`` x tokens seen, :mod:`mnemoscope.measure.flops`), y = the
   compute-efficient frontier: the lowest validation loss any run of the architecture reached
   with at most that compute, on a grid of 4 points per decade. The validation curves come from
-  :class:`mnemoscope.callbacks.LogSpacedValidation`, which scores the same 64 validation windows at log-spaced steps.
+  :class:`mnemoscope.training.callbacks.LogSpacedValidation`, which scores the same 64 validation windows at log-spaced steps.
 * N_opt(C): the size whose curve is lowest at compute C; a power law C^b is fitted only where
   the optimum moves through at least 3 sizes away from the edges of the sweep.
 * alpha(N): the per-position power law of each run (``statistics.bootstrap_fit``) against its size.

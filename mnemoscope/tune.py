@@ -26,7 +26,6 @@ import lightning as L
 import optuna
 import yaml
 
-from .callbacks import LogSpacedValidation
 from .config import RunSpec, StudyConfig, default_name
 from .errors import UserError
 from .queue import redact
@@ -35,6 +34,7 @@ from .runner import Study
 from .settings import TUNE
 from .specs import format_count, parse_spec
 from .storage import files
+from .training.callbacks import LogSpacedValidation
 
 DEFAULT_OUT = TUNE.out
 SEARCHED = ["lr", "warmup_fraction", "weight_decay"]
@@ -48,7 +48,7 @@ def shape_space(cls) -> dict[str, list]:
 
 
 class OptunaPruning(L.Callback):
-    """Reports each new point of a :class:`~mnemoscope.callbacks.LogSpacedValidation` to the trial
+    """Reports each new point of a :class:`~mnemoscope.training.callbacks.LogSpacedValidation` to the trial
     (step = tokens seen) and stops a trial the pruner rejects.
 
     Why not ``optuna_integration.PyTorchLightningPruningCallback``: it installs and imports

@@ -181,7 +181,7 @@ def cli_process(argv: list[str], extra_env: dict[str, str] | None = None) -> mul
 
 def stop_at(argv: list[str], folder: Path, signum: int = signal.SIGKILL, then=None, **hook) -> int | None:
     """Run ``study.py argv`` in a child process until the step ``hook`` names (``pause=N`` or
-    ``after=N``, and ``checkpoint=K``: :class:`mnemoscope.checkpoints.StepHook`), send it ``signum``
+    ``after=N``, and ``checkpoint=K``: :class:`mnemoscope.training.checkpoints.StepHook`), send it ``signum``
     there and wait for its end. Returns the step it stopped at, or None when it finished first
     (exit 0); ``stop_at.pid`` and ``stop_at.exitcode`` are the child's id and exit status. Waits
     on events only (the child's FIFO, its exit), never on the clock. ``then()``: called at the
@@ -396,7 +396,7 @@ def test_divergence_guard_reading_losses_in_groups_records_the_first_bad_step():
     import torch
     from types import SimpleNamespace
 
-    from mnemoscope.callbacks import DivergenceGuard
+    from mnemoscope.training.callbacks import DivergenceGuard
 
     guard = DivergenceGuard(every=4, every_step=False)
     trainer = SimpleNamespace(global_step=0, should_stop=False)
@@ -489,7 +489,7 @@ def test_a_run_killed_ten_times_at_random_steps_ends_as_the_uninterrupted_run(wh
     corpus, whole = whole_run
     out = tmp_path / "stopped"
     argv = [*RESUMABLE, "--task", f"text:{corpus}", "--out", str(out), "--checkpoint-every", "off"]
-    from mnemoscope.checkpoints import checkpoint_step
+    from mnemoscope.training.checkpoints import checkpoint_step
 
     rng = random.Random(30)
     steps = sorted(rng.sample(range(5, STEPS), 10))  # each later than the last: past any checkpoint resumed from
@@ -516,7 +516,7 @@ def test_a_run_killed_ten_times_at_random_steps_ends_as_the_uninterrupted_run(wh
 def test_resumed_batches_continue_where_they_stopped():
     """The loader of a run resumed at step s yields exactly the batches of steps s, s+1, ... of the
     uninterrupted run: none seen twice, none skipped."""
-    from mnemoscope.checkpoints import ResumableBatches
+    from mnemoscope.training.checkpoints import ResumableBatches
     from mnemoscope.contract.task import TokenSplit
     from mnemoscope.contract.windows import TrainBatches
 

@@ -19,7 +19,7 @@ from mnemoscope.contract.sizing import size_for
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.contract.task import TokenSplit
 from mnemoscope.contract.windows import TrainBatches, eval_offsets, window_offset
-from mnemoscope.train import sequence_loss
+from mnemoscope.training.train import sequence_loss
 
 V, T, B = 37, 24, 4
 

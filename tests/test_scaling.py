@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mnemoscope.measure.flops import count_training_step, rnn_training_flops
-from mnemoscope.callbacks import log_spaced_steps
+from mnemoscope.training.callbacks import log_spaced_steps
 from mnemoscope.report_scaling import report_section
 from mnemoscope.scaling import bootstrap_law, fit_law, frontier, law, scaling_tables
 

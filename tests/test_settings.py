@@ -22,7 +22,7 @@ from mnemoscope.measure.bootstrap import LEVEL
 from mnemoscope.cli import main, run_parser
 from mnemoscope.config import StudyConfig
 from mnemoscope.settings import ANALYSIS, EXECUTION, SCORE, STUDY, TUNE, VALIDATION_WINDOWS
-from mnemoscope.train import TrainConfig
+from mnemoscope.training.train import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -249,7 +249,7 @@ def test_the_scan_reads_every_subfolder(tmp_path):
      'p.add_argument("--batch-size", type=int, help="windows per forward pass (default 8)")'),
     ("mnemoscope/tune.py", "trials: int = TUNE.trials", "trials: int = 30"),
     ("mnemoscope/measure/ablation.py", "tolerance: float = TOLERANCE,", "tolerance: float = 0.01,"),
-    ("mnemoscope/callbacks.py", "n_sequences: int = VALIDATION_WINDOWS", "n_sequences: int = 64"),
+    ("mnemoscope/training/callbacks.py", "n_sequences: int = VALIDATION_WINDOWS", "n_sequences: int = 64"),
     ("mnemoscope/measure/ablation.py", "level: float = LEVEL)", "level: float = 95)"),
     ("mnemoscope/report_findings.py", 'if "tolerance" in f else TOLERANCE', 'if "tolerance" in f else 0.01'),
     ("mnemoscope/report_history.py", "{N_STARTS} starts", "27 starts"),
@@ -290,6 +290,6 @@ def test_help_shows_the_settings(command, shown, capsys):
 
 
 def test_validation_windows_one_number():
-    from mnemoscope.callbacks import LogSpacedValidation
+    from mnemoscope.training.callbacks import LogSpacedValidation
     import inspect
     assert inspect.signature(LogSpacedValidation).parameters["n_sequences"].default == VALIDATION_WINDOWS

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mnemoscope.checkpoints import checkpoint_step
+from mnemoscope.training.checkpoints import checkpoint_step
 from mnemoscope.cli import main
 from test_analysis import CopyBack
 from test_faults import TINY, stop_at
@@ -144,7 +144,7 @@ def test_the_same_data_under_two_folder_names_pair_in_compare(text_dir, tmp_path
 def interrupted_cleanly(out: Path) -> None:
     """No finished run; the run's partial folder holds a checkpoint saved on the signal; the queue
     counts the run as interrupted, not lost with its worker."""
-    from mnemoscope.checkpoints import checkpoint_step
+    from mnemoscope.training.checkpoints import checkpoint_step
     from mnemoscope.queue import RunQueue, closing_line
     from mnemoscope.runner import Study
 
@@ -164,7 +164,7 @@ def long_run(text_dir: Path, out: Path) -> list[str]:
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_the_message(text_dir, tmp_path):
-    """Ctrl-C at step 1500 (a step the test chooses: mnemoscope.checkpoints.StepHook), in a real
+    """Ctrl-C at step 1500 (a step the test chooses: mnemoscope.training.checkpoints.StepHook), in a real
     `study.py` process whose output is a pipe; the test waits on events, never on the clock."""
     out, fifo = tmp_path / "study", tmp_path / "step.fifo"
     os.mkfifo(fifo)

@@ -48,8 +48,8 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def test_pruning_stops_training_at_the_first_validation_point(tiny_lstm, tmp_path):
-    from mnemoscope.callbacks import LogSpacedValidation
-    from mnemoscope.train import TrainConfig, fit
+    from mnemoscope.training.callbacks import LogSpacedValidation
+    from mnemoscope.training.train import TrainConfig, fit
 
     model, splits = tiny_lstm
     cfg = TrainConfig(tokens=20_000, batch_size=8)

@@ -53,7 +53,7 @@ def test_two_workers_drain_a_study_and_one_is_killed_mid_run(backend, tmp_path):
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 4
 
     # the victim takes a run and stops at its 5th training step (a step the test chooses,
-    # mnemoscope.checkpoints.StepHook); the survivor starts beside it, and the victim is killed
+    # mnemoscope.training.checkpoints.StepHook); the survivor starts beside it, and the victim is killed
     # there. The survivor drains the rest, the victim's run too, failed as stale once its heartbeat
     # (every 2 s) is 4 s old: the queue's clock, not the test's
     worker = ["worker", str(out), "--storage", url, "--heartbeat", "2", "--no-progress"]

@@ -136,7 +136,7 @@ class RunFolder:
             return dict(z)
 
     def write_val_curve(self, curve) -> None:
-        """A :class:`mnemoscope.callbacks.LogSpacedValidation`'s points (nothing when it has none)."""
+        """A :class:`mnemoscope.training.callbacks.LogSpacedValidation`'s points (nothing when it has none)."""
         if curve.history:
             files.atomic_write(self.path / self.CURVE, lambda p: _save_to_file(p, curve.save))
 
@@ -249,7 +249,7 @@ class RunFolder:
         return json.loads(path.read_text()) if path.exists() else []
 
     def add_resume(self, record: dict[str, Any]) -> None:
-        """Record a resume (:func:`mnemoscope.checkpoints.resume_record`) of the run under way: the
+        """Record a resume (:func:`mnemoscope.training.checkpoints.resume_record`) of the run under way: the
         list is the folder's, so a sitting stopped before its first checkpoint is recorded too."""
         files.write_text(self.path / self.RESUMES, json.dumps([*self.resumes(), record], indent=1))
 

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..contract.model import token_losses
+from ..contract.windows import TokenSplit, TrainBatches, eval_offsets, window_batch
+from ..errors import UserError
+from ..settings import MAX_AUTO_BATCH, MIN_AUTO_BATCH, MIN_STEPS, VALIDATION_WINDOWS
 from .checkpoints import (LAST, STEP_HOOK, AtomicCheckpointIO, GracefulStop, LoggedRows, ResumableBatches, RowsCSVLogger,
                           StepHook, checkpoint_step, latest_checkpoint)
-from .contract.model import token_losses
-from .contract.windows import TokenSplit, TrainBatches, eval_offsets, window_batch
-from .errors import UserError
-from .settings import MAX_AUTO_BATCH, MIN_AUTO_BATCH, MIN_STEPS, VALIDATION_WINDOWS
 
 for _name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric",
               "lightning.pytorch.trainer.connectors.signal_connector"):  # "Received SIGTERM": the CLI says it in one line
@@ -200,7 +200,7 @@ def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_len
     Lightning loggers to log into besides the CSV one in ``log_dir`` (:func:`tracker_loggers`).
 
     ``checkpoint_dir``: where ``last.ckpt`` is written every ``checkpoint_every`` seconds of
-    training and on Ctrl-C/SIGTERM (:mod:`mnemoscope.checkpoints`); a checkpoint found there is
+    training and on Ctrl-C/SIGTERM (:mod:`mnemoscope.training.checkpoints`); a checkpoint found there is
     resumed from, the data continuing with the batch of the next step. None: no checkpoints."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     n_steps = cfg.steps(context_length)

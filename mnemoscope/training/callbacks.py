@@ -12,11 +12,11 @@ import lightning as L
 import numpy as np
 import torch
 
-from .contract.windows import TokenSplit, eval_offsets
-from .measure.evaluate import per_position_losses
-from .measure.history import window_stride
-from .settings import EVAL_BATCH, VALIDATION_WINDOWS
-from .storage.study_folder import RunFolder
+from ..contract.windows import TokenSplit, eval_offsets
+from ..measure.evaluate import per_position_losses
+from ..measure.history import window_stride
+from ..settings import EVAL_BATCH, VALIDATION_WINDOWS
+from ..storage.study_folder import RunFolder
 
 POINTS_PER_DECADE = 5  # validation points per decade of training steps
 

@@ -39,8 +39,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.fabric.utilities.cloud_io import _atomic_save
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .errors import UserError
-from .settings import STUDY
+from ..errors import UserError
+from ..settings import STUDY
 
 DEFAULT_CHECKPOINT_EVERY = STUDY.checkpoint_every
 LAST = "last.ckpt"

@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 
-from .errors import UserError
+from ..errors import UserError
 
 #: --logger choices: Lightning's loggers, and the package each needs (any one of them)
 LOGGERS = {"csv": (), "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "wandb": ("wandb",)}
