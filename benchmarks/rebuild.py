@@ -54,7 +54,7 @@ def rebuild(folder: Path, committed: Path, log=lambda line: None) -> list[str]:
     from mnemoscope.analysis import AnalysisSettings, analyze
     from mnemoscope.growth import analyze_growth
     from mnemoscope.report import write_report
-    from mnemoscope.runner import Study
+    from mnemoscope.study.runner import Study
 
     notes = []
     call = torch.nn.Module.__call__

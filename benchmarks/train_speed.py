@@ -18,7 +18,7 @@ from benchmarks.common import (Bench, compared, device_batches, fmt_count, Inter
                               matmul_peak, OVERHEAD_TARGET, paired_ratio, row, seconds, VOCAB)
 from benchmarks.references import BareLoop, gpt2_like
 from mnemoscope.training.callbacks import DivergenceGuard
-from mnemoscope.config import StudyConfig
+from mnemoscope.study.config import StudyConfig
 from mnemoscope.settings import STUDY
 from mnemoscope.registry import TASKS
 from mnemoscope.contract.sizing import count_params

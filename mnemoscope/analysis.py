@@ -34,9 +34,9 @@ from .measure.bootstrap import bootstrap_indices, percentile_interval
 from .measure.evaluate import bootstrap_ci, per_position_losses
 from .measure.statistics import (bootstrap_fit, context_resolution, format_effective_context, last_significant_octave,
                                  octave_gains, paired_gap, truncation_check)
-from .runner import Study
 from .settings import ANALYSIS, N_BOOT, AnalysisSettings
 from .storage.study_folder import RunFolder, StudyFolder
+from .study.runner import Study
 
 
 def paired_runs(study_dir: Path, runs: pd.DataFrame, baseline: str):
@@ -230,7 +230,7 @@ def analyze(study, settings: AnalysisSettings | None = None, log=print, device=N
     """Analyse every finished, non-diverged run of a study from its stored models and tables, and
     write ``fits.csv``, ``context.parquet``, ``octaves.parquet``, ``extrapolation.parquet`` and
     ``extrapolation_buckets.parquet`` into the study folder, and ``gaps.csv``: every architecture against ``baseline`` (default: the
-    study's first) on the same test sequences. ``study``: a :class:`mnemoscope.runner.Study`, or a
+    study's first) on the same test sequences. ``study``: a :class:`mnemoscope.study.runner.Study`, or a
     study folder.
 
     Each run's results are also kept in ``runs/<id>/analysis/`` and reused by a later call with

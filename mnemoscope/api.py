@@ -16,16 +16,16 @@ from typing import Any, Callable
 from tqdm import tqdm  # Lightning's progress bars (a dependency of lightning)
 
 from .analysis import analyze
-from .config import StudyConfig, default_name, legacy_default_name
 from .errors import UserError
 from .growth import analyze_growth
-from .queue import check_url
 from .report import summary_lines, write_report
-from .runner import Study, mixed_data
 from .settings import EXECUTION
 from .storage import files
+from .study.config import StudyConfig, default_name, legacy_default_name
+from .study.queue import check_url
+from .study.runner import Study, mixed_data
+from .study.tune import apply_tuned
 from .training.train import distributed_settings
-from .tune import apply_tuned
 from .view import StudyResults, load
 
 #: what a KeyboardInterrupt ends with, on the command line and in a notebook

@@ -30,9 +30,9 @@ from .errors import UserError
 from .measure.ablation import ablation_table, context_bytes, truncation_ablation
 from .measure.bootstrap import LEVEL
 from .measure.statistics import context_resolution
-from .runner import Study
 from .settings import N_BOOT, AnalysisSettings
 from .storage.study_folder import RunFolder, model_from_checkpoint
+from .study.runner import Study
 
 RATIO = 4  # the crossing asked of the law: first architecture's effective context RATIO times the other's
 MIN_POINTS = 3  # kept steps a law needs

@@ -29,10 +29,10 @@ from .registry import TASKS
 from .render.figures import (arch_labels_colors, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below,
                              page_html, paragraph, wrap_title)
 from .report_findings import findings, findings_html, findings_lines, flags
-from .runner import Study, mixed_data
 from .specs import format_count, parse_spec, spec_labels
 from .storage.migrations import windows_inside_documents
 from .storage.study_folder import StudyFolder
+from .study.runner import Study, mixed_data
 
 
 def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -49,13 +49,13 @@ from .measure.evaluate import _digest, bootstrap_ci, scoring_fingerprint, scorin
 from .measure.statistics import (MIN_WINDOWS, bootstrap_fit, context_resolution, last_significant_octave, octave_gain,
                                  octave_gains, truncation_check)
 from .registry import TASKS
-from .runner import POSITION_COLUMNS, RUN_COLUMNS
 from .score_models import Loaded, load_model
 from .score_pairs import byte_gaps
 from .settings import ANALYSIS, N_BOOT, SCORE
 from .specs import parse_spec
 from .storage import files
 from .storage.study_folder import RunFolder, StudyFolder
+from .study.runner import POSITION_COLUMNS, RUN_COLUMNS
 
 #: bytes of text reserved per token when cutting a byte-aligned window (more than any tokenizer's mean)
 BYTES_PER_TOKEN_RESERVE = 8

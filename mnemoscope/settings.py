@@ -3,7 +3,7 @@
 Each group of settings is a dataclass; each field holds its default and, in its metadata, what
 the command line shows of it: the flag, its help text (``{default}`` stands for the default as
 shown) and how argparse reads it. The command line (:func:`add_arguments`), its ``--help``, the
-study's ``config.yaml`` (:class:`mnemoscope.config.StudyConfig` is :class:`StudySettings` with
+study's ``config.yaml`` (:class:`mnemoscope.study.config.StudyConfig` is :class:`StudySettings` with
 its checks), ``tune``, ``analyze``, ``score`` and the report's prose all take their defaults from
 here; ``tests/test_settings.py`` fails when one is written a second time elsewhere.
 

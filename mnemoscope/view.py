@@ -25,9 +25,9 @@ from .errors import UserError
 from .registry import TASKS
 from .render.figures import html_table
 from .report_findings import findings, findings_html, findings_lines, flags
-from .runner import Study
 from .specs import parse_spec
 from .storage.study_folder import StudyFolder
+from .study.runner import Study
 from .tasks.probe_views import recall_figure, recall_queries
 
 #: columns every per-run table carries, to join it with ``runs``

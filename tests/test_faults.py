@@ -171,7 +171,7 @@ def cli_process(argv: list[str], extra_env: dict[str, str] | None = None) -> mul
     global _CTX
     if _CTX is None:
         _CTX = multiprocessing.get_context("forkserver")
-        _CTX.set_forkserver_preload(["mnemoscope.cli", "mnemoscope.runner", "mnemoscope.queue", "mnemoscope.report",
+        _CTX.set_forkserver_preload(["mnemoscope.cli", "mnemoscope.study.runner", "mnemoscope.study.queue", "mnemoscope.report",
                                      "mnemoscope.architectures", "mnemoscope.tasks", "test_faults"])
     env = {"MNEMOSCOPE_CACHE": os.environ["MNEMOSCOPE_CACHE"], "OMP_NUM_THREADS": "1", **(extra_env or {})}
     p = _CTX.Process(target=_cli, args=(argv, env), daemon=True)
@@ -243,7 +243,7 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path):
 
     import optuna
 
-    from mnemoscope.queue import default_storage
+    from mnemoscope.study.queue import default_storage
 
     trials = optuna.load_study(study_name=_config_name(out), storage=default_storage(out)).get_trials(deepcopy=False)
     complete = [t.user_attrs["run_id"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -331,8 +331,8 @@ def test_unwritable_folder_gives_one_clear_line(tmp_path, capfd):
 
 
 def test_same_seed_bitwise_identical_losses_different_seed_differs(tmp_path):
-    from mnemoscope.config import StudyConfig, plan
-    from mnemoscope.runner import Study
+    from mnemoscope.study.config import StudyConfig, plan
+    from mnemoscope.study.runner import Study
 
     corpus = make_corpus(tmp_path / "texts")
     config = StudyConfig(archs=["transformer"], tasks=[f"text:{corpus}"], params=["2k"], context=16, tokens="2k",
@@ -350,8 +350,8 @@ def test_same_seed_bitwise_identical_losses_different_seed_differs(tmp_path):
 
 def test_checkpoints_load_with_weights_only_and_nothing_untrusted_is_unpickled(tmp_path):
     from mnemoscope.errors import UserError
-    from mnemoscope.config import StudyConfig, plan
-    from mnemoscope.runner import Study
+    from mnemoscope.study.config import StudyConfig, plan
+    from mnemoscope.study.runner import Study
     from mnemoscope.storage.study_folder import load_run_model
 
     corpus = make_corpus(tmp_path / "texts")

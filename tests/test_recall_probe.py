@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mnemoscope.config import RunSpec, StudyConfig
+from mnemoscope.study.config import RunSpec, StudyConfig
 from mnemoscope.measure.history import phase_change
 from mnemoscope.storage.migrations import transformer_before_convolutions
 from mnemoscope.registry import ARCHITECTURES

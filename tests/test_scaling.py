@@ -191,8 +191,8 @@ def test_report_section_draws_from_stored_folders(tmp_path, monkeypatch):
 
 
 def test_a_real_run_records_flops_and_a_log_spaced_curve(tmp_path, text_dir):
-    from mnemoscope.config import StudyConfig
-    from mnemoscope.runner import Study
+    from mnemoscope.study.config import StudyConfig
+    from mnemoscope.study.runner import Study
 
     config = StudyConfig(archs=["lstm"], tasks=[f"text:{text_dir}"], params=[3000], context=16, tokens=20_000,
                          batch_size=8, eval_sequences=16).normalized()

@@ -20,7 +20,7 @@ import pytest
 from mnemoscope import settings
 from mnemoscope.measure.bootstrap import LEVEL
 from mnemoscope.cli import main, run_parser
-from mnemoscope.config import StudyConfig
+from mnemoscope.study.config import StudyConfig
 from mnemoscope.settings import ANALYSIS, EXECUTION, SCORE, STUDY, TUNE, VALIDATION_WINDOWS
 from mnemoscope.training.train import TrainConfig
 
@@ -247,7 +247,7 @@ def test_the_scan_reads_every_subfolder(tmp_path):
      'p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")'),
     ("mnemoscope/cli.py", 'add_arguments(p, ScoreSettings, "batch_size")',
      'p.add_argument("--batch-size", type=int, help="windows per forward pass (default 8)")'),
-    ("mnemoscope/tune.py", "trials: int = TUNE.trials", "trials: int = 30"),
+    ("mnemoscope/study/tune.py", "trials: int = TUNE.trials", "trials: int = 30"),
     ("mnemoscope/measure/ablation.py", "tolerance: float = TOLERANCE,", "tolerance: float = 0.01,"),
     ("mnemoscope/training/callbacks.py", "n_sequences: int = VALIDATION_WINDOWS", "n_sequences: int = 64"),
     ("mnemoscope/measure/ablation.py", "level: float = LEVEL)", "level: float = 95)"),

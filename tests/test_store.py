@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mnemoscope.storage import migrations
-from mnemoscope.config import StudyConfig, default_name
+from mnemoscope.study.config import StudyConfig, default_name
 from mnemoscope.storage.migrations import FORMAT
 from mnemoscope.storage.study_folder import RunFolder, StudyFolder
 

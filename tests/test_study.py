@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mnemoscope.cli import main
-from mnemoscope.runner import POSITION_COLUMNS, RUN_COLUMNS
+from mnemoscope.study.runner import POSITION_COLUMNS, RUN_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--params", "8k", "--tokens", "6k", "--context", "32", "--eval-sequences", "8", "--batch-size", "8",
@@ -148,8 +148,8 @@ def test_plugin_breaking_the_contract_fails_before_training(text_dir, tmp_path, 
 
 
 def test_auto_batch_size_leaves_about_a_thousand_steps():
-    from mnemoscope.config import StudyConfig
-    from mnemoscope.runner import Study
+    from mnemoscope.study.config import StudyConfig
+    from mnemoscope.study.runner import Study
     from mnemoscope.training.train import auto_batch_size
 
     assert auto_batch_size(1_000_000, 256) == 4  # 976 steps (at 32 it would be 122)

@@ -70,7 +70,7 @@ def test_an_edited_corpus_makes_new_runs_and_the_study_says_it_mixes_data(tmp_pa
 
 
 def test_runs_recorded_before_data_fingerprints_are_still_recognised(text_dir, tmp_path, capsys):
-    from mnemoscope.config import StudyConfig, plan
+    from mnemoscope.study.config import StudyConfig, plan
 
     out = tmp_path / "study"
     argv = ["--arch", "lstm", "--task", f"text:{text_dir}", "--out", str(out), *TINY]
@@ -95,8 +95,8 @@ def test_runs_recorded_before_data_fingerprints_are_still_recognised(text_dir, t
 
 def test_editing_one_file_of_a_code_folder_prepares_it_again_and_makes_a_new_run_id(tmp_path):
     """The file keeps its size and modification time: only its content says it changed."""
-    from mnemoscope.config import StudyConfig, plan
-    from mnemoscope.runner import Study
+    from mnemoscope.study.config import StudyConfig, plan
+    from mnemoscope.study.runner import Study
 
     folder = tmp_path / "src"
     folder.mkdir()
@@ -145,8 +145,8 @@ def interrupted_cleanly(out: Path) -> None:
     """No finished run; the run's partial folder holds a checkpoint saved on the signal; the queue
     counts the run as interrupted, not lost with its worker."""
     from mnemoscope.training.checkpoints import checkpoint_step
-    from mnemoscope.queue import RunQueue, closing_line
-    from mnemoscope.runner import Study
+    from mnemoscope.study.queue import RunQueue, closing_line
+    from mnemoscope.study.runner import Study
 
     folders = list((out / "runs").iterdir())
     assert len(folders) == 1 and folders[0].name.startswith(".partial-"), folders
@@ -312,7 +312,7 @@ def test_not_meaningful_is_the_one_string_for_a_worse_full_context():
 
 # -- 6. plugins named by their class ----------------------------------------------------------------------
 def test_plugins_are_named_by_their_class_and_long_names_are_not_cut(tmp_path):
-    from mnemoscope.config import RunSpec, StudyConfig
+    from mnemoscope.study.config import RunSpec, StudyConfig
     from mnemoscope.render.figures import label_runs
     from mnemoscope.specs import spec_label, spec_labels
 
@@ -343,7 +343,7 @@ def test_every_builtin_has_a_description_in_list(capsys):
 
 def test_a_study_named_before_names_were_kept_whole_is_found_where_it_lies(tmp_path, monkeypatch):
     from mnemoscope.cli import run_parser, resolve_config, study_folder
-    from mnemoscope.config import legacy_default_name
+    from mnemoscope.study.config import legacy_default_name
 
     monkeypatch.chdir(tmp_path)
     args = run_parser().parse_args(["--arch", "window_transformer", "lstm", "--task", "text"])

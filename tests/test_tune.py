@@ -7,9 +7,9 @@ import yaml
 
 from mnemoscope.cli import main
 from mnemoscope.errors import UserError
-from mnemoscope.config import StudyConfig
-from mnemoscope.runner import Study
-from mnemoscope.tune import OptunaPruning, apply_tuned, shape_space, tune, write_tuned
+from mnemoscope.study.config import StudyConfig
+from mnemoscope.study.runner import Study
+from mnemoscope.study.tune import OptunaPruning, apply_tuned, shape_space, tune, write_tuned
 
 TINY = dict(params=3000, tokens=12_000, context=16, batch_size=8)
 

@@ -89,7 +89,7 @@ def test_workers_flag_runs_local_worker_processes(tmp_path, capfd, monkeypatch):
     the machine's cores split between them (not one thread per core in each)."""
     import torch
 
-    import mnemoscope.queue as queue
+    import mnemoscope.study.queue as queue
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     threads_before = torch.get_num_threads()
@@ -121,7 +121,7 @@ def test_workers_flag_runs_local_worker_processes(tmp_path, capfd, monkeypatch):
 
 
 def test_threads_per_worker_splits_the_cores_unless_the_user_chose(monkeypatch):
-    from mnemoscope.queue import cpu_cores, threads_per_worker
+    from mnemoscope.study.queue import cpu_cores, threads_per_worker
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)

@@ -56,7 +56,7 @@ def file_format(d: dict[str, Any]) -> int:
 
 def without_format(config: dict[str, Any]) -> dict[str, Any]:
     """A ``config.yaml`` mapping without its ``format``: the study it describes (the study's
-    identity, its name's digest and :class:`mnemoscope.config.StudyConfig` know no format)."""
+    identity, its name's digest and :class:`mnemoscope.study.config.StudyConfig` know no format)."""
     return {k: v for k, v in config.items() if k != "format"}
 
 

@@ -39,9 +39,9 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
+from ..errors import UserError
+from ..settings import EXECUTION
 from .config import plan
-from .errors import UserError
-from .settings import EXECUTION
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" lines on stderr
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -177,7 +177,7 @@ class RunQueue:
     """The queue of a study folder's runs in an Optuna storage."""
 
     def __init__(self, study, storage: str | None = None, heartbeat: int | None = None, create: bool = True):
-        self.study = study  # a mnemoscope.runner.Study
+        self.study = study  # a mnemoscope.study.runner.Study
         self.url = storage or default_storage(study.out)
         self.heartbeat = int(heartbeat or DEFAULT_HEARTBEAT)
         if self.heartbeat < 1:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .settings import StudySettings
-from .specs import format_count, is_class_path, parse_count, spec_label
-from .storage import migrations
-from .training.checkpoints import parse_duration
+from ..errors import UserError
+from ..settings import StudySettings
+from ..specs import format_count, is_class_path, parse_count, spec_label
+from ..storage import migrations
+from ..training.checkpoints import parse_duration
 
 
 @dataclass

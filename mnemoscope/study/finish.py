@@ -1,5 +1,5 @@
 """A trained run finished: scored on the test split, its row and files written into its working
-folder (:class:`mnemoscope.storage.study_folder.RunFolder`), which :class:`mnemoscope.runner.Study` then moves into
+folder (:class:`mnemoscope.storage.study_folder.RunFolder`), which :class:`mnemoscope.study.runner.Study` then moves into
 place whole.
 
 The row (``result.json``, one row of ``runs.parquet``: :data:`RUN_COLUMNS`), the per-position
@@ -16,13 +16,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .contract.model import active_params, count_params, state_size
-from .measure.evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
-from .measure.history import run_tables, window_stride
-from .measure.statistics import octave_gain
-from .settings import EVAL_BATCH, VALIDATION_WINDOWS
-from .storage.study_folder import RunFolder
-from .training.loggers import log_results
+from ..contract.model import active_params, count_params, state_size
+from ..measure.evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
+from ..measure.history import run_tables, window_stride
+from ..measure.statistics import octave_gain
+from ..settings import EVAL_BATCH, VALIDATION_WINDOWS
+from ..storage.study_folder import RunFolder
+from ..training.loggers import log_results
 
 
 RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_config", "target_params",
@@ -37,7 +37,7 @@ POSITION_COLUMNS = ["run_id", "arch", "task", "params", "seed", "position", "los
 
 
 def finish_run(study, run, run_id: str, trained, work: RunFolder) -> dict[str, Any]:
-    """Score the ``trained`` run (:class:`mnemoscope.runner.Trained`) of ``study`` and write its
+    """Score the ``trained`` run (:class:`mnemoscope.study.runner.Trained`) of ``study`` and write its
     files into ``work``, its row last; returns the row."""
     task = study.task(run.task)
     splits = task.splits()

@@ -2,8 +2,8 @@
 
 A run's folder is written under ``runs/.tmp-<id>-<pid>`` and moved into place at once, so a
 run is either absent or complete; every file is read and written through :mod:`mnemoscope.storage.study_folder`,
-and a trained run is scored and written by :mod:`mnemoscope.finish`. The queue of runs and its
-workers live in :mod:`mnemoscope.queue`; the analysis and the report come after, from the
+and a trained run is scored and written by :mod:`mnemoscope.study.finish`. The queue of runs and its
+workers live in :mod:`mnemoscope.study.queue`; the analysis and the report come after, from the
 stored tables (:mod:`mnemoscope.analysis`, :mod:`mnemoscope.report`).
 """
 from __future__ import annotations
@@ -23,23 +23,23 @@ import lightning as L
 import pandas as pd
 import torch
 
+from ..contract.model import SIZE_TOLERANCE, active_params, build, check_contract, check_memory, check_shape_options, count_params, size_for
+from ..contract.task import Task
+from ..errors import ContractError, UserError
+from ..measure.flops import flops_per_token
+from ..measure.history import history_steps
+from ..registry import ARCHITECTURES, TASKS
+from ..settings import EVAL_BATCH
+from ..specs import format_count, parse_spec
+from ..storage.migrations import arch_before_convolutions, fill_active_params, predates_data_fingerprint
+from ..storage.study_folder import RunFolder, StudyFolder, disk_error
+from ..training.callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines, TrainingHistory
+from ..training.checkpoints import Elapsed, latest_checkpoint, resume_line, resume_record
+from ..training.loggers import check_loggers, check_stores, open_stores, tracker_loggers
+from ..training.train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
 from .config import RunSpec, StudyConfig, plan
-from .contract.model import SIZE_TOLERANCE, active_params, build, check_contract, check_memory, check_shape_options, count_params, size_for
-from .contract.task import Task
-from .errors import ContractError, UserError
 from .finish import POSITION_COLUMNS, RUN_COLUMNS, finish_run
-from .measure.flops import flops_per_token
-from .measure.history import history_steps
 from .queue import run_study
-from .registry import ARCHITECTURES, TASKS
-from .settings import EVAL_BATCH
-from .specs import format_count, parse_spec
-from .storage.migrations import arch_before_convolutions, fill_active_params, predates_data_fingerprint
-from .storage.study_folder import RunFolder, StudyFolder, disk_error
-from .training.callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines, TrainingHistory
-from .training.checkpoints import Elapsed, latest_checkpoint, resume_line, resume_record
-from .training.loggers import check_loggers, check_stores, open_stores, tracker_loggers
-from .training.train import MAX_AUTO_BATCH, TrainConfig, auto_batch_size, fit
 
 @dataclass
 class Trained:
@@ -216,7 +216,7 @@ class Study:
 
     def run(self, progress: bool = True, log=print, storage: str | None = None, workers: int = 1,
             heartbeat: int | None = None) -> bool:
-        """Prepare, then drain the study's queue of runs (:mod:`mnemoscope.queue`) with ``workers``
+        """Prepare, then drain the study's queue of runs (:mod:`mnemoscope.study.queue`) with ``workers``
         processes, and collect the tables. Returns False when ``workers`` is 0 (the queue is only
         filled, for workers started elsewhere) or this process is not the one that writes."""
         runs = self.prepare()

@@ -26,15 +26,15 @@ import lightning as L
 import optuna
 import yaml
 
+from ..errors import UserError
+from ..registry import ARCHITECTURES
+from ..settings import TUNE
+from ..specs import format_count, parse_spec
+from ..storage import files
+from ..training.callbacks import LogSpacedValidation
 from .config import RunSpec, StudyConfig, default_name
-from .errors import UserError
 from .queue import redact
-from .registry import ARCHITECTURES
 from .runner import Study
-from .settings import TUNE
-from .specs import format_count, parse_spec
-from .storage import files
-from .training.callbacks import LogSpacedValidation
 
 DEFAULT_OUT = TUNE.out
 SEARCHED = ["lr", "warmup_fraction", "weight_decay"]
