@@ -51,8 +51,8 @@ def rebuild(folder: Path, committed: Path, log=lambda line: None) -> list[str]:
 
     from mnemoscope import score
     from mnemoscope.storage import study_folder as store
-    from mnemoscope.analysis import AnalysisSettings, analyze
-    from mnemoscope.growth import analyze_growth
+    from mnemoscope.analysis.analyze import AnalysisSettings, analyze
+    from mnemoscope.analysis.growth import analyze_growth
     from mnemoscope.report import write_report
     from mnemoscope.study.runner import Study
 

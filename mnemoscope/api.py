@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 from tqdm import tqdm  # Lightning's progress bars (a dependency of lightning)
 
-from .analysis import analyze
+from .analysis.analyze import analyze
+from .analysis.growth import analyze_growth
 from .errors import UserError
-from .growth import analyze_growth
 from .report import summary_lines, write_report
 from .settings import EXECUTION
 from .storage import files

@@ -11,12 +11,12 @@ import os
 import sys
 from pathlib import Path
 
-from .analysis import analyze
+from .analysis.analyze import analyze
+from .analysis.compare import compare, parse_selection
+from .analysis.growth import analyze_growth
 from .api import INTERRUPTED, close_bars, execution_settings, resolve_study, run_study
 from .api import study_folder as api_study_folder
-from .compare import compare, parse_selection
 from .errors import UserError
-from .growth import analyze_growth
 from .registry import ARCHITECTURES, TASKS
 from .report import write_report
 from .report_compare import summary_lines as comparison_lines

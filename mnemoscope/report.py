@@ -19,7 +19,7 @@ import seaborn as sns
 import yaml
 
 from . import report_growth, report_history, report_scaling
-from .analysis import paired_runs
+from .analysis.analyze import paired_runs
 from .contract.task import DESCRIBED_DOCUMENTS, Task
 from .contract.text_task import TextTask, corpus_and_tokenization, tokens_are
 from .errors import UserError

@@ -1,7 +1,7 @@
 """The comparison's page and figures (``study.py compare``): curves of runs from several study
 folders, their paired gaps to one or more baselines, the runs' table with how each pairs, and the
 settings in which the studies differ, as one self-contained ``compare.html``
-(:mod:`mnemoscope.compare` computes them)."""
+(:mod:`mnemoscope.analysis.compare` computes them)."""
 from __future__ import annotations
 
 import html
@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import report_growth
-from .compare import Comparison, runs_table
+from .analysis.compare import Comparison, runs_table
 from .measure.bootstrap import LEVEL
 from .measure.statistics import format_gap
 from .render.figures import (STUDY_STYLES, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below, page_html,
@@ -62,7 +62,7 @@ def gaps_figure(c: Comparison, colors: dict, styles: dict):
 
 def comparison_styles(runs: pd.DataFrame) -> tuple[dict, dict]:
     """(colours by architecture, line styles by study) of a comparison's runs: every figure of
-    ``compare.html`` and of ``mnemoscope.compare(...).plot`` draws with them."""
+    ``compare.html`` and of ``mnemoscope.analysis.compare(...).plot`` draws with them."""
     colors = arch_palette(runs["arch"])
     styles = {s: STUDY_STYLES[i % len(STUDY_STYLES)] for i, s in enumerate(dict.fromkeys(runs["study"]))}
     return colors, styles

@@ -1,7 +1,7 @@
 """The report's section "How context use grows with training": the per-position curves at the kept
 steps, the in-context learning score and the effective context against training tokens, the law
 C(D) = a D^g and the 4x crossing, drawn from the tables of :mod:`mnemoscope.measure.history` and
-:mod:`mnemoscope.growth`. :func:`comparison_section` draws the same for studies side by side."""
+:mod:`mnemoscope.analysis.growth`. :func:`comparison_section` draws the same for studies side by side."""
 from __future__ import annotations
 
 import html
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 
-from .growth import BAD_FIT_RMS, MIN_POINTS, RATIO
+from .analysis.growth import BAD_FIT_RMS, MIN_POINTS, RATIO
 from .measure.bootstrap import LEVEL
 from .measure.history import ICL_BAND, ICL_EARLY, ICL_LATE, STILL_LEARNING, still_learning
 from .measure.statistics import format_effective_context

@@ -1,6 +1,6 @@
 """The report's section "How much history does each architecture use?": effective context,
 power-law fits, last significant octave, paired gaps to a baseline, the context ablation and the
-length-extrapolation figures, drawn from the tables :mod:`mnemoscope.analysis` wrote."""
+length-extrapolation figures, drawn from the tables :mod:`mnemoscope.analysis.analyze` wrote."""
 from __future__ import annotations
 
 import html

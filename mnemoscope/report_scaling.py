@@ -1,5 +1,5 @@
 """The report's scaling section: L(N), L(C) and the frontier, alpha(N), exponents beside the
-published ones, and how each architecture was tuned (tables from :mod:`mnemoscope.scaling`)."""
+published ones, and how each architecture was tuned (tables from :mod:`mnemoscope.analysis.scaling`)."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .analysis.scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
 from .measure.bootstrap import LEVEL, percentile_interval
 from .measure.statistics import HUBER_DELTA, MIN_FIT_POINTS, format_interval, short_number
 from .render.figures import arch_palette, figure_png, html_table, img_tag, legend_below, wrap_title
-from .scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
 from .specs import spec_labels
 from .storage.study_folder import StudyFolder
 

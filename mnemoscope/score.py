@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 import yaml
 
-from .analysis import FIT_COLUMNS, Ablation, ablation_table, context_bytes, truncation_ablation
+from .analysis.analyze import FIT_COLUMNS, Ablation, ablation_table, context_bytes, truncation_ablation
 from .contract.model import count_params, token_losses
 from .contract.task import Task, TokenSplit, sequences_split, split_documents
 from .contract.windows import eval_offsets, window_batch

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import report, report_compare, report_growth, report_history
-from .compare import Comparison, Selection, compare as compare_runs, parse_selection
+from .analysis.compare import Comparison, Selection, compare as compare_runs, parse_selection
 from .errors import UserError
 from .registry import TASKS
 from .render.figures import html_table

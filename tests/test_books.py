@@ -152,7 +152,7 @@ def test_windows_never_cross_a_document_boundary_when_asked(T):
 def test_books_long_windows_are_scored_in_buckets(fake_austen):
     """A model that accepts longer sequences is scored on windows 4x its training length inside
     one book, in buckets of the training length."""
-    from mnemoscope.analysis import long_context
+    from mnemoscope.analysis.analyze import long_context
     from mnemoscope.contract.model import build
     from mnemoscope.contract.sizing import size_for
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mnemoscope.cli import main
-from mnemoscope.growth import _first_within, crossing, fit_growth
+from mnemoscope.analysis.growth import _first_within, crossing, fit_growth
 from mnemoscope.measure.history import history_steps, icl_positions, icl_score
 
 

@@ -9,7 +9,7 @@ from torch import nn
 from mnemoscope.measure.flops import count_training_step, rnn_training_flops
 from mnemoscope.training.callbacks import log_spaced_steps
 from mnemoscope.report_scaling import report_section
-from mnemoscope.scaling import bootstrap_law, fit_law, frontier, law, scaling_tables
+from mnemoscope.analysis.scaling import bootstrap_law, fit_law, frontier, law, scaling_tables
 
 
 @pytest.mark.parametrize("truth", [(1.2, 3e3, 0.30), (0.8, 50.0, 0.15), (2.0, 5e5, 0.60)])

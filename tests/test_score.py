@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from mnemoscope.cli import main
-from mnemoscope.compare import Selection, compare
+from mnemoscope.analysis.compare import Selection, compare
 from mnemoscope.score import byte_starts
 from mnemoscope.score_pairs import pair_bytes
 

@@ -239,7 +239,7 @@ def test_the_advice_to_continue_a_study_works_verbatim(text_dir, tmp_path, monke
 def test_lag_k12_reads_12_tokens_of_effective_context(tmp_path, monkeypatch):
     """Position t sees t+1 tokens; its target repeats the token k back, which is in view with n >= k
     tokens of context: the lag k=12 at context 64 must read 12, where the powers of two gave 16 [16, 16]."""
-    from mnemoscope.analysis import ablation_table, truncation_ablation
+    from mnemoscope.analysis.analyze import ablation_table, truncation_ablation
     from mnemoscope.measure.statistics import context_resolution, format_effective_context
     from mnemoscope.tasks.probes import Lag
 
@@ -261,7 +261,7 @@ def test_lag_k12_reads_12_tokens_of_effective_context(tmp_path, monkeypatch):
 def test_an_effective_context_on_a_coarse_grid_is_no_narrower_than_the_grid():
     """A synthetic loss table through the same functions: the loss falls within 1% from 12 tokens on,
     scored on powers of two only (as analyses made before the bisection were)."""
-    from mnemoscope.analysis import Ablation, ablation_table
+    from mnemoscope.analysis.analyze import Ablation, ablation_table
     from mnemoscope.measure.statistics import context_resolution, format_effective_context
 
     contexts = np.array([1, 2, 4, 8, 16, 32, 64])

@@ -5,7 +5,7 @@ The same target tokens scored with exactly n tokens of context, fresh state, n =
 unrelated text (``replace``); :func:`ablation_table` gives each variant's mean loss with its
 bootstrap interval over targets and its effective context
 (:func:`mnemoscope.measure.statistics.effective_context`); :func:`context_bytes` the same contexts in
-bytes of text. Used by :mod:`mnemoscope.analysis` (a run's end), :mod:`mnemoscope.growth` (its
+bytes of text. Used by :mod:`mnemoscope.analysis.analyze` (a run's end), :mod:`mnemoscope.analysis.growth` (its
 kept steps) and ``study.py score``.
 """
 from __future__ import annotations

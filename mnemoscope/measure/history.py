@@ -12,7 +12,7 @@ The last kept step is the run's end: its losses are those windows' rows of the r
 ``losses.npz``, its weights ``model.pt``. From these files :func:`run_tables` makes the run's ``history.parquet`` (per step and
 position: mean loss with a bootstrap interval over windows, the bytes of context) and
 ``history_steps.parquet`` (per step: mean loss and the in-context learning score with its
-interval); :mod:`mnemoscope.growth` adds the effective context at each step from the kept weights.
+interval); :mod:`mnemoscope.analysis.growth` adds the effective context at each step from the kept weights.
 
 **The in-context learning score** (Olsson et al. 2022): the loss with about 500 tokens of context
 minus the loss with about 50, negative when later tokens are predicted better. Here: the mean loss

@@ -17,7 +17,7 @@ layout (what is missing)          committed studies that have it
 ``data_fingerprint``              architectures, books-bpe, hf-families, modalities,
 in result.json                    reference, scaling-text
 ``scoring_parts`` in result.json  the same six (rebuilt from the study's tasks where compared:
-                                  ``mnemoscope.compare``, which builds them)
+                                  ``mnemoscope.analysis.compare``, which builds them)
 bytes columns in                  architectures, hf-families, modalities, reference,
 per_position.parquet              scaling-text (byte-level text; the others' bytes unknown)
 ``extrapolation_buckets``         architectures, hf-families, modalities, reference

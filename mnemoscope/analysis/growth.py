@@ -1,7 +1,7 @@
 """How context use grows with training: the effective context at each kept step, and a law for it.
 
 For every finished run that kept its history (:mod:`mnemoscope.measure.history`), the truncation ablation
-of :mod:`mnemoscope.analysis` (variant ``truncate``, the same targets as the final analysis) is
+of :mod:`mnemoscope.analysis.analyze` (variant ``truncate``, the same targets as the final analysis) is
 run on the weights of each kept step. Then, per run, the law ``C(D) = a * D**g`` of effective
 context C (tokens) against training tokens D is fitted in log-log space over the later half of the
 kept steps (given at least 6: the earliest steps, where a model has learnt little more than which
@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import UserError
-from .measure.ablation import ablation_table, context_bytes, truncation_ablation
-from .measure.bootstrap import LEVEL
-from .measure.statistics import context_resolution
-from .settings import N_BOOT, AnalysisSettings
-from .storage.study_folder import RunFolder, model_from_checkpoint
-from .study.runner import Study
+from ..errors import UserError
+from ..measure.ablation import ablation_table, context_bytes, truncation_ablation
+from ..measure.bootstrap import LEVEL
+from ..measure.statistics import context_resolution
+from ..settings import N_BOOT, AnalysisSettings
+from ..storage.study_folder import RunFolder, model_from_checkpoint
+from ..study.runner import Study
 
 RATIO = 4  # the crossing asked of the law: first architecture's effective context RATIO times the other's
 MIN_POINTS = 3  # kept steps a law needs

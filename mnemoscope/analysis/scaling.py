@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from .measure.bootstrap import LEVEL, percentile_interval
-from .measure.statistics import bootstrap_fit, fit_power_law
-from .storage.study_folder import RunFolder, StudyFolder
+from ..measure.bootstrap import LEVEL, percentile_interval
+from ..measure.statistics import bootstrap_fit, fit_power_law
+from ..storage.study_folder import RunFolder, StudyFolder
 
 FRONTIER_PER_DECADE = 4  # frontier grid points per decade of compute
 FRONTIER_SKIP = 0.05  # the first 5% of each run's steps (warm-up) is left out of the frontier

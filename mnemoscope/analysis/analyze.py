@@ -26,17 +26,17 @@ import torch
 from torch import nn
 
 # ablation_targets, Ablation: read through this module by callers of the ablation before its split
-from .contract.task import Task, TokenSplit
-from .contract.windows import n_windows
-from .errors import UserError
-from .measure.ablation import VARIANTS, Ablation, ablation_table, ablation_targets, context_bytes, truncation_ablation  # noqa: F401
-from .measure.bootstrap import bootstrap_indices, percentile_interval
-from .measure.evaluate import bootstrap_ci, per_position_losses
-from .measure.statistics import (bootstrap_fit, context_resolution, format_effective_context, last_significant_octave,
-                                 octave_gains, paired_gap, truncation_check)
-from .settings import ANALYSIS, N_BOOT, AnalysisSettings
-from .storage.study_folder import RunFolder, StudyFolder
-from .study.runner import Study
+from ..contract.task import Task, TokenSplit
+from ..contract.windows import n_windows
+from ..errors import UserError
+from ..measure.ablation import VARIANTS, Ablation, ablation_table, ablation_targets, context_bytes, truncation_ablation  # noqa: F401
+from ..measure.bootstrap import bootstrap_indices, percentile_interval
+from ..measure.evaluate import bootstrap_ci, per_position_losses
+from ..measure.statistics import (bootstrap_fit, context_resolution, format_effective_context, last_significant_octave,
+                                  octave_gains, paired_gap, truncation_check)
+from ..settings import ANALYSIS, N_BOOT, AnalysisSettings
+from ..storage.study_folder import RunFolder, StudyFolder
+from ..study.runner import Study
 
 
 def paired_runs(study_dir: Path, runs: pd.DataFrame, baseline: str):

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .measure.evaluate import SCORING_PARTS, scoring_difference, scoring_fingerprint, scoring_parts
-from .measure.statistics import format_effective_context, paired_gap, paired_gap_curve
-from .settings import N_BOOT
-from .specs import format_count
-from .storage.migrations import recorded_data_fingerprint, with_bytes
-from .storage.study_folder import StudyFolder
-from .study.runner import Study
+from ..errors import UserError
+from ..measure.evaluate import SCORING_PARTS, scoring_difference, scoring_fingerprint, scoring_parts
+from ..measure.statistics import format_effective_context, paired_gap, paired_gap_curve
+from ..settings import N_BOOT
+from ..specs import format_count
+from ..storage.migrations import recorded_data_fingerprint, with_bytes
+from ..storage.study_folder import StudyFolder
+from ..study.runner import Study
 
 @dataclass
 class Selection:
