@@ -49,7 +49,7 @@ def rebuild(folder: Path, committed: Path, log=lambda line: None) -> list[str]:
     rebuilt without measuring are put back as committed before the report."""
     import torch
 
-    from mnemoscope import score
+    from mnemoscope.score import scoring as score
     from mnemoscope.storage import study_folder as store
     from mnemoscope.analysis.analyze import AnalysisSettings, analyze
     from mnemoscope.analysis.growth import analyze_growth

@@ -21,7 +21,7 @@ from .registry import ARCHITECTURES, TASKS
 from .report import write_report
 from .report_compare import summary_lines as comparison_lines
 from .report_compare import write_comparison
-from .score import Settings, build_task, score
+from .score.scoring import Settings, build_task, score
 from .settings import (VARIANTS, AnalysisSettings, ExecutionSettings, ScoreSettings, StudySettings, TuneSettings,
                        add_arguments)
 from .specs import parse_count

@@ -187,7 +187,7 @@ class AnalysisSettings:
 
 @dataclass
 class ScoreSettings:
-    """``study.py score``'s defaults (what :class:`mnemoscope.score.Settings` measures and spends)."""
+    """``study.py score``'s defaults (what :class:`mnemoscope.score.scoring.Settings` measures and spends)."""
 
     sequences: int = setting(256, "test windows per model (default {default})", "--sequences", type=whole_number)
     targets: int = setting(256, "targets of the truncation ablation (default {default}; 0: no ablation, no "

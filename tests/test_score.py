@@ -14,8 +14,8 @@ import yaml
 
 from mnemoscope.cli import main
 from mnemoscope.analysis.compare import Selection, compare
-from mnemoscope.score import byte_starts
-from mnemoscope.score_pairs import pair_bytes
+from mnemoscope.score.scoring import byte_starts
+from mnemoscope.score.pairs import pair_bytes
 
 transformers = pytest.importorskip("transformers")
 TINY = ["--params", "8k", "--tokens", "6k", "--eval-sequences", "8", "--batch-size", "8", "--no-progress", "--no-analysis"]

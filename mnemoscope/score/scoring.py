@@ -12,7 +12,7 @@ state dict (``SPEC@WEIGHTS``). Each reads the task's test documents through its 
   at the start of a line), the window's text tokenized from that byte on and cut after T + 1
   tokens, so every window lies inside one document and its bytes are known. Two models of one
   score folder thus start every window at the same byte; their losses pair over the bytes both
-  scored (``byte_gaps.csv``, :mod:`mnemoscope.score_pairs`).
+  scored (``byte_gaps.csv``, :mod:`mnemoscope.score.pairs`).
 * **Measurements**, as ``analyze`` makes them: per-position loss with bootstrap intervals over
   windows, octave gains, the power-law fit, the truncation ablation's effective context in
   tokens and bytes, and the loss in buckets of the model's training length (past it only with
@@ -22,7 +22,7 @@ The output is a study-like folder (``config.yaml``, ``runs/<id>/result.json``, `
 ``per_position.parquet``, ``runs.parquet``, ``fits.csv``, ``context.parquet``, ...) that
 ``report`` and ``compare`` read. Each model's folder is moved into place whole; its finished
 stages are kept in ``runs/.tmp-<id>/`` meanwhile, so a stopped command resumes where it stood.
-Loading models: :mod:`mnemoscope.score_models`.
+Loading models: :mod:`mnemoscope.score.models`.
 """
 from __future__ import annotations
 
@@ -40,22 +40,22 @@ import pandas as pd
 import torch
 import yaml
 
-from .analysis.analyze import FIT_COLUMNS, Ablation, ablation_table, context_bytes, truncation_ablation
-from .contract.model import count_params, token_losses
-from .contract.task import Task, TokenSplit, sequences_split, split_documents
-from .contract.windows import eval_offsets, window_batch
-from .errors import UserError
-from .measure.evaluate import _digest, bootstrap_ci, scoring_fingerprint, scoring_parts, window_bytes
-from .measure.statistics import (MIN_WINDOWS, bootstrap_fit, context_resolution, last_significant_octave, octave_gain,
-                                 octave_gains, truncation_check)
-from .registry import TASKS
-from .score_models import Loaded, load_model
-from .score_pairs import byte_gaps
-from .settings import ANALYSIS, N_BOOT, SCORE
-from .specs import parse_spec
-from .storage import files
-from .storage.study_folder import RunFolder, StudyFolder
-from .study.runner import POSITION_COLUMNS, RUN_COLUMNS
+from ..analysis.analyze import FIT_COLUMNS, Ablation, ablation_table, context_bytes, truncation_ablation
+from ..contract.model import count_params, token_losses
+from ..contract.task import Task, TokenSplit, sequences_split, split_documents
+from ..contract.windows import eval_offsets, window_batch
+from ..errors import UserError
+from ..measure.evaluate import _digest, bootstrap_ci, scoring_fingerprint, scoring_parts, window_bytes
+from ..measure.statistics import (MIN_WINDOWS, bootstrap_fit, context_resolution, last_significant_octave, octave_gain,
+                                  octave_gains, truncation_check)
+from ..registry import TASKS
+from ..settings import ANALYSIS, N_BOOT, SCORE
+from ..specs import parse_spec
+from ..storage import files
+from ..storage.study_folder import RunFolder, StudyFolder
+from ..study.runner import POSITION_COLUMNS, RUN_COLUMNS
+from .models import Loaded, load_model
+from .pairs import byte_gaps
 
 #: bytes of text reserved per token when cutting a byte-aligned window (more than any tokenizer's mean)
 BYTES_PER_TOKEN_RESERVE = 8

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .contract.model import build, check_contract, count_params
-from .contract.task import Task
-from .contract.text_task import token_byte_lengths
-from .errors import ContractError, UserError
-from .registry import ARCHITECTURES
-from .specs import is_class_path, parse_spec, spec_label
-from .storage import files
-from .storage.study_folder import RunFolder
-from .study.runner import Study
+from ..contract.model import build, check_contract, count_params
+from ..contract.task import Task
+from ..contract.text_task import token_byte_lengths
+from ..errors import ContractError, UserError
+from ..registry import ARCHITECTURES
+from ..specs import is_class_path, parse_spec, spec_label
+from ..storage import files
+from ..storage.study_folder import RunFolder
+from ..study.runner import Study
 
 HF_INSTALL = "pip install 'transformers>=5' (and gguf for a GGUF file: pip install -e '.[score]')"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")

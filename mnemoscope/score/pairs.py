@@ -1,7 +1,7 @@
 """Models with different tokenizers, paired on the bytes both scored (``byte_gaps.csv``).
 
 ``study.py score`` starts every byte-aligned window at the same byte of the same document for
-every model (:func:`mnemoscope.score.byte_starts`). Model A's target t covers the window's bytes
+every model (:func:`mnemoscope.score.scoring.byte_starts`). Model A's target t covers the window's bytes
 [c_t, c_t + b_t) (c_t: bytes of its context, b_t: its own), known from ``losses.npz``. For a
 pair of models and a window, the bytes both scored run from the later of their first targets to
 the earlier of their last; each model's targets lying wholly inside that span, and whose context
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .settings import N_BOOT
-from .storage.study_folder import StudyFolder
+from ..settings import N_BOOT
+from ..storage.study_folder import StudyFolder
 
 #: bands of bytes of context: [0, 16), [16, 128), [128, 1024), [1024, 8192), [8192, ...)
 BYTE_BANDS = (0, 16, 128, 1024, 8192, 1 << 62)
