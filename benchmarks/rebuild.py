@@ -53,7 +53,7 @@ def rebuild(folder: Path, committed: Path, log=lambda line: None) -> list[str]:
     from mnemoscope.storage import study_folder as store
     from mnemoscope.analysis.analyze import AnalysisSettings, analyze
     from mnemoscope.analysis.growth import analyze_growth
-    from mnemoscope.report import write_report
+    from mnemoscope.report.page import write_report
     from mnemoscope.study.runner import Study
 
     notes = []

@@ -18,9 +18,9 @@ from .api import INTERRUPTED, close_bars, execution_settings, resolve_study, run
 from .api import study_folder as api_study_folder
 from .errors import UserError
 from .registry import ARCHITECTURES, TASKS
-from .report import write_report
-from .report_compare import summary_lines as comparison_lines
-from .report_compare import write_comparison
+from .report.compare import summary_lines as comparison_lines
+from .report.compare import write_comparison
+from .report.page import write_report
 from .score.scoring import Settings, build_task, score
 from .settings import (VARIANTS, AnalysisSettings, ExecutionSettings, ScoreSettings, StudySettings, TuneSettings,
                        add_arguments)

@@ -14,7 +14,7 @@ from mnemoscope.architectures.cnn import CNN
 from mnemoscope.architectures.lstm import LSTM
 from mnemoscope.architectures.transformer import Transformer
 from mnemoscope.analysis import analyze as analysis
-from mnemoscope import report_history
+from mnemoscope.report import context_use as report_history
 from mnemoscope.measure import statistics
 from mnemoscope.analysis.analyze import extrapolation, truncation_ablation
 from mnemoscope.measure.statistics import bootstrap_fit, effective_context, fit_power_law, octave_gain, octave_gains

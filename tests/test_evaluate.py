@@ -107,7 +107,7 @@ def test_one_percentile_interval_at_any_level():
 def test_the_report_says_how_many_first_positions_its_bins_keep_single():
     """The per-position figure's quarter-octave bins keep positions 0-6 single and merge 7 with 8;
     the report's sentence takes the number from the same bins."""
-    from mnemoscope.report import BINS_PER_OCTAVE
+    from mnemoscope.report.page import BINS_PER_OCTAVE
     from mnemoscope.measure.statistics import position_bins, single_positions
 
     n = single_positions(BINS_PER_OCTAVE)

@@ -171,7 +171,7 @@ def cli_process(argv: list[str], extra_env: dict[str, str] | None = None) -> mul
     global _CTX
     if _CTX is None:
         _CTX = multiprocessing.get_context("forkserver")
-        _CTX.set_forkserver_preload(["mnemoscope.cli", "mnemoscope.study.runner", "mnemoscope.study.queue", "mnemoscope.report",
+        _CTX.set_forkserver_preload(["mnemoscope.cli", "mnemoscope.study.runner", "mnemoscope.study.queue", "mnemoscope.report.page",
                                      "mnemoscope.architectures", "mnemoscope.tasks", "test_faults"])
     env = {"MNEMOSCOPE_CACHE": os.environ["MNEMOSCOPE_CACHE"], "OMP_NUM_THREADS": "1", **(extra_env or {})}
     p = _CTX.Process(target=_cli, args=(argv, env), daemon=True)

@@ -139,7 +139,7 @@ def test_study_names_runs_by_their_specs(tmp_path, text_dir):
     assert set(json.loads(runs.loc["hf:llama", "arch_config"])) == {"hidden_size", "num_hidden_layers"}
     # a hybrid's run records its depth and layer types, and the report shows them
     assert json.loads(runs.loc["hf:lfm2", "arch_config"])["layer_types"] == ["conv", "conv", "full_attention"]
-    from mnemoscope.report import layers_of
+    from mnemoscope.report.page import layers_of
 
     assert layers_of(runs.loc["hf:lfm2", "arch_config"]) == "3 (2 conv, 1 full_attention)"
     assert layers_of(runs.loc["hf:llama", "arch_config"]) == "2"

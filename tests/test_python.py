@@ -12,7 +12,7 @@ import mnemoscope
 from mnemoscope.cli import main
 from mnemoscope.errors import UserError
 from mnemoscope.render.figures import figure_png
-from mnemoscope.view import ComparisonResults, StudyResults
+from mnemoscope.report.view import ComparisonResults, StudyResults
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"

@@ -8,7 +8,7 @@ from torch import nn
 
 from mnemoscope.measure.flops import count_training_step, rnn_training_flops
 from mnemoscope.training.callbacks import log_spaced_steps
-from mnemoscope.report_scaling import report_section
+from mnemoscope.report.scaling import report_section
 from mnemoscope.analysis.scaling import bootstrap_law, fit_law, frontier, law, scaling_tables
 
 
@@ -182,7 +182,7 @@ def test_scaling_tables_recover_the_laws_of_a_fake_study(tmp_path):
 def test_report_section_draws_from_stored_folders(tmp_path, monkeypatch):
     runs = fake_study(tmp_path, archs=(("transformer", 1.0, 2e3, 0.30),))
     (tmp_path / "config.yaml").write_text("archs: [transformer]\nhparams: {}\n")
-    import mnemoscope.report_scaling as report_scaling
+    import mnemoscope.report.scaling as report_scaling
 
     monkeypatch.setattr(report_scaling, "N_BOOT", 20)  # a smoke test of the drawing, not of the intervals
     [(title, body)] = report_section(tmp_path, runs, pd.DataFrame())

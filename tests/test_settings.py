@@ -86,7 +86,7 @@ def setting_defaults() -> dict[str, set]:
 
 
 def package_of(path: Path, repo: Path = REPO) -> str:
-    """The package a file's relative imports start from (mnemoscope/report/page.py: mnemoscope.report)."""
+    """The package a file's relative imports start from (mnemoscope/report/page.py: mnemoscope.report.page)."""
     parts = path.relative_to(repo).with_suffix("").parts
     parts = ("mnemoscope", *parts) if parts[0] in ("architectures", "tasks") else parts
     return ".".join(parts[:-1])
@@ -251,8 +251,8 @@ def test_the_scan_reads_every_subfolder(tmp_path):
     ("mnemoscope/measure/ablation.py", "tolerance: float = TOLERANCE,", "tolerance: float = 0.01,"),
     ("mnemoscope/training/callbacks.py", "n_sequences: int = VALIDATION_WINDOWS", "n_sequences: int = 64"),
     ("mnemoscope/measure/ablation.py", "level: float = LEVEL)", "level: float = 95)"),
-    ("mnemoscope/report_findings.py", 'if "tolerance" in f else TOLERANCE', 'if "tolerance" in f else 0.01'),
-    ("mnemoscope/report_history.py", "{N_STARTS} starts", "27 starts"),
+    ("mnemoscope/report/findings.py", 'if "tolerance" in f else TOLERANCE', 'if "tolerance" in f else 0.01'),
+    ("mnemoscope/report/context_use.py", "{N_STARTS} starts", "27 starts"),
     # a default that disagrees with the setting of its name (ablation's 512 targets, 1 << 16 tokens)
     ("mnemoscope/measure/ablation.py", "n_targets: int = ANALYSIS.n_targets", "n_targets: int = 512"),
     ("mnemoscope/measure/ablation.py", "max_tokens: int = ABLATION_TOKENS", "max_tokens: int = 1 << 15"),

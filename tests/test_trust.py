@@ -299,7 +299,7 @@ def test_lag_floor_in_fits_and_one_effective_context_string_everywhere(tmp_path,
 
 
 def test_not_meaningful_is_the_one_string_for_a_worse_full_context():
-    from mnemoscope import report_history
+    from mnemoscope.report import context_use as report_history
     from mnemoscope.measure.statistics import format_effective_context
 
     fit = {"arch": "x.py:Net", "task": "text", "params": 1000, "seed": 0, "context": 512, "effective_context": 4,

@@ -10,7 +10,7 @@
 :mod:`mnemoscope.measure.statistics`, on every finished run and writes, in the study folder,
 ``fits.csv`` (one row per run), ``context.parquet`` (ablation rows), ``octaves.parquet``,
 ``extrapolation.parquet`` and ``gaps.csv`` (``study.py analyze DIR``); the report's
-:mod:`mnemoscope.report_history` section draws them.
+:mod:`mnemoscope.report.context_use` section draws them.
 """
 from __future__ import annotations
 

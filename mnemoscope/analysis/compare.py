@@ -10,7 +10,7 @@ intervals over sequences (:func:`mnemoscope.measure.statistics.paired_gap`, as `
 study); any other pair is drawn side by side and marked unpaired, with the part that differs.
 
 Curves of one task family with different tokenizers are drawn in bits per byte against bytes of
-context. The page and figures are :mod:`mnemoscope.report_compare`.
+context. The page and figures are :mod:`mnemoscope.report.compare`.
 """
 from __future__ import annotations
 

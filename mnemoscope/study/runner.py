@@ -4,7 +4,7 @@ A run's folder is written under ``runs/.tmp-<id>-<pid>`` and moved into place at
 run is either absent or complete; every file is read and written through :mod:`mnemoscope.storage.study_folder`,
 and a trained run is scored and written by :mod:`mnemoscope.study.finish`. The queue of runs and its
 workers live in :mod:`mnemoscope.study.queue`; the analysis and the report come after, from the
-stored tables (:mod:`mnemoscope.analysis.analyze`, :mod:`mnemoscope.report`).
+stored tables (:mod:`mnemoscope.analysis.analyze`, :mod:`mnemoscope.report.page`).
 """
 from __future__ import annotations
 

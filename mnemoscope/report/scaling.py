@@ -9,12 +9,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .analysis.scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
-from .measure.bootstrap import LEVEL, percentile_interval
-from .measure.statistics import HUBER_DELTA, MIN_FIT_POINTS, format_interval, short_number
-from .render.figures import arch_palette, figure_png, html_table, img_tag, legend_below, wrap_title
-from .specs import spec_labels
-from .storage.study_folder import StudyFolder
+from ..analysis.scaling import FRONTIER_SKIP, N_BOOT, PUBLISHED, law, scaling_tables
+from ..measure.bootstrap import LEVEL, percentile_interval
+from ..measure.statistics import HUBER_DELTA, MIN_FIT_POINTS, format_interval, short_number
+from ..render.figures import arch_palette, figure_png, html_table, img_tag, legend_below, wrap_title
+from ..specs import spec_labels
+from ..storage.study_folder import StudyFolder
 
 
 def _fmt_interval(v, lo, hi, digits=3):

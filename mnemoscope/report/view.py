@@ -19,16 +19,16 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import report, report_compare, report_growth, report_history
-from .analysis.compare import Comparison, Selection, compare as compare_runs, parse_selection
-from .errors import UserError
-from .registry import TASKS
-from .render.figures import html_table
-from .report_findings import findings, findings_html, findings_lines, flags
-from .specs import parse_spec
-from .storage.study_folder import StudyFolder
-from .study.runner import Study
-from .tasks.probe_views import recall_figure, recall_queries
+from . import page as report, compare as report_compare, growth as report_growth, context_use as report_history
+from ..analysis.compare import Comparison, Selection, compare as compare_runs, parse_selection
+from ..errors import UserError
+from ..registry import TASKS
+from ..render.figures import html_table
+from ..specs import parse_spec
+from ..storage.study_folder import StudyFolder
+from ..study.runner import Study
+from ..tasks.probe_views import recall_figure, recall_queries
+from .findings import findings, findings_html, findings_lines, flags
 
 #: columns every per-run table carries, to join it with ``runs``
 RUN_KEYS = ["run_id", "arch", "task", "params", "seed"]

@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 
-from .analysis.growth import BAD_FIT_RMS, MIN_POINTS, RATIO
-from .measure.bootstrap import LEVEL
-from .measure.history import ICL_BAND, ICL_EARLY, ICL_LATE, STILL_LEARNING, still_learning
-from .measure.statistics import format_effective_context
-from .render.figures import STUDY_STYLES, arch_palette, figure_png, html_table, img_tag
-from .specs import format_count, spec_labels
-from .storage.study_folder import StudyFolder
+from ..analysis.growth import BAD_FIT_RMS, MIN_POINTS, RATIO
+from ..measure.bootstrap import LEVEL
+from ..measure.history import ICL_BAND, ICL_EARLY, ICL_LATE, STILL_LEARNING, still_learning
+from ..measure.statistics import format_effective_context
+from ..render.figures import STUDY_STYLES, arch_palette, figure_png, html_table, img_tag
+from ..specs import format_count, spec_labels
+from ..storage.study_folder import StudyFolder
 
 TITLE = "How context use grows with training"
 BINS_PER_OCTAVE = 4

@@ -10,16 +10,16 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import report_growth
-from .analysis.compare import Comparison, runs_table
-from .measure.bootstrap import LEVEL
-from .measure.statistics import format_gap
-from .render.figures import (STUDY_STYLES, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below, page_html,
-                             paragraph, wrap_title)
-from .report_findings import findings_html, findings_lines, gap_sentence
-from .report_history import gap_cells
-from .specs import format_count
-from .storage import files
+from . import growth as report_growth
+from ..analysis.compare import Comparison, runs_table
+from ..measure.bootstrap import LEVEL
+from ..measure.statistics import format_gap
+from ..render.figures import (STUDY_STYLES, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below, page_html,
+                              paragraph, wrap_title)
+from ..specs import format_count
+from ..storage import files
+from .context_use import gap_cells
+from .findings import findings_html, findings_lines, gap_sentence
 
 
 def curves_figure(c: Comparison, colors: dict, styles: dict):

@@ -11,13 +11,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .measure.bootstrap import LEVEL
-from .measure.statistics import (HUBER_DELTA, MIN_FIT_POINTS, N_STARTS, WRONG_FORM_CHI2, format_effective_context, format_gap,
-                                 format_interval, short_number)
-from .render.figures import figure_png, html_table, img_tag, legend_below, model_palette, wrap_title
-from .settings import TOLERANCE
-from .specs import format_count, spec_labels
-from .storage.study_folder import StudyFolder
+from ..measure.bootstrap import LEVEL
+from ..measure.statistics import (HUBER_DELTA, MIN_FIT_POINTS, N_STARTS, WRONG_FORM_CHI2, format_effective_context, format_gap,
+                                  format_interval, short_number)
+from ..render.figures import figure_png, html_table, img_tag, legend_below, model_palette, wrap_title
+from ..settings import TOLERANCE
+from ..specs import format_count, spec_labels
+from ..storage.study_folder import StudyFolder
 
 
 def gap_cells(gaps: pd.DataFrame, index: list[str]) -> pd.DataFrame:

@@ -2,8 +2,8 @@
 tables (``study.py report DIR``).
 
 The page lists the sections it shows (``SECTIONS``): its own headline sections, then how much
-history each architecture uses (:mod:`mnemoscope.report_history`), scaling
-(:mod:`mnemoscope.report_scaling`), and each task's own view (``Task.report_view``).
+history each architecture uses (:mod:`mnemoscope.report.context_use`), scaling
+(:mod:`mnemoscope.report.scaling`), and each task's own view (``Task.report_view``).
 """
 from __future__ import annotations
 
@@ -18,21 +18,21 @@ import pandas as pd
 import seaborn as sns
 import yaml
 
-from . import report_growth, report_history, report_scaling
-from .analysis.analyze import paired_runs
-from .contract.task import DESCRIBED_DOCUMENTS, Task
-from .contract.text_task import TextTask, corpus_and_tokenization, tokens_are
-from .errors import UserError
-from .measure.bootstrap import LEVEL
-from .measure.statistics import format_effective_context, format_gap, paired_gap_curve, single_positions
-from .registry import TASKS
-from .render.figures import (arch_labels_colors, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below,
-                             page_html, paragraph, wrap_title)
-from .report_findings import findings, findings_html, findings_lines, flags
-from .specs import format_count, parse_spec, spec_labels
-from .storage.migrations import windows_inside_documents
-from .storage.study_folder import StudyFolder
-from .study.runner import Study, mixed_data
+from . import growth as report_growth, context_use as report_history, scaling as report_scaling
+from ..analysis.analyze import paired_runs
+from ..contract.task import DESCRIBED_DOCUMENTS, Task
+from ..contract.text_task import TextTask, corpus_and_tokenization, tokens_are
+from ..errors import UserError
+from ..measure.bootstrap import LEVEL
+from ..measure.statistics import format_effective_context, format_gap, paired_gap_curve, single_positions
+from ..registry import TASKS
+from ..render.figures import (arch_labels_colors, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below,
+                              page_html, paragraph, wrap_title)
+from ..specs import format_count, parse_spec, spec_labels
+from ..storage.migrations import windows_inside_documents
+from ..storage.study_folder import StudyFolder
+from ..study.runner import Study, mixed_data
+from .findings import findings, findings_html, findings_lines, flags
 
 
 def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:

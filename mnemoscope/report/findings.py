@@ -1,7 +1,7 @@
 """What a study found, in a few sentences generated from its own tables (runs.parquet, fits.csv,
 gaps.csv, data.json): which model has the lowest loss, how much context each uses, which gap to
 the baseline grows and which does not, what is not significant, which runs learned nothing. The
-report opens with them (:mod:`mnemoscope.report`), and a study prints them when it ends."""
+report opens with them (:mod:`mnemoscope.report.page`), and a study prints them when it ends."""
 from __future__ import annotations
 
 import html
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .contract.text_task import byte_level_spec
-from .measure.bootstrap import LEVEL
-from .measure.statistics import MIN_WINDOWS, format_effective_context, format_gap
-from .settings import TOLERANCE
-from .specs import format_count, spec_labels
-from .storage.study_folder import StudyFolder
+from ..contract.text_task import byte_level_spec
+from ..measure.bootstrap import LEVEL
+from ..measure.statistics import MIN_WINDOWS, format_effective_context, format_gap
+from ..settings import TOLERANCE
+from ..specs import format_count, spec_labels
+from ..storage.study_folder import StudyFolder
 
 
 def uniform_losses(out: Path, runs: pd.DataFrame) -> pd.Series:
