@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnemoscope.model import Architecture
+from mnemoscope.contract.model import Architecture
 from mnemoscope.registry import register_architecture
 
 

@@ -34,9 +34,9 @@ from typing import Any, Callable
 import torch
 
 from mnemoscope.errors import RegistryError, UserError
-from mnemoscope.model import Architecture, check_contract
+from mnemoscope.contract.model import Architecture, check_contract
 from mnemoscope.registry import ARCHITECTURES
-from mnemoscope.task import cache_root
+from mnemoscope.contract.task import cache_root
 
 from .hf_sizing import (ATTENTION_DEPTHS, SSM_DEPTHS, attention, depth_schedule, describe, generic_recipe, heads,
                         has_position_table, in_periods, layer_types, mamba2_heads, mult, period_of, repeat,

@@ -17,7 +17,7 @@ from collections import Counter
 import torch
 
 from mnemoscope.errors import UserError
-from mnemoscope.sizing import SIZE_TOLERANCE, _count_on_meta, solve_width
+from mnemoscope.contract.sizing import SIZE_TOLERANCE, _count_on_meta, solve_width
 from mnemoscope.specs import format_count
 
 # keys of the context length (set to the task's context)

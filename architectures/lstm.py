@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mnemoscope.model import Architecture
+from mnemoscope.contract.model import Architecture
 from mnemoscope.registry import register_architecture
 
 

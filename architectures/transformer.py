@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnemoscope.model import Architecture
+from mnemoscope.contract.model import Architecture
 from mnemoscope.registry import register_architecture
 
 
@@ -92,7 +92,7 @@ class Block(nn.Module):
 class Transformer(Architecture):
     """GPT-2 block with Primer's 3-tap convolutions on q, k, v; rotary. Non-embedding params ~ 12 * n_layer * d_model^2."""
 
-    #: enters the run id (mnemoscope.config.RunSpec.run_id): runs of the GPT-2 recipe, trained under
+    #: enters the run id (mnemoscope.study.config.RunSpec.run_id): runs of the GPT-2 recipe, trained under
     #: this name before the convolutions came, are not taken for runs of this one
     version = "2"
     width_key = "d_model"

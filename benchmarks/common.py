@@ -15,12 +15,12 @@ import torch
 import lightning as L
 
 from benchmarks.references import BareLoop, stamp
-from mnemoscope.bootstrap import LEVEL
-from mnemoscope.model import build
+from mnemoscope.measure.bootstrap import LEVEL
+from mnemoscope.contract.model import build
 from mnemoscope.registry import ARCHITECTURES
-from mnemoscope.sizing import size_for
-from mnemoscope.task import TokenSplit
-from mnemoscope.windows import window_batch
+from mnemoscope.contract.sizing import size_for
+from mnemoscope.contract.task import TokenSplit
+from mnemoscope.contract.windows import window_batch
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,9 +7,9 @@ import torch
 
 from benchmarks.common import alternate, Bench, compared, EVAL_TARGET, fmt_count, make_model, row, seconds
 from benchmarks.references import stamp
-from mnemoscope.evaluate import per_position_losses
-from mnemoscope.sizing import count_params
-from mnemoscope.windows import eval_offsets, window_batch
+from mnemoscope.measure.evaluate import per_position_losses
+from mnemoscope.contract.sizing import count_params
+from mnemoscope.contract.windows import eval_offsets, window_batch
 
 
 def bench_eval(arch, params, T, B, n_seq, args, device, split):
@@ -39,16 +39,16 @@ def bench_eval(arch, params, T, B, n_seq, args, device, split):
 
 
 def bench_truncation(arch, params, T, n_targets, reps, device, split):
-    """Cost of the truncation ablation (Khandelwal et al.; mnemoscope.analysis), all its variants,
+    """Cost of the truncation ablation (Khandelwal et al.; mnemoscope.analysis.analyze), all its variants,
     in seconds and in forward tokens against one full-context pass over the same windows."""
     try:
-        from mnemoscope import analysis
+        from mnemoscope.analysis import analyze as analysis
     except ImportError:
         analysis = None
     fn = getattr(analysis, "truncation_ablation", None)
     if fn is None:
         return row("truncation", f"truncation ablation {arch}", float("nan"), "seconds", arch=arch, context=T,
-                   detail="not available: mnemoscope.analysis has no truncation_ablation")
+                   detail="not available: mnemoscope.analysis.analyze has no truncation_ablation")
     _, model = make_model(arch, params, T)
     model.to(device).eval()
     times = []

@@ -7,10 +7,10 @@ import torch
 
 from benchmarks.common import alternate, Bench, compared, device_batches, fmt_count, row, VOCAB
 from benchmarks.references import BareLoop
-from mnemoscope.model import build
+from mnemoscope.contract.model import build
 from mnemoscope.registry import ARCHITECTURES
-from mnemoscope.sizing import count_params, size_for
-from mnemoscope.train import TrainConfig
+from mnemoscope.contract.sizing import count_params, size_for
+from mnemoscope.training.train import TrainConfig
 
 
 #: the reference study's shape (results/hf-families): non-embedding parameters, context, batch

@@ -27,14 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mnemoscope.checkpoints import AtomicCheckpointIO
-from mnemoscope.evaluate import per_position_losses
-from mnemoscope.history import HISTORY_POINTS, history_steps, window_stride, write_step
-from mnemoscope.model import build, count_params, size_for
+from mnemoscope.training.checkpoints import AtomicCheckpointIO
+from mnemoscope.measure.evaluate import per_position_losses
+from mnemoscope.measure.history import HISTORY_POINTS, history_steps, window_stride, write_step
+from mnemoscope.contract.model import build, count_params, size_for
 from mnemoscope.registry import ARCHITECTURES, TASKS
 from mnemoscope.settings import STUDY
-from mnemoscope.task import TokenSplit
-from mnemoscope.train import TrainConfig, auto_batch_size, fit
+from mnemoscope.contract.task import TokenSplit
+from mnemoscope.training.train import TrainConfig, auto_batch_size, fit
 
 
 

@@ -1,6 +1,6 @@
 """The output layer at large vocabularies: one training step (or one evaluation batch) of the
 transformer with the loss over the whole (B, T, V) logits against the loss in chunks of
-positions (``mnemoscope.model.token_losses``), and the output layer's share of a step.
+positions (``mnemoscope.contract.model.token_losses``), and the output layer's share of a step.
 
 ``benchmarks/run.py`` times these in paired rounds (its ``output`` section). Peak memory is
 measured here, one process per setting, so that nothing else lives in it:
@@ -21,10 +21,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from mnemoscope.model import LOSS_CHUNK_ELEMENTS, build, token_losses
-from mnemoscope.sizing import size_for
+from mnemoscope.contract.model import LOSS_CHUNK_ELEMENTS, build, token_losses
+from mnemoscope.contract.sizing import size_for
 from mnemoscope.registry import ARCHITECTURES
-from mnemoscope.train import masked_mean
+from mnemoscope.training.train import masked_mean
 
 
 def make(vocab: int, T: int, B: int, params: int, device, seed: int = 0):

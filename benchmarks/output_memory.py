@@ -13,8 +13,8 @@ import torch
 from benchmarks import output_layer as ol
 from benchmarks.common import alternate, Bench, compared, fmt_count, paired_ratio, REPO, row
 from benchmarks.references import stamp
-from mnemoscope.sizing import count_params
-from mnemoscope.train import fit
+from mnemoscope.contract.sizing import count_params
+from mnemoscope.training.train import fit
 
 
 #: the output-layer rows: vocabularies, context, sequences per step and size, per mode

@@ -49,11 +49,12 @@ def rebuild(folder: Path, committed: Path, log=lambda line: None) -> list[str]:
     rebuilt without measuring are put back as committed before the report."""
     import torch
 
-    from mnemoscope import score, store
-    from mnemoscope.analysis import AnalysisSettings, analyze
-    from mnemoscope.growth import analyze_growth
-    from mnemoscope.report import write_report
-    from mnemoscope.runner import Study
+    from mnemoscope.score import scoring as score
+    from mnemoscope.storage import study_folder as store
+    from mnemoscope.analysis.analyze import AnalysisSettings, analyze
+    from mnemoscope.analysis.growth import analyze_growth
+    from mnemoscope.report.page import write_report
+    from mnemoscope.study.runner import Study
 
     notes = []
     call = torch.nn.Module.__call__

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mnemoscope.train import TrainConfig, fused_adamw
+from mnemoscope.training.train import TrainConfig, fused_adamw
 
 
 def stamp(device: torch.device) -> np.ndarray:

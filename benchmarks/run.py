@@ -47,7 +47,7 @@ import lightning as L
 from benchmarks import default_study, eval_speed, hf_families, output_memory, train_speed
 from benchmarks.common import ARCHS, CLOCK, GPU_STEP_TOKENS, PRECISION, REPO, SHAPES, Bench, Rounds, markdown, synthetic_split
 from benchmarks.train_speed import study_step
-from mnemoscope.bootstrap import LEVEL
+from mnemoscope.measure.bootstrap import LEVEL
 from mnemoscope.settings import STUDY
 from mnemoscope.specs import format_count
 

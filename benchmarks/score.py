@@ -7,7 +7,7 @@ The model is a **random Hugging Face Llama** of vocabulary 49152 (SmolLM2's) at 
 small in its body (width 64, 2 layers by default) so that a CPU measures it in minutes; the
 output layer and the loss, what scoring adds to a forward pass, are at full size. Rows:
 
-* **tokens per second** of the score path (``mnemoscope.score.window_losses`` through the
+* **tokens per second** of the score path (``mnemoscope.score.scoring.window_losses`` through the
   ``CausalLM`` wrapper ``score`` loads a Hugging Face model into: hidden states, then the output
   layer and cross-entropy in chunks of positions) against a bare forward pass of the same model
   over the same windows (``model(input_ids).logits``, no loss at all), in alternating rounds as
@@ -34,11 +34,11 @@ import torch
 from benchmarks import output_layer as ol
 from benchmarks.references import stamp
 from benchmarks.common import CLOCK, EVAL_TARGET, Rounds, alternate, compared, markdown, row
-from mnemoscope.model import count_params
-from mnemoscope.score import window_losses
-from mnemoscope.score_models import CausalLM
-from mnemoscope.task import sequences_split
-from mnemoscope.windows import eval_offsets, window_batch
+from mnemoscope.contract.model import count_params
+from mnemoscope.score.scoring import window_losses
+from mnemoscope.score.models import CausalLM
+from mnemoscope.contract.task import sequences_split
+from mnemoscope.contract.windows import eval_offsets, window_batch
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("score", "bare", "own")

@@ -14,11 +14,11 @@ import time
 
 import torch
 
-from mnemoscope.model import build
-from mnemoscope.sizing import count_params, size_for
+from mnemoscope.contract.model import build
+from mnemoscope.contract.sizing import count_params, size_for
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.specs import parse_count, parse_spec
-from mnemoscope.train import masked_cross_entropy
+from mnemoscope.training.train import masked_cross_entropy
 
 
 def throughput(spec: str, params: int, context: int, batch_size: int, steps: int, vocab_size: int = 256) -> dict:

@@ -17,12 +17,12 @@ import lightning as L
 from benchmarks.common import (Bench, compared, device_batches, fmt_count, Interleaved, label_of, make_model,
                               matmul_peak, OVERHEAD_TARGET, paired_ratio, row, seconds, VOCAB)
 from benchmarks.references import BareLoop, gpt2_like
-from mnemoscope.callbacks import DivergenceGuard
-from mnemoscope.config import StudyConfig
+from mnemoscope.training.callbacks import DivergenceGuard
+from mnemoscope.study.config import StudyConfig
 from mnemoscope.settings import STUDY
 from mnemoscope.registry import TASKS
-from mnemoscope.sizing import count_params
-from mnemoscope.train import TrainConfig, auto_batch_size, fit
+from mnemoscope.contract.sizing import count_params
+from mnemoscope.training.train import TrainConfig, auto_batch_size, fit
 
 
 def _gpt2_rows(t, refs, gpt2_error, label, work, shape) -> list[dict]:
@@ -170,10 +170,10 @@ def bench_fixed_cost(args, device, split, folder):
 
 def bench_flops(arch, params, T, harness_tok_s, peak, peak_name, device):
     try:
-        from mnemoscope.flops import count_training_step
+        from mnemoscope.measure.flops import count_training_step
     except ImportError:
         return row("flops", f"achieved FLOP/s {arch}", float("nan"), "FLOP/s", arch=arch, context=T,
-                   detail="not available: no mnemoscope.flops")
+                   detail="not available: no mnemoscope.measure.flops")
     _, model = make_model(arch, params, T)
     count = count_training_step(model.to(device), VOCAB, T)
     flops = count.per_token

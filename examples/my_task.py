@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from mnemoscope import Task
-from mnemoscope.figures import html_table, paragraph
-from mnemoscope.task import check_options, sequences_split, token_dtype
+from mnemoscope.render.figures import html_table, paragraph
+from mnemoscope.contract.task import check_options, sequences_split, token_dtype
 
 SEEDS = {"train": 0, "validation": 1, "test": 2}  # one generator per split: no sequence is shared
 

@@ -1,15 +1,15 @@
 """mnemoscope: the machinery of the harness (registry, contracts, training, evaluation, studies)."""
+from .contract.model import Architecture
+from .contract.task import Task, TokenSplit
 from .errors import ContractError, RegistryError, UserError
-from .model import Architecture
 from .registry import ARCHITECTURES, TASKS, register_architecture, register_task
-from .task import Task, TokenSplit
 
 __all__ = ["Architecture", "Task", "TokenSplit", "ARCHITECTURES", "TASKS", "register_architecture",
            "register_task", "UserError", "RegistryError", "ContractError", "load", "run"]
 
 #: the Python interface (docs/python.md), imported when first used: a plugin that only subclasses
 #: Architecture or Task does not load the training and report machinery (Lightning, Optuna, matplotlib)
-_LAZY = {"load": "view", "run": "api"}
+_LAZY = {"load": "report.view", "run": "api"}
 
 
 def __getattr__(name: str):

@@ -1,6 +1,6 @@
 """Run a study from Python: :func:`run` takes the settings of ``study.py`` as keyword arguments
 (their defaults: :mod:`mnemoscope.settings`, the one source) and returns the loaded study
-(:func:`mnemoscope.view.load`). The command line runs a study through the same functions
+(:func:`mnemoscope.report.view.load`). The command line runs a study through the same functions
 (:func:`resolve_study`, :func:`study_folder`, :func:`run_study`), so the two write the same folder.
 
 Progress is Lightning's bar (``tqdm.auto`` where ipywidgets is installed: a widget in a notebook).
@@ -15,18 +15,18 @@ from typing import Any, Callable
 
 from tqdm import tqdm  # Lightning's progress bars (a dependency of lightning)
 
-from . import files
-from .analysis import analyze
-from .config import StudyConfig, default_name, legacy_default_name
+from .analysis.analyze import analyze
+from .analysis.growth import analyze_growth
 from .errors import UserError
-from .growth import analyze_growth
-from .queue import check_url
-from .report import summary_lines, write_report
-from .runner import Study, mixed_data
+from .report.page import summary_lines, write_report
+from .report.view import StudyResults, load
 from .settings import EXECUTION
-from .train import distributed_settings
-from .tune import apply_tuned
-from .view import StudyResults, load
+from .storage import files
+from .study.config import StudyConfig, default_name, legacy_default_name
+from .study.queue import check_url
+from .study.runner import Study, mixed_data
+from .study.tune import apply_tuned
+from .training.train import distributed_settings
 
 #: what a KeyboardInterrupt ends with, on the command line and in a notebook
 INTERRUPTED = ("interrupted; finished runs are kept and a run under way resumes from its checkpoint: rerun the "

@@ -11,24 +11,24 @@ import os
 import sys
 from pathlib import Path
 
-from .analysis import analyze
+from .analysis.analyze import analyze
+from .analysis.compare import compare, parse_selection
+from .analysis.growth import analyze_growth
 from .api import INTERRUPTED, close_bars, execution_settings, resolve_study, run_study
 from .api import study_folder as api_study_folder
-from .compare import compare, parse_selection
-from .config import StudyConfig
 from .errors import UserError
-from .growth import analyze_growth
-from .queue import RunQueue, sigterm_as_interrupt
 from .registry import ARCHITECTURES, TASKS
-from .report import write_report
-from .report_compare import summary_lines as comparison_lines
-from .report_compare import write_comparison
-from .runner import Study
-from .score import Settings, build_task, score
+from .report.compare import summary_lines as comparison_lines
+from .report.compare import write_comparison
+from .report.page import write_report
+from .score.scoring import Settings, build_task, score
 from .settings import (VARIANTS, AnalysisSettings, ExecutionSettings, ScoreSettings, StudySettings, TuneSettings,
                        add_arguments)
 from .specs import parse_count
-from .tune import tune
+from .study.config import StudyConfig
+from .study.queue import RunQueue, sigterm_as_interrupt
+from .study.runner import Study
+from .study.tune import tune
 
 EXAMPLES = """examples:
   PROG --arch transformer lstm cnn            the default study (text and recall, minutes on a CPU)

@@ -3,12 +3,12 @@
 Each group of settings is a dataclass; each field holds its default and, in its metadata, what
 the command line shows of it: the flag, its help text (``{default}`` stands for the default as
 shown) and how argparse reads it. The command line (:func:`add_arguments`), its ``--help``, the
-study's ``config.yaml`` (:class:`mnemoscope.config.StudyConfig` is :class:`StudySettings` with
+study's ``config.yaml`` (:class:`mnemoscope.study.config.StudyConfig` is :class:`StudySettings` with
 its checks), ``tune``, ``analyze``, ``score`` and the report's prose all take their defaults from
 here; ``tests/test_settings.py`` fails when one is written a second time elsewhere.
 
 The training hyperparameters of each architecture (``hparams`` of a study: lr, warmup, ...) are
-the fields of :class:`mnemoscope.train.TrainConfig`, the one place they are typed.
+the fields of :class:`mnemoscope.training.train.TrainConfig`, the one place they are typed.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ EVAL_BATCH = 32  # windows per forward pass when a model is scored (no gradients
 ABLATION_TOKENS = 1 << 16  # tokens per forward pass of analyze's truncation ablation (score's: ScoreSettings)
 STILL_LEARNING = 0.02  # a run whose loss still falls by more than this fraction per octave of training tokens
 # batch_size "auto": the largest power of two in [MIN_AUTO_BATCH, MAX_AUTO_BATCH] that leaves a run
-# at least MIN_STEPS optimizer steps (mnemoscope.train.auto_batch_size)
+# at least MIN_STEPS optimizer steps (mnemoscope.training.train.auto_batch_size)
 MIN_AUTO_BATCH, MAX_AUTO_BATCH, MIN_STEPS = 4, 32, 1000
 
 
@@ -187,7 +187,7 @@ class AnalysisSettings:
 
 @dataclass
 class ScoreSettings:
-    """``study.py score``'s defaults (what :class:`mnemoscope.score.Settings` measures and spends)."""
+    """``study.py score``'s defaults (what :class:`mnemoscope.score.scoring.Settings` measures and spends)."""
 
     sequences: int = setting(256, "test windows per model (default {default})", "--sequences", type=whole_number)
     targets: int = setting(256, "targets of the truncation ablation (default {default}; 0: no ablation, no "

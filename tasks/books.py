@@ -8,7 +8,7 @@ all the long prose found offline for this project: no Milton text ships in Debia
 Python packages at hand. ``books:corpus=austen`` or ``books:corpus=shakespeare`` takes one of the
 two; ``books:PATH`` your own books (each file one book).
 
-Bytes by default; ``books:bpe=4096`` for subwords (:mod:`mnemoscope.tokenizer`). Every window
+Bytes by default; ``books:bpe=4096`` for subwords (:mod:`mnemoscope.contract.text_task`). Every window
 lies inside one book (``windows=document``), so no context runs from one book into the next.
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 
 from mnemoscope.errors import UserError
 from mnemoscope.registry import register_task
-from mnemoscope.task import read_user_documents
+from mnemoscope.contract.task import read_user_documents
 from mnemoscope.tasks.rdata import read_rdb
 from mnemoscope.tasks.text import shakespeare_files
-from mnemoscope.tokenizer import TextTask
+from mnemoscope.contract.text_task import TextTask
 
 CORPORA = ("all", "austen", "shakespeare")
 AUSTEN_INSTALL = "apt-get install --no-install-recommends r-cran-janeaustenr"

@@ -1,5 +1,5 @@
 """``code``: Python source from the CPython standard library, split by file; as bytes by
-default (``code:bpe=4096`` for subwords, see :mod:`mnemoscope.tokenizer`).
+default (``code:bpe=4096`` for subwords, see :mod:`mnemoscope.contract.text_task`).
 
 The standard library that every Python installation carries (``sysconfig``'s ``stdlib``
 path), without ``site-packages`` and without the test suites (which repeat themselves).
@@ -11,8 +11,8 @@ import sysconfig
 from pathlib import Path
 
 from mnemoscope.registry import register_task
-from mnemoscope.task import read_user_documents
-from mnemoscope.tokenizer import TextTask
+from mnemoscope.contract.task import read_user_documents
+from mnemoscope.contract.text_task import TextTask
 
 SKIP = {"site-packages", "test", "tests", "idle_test", "__pycache__"}
 

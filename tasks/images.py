@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 
 from mnemoscope.errors import UserError
-from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, paragraph
+from mnemoscope.render.figures import figure_png, html_table, img_tag, label_runs, paragraph
 from mnemoscope.registry import register_task
-from mnemoscope.store import StudyFolder
-from mnemoscope.task import Task, check_options, content_digest, sequences_split, token_dtype
+from mnemoscope.storage.study_folder import StudyFolder
+from mnemoscope.contract.task import Task, check_options, content_digest, sequences_split, token_dtype
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_INSTALL = "apt-get install dataset-fashion-mnist"

@@ -43,14 +43,14 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from mnemoscope.bootstrap import LEVEL, cluster_ci
+from mnemoscope.measure.bootstrap import LEVEL, cluster_ci
 from mnemoscope.errors import UserError
-from mnemoscope.evaluate import greedy_hits
-from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, paragraph
+from mnemoscope.measure.evaluate import greedy_hits
+from mnemoscope.render.figures import figure_png, html_table, img_tag, label_runs, paragraph
 from mnemoscope.registry import register_task
 from mnemoscope.settings import EVAL_BATCH, N_BOOT, STUDY
-from mnemoscope.store import StudyFolder
-from mnemoscope.task import Task, TokenSplit, check_options
+from mnemoscope.storage.study_folder import StudyFolder
+from mnemoscope.contract.task import Task, TokenSplit, check_options
 
 NEWLINE = ord("\n")
 #: fractions of the question-hash range: [0, .8) train, [.8, .9) validation, [.9, 1) test

@@ -10,14 +10,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from mnemoscope.bootstrap import LEVEL, bootstrap_indices, cluster_ci, percentile_interval
-from mnemoscope.evaluate import greedy_hits
-from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
-from mnemoscope.history import phase_change, scored_per_window
+from mnemoscope.measure.bootstrap import LEVEL, bootstrap_indices, cluster_ci, percentile_interval
+from mnemoscope.measure.evaluate import greedy_hits
+from mnemoscope.render.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
+from mnemoscope.measure.history import phase_change, scored_per_window
 from mnemoscope.settings import N_BOOT
 from mnemoscope.specs import format_count
-from mnemoscope.store import StudyFolder
-from mnemoscope.windows import scored_windows, window_tokens
+from mnemoscope.storage.study_folder import StudyFolder
+from mnemoscope.contract.windows import scored_windows, window_tokens
 
 
 # -- an instance's distance, from its tokens ------------------------------------------------------
@@ -275,9 +275,8 @@ def lag_view(task, folder: StudyFolder, runs: pd.DataFrame, pp: pd.DataFrame) ->
 
 # -- the phase change: when a run starts using its history --------------------------------------
 def phase_table(task, folder: StudyFolder, runs: pd.DataFrame) -> pd.DataFrame:
-    """A row per run that kept steps: :func:`mnemoscope.history.phase_change` at half the task's
-    ``no_history_loss`` (the loss of a model that cannot see the answer's source), from the run's
-    scored loss per kept step and window, kept as ``runs/<id>/view_phase.parquet``."""
+    """A row per run that kept steps: :func:`mnemoscope.measure.history.phase_change` at half the task's
+    ``no_history_loss`` (the loss of a model that cannot see the answer's source)."""
     rows = []
     for _, r in label_runs(runs).iterrows():
         run = folder.run(r["run_id"])

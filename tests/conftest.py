@@ -39,8 +39,8 @@ def text_dir(tmp_path):
 def tiny_lstm(text_dir, tmp_path):
     """(model, splits): a 3000-parameter LSTM built by a Study on ``text_dir`` at context 16,
     and that task's token splits, for tests that call ``fit`` directly."""
-    from mnemoscope.config import StudyConfig
-    from mnemoscope.runner import Study
+    from mnemoscope.study.config import StudyConfig
+    from mnemoscope.study.runner import Study
 
     config = StudyConfig(archs=["lstm"], tasks=[f"text:{text_dir}"], params=[3000], context=16).normalized()
     study = Study(config, tmp_path / "study")

@@ -1,12 +1,12 @@
-"""The ablation's intervals resample through mnemoscope.bootstrap: the same draws as the
+"""The ablation's intervals resample through mnemoscope.measure.bootstrap: the same draws as the
 resampling it had of its own (one stream, rng.integers per variant), so no interval moved."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from mnemoscope.ablation import Ablation, ablation_table
-from mnemoscope.bootstrap import percentile_interval
+from mnemoscope.measure.ablation import Ablation, ablation_table
+from mnemoscope.measure.bootstrap import percentile_interval
 
 
 def _own_resampling(ab: Ablation, n_boot: int, seed: int) -> pd.DataFrame:

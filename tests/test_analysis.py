@@ -13,10 +13,12 @@ from torch import nn
 from mnemoscope.architectures.cnn import CNN
 from mnemoscope.architectures.lstm import LSTM
 from mnemoscope.architectures.transformer import Transformer
-from mnemoscope import analysis, report_history, statistics
-from mnemoscope.analysis import extrapolation, truncation_ablation
-from mnemoscope.statistics import bootstrap_fit, effective_context, fit_power_law, octave_gain, octave_gains
-from mnemoscope.task import TokenSplit
+from mnemoscope.analysis import analyze as analysis
+from mnemoscope.report import context_use as report_history
+from mnemoscope.measure import statistics
+from mnemoscope.analysis.analyze import extrapolation, truncation_ablation
+from mnemoscope.measure.statistics import bootstrap_fit, effective_context, fit_power_law, octave_gain, octave_gains
+from mnemoscope.contract.task import TokenSplit
 from mnemoscope.tasks.probes import Lag, lag_entropy
 
 

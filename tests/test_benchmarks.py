@@ -44,7 +44,7 @@ def test_tiny_benchmark_has_every_row(tmp_path):
         assert len(section("truncation", arch)) == 1
         fl = section("flops", arch)
         assert len(fl) == 1
-        if "not available" not in str(fl.detail.iloc[0]):  # mnemoscope.flops counts the FLOPs
+        if "not available" not in str(fl.detail.iloc[0]):  # mnemoscope.measure.flops counts the FLOPs
             assert 0 < fl.ratio.iloc[0] < np.inf and fl.value.iloc[0] > 0
     for arch in ARCHS:
         assert len(section("default shape", arch)) == 1

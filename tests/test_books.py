@@ -13,8 +13,8 @@ import torch
 from mnemoscope.errors import UserError
 from mnemoscope.registry import TASKS
 from mnemoscope.registry import ARCHITECTURES
-from mnemoscope.task import TokenSplit
-from mnemoscope.windows import TrainBatches, eval_offsets, n_windows, window_offset
+from mnemoscope.contract.task import TokenSplit
+from mnemoscope.contract.windows import TrainBatches, eval_offsets, n_windows, window_offset
 from mnemoscope.tasks import books
 
 
@@ -152,9 +152,9 @@ def test_windows_never_cross_a_document_boundary_when_asked(T):
 def test_books_long_windows_are_scored_in_buckets(fake_austen):
     """A model that accepts longer sequences is scored on windows 4x its training length inside
     one book, in buckets of the training length."""
-    from mnemoscope.analysis import long_context
-    from mnemoscope.model import build
-    from mnemoscope.sizing import size_for
+    from mnemoscope.analysis.analyze import long_context
+    from mnemoscope.contract.model import build
+    from mnemoscope.contract.sizing import size_for
 
     task = TASKS.get("books")(context_length=16, corpus="austen")
     split = task.splits()["test"]

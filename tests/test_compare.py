@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 
 from mnemoscope.cli import main
-from mnemoscope.compare import Selection, load, parse_selection
+from mnemoscope.analysis.compare import Selection, load, parse_selection
 from mnemoscope.errors import UserError
-from mnemoscope.figures import BUILTIN_ARCHS, arch_palette, canonical_arch
-from mnemoscope.statistics import paired_gap, paired_gap_curve
+from mnemoscope.render.figures import BUILTIN_ARCHS, arch_palette, canonical_arch
+from mnemoscope.measure.statistics import paired_gap, paired_gap_curve
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "reference-tiny"
@@ -184,7 +184,7 @@ def test_each_architecture_keeps_its_colour():
 def test_runs_of_different_tokenizers_are_drawn_in_bits_per_byte(tmp_path):
     """A run whose tokenizer differs (here: its record edited to say so, two bytes per token) is never
     paired, and its panel is drawn in bits per byte against bytes of context."""
-    from mnemoscope.compare import compare
+    from mnemoscope.analysis.compare import compare
 
     a, b = tmp_path / "bytes", tmp_path / "bpe"
     shutil.copytree(FIXTURE, a)

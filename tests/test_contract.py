@@ -11,9 +11,9 @@ import torch
 
 from mnemoscope.architectures.hf import FAMILIES
 
-from mnemoscope.model import Architecture, build, state_size
+from mnemoscope.contract.model import Architecture, build, state_size
 from mnemoscope.registry import ARCHITECTURES
-from mnemoscope.sizing import SIZE_TOLERANCE, count_params, size_for
+from mnemoscope.contract.sizing import SIZE_TOLERANCE, count_params, size_for
 
 V, T = 37, 24
 # the Hugging Face families too where transformers is installed (the `hf` extra, part of `dev`): a
@@ -169,7 +169,7 @@ def test_loss_in_chunks_matches_the_whole_logits_and_never_holds_them(name):
     """Where an architecture exposes features/head, head(features(x)) is its forward pass, and the
     harness's chunked loss gives the same losses and gradients while the output layer never sees
     more than a chunk of positions at once."""
-    from mnemoscope.model import has_features, token_losses
+    from mnemoscope.contract.model import has_features, token_losses
 
     model = small(name)
     if not has_features(model):

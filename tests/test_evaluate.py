@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnemoscope.evaluate import bootstrap_ci, per_position_losses
-from mnemoscope.task import TokenSplit
+from mnemoscope.measure.evaluate import bootstrap_ci, per_position_losses
+from mnemoscope.contract.task import TokenSplit
 
 
 class Bigram(nn.Module):
@@ -68,8 +68,8 @@ def test_our_bootstrap_draws_what_seaborns_drew():
     them: our resampling is the same draw, replicate by replicate, so the intervals are equal to the bit."""
     import seaborn as sns
 
-    from mnemoscope.evaluate import _masked_mean
-    from mnemoscope.bootstrap import bootstrap_indices
+    from mnemoscope.measure.evaluate import _masked_mean
+    from mnemoscope.measure.bootstrap import bootstrap_indices
 
     rng = np.random.default_rng(5)
     for n in (7, 64, 255):
@@ -87,7 +87,7 @@ def test_our_bootstrap_draws_what_seaborns_drew():
 
 
 def test_one_percentile_interval_at_any_level():
-    from mnemoscope.bootstrap import percentile_interval
+    from mnemoscope.measure.bootstrap import percentile_interval
 
     draws = np.random.default_rng(0).normal(size=(400, 3))
     draws[:10, 1] = np.nan  # left out
@@ -107,8 +107,8 @@ def test_one_percentile_interval_at_any_level():
 def test_the_report_says_how_many_first_positions_its_bins_keep_single():
     """The per-position figure's quarter-octave bins keep positions 0-6 single and merge 7 with 8;
     the report's sentence takes the number from the same bins."""
-    from mnemoscope.report import BINS_PER_OCTAVE
-    from mnemoscope.statistics import position_bins, single_positions
+    from mnemoscope.report.page import BINS_PER_OCTAVE
+    from mnemoscope.measure.statistics import position_bins, single_positions
 
     n = single_positions(BINS_PER_OCTAVE)
     key = np.floor(np.log2(np.arange(64) + 1) * BINS_PER_OCTAVE)  # per_position_figure's bins

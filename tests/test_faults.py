@@ -171,7 +171,7 @@ def cli_process(argv: list[str], extra_env: dict[str, str] | None = None) -> mul
     global _CTX
     if _CTX is None:
         _CTX = multiprocessing.get_context("forkserver")
-        _CTX.set_forkserver_preload(["mnemoscope.cli", "mnemoscope.runner", "mnemoscope.queue", "mnemoscope.report",
+        _CTX.set_forkserver_preload(["mnemoscope.cli", "mnemoscope.study.runner", "mnemoscope.study.queue", "mnemoscope.report.page",
                                      "mnemoscope.architectures", "mnemoscope.tasks", "test_faults"])
     env = {"MNEMOSCOPE_CACHE": os.environ["MNEMOSCOPE_CACHE"], "OMP_NUM_THREADS": "1", **(extra_env or {})}
     p = _CTX.Process(target=_cli, args=(argv, env), daemon=True)
@@ -181,7 +181,7 @@ def cli_process(argv: list[str], extra_env: dict[str, str] | None = None) -> mul
 
 def stop_at(argv: list[str], folder: Path, signum: int = signal.SIGKILL, then=None, **hook) -> int | None:
     """Run ``study.py argv`` in a child process until the step ``hook`` names (``pause=N`` or
-    ``after=N``, and ``checkpoint=K``: :class:`mnemoscope.checkpoints.StepHook`), send it ``signum``
+    ``after=N``, and ``checkpoint=K``: :class:`mnemoscope.training.checkpoints.StepHook`), send it ``signum``
     there and wait for its end. Returns the step it stopped at, or None when it finished first
     (exit 0); ``stop_at.pid`` and ``stop_at.exitcode`` are the child's id and exit status. Waits
     on events only (the child's FIFO, its exit), never on the clock. ``then()``: called at the
@@ -243,7 +243,7 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path):
 
     import optuna
 
-    from mnemoscope.queue import default_storage
+    from mnemoscope.study.queue import default_storage
 
     trials = optuna.load_study(study_name=_config_name(out), storage=default_storage(out)).get_trials(deepcopy=False)
     complete = [t.user_attrs["run_id"] for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -331,8 +331,8 @@ def test_unwritable_folder_gives_one_clear_line(tmp_path, capfd):
 
 
 def test_same_seed_bitwise_identical_losses_different_seed_differs(tmp_path):
-    from mnemoscope.config import StudyConfig, plan
-    from mnemoscope.runner import Study
+    from mnemoscope.study.config import StudyConfig, plan
+    from mnemoscope.study.runner import Study
 
     corpus = make_corpus(tmp_path / "texts")
     config = StudyConfig(archs=["transformer"], tasks=[f"text:{corpus}"], params=["2k"], context=16, tokens="2k",
@@ -350,9 +350,9 @@ def test_same_seed_bitwise_identical_losses_different_seed_differs(tmp_path):
 
 def test_checkpoints_load_with_weights_only_and_nothing_untrusted_is_unpickled(tmp_path):
     from mnemoscope.errors import UserError
-    from mnemoscope.config import StudyConfig, plan
-    from mnemoscope.runner import Study
-    from mnemoscope.store import load_run_model
+    from mnemoscope.study.config import StudyConfig, plan
+    from mnemoscope.study.runner import Study
+    from mnemoscope.storage.study_folder import load_run_model
 
     corpus = make_corpus(tmp_path / "texts")
     config = StudyConfig(archs=["lstm"], tasks=[f"text:{corpus}"], params=["2k"], context=16, tokens="1k",
@@ -396,7 +396,7 @@ def test_divergence_guard_reading_losses_in_groups_records_the_first_bad_step():
     import torch
     from types import SimpleNamespace
 
-    from mnemoscope.callbacks import DivergenceGuard
+    from mnemoscope.training.callbacks import DivergenceGuard
 
     guard = DivergenceGuard(every=4, every_step=False)
     trainer = SimpleNamespace(global_step=0, should_stop=False)
@@ -489,7 +489,7 @@ def test_a_run_killed_ten_times_at_random_steps_ends_as_the_uninterrupted_run(wh
     corpus, whole = whole_run
     out = tmp_path / "stopped"
     argv = [*RESUMABLE, "--task", f"text:{corpus}", "--out", str(out), "--checkpoint-every", "off"]
-    from mnemoscope.checkpoints import checkpoint_step
+    from mnemoscope.training.checkpoints import checkpoint_step
 
     rng = random.Random(30)
     steps = sorted(rng.sample(range(5, STEPS), 10))  # each later than the last: past any checkpoint resumed from
@@ -516,9 +516,9 @@ def test_a_run_killed_ten_times_at_random_steps_ends_as_the_uninterrupted_run(wh
 def test_resumed_batches_continue_where_they_stopped():
     """The loader of a run resumed at step s yields exactly the batches of steps s, s+1, ... of the
     uninterrupted run: none seen twice, none skipped."""
-    from mnemoscope.checkpoints import ResumableBatches
-    from mnemoscope.task import TokenSplit
-    from mnemoscope.windows import TrainBatches
+    from mnemoscope.training.checkpoints import ResumableBatches
+    from mnemoscope.contract.task import TokenSplit
+    from mnemoscope.contract.windows import TrainBatches
 
     split = TokenSplit(np.arange(5000) % 97, None)
     batches = TrainBatches(split, 16, 4, n_steps=20, seed=3)

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from mnemoscope.cli import main
-from mnemoscope.growth import _first_within, crossing, fit_growth
-from mnemoscope.history import history_steps, icl_positions, icl_score
+from mnemoscope.analysis.growth import _first_within, crossing, fit_growth
+from mnemoscope.measure.history import history_steps, icl_positions, icl_score
 
 
 def test_kept_steps_are_one_per_octave_by_default_and_never_repeat():
@@ -84,7 +84,7 @@ def test_a_law_needs_three_steps_and_says_when_it_reaches_the_whole_context():
 def test_runs_still_learning_get_a_line_each_or_one_line_when_many(tmp_path):
     """A run whose loss still falls more than 2% per doubling of tokens at its last kept step is
     named; three or more are summed up in one line with the range of their rates."""
-    from mnemoscope.report_growth import still_learning_lines
+    from mnemoscope.report.growth import still_learning_lines
 
     def steps(falls):  # two kept steps per run, 1M and 2M tokens; the loss at the last step is 2.0
         return pd.DataFrame([{"run_id": f"r{i}", "tokens": t, "loss": 2.0 * (1 + f) if t == 1e6 else 2.0}
@@ -134,7 +134,7 @@ def test_a_study_keeps_its_history_and_reports_how_context_use_grows(text_dir, t
     ends = growth[growth["step"] == growth.groupby("run_id")["step"].transform("max")].set_index("run_id")
     assert (ends["effective_context"] == fits.loc[ends.index, "effective_context"]).all()
     # and reads the same, interval included, in the findings and the through-training sentence
-    from mnemoscope.statistics import format_effective_context
+    from mnemoscope.measure.statistics import format_effective_context
 
     assert {"effective_context_step", "effective_context_min"} <= set(growth.columns)  # how finely it is resolved
     for run_id, end in ends.iterrows():
@@ -156,7 +156,7 @@ def test_a_study_keeps_its_history_and_reports_how_context_use_grows(text_dir, t
 def test_kept_steps_score_every_kth_window_of_the_final_evaluation(text_dir, tmp_path):
     """At most HISTORY_WINDOWS windows per kept step: every k-th of the final evaluation's, the same at
     every step; the last kept step is those rows of the run's final losses."""
-    from mnemoscope.history import read_steps, window_stride
+    from mnemoscope.measure.history import read_steps, window_stride
 
     assert window_stride(256) == 2 and window_stride(128) == 1 and window_stride(300) == 3
     out = tmp_path / "study"
@@ -173,8 +173,8 @@ def test_kept_steps_score_every_kth_window_of_the_final_evaluation(text_dir, tmp
 def test_the_through_training_sentence_gives_an_effective_context_as_the_findings_do():
     """One format, one interval: a point resolved on a grid reads [the lowest length the interval's
     low end stands for, high] in the through-training sentence, as in the findings and summary."""
-    from mnemoscope.report_growth import findings
-    from mnemoscope.statistics import format_effective_context
+    from mnemoscope.report.growth import findings
+    from mnemoscope.measure.statistics import format_effective_context
 
     rows = [{"task": "text", "arch": "transformer", "params": 1000, "seed": 0, "step": s, "tokens": t,
              "effective_context": c, "effective_context_low": lo, "effective_context_high": 32,
@@ -205,7 +205,7 @@ def test_the_kept_step_grid_in_bytes_draws_only_panels_with_data_and_nothing_ove
     import matplotlib.pyplot as plt
     from matplotlib.transforms import Bbox
 
-    from mnemoscope.report_growth import curves_figure
+    from mnemoscope.report.growth import curves_figure
 
     rows = []
     for task, has_bytes in (("text", True), ("code", True), ("recall", False)):

@@ -13,8 +13,8 @@ import torch
 from mnemoscope.architectures import hf
 from mnemoscope.cli import main
 from mnemoscope.errors import RegistryError, UserError
-from mnemoscope.model import Architecture, build, check_contract
-from mnemoscope.sizing import count_params, size_for, solve_width
+from mnemoscope.contract.model import Architecture, build, check_contract
+from mnemoscope.contract.sizing import count_params, size_for, solve_width
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.specs import parse_count, parse_spec
 
@@ -85,7 +85,7 @@ def test_a_wrong_config_key_fails_naming_the_valid_ones(tmp_path, capsys):
 def test_offline_by_construction():
     tf = hf.transformers()
     assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["USE_HUB_KERNELS"] == "NO"
-    from mnemoscope.store import environment
+    from mnemoscope.storage.study_folder import environment
 
     assert environment()["packages"]["transformers"] == tf.__version__  # a study records the version
 
@@ -139,7 +139,7 @@ def test_study_names_runs_by_their_specs(tmp_path, text_dir):
     assert set(json.loads(runs.loc["hf:llama", "arch_config"])) == {"hidden_size", "num_hidden_layers"}
     # a hybrid's run records its depth and layer types, and the report shows them
     assert json.loads(runs.loc["hf:lfm2", "arch_config"])["layer_types"] == ["conv", "conv", "full_attention"]
-    from mnemoscope.report import layers_of
+    from mnemoscope.report.page import layers_of
 
     assert layers_of(runs.loc["hf:lfm2", "arch_config"]) == "3 (2 conv, 1 full_attention)"
     assert layers_of(runs.loc["hf:llama", "arch_config"]) == "2"

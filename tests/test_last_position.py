@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnemoscope.evaluate import per_position_losses
-from mnemoscope.model import build
-from mnemoscope.sizing import size_for
+from mnemoscope.measure.evaluate import per_position_losses
+from mnemoscope.contract.model import build
+from mnemoscope.contract.sizing import size_for
 from mnemoscope.registry import ARCHITECTURES
-from mnemoscope.task import TokenSplit
-from mnemoscope.windows import TrainBatches, eval_offsets, window_offset
-from mnemoscope.train import sequence_loss
+from mnemoscope.contract.task import TokenSplit
+from mnemoscope.contract.windows import TrainBatches, eval_offsets, window_offset
+from mnemoscope.training.train import sequence_loss
 
 V, T, B = 37, 24, 4
 

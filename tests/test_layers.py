@@ -1,5 +1,6 @@
-"""The machinery's imports run one way: the layer order written in docs/design.md, checked on
-the source. A module imports only from its own layer or the ones below; there is no cycle; an
+"""The machinery's imports run one way: the layer order written in docs/design.md, one layer per
+folder of the package (or top-level module), checked on the source. A module imports only from its
+own folder or the layers below; there is no cycle; an
 import inside a function is only for an optional dependency; no module is much over 500 lines."""
 from __future__ import annotations
 
@@ -133,3 +134,19 @@ def test_no_machinery_module_much_over_500_lines():
     long = {str(p.relative_to(REPO)): n for p in (REPO / "mnemoscope").rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 520}
     assert not long, long
+
+
+def test_design_md_draws_every_file_of_the_package():
+    """docs/design.md's tree of the package names every file, each in its folder, and nothing else."""
+    text = (REPO / "docs" / "design.md").read_text()
+    block = text.split("## The package", 1)[1].split("```")[1]
+    drawn, folder = set(), ""
+    for line in block.strip("\n").splitlines()[1:]:  # after the line "mnemoscope/"
+        name = line.split()[0] if line.strip() else ""
+        if line.startswith("    ") and not line.startswith("        "):
+            folder = name if name.endswith("/") else ""
+            drawn.add(name.rstrip("/") + ("/__init__.py" if name.endswith("/") else ""))
+        elif name:
+            drawn.add(folder + name)
+    files = {str(p.relative_to(REPO / "mnemoscope")) for p in (REPO / "mnemoscope").rglob("*.py")}
+    assert drawn == files, f"not drawn: {sorted(files - drawn)}; drawn but absent: {sorted(drawn - files)}"

@@ -4,7 +4,7 @@ import importlib.util
 import pytest
 
 from mnemoscope.cli import main
-from mnemoscope.queue import worker_command
+from mnemoscope.study.queue import worker_command
 
 TINY = ["--params", "8k", "--tokens", "6k", "--context", "32", "--eval-sequences", "8", "--batch-size", "8",
         "--no-progress", "--no-analysis"]

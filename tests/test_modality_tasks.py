@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 import torch
 
-from mnemoscope.bootstrap import cluster_ci
+from mnemoscope.measure.bootstrap import cluster_ci
 from mnemoscope.cli import main
 from mnemoscope.errors import UserError
 from mnemoscope.registry import TASKS
 from mnemoscope.specs import parse_spec
-from mnemoscope.windows import eval_offsets, window_batch
+from mnemoscope.contract.windows import eval_offsets, window_batch
 from mnemoscope.tasks import images as images_mod
 from mnemoscope.tasks.images import Images, pixel_loss_map
 from mnemoscope.tasks.math import KINDS, Math, answer_accuracy, answer_spans, hash_fraction, own_problems, pack

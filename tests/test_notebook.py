@@ -35,11 +35,11 @@ def test_the_quickstart_notebook_runs_and_shows_its_figures_and_tables(tmp_path)
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     # every cell that draws shows one figure, as a PNG (the inline backend, not a line of text)
     for start in ("study.plot.per_position()", "books.plot.per_position(bytes=True)", "books.plot.growth()",
-                  "both.plot.per_position()", "both.plot.gap()", "from mnemoscope.figures import figure_png"):
+                  "both.plot.per_position()", "both.plot.gap()", "from mnemoscope.render.figures import figure_png"):
         cell = _cell(nb, start)
         assert len(_outputs(cell, "image/png")) == 1, start
     # the figure drawn in the notebook is the report's
-    assert "same as the report's PNG: True" in _text(_cell(nb, "from mnemoscope.figures import figure_png"))
+    assert "same as the report's PNG: True" in _text(_cell(nb, "from mnemoscope.render.figures import figure_png"))
     # the tables: the runs of the small study, the committed study's summary, the plugin's run, the comparison
     runs = _outputs(_cell(nb, "study.runs["), "text/html")[0]
     assert "lstm" in runs and "cnn" in runs and "test_loss" in runs

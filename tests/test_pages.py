@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mnemoscope.browser import check_page, find_chromium
+from mnemoscope.render.browser import check_page, find_chromium
 from mnemoscope.cli import main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from mnemoscope.architectures.moe_transformer import MoE
 from mnemoscope.architectures.ssm import ssd_scan
 from mnemoscope.architectures.transformer import Transformer
 from mnemoscope.architectures.window_transformer import WindowTransformer
-from mnemoscope.model import build
+from mnemoscope.contract.model import build
 from mnemoscope.registry import ARCHITECTURES
 from mnemoscope.specs import parse_spec
 

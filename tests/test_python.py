@@ -11,8 +11,8 @@ import pytest
 import mnemoscope
 from mnemoscope.cli import main
 from mnemoscope.errors import UserError
-from mnemoscope.figures import figure_png
-from mnemoscope.view import ComparisonResults, StudyResults
+from mnemoscope.render.figures import figure_png
+from mnemoscope.report.view import ComparisonResults, StudyResults
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
@@ -138,7 +138,7 @@ def test_run_raises_the_command_lines_errors(text_dir, tmp_path, capsys):
 def test_an_interrupted_run_resumes_on_the_second_call(text_dir, tmp_path, monkeypatch):
     """A KeyboardInterrupt (the notebook's stop button) during the second run leaves the first
     finished; the second call trains only what is left, and its tables equal an uninterrupted run's."""
-    from mnemoscope.runner import Study
+    from mnemoscope.study.runner import Study
 
     execute, calls = Study.execute, []
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from mnemoscope.config import RunSpec, StudyConfig
-from mnemoscope.history import phase_change, scored_per_window
-from mnemoscope.migrations import transformer_before_convolutions
+from mnemoscope.study.config import RunSpec, StudyConfig
+from mnemoscope.measure.history import phase_change, scored_per_window
+from mnemoscope.storage.migrations import transformer_before_convolutions
 from mnemoscope.registry import ARCHITECTURES
-from mnemoscope.run_folder import model_from_checkpoint
+from mnemoscope.storage.run_folder import model_from_checkpoint
 from mnemoscope.tasks.probe_views import format_half, half_distance, recall_half_table
 
 D = np.array([2, 4, 8, 16, 32, 64, 128])
@@ -109,7 +109,7 @@ def test_a_stored_transformer_without_convolutions_loads_as_the_gpt2_recipe():
 def test_a_rerun_study_tables_the_old_recipe_under_its_own_name():
     old = ARCHITECTURES.get("transformer_gpt2")(32, 16, d_model=16, n_layer=2).state_dict()
     new = ARCHITECTURES.get("transformer")(32, 16, d_model=16, n_layer=2).state_dict()
-    from mnemoscope.migrations import arch_before_convolutions
+    from mnemoscope.storage.migrations import arch_before_convolutions
     assert arch_before_convolutions("transformer", lambda: old) == "transformer:conv=0"
     assert arch_before_convolutions("transformer:pos=learned", lambda: old) == "transformer:pos=learned,conv=0"
     assert arch_before_convolutions("transformer", lambda: new) == "transformer"

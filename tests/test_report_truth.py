@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mnemoscope import files
+from mnemoscope.storage import files
 from mnemoscope.cli import main
-from mnemoscope.figures import arch_palette
-from mnemoscope.report import bytes_figure, gap_figure, load_tables, per_position_figure, summary_lines
-from mnemoscope.report_findings import findings, flags
-from mnemoscope.store import environment
+from mnemoscope.render.figures import arch_palette
+from mnemoscope.report.page import bytes_figure, gap_figure, load_tables, per_position_figure, summary_lines
+from mnemoscope.report.findings import findings, flags
+from mnemoscope.storage.study_folder import environment
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE = REPO / "tests" / "fixtures" / "reference-tiny"
@@ -45,7 +45,7 @@ def test_windows_inside_documents_are_reported_so(text_dir, tmp_path):
 
 def test_a_data_json_written_before_spans_were_read_is_corrected(tmp_path):
     """books (windows=document by default): an old data.json said "yes"; the page says no."""
-    from mnemoscope.report import data_section
+    from mnemoscope.report.page import data_section
 
     out = _study_copy(tmp_path)
     runs = files.read_parquet(out / "runs.parquet").assign(task="books")

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from mnemoscope.flops import count_training_step, rnn_training_flops
-from mnemoscope.callbacks import log_spaced_steps
-from mnemoscope.report_scaling import report_section
-from mnemoscope.scaling import bootstrap_law, fit_law, frontier, law, scaling_tables
+from mnemoscope.measure.flops import count_training_step, rnn_training_flops
+from mnemoscope.training.callbacks import log_spaced_steps
+from mnemoscope.report.scaling import report_section
+from mnemoscope.analysis.scaling import bootstrap_law, fit_law, frontier, law, scaling_tables
 
 
 @pytest.mark.parametrize("truth", [(1.2, 3e3, 0.30), (0.8, 50.0, 0.15), (2.0, 5e5, 0.60)])
@@ -182,7 +182,7 @@ def test_scaling_tables_recover_the_laws_of_a_fake_study(tmp_path):
 def test_report_section_draws_from_stored_folders(tmp_path, monkeypatch):
     runs = fake_study(tmp_path, archs=(("transformer", 1.0, 2e3, 0.30),))
     (tmp_path / "config.yaml").write_text("archs: [transformer]\nhparams: {}\n")
-    import mnemoscope.report_scaling as report_scaling
+    import mnemoscope.report.scaling as report_scaling
 
     monkeypatch.setattr(report_scaling, "N_BOOT", 20)  # a smoke test of the drawing, not of the intervals
     [(title, body)] = report_section(tmp_path, runs, pd.DataFrame())
@@ -191,8 +191,8 @@ def test_report_section_draws_from_stored_folders(tmp_path, monkeypatch):
 
 
 def test_a_real_run_records_flops_and_a_log_spaced_curve(tmp_path, text_dir):
-    from mnemoscope.config import StudyConfig
-    from mnemoscope.runner import Study
+    from mnemoscope.study.config import StudyConfig
+    from mnemoscope.study.runner import Study
 
     config = StudyConfig(archs=["lstm"], tasks=[f"text:{text_dir}"], params=[3000], context=16, tokens=20_000,
                          batch_size=8, eval_sequences=16).normalized()

@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from mnemoscope.cli import main
-from mnemoscope.compare import Selection, compare
-from mnemoscope.score import byte_starts
-from mnemoscope.score_pairs import pair_bytes
+from mnemoscope.analysis.compare import Selection, compare
+from mnemoscope.score.scoring import byte_starts
+from mnemoscope.score.pairs import pair_bytes
 
 transformers = pytest.importorskip("transformers")
 TINY = ["--params", "8k", "--tokens", "6k", "--eval-sequences", "8", "--batch-size", "8", "--no-progress", "--no-analysis"]
@@ -31,7 +31,7 @@ def study(text_dir, tmp_path):
 
 
 def _bpe(text_dir, n=300):
-    from mnemoscope.tokenizer import train_bpe
+    from mnemoscope.contract.text_task import train_bpe
     return train_bpe([p.read_text() for p in sorted(Path(text_dir).glob("*.txt"))], n)
 
 

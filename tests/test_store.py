@@ -1,5 +1,5 @@
 """The storage layer: the format number, and every older layout of the committed studies read
-through mnemoscope.migrations (each claim of its table checked on the committed folders)."""
+through mnemoscope.storage.migrations (each claim of its table checked on the committed folders)."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnemoscope import migrations
-from mnemoscope.config import StudyConfig, default_name
-from mnemoscope.migrations import FORMAT
-from mnemoscope.store import RunFolder, StudyFolder
+from mnemoscope.storage import migrations
+from mnemoscope.study.config import StudyConfig, default_name
+from mnemoscope.storage.migrations import FORMAT
+from mnemoscope.storage.study_folder import RunFolder, StudyFolder
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = sorted(d for d in (ROOT / "results").iterdir() if (d / "config.yaml").is_file())

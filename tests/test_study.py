@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from mnemoscope.cli import main
-from mnemoscope.runner import POSITION_COLUMNS, RUN_COLUMNS
+from mnemoscope.study.runner import POSITION_COLUMNS, RUN_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--params", "8k", "--tokens", "6k", "--context", "32", "--eval-sequences", "8", "--batch-size", "8",
@@ -148,9 +148,9 @@ def test_plugin_breaking_the_contract_fails_before_training(text_dir, tmp_path, 
 
 
 def test_auto_batch_size_leaves_about_a_thousand_steps():
-    from mnemoscope.config import StudyConfig
-    from mnemoscope.runner import Study
-    from mnemoscope.train import auto_batch_size
+    from mnemoscope.study.config import StudyConfig
+    from mnemoscope.study.runner import Study
+    from mnemoscope.training.train import auto_batch_size
 
     assert auto_batch_size(1_000_000, 256) == 4  # 976 steps (at 32 it would be 122)
     assert auto_batch_size(10_000_000, 512) == 16  # 1220 steps
@@ -168,7 +168,7 @@ def test_fit_with_a_progress_bar_redraws_every_few_steps_and_still_logs(tiny_lst
     """The bar redraws every PROGRESS_REFRESH_STEPS steps (Lightning's default, every step, cost
     ~1 ms per step); Lightning's hook bookkeeping, stored directly on the module, still lets
     training_step log."""
-    from mnemoscope.train import PROGRESS_REFRESH_STEPS, TrainConfig, fit
+    from mnemoscope.training.train import PROGRESS_REFRESH_STEPS, TrainConfig, fit
 
     model, splits = tiny_lstm
     cfg = TrainConfig(tokens=40 * 8 * 16, batch_size=8)  # 40 steps

@@ -4,8 +4,8 @@ import torch
 
 from mnemoscope.errors import UserError
 from mnemoscope.registry import TASKS
-from mnemoscope.task import TokenSplit, split_documents
-from mnemoscope.windows import TrainBatches, eval_offsets, window_batch
+from mnemoscope.contract.task import TokenSplit, split_documents
+from mnemoscope.contract.windows import TrainBatches, eval_offsets, window_batch
 
 
 def make(spec_source, context=32, name="text"):

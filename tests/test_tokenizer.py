@@ -1,4 +1,4 @@
-"""Subword tokenization of the text-like tasks (mnemoscope.tokenizer) and context counted in bytes."""
+"""Subword tokenization of the text-like tasks (mnemoscope.contract.text_task) and context counted in bytes."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pytest
 from mnemoscope.cli import main
 from mnemoscope.errors import UserError
 from mnemoscope.registry import TASKS
-from mnemoscope.task import split_documents
+from mnemoscope.contract.task import split_documents
 
 pytest.importorskip("tokenizers")
 
@@ -108,7 +108,7 @@ def test_without_the_tokenizers_package_bpe_names_the_install(word_docs, monkeyp
 def test_a_study_of_bytes_and_bpe_records_bytes_of_context(word_docs, tmp_path):
     """The tokenizer goes into the study folder; per_position.parquet and losses.npz hold bytes of
     context; both tokenizations of one corpus share one panel of the bytes figure."""
-    from mnemoscope.report import bytes_figure, load_tables
+    from mnemoscope.report.page import bytes_figure, load_tables
 
     out = tmp_path / "study"
     assert main(["--arch", "lstm", "--task", f"text:{word_docs}", f"text:source={word_docs},bpe=400",
@@ -137,7 +137,7 @@ def test_a_study_of_bytes_and_bpe_records_bytes_of_context(word_docs, tmp_path):
 def test_tables_from_before_the_bytes_columns_still_load(tmp_path, text_dir):
     """A committed study's per_position.parquet has no bytes columns: byte-level text counts a
     byte per token; other tasks stay unknown (NaN)."""
-    from mnemoscope.report import load_tables
+    from mnemoscope.report.page import load_tables
 
     out = tmp_path / "old"
     out.mkdir()

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from mnemoscope.checkpoints import checkpoint_step
+from mnemoscope.training.checkpoints import checkpoint_step
 from mnemoscope.cli import main
 from test_analysis import CopyBack
 from test_faults import TINY, stop_at
@@ -70,7 +70,7 @@ def test_an_edited_corpus_makes_new_runs_and_the_study_says_it_mixes_data(tmp_pa
 
 
 def test_runs_recorded_before_data_fingerprints_are_still_recognised(text_dir, tmp_path, capsys):
-    from mnemoscope.config import StudyConfig, plan
+    from mnemoscope.study.config import StudyConfig, plan
 
     out = tmp_path / "study"
     argv = ["--arch", "lstm", "--task", f"text:{text_dir}", "--out", str(out), *TINY]
@@ -95,8 +95,8 @@ def test_runs_recorded_before_data_fingerprints_are_still_recognised(text_dir, t
 
 def test_editing_one_file_of_a_code_folder_prepares_it_again_and_makes_a_new_run_id(tmp_path):
     """The file keeps its size and modification time: only its content says it changed."""
-    from mnemoscope.config import StudyConfig, plan
-    from mnemoscope.runner import Study
+    from mnemoscope.study.config import StudyConfig, plan
+    from mnemoscope.study.runner import Study
 
     folder = tmp_path / "src"
     folder.mkdir()
@@ -144,9 +144,9 @@ def test_the_same_data_under_two_folder_names_pair_in_compare(text_dir, tmp_path
 def interrupted_cleanly(out: Path) -> None:
     """No finished run; the run's partial folder holds a checkpoint saved on the signal; the queue
     counts the run as interrupted, not lost with its worker."""
-    from mnemoscope.checkpoints import checkpoint_step
-    from mnemoscope.queue import RunQueue, closing_line
-    from mnemoscope.runner import Study
+    from mnemoscope.training.checkpoints import checkpoint_step
+    from mnemoscope.study.queue import RunQueue, closing_line
+    from mnemoscope.study.runner import Study
 
     folders = list((out / "runs").iterdir())
     assert len(folders) == 1 and folders[0].name.startswith(".partial-"), folders
@@ -164,7 +164,7 @@ def long_run(text_dir: Path, out: Path) -> list[str]:
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130_with_the_message(text_dir, tmp_path):
-    """Ctrl-C at step 1500 (a step the test chooses: mnemoscope.checkpoints.StepHook), in a real
+    """Ctrl-C at step 1500 (a step the test chooses: mnemoscope.training.checkpoints.StepHook), in a real
     `study.py` process whose output is a pipe; the test waits on events, never on the clock."""
     out, fifo = tmp_path / "study", tmp_path / "step.fifo"
     os.mkfifo(fifo)
@@ -239,8 +239,8 @@ def test_the_advice_to_continue_a_study_works_verbatim(text_dir, tmp_path, monke
 def test_lag_k12_reads_12_tokens_of_effective_context(tmp_path, monkeypatch):
     """Position t sees t+1 tokens; its target repeats the token k back, which is in view with n >= k
     tokens of context: the lag k=12 at context 64 must read 12, where the powers of two gave 16 [16, 16]."""
-    from mnemoscope.analysis import ablation_table, truncation_ablation
-    from mnemoscope.statistics import context_resolution, format_effective_context
+    from mnemoscope.analysis.analyze import ablation_table, truncation_ablation
+    from mnemoscope.measure.statistics import context_resolution, format_effective_context
     from mnemoscope.tasks.probes import Lag
 
     monkeypatch.setenv("MNEMOSCOPE_CACHE", str(tmp_path / "cache"))
@@ -261,8 +261,8 @@ def test_lag_k12_reads_12_tokens_of_effective_context(tmp_path, monkeypatch):
 def test_an_effective_context_on_a_coarse_grid_is_no_narrower_than_the_grid():
     """A synthetic loss table through the same functions: the loss falls within 1% from 12 tokens on,
     scored on powers of two only (as analyses made before the bisection were)."""
-    from mnemoscope.analysis import Ablation, ablation_table
-    from mnemoscope.statistics import context_resolution, format_effective_context
+    from mnemoscope.analysis.analyze import Ablation, ablation_table
+    from mnemoscope.measure.statistics import context_resolution, format_effective_context
 
     contexts = np.array([1, 2, 4, 8, 16, 32, 64])
     rng = np.random.default_rng(0)
@@ -299,8 +299,8 @@ def test_lag_floor_in_fits_and_one_effective_context_string_everywhere(tmp_path,
 
 
 def test_not_meaningful_is_the_one_string_for_a_worse_full_context():
-    from mnemoscope import report_history
-    from mnemoscope.statistics import format_effective_context
+    from mnemoscope.report import context_use as report_history
+    from mnemoscope.measure.statistics import format_effective_context
 
     fit = {"arch": "x.py:Net", "task": "text", "params": 1000, "seed": 0, "context": 512, "effective_context": 4,
            "effective_context_low": 2, "effective_context_high": 256, "full_context_worse": True,
@@ -312,8 +312,8 @@ def test_not_meaningful_is_the_one_string_for_a_worse_full_context():
 
 # -- 6. plugins named by their class ----------------------------------------------------------------------
 def test_plugins_are_named_by_their_class_and_long_names_are_not_cut(tmp_path):
-    from mnemoscope.config import RunSpec, StudyConfig
-    from mnemoscope.figures import label_runs
+    from mnemoscope.study.config import RunSpec, StudyConfig
+    from mnemoscope.render.figures import label_runs
     from mnemoscope.specs import spec_label, spec_labels
 
     a, b = f"{tmp_path}/thirdparty.py:XTransformer", f"{tmp_path}/thirdparty.py:MinGRULM"
@@ -343,7 +343,7 @@ def test_every_builtin_has_a_description_in_list(capsys):
 
 def test_a_study_named_before_names_were_kept_whole_is_found_where_it_lies(tmp_path, monkeypatch):
     from mnemoscope.cli import run_parser, resolve_config, study_folder
-    from mnemoscope.config import legacy_default_name
+    from mnemoscope.study.config import legacy_default_name
 
     monkeypatch.chdir(tmp_path)
     args = run_parser().parse_args(["--arch", "window_transformer", "lstm", "--task", "text"])

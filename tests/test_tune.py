@@ -7,9 +7,9 @@ import yaml
 
 from mnemoscope.cli import main
 from mnemoscope.errors import UserError
-from mnemoscope.config import StudyConfig
-from mnemoscope.runner import Study
-from mnemoscope.tune import OptunaPruning, apply_tuned, shape_space, tune, write_tuned
+from mnemoscope.study.config import StudyConfig
+from mnemoscope.study.runner import Study
+from mnemoscope.study.tune import OptunaPruning, apply_tuned, shape_space, tune, write_tuned
 
 TINY = dict(params=3000, tokens=12_000, context=16, batch_size=8)
 
@@ -48,8 +48,8 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def test_pruning_stops_training_at_the_first_validation_point(tiny_lstm, tmp_path):
-    from mnemoscope.callbacks import LogSpacedValidation
-    from mnemoscope.train import TrainConfig, fit
+    from mnemoscope.training.callbacks import LogSpacedValidation
+    from mnemoscope.training.train import TrainConfig, fit
 
     model, splits = tiny_lstm
     cfg = TrainConfig(tokens=20_000, batch_size=8)

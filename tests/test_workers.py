@@ -53,7 +53,7 @@ def test_two_workers_drain_a_study_and_one_is_killed_mid_run(backend, tmp_path):
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 4
 
     # the victim takes a run and stops at its 5th training step (a step the test chooses,
-    # mnemoscope.checkpoints.StepHook); the survivor starts beside it, and the victim is killed
+    # mnemoscope.training.checkpoints.StepHook); the survivor starts beside it, and the victim is killed
     # there. The survivor drains the rest, the victim's run too, failed as stale once its heartbeat
     # (every 2 s) is 4 s old: the queue's clock, not the test's
     worker = ["worker", str(out), "--storage", url, "--heartbeat", "2", "--no-progress"]
@@ -89,7 +89,7 @@ def test_workers_flag_runs_local_worker_processes(tmp_path, capfd, monkeypatch):
     the machine's cores split between them (not one thread per core in each)."""
     import torch
 
-    import mnemoscope.queue as queue
+    import mnemoscope.study.queue as queue
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     threads_before = torch.get_num_threads()
@@ -121,7 +121,7 @@ def test_workers_flag_runs_local_worker_processes(tmp_path, capfd, monkeypatch):
 
 
 def test_threads_per_worker_splits_the_cores_unless_the_user_chose(monkeypatch):
-    from mnemoscope.queue import cpu_cores, threads_per_worker
+    from mnemoscope.study.queue import cpu_cores, threads_per_worker
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)

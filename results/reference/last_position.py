@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from mnemoscope.registry import TASKS
-from mnemoscope.store import load_run_model
-from mnemoscope.windows import eval_offsets
+from mnemoscope.storage.study_folder import load_run_model
+from mnemoscope.contract.windows import eval_offsets
 
 HERE = Path(__file__).resolve().parent
 RUN = HERE / "runs" / "transformerposlearned-text-1M-s0-0d5f04e3"
