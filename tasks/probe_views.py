@@ -292,10 +292,11 @@ def phase_table(task, folder: StudyFolder, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_phase(r) -> str:
+    n = lambda v: format_count(int(float(f"{v:.3g}")))  # noqa: E731 - three digits: 782k, not 782.343k
     if r["status"] == "crossed":
-        return f"at {format_count(int(r['tokens']))} training tokens [{format_count(int(r['low']))}, {format_count(int(r['high']))}]"
+        return f"at {n(r['tokens'])} training tokens [{n(r['low'])}, {n(r['high'])}]"
     if r["status"] == "before":
-        return f"before its first kept step ({format_count(int(r['high']))} tokens)"
+        return f"before its first kept step ({n(r['high'])} tokens)"
     budget = format_count(int(float(f"{r['tokens_trained']:.3g}"))) if pd.notna(r.get("tokens_trained")) else "its"
     return (f"none within its {budget} training tokens (scored loss {r['final_loss']:.2f} [{r['final_low']:.2f}, "
             f"{r['final_high']:.2f}] at the end)")
@@ -330,7 +331,9 @@ def phase_view(task, folder: StudyFolder, runs: pd.DataFrame) -> str:
     ax.legend(fontsize=8)
     fig.tight_layout()
     shown = table.assign(**{"phase change": table.apply(format_phase, axis=1)})[["model", "seed", "phase change"]]
-    return (img_tag(figure_png(fig), f"{runs['task'].iloc[0]}: scored loss through training") +
+    png = figure_png(fig)
+    folder.write_file(f"phase_{task.name}.png", png)  # phase_copy.png, phase_recall.png
+    return (img_tag(png, f"{runs['task'].iloc[0]}: scored loss through training") +
             paragraph(f"{phase_sentence(task, table)} Each point is a kept step (<code>--history</code>): the mean loss on "
                       "the scored targets of the same test windows; shaded, the interval of each phase change: from the last "
                       f"kept step whose {LEVEL}% interval (bootstrap over windows) lies above the dashed line to the first "
