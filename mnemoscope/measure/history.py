@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..settings import N_BOOT, STILL_LEARNING, STUDY
 from ..storage.study_folder import RunFolder
-from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
+from .bootstrap import LEVEL, cluster_ci
 from .evaluate import bootstrap_ci
 
 HISTORY_POINTS = STUDY.history  # kept steps per run (0: none)
@@ -188,10 +188,9 @@ def phase_change(per_window: pd.DataFrame, threshold: float, n_boot: int = N_BOO
     happened earlier than ``high``)."""
     rows = []
     for tokens, g in per_window.groupby("tokens", sort=True):
-        per, w = g["loss_sum"].to_numpy(float), g["scored"].to_numpy(float)
-        idx = bootstrap_indices(len(per), n_boot, seed)
-        lo, hi = percentile_interval(per[idx].sum(1) / np.maximum(w[idx].sum(1), 1e-12), axis=None)
-        rows.append((int(tokens), float(per.sum() / max(w.sum(), 1e-12)), float(lo), float(hi)))
+        w = g["scored"].to_numpy(float)  # the scored loss's mean over windows, resampled whole: cluster_ci
+        mean = np.divide(g["loss_sum"].to_numpy(float), w, out=np.zeros_like(w), where=w > 0)
+        rows.append((int(tokens), *cluster_ci(mean, w, g["window"].to_numpy(), seed=seed, n_boot=n_boot)))
     out = {"threshold": float(threshold), "steps": len(rows), "status": "none", "tokens": float("nan"),
            "low": float("nan"), "high": float("nan"),
            "final_loss": rows[-1][1] if rows else float("nan"), "final_low": rows[-1][2] if rows else float("nan"),
