@@ -1,15 +1,16 @@
 """Decoder-only transformers: pre-LayerNorm blocks, causal scaled_dot_product_attention.
 
-``transformer`` adds to GPT-2's block one thing: Primer's depthwise causal convolution (So et al.
+``transformer`` adds to GPT-2's block two things. Primer's depthwise causal convolution (So et al.
 2021, "multi-dconv-head attention") over the last ``conv`` = 3 positions of each query, key and
-value channel. With it the key of a pair reaches the position of its value inside one layer, so
-associative recall becomes a single attention lookup instead of the two-layer induction circuit;
-at this project's CPU budgets that is the difference between a transformer that recalls at every
-distance on every seed and one that, like the LSTM, fails past 16 tokens (docs/architectures.md has
-the ablation and its numbers, results/recall-ablation the runs). The convolution sees 2 tokens
-back per layer; every longer reach is still attention's. ``transformer_gpt2`` (``conv=0``) is
-GPT-2's recipe unchanged, the one Kaplan et al. 2020 used and every study committed before this
-change trained under the name ``transformer``.
+value channel: with it the key of a pair reaches the position of its value inside one layer, so
+associative recall becomes a single attention lookup instead of the two-layer induction circuit.
+And its query, key and value projections start at N(0, 1/width) (``init="width"``) instead of
+GPT-2's N(0, 0.02): attention logits of order 1 at the start rather than about 0.03, so the lookup
+is found within the first thousand steps on every seed instead of late or never on some
+(docs/architectures.md has the ablation and its numbers, results/recall-ablation the runs). The
+convolution sees 2 tokens back per layer; every longer reach is still attention's.
+``transformer_gpt2`` (``conv=0``, ``init="gpt2"``) is GPT-2's recipe unchanged, the one Kaplan et
+al. 2020 used and every study committed before version 2 trained under the name ``transformer``.
 
 Positions are rotary by default, which also lets the model score sequences longer than its
 training context; ``pos="learned"`` gives GPT-2's learned absolute embeddings (as in Kaplan et
@@ -90,11 +91,12 @@ class Block(nn.Module):
 
 @register_architecture("transformer")
 class Transformer(Architecture):
-    """GPT-2 block with Primer's 3-tap convolutions on q, k, v; rotary. Non-embedding params ~ 12 * n_layer * d_model^2."""
+    """GPT-2 block with Primer's 3-tap convolutions on q, k, v, those started at N(0, 1/width); rotary.
+    Non-embedding params ~ 12 * n_layer * d_model^2."""
 
     #: enters the run id (mnemoscope.study.config.RunSpec.run_id): runs of the GPT-2 recipe, trained under
     #: this name before the convolutions came, are not taken for runs of this one
-    version = "2"
+    version = "3"  # "2": Primer's convolutions; "3": queries, keys and values initialised at N(0, 1/width)
     width_key = "d_model"
     width_multiple = 8
     shape_space = {"n_layer": [1, 2, 3, 4, 6]}  # depths `study.py tune` tries
@@ -102,8 +104,10 @@ class Transformer(Architecture):
 
     def __init__(self, vocab_size: int, context_length: int, d_model: int = 128, n_layer: int = 4,
                  n_head: int | None = None, mlp_ratio: int = 4, pos: str = "rotary", conv: int = 3,
-                 rotary_fraction: float = 1.0):
+                 rotary_fraction: float = 1.0, init: str = "width"):
         super().__init__()
+        if init not in ("width", "gpt2"):
+            raise ValueError(f"init must be 'width' (q, k, v projections at N(0, 1/d_model)) or 'gpt2' (N(0, 0.02)), not {init!r}")
         if pos not in ("learned", "rotary"):
             raise ValueError(f"pos must be 'learned' or 'rotary', not {pos!r}")
         if isinstance(rotary_fraction, bool) or not isinstance(rotary_fraction, (int, float)) or not 0 <= rotary_fraction <= 1:
@@ -114,7 +118,7 @@ class Transformer(Architecture):
         if d_model % n_head:
             raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
         self.context_length, self.d_model, self.n_layer, self.n_head, self.pos = context_length, d_model, n_layer, n_head, pos
-        self.conv, self.rotary_fraction = conv, float(rotary_fraction)
+        self.conv, self.rotary_fraction, self.init = conv, float(rotary_fraction), init
         self.extrapolates = pos == "rotary"
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(context_length, d_model) if pos == "learned" else None
@@ -126,6 +130,9 @@ class Transformer(Architecture):
         for block in self.blocks:  # GPT-2: residual projections scaled by depth
             for lin in (block.attn.proj, block.proj):
                 nn.init.normal_(lin.weight, std=0.02 / math.sqrt(2 * n_layer))
+        if init == "width":  # attention logits of order 1 at the start, not GPT-2's ~0.03 (docs/architectures.md)
+            for block in self.blocks:
+                nn.init.normal_(block.attn.qkv.weight, std=1 / math.sqrt(d_model))
 
     @staticmethod
     def heads_for(d_model: int) -> int:
@@ -185,5 +192,6 @@ class TransformerGPT2(Transformer):
     version = None  # its runs' ids are those of `transformer` before version 2, under this name
 
     def __init__(self, vocab_size: int, context_length: int, d_model: int = 128, n_layer: int = 4,
-                 n_head: int | None = None, mlp_ratio: int = 4, pos: str = "rotary", conv: int = 0):
-        super().__init__(vocab_size, context_length, d_model, n_layer, n_head, mlp_ratio, pos, conv)
+                 n_head: int | None = None, mlp_ratio: int = 4, pos: str = "rotary", conv: int = 0,
+                 init: str = "gpt2"):
+        super().__init__(vocab_size, context_length, d_model, n_layer, n_head, mlp_ratio, pos, conv, init=init)

@@ -83,13 +83,13 @@ def test_the_transformer_has_convolutions_and_transformer_gpt2_is_the_old_recipe
     a, b = new(32, 16, d_model=16, n_layer=2), old(32, 16, d_model=16, n_layer=2)
     assert any(k.endswith("attn.conv.weight") for k in a.state_dict())
     assert not any(".conv." in k for k in b.state_dict())
-    assert new.version == "2" and old.version is None
+    assert new.version == "3" and old.version is None
 
 
 def test_a_new_version_of_an_architecture_is_a_new_run():
     study = StudyConfig.from_dict({"archs": ["transformer"], "tasks": ["recall"], "params": [1000], "seeds": [0]})
     run = RunSpec("transformer", "recall", 1000, 0)
-    assert run.run_id(study, "fp") != run.run_id(study, "fp", "2")
+    assert len({run.run_id(study, "fp"), run.run_id(study, "fp", "2"), run.run_id(study, "fp", "3")}) == 3
     assert run.run_id(study, "fp", "2").startswith("transformer-recall-1k-s0-")
 
 
@@ -110,9 +110,31 @@ def test_a_rerun_study_tables_the_old_recipe_under_its_own_name():
     old = ARCHITECTURES.get("transformer_gpt2")(32, 16, d_model=16, n_layer=2).state_dict()
     new = ARCHITECTURES.get("transformer")(32, 16, d_model=16, n_layer=2).state_dict()
     from mnemoscope.storage.migrations import arch_before_convolutions
-    assert arch_before_convolutions("transformer", lambda: old) == "transformer:conv=0"
-    assert arch_before_convolutions("transformer:pos=learned", lambda: old) == "transformer:pos=learned,conv=0"
-    assert arch_before_convolutions("transformer", lambda: new) == "transformer"
-    assert arch_before_convolutions("lstm", lambda: 1 / 0) == "lstm"  # other architectures: weights never read
-    cls, _, options = __import__("mnemoscope.specs", fromlist=["parse_spec"]).parse_spec("transformer:conv=0", ARCHITECTURES)
-    assert cls(32, 16, d_model=16, n_layer=2, **options).conv == 0  # the name builds the recipe it names
+    v3 = {"arch_version": "3"}
+    assert arch_before_convolutions("transformer", lambda: old, v3) == "transformer:conv=0,init=gpt2"
+    assert arch_before_convolutions("transformer:pos=learned", lambda: old) == "transformer:pos=learned,conv=0,init=gpt2"
+    assert arch_before_convolutions("transformer", lambda: new, v3) == "transformer"
+    # version 2 (convolutions, GPT-2's initialisation) recorded no arch_version
+    assert arch_before_convolutions("transformer", lambda: new, {}) == "transformer:init=gpt2"
+    assert arch_before_convolutions("window_transformer:window=8", lambda: new, {}) == "window_transformer:window=8,init=gpt2"
+    assert arch_before_convolutions("lstm", lambda: 1 / 0, {}) == "lstm"  # other architectures: weights never read
+    cls, _, options = __import__("mnemoscope.specs", fromlist=["parse_spec"]).parse_spec("transformer:conv=0,init=gpt2", ARCHITECTURES)
+    gpt2 = ARCHITECTURES.get("transformer_gpt2")
+    torch.manual_seed(0)
+    a = cls(32, 16, d_model=16, n_layer=2, **options)
+    torch.manual_seed(0)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), gpt2(32, 16, d_model=16, n_layer=2).state_dict().values()))
+    assert a.conv == 0  # the name builds the recipe it names: transformer_gpt2, weights and all
+
+
+def test_the_transformer_starts_attention_at_order_one_and_gpt2_at_its_own_scale():
+    """Version 3: q, k, v projections at N(0, 1/width) (the recall lookup is found on every seed);
+    ``init=gpt2`` and ``transformer_gpt2`` keep GPT-2's N(0, 0.02)."""
+    torch.manual_seed(0)
+    width = ARCHITECTURES.get("transformer")(32, 16, d_model=64, n_layer=2)
+    gpt2 = ARCHITECTURES.get("transformer")(32, 16, d_model=64, n_layer=2, init="gpt2")
+    assert abs(width.blocks[0].attn.qkv.weight.std().item() - 1 / 8) < 0.01
+    assert abs(gpt2.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.003
+    assert abs(width.blocks[0].fc.weight.std().item() - 0.02) < 0.003  # the rest is GPT-2's
+    with pytest.raises(ValueError, match="init must be"):
+        ARCHITECTURES.get("transformer")(32, 16, d_model=64, n_layer=2, init="xavier")

@@ -60,7 +60,7 @@ class Architecture(nn.Module):
     #: True if the model accepts sequences longer than ``context_length`` at evaluation time.
     extrapolates: bool = False
     #: an architecture changed under the same name (the built-in transformer's version "2": Primer's
-    #: convolutions) says so here; it enters the run id, so a study made before trains the new one
+    #: convolutions; "3": q, k, v started at N(0, 1/width)) says so here; it enters the run id, so a study made before trains the new one
     #: instead of taking the old run for it. None: run ids as they always were.
     version: str | None = None
 

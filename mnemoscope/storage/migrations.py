@@ -31,7 +31,11 @@ whole names in the default name   none (a study made before is found by rerunnin
 no convolutions in the weights    architectures, books-bpe, books-long, hf-families,
 of a ``transformer``              modalities, reference, scaling-text: GPT-2's recipe, built
                                   so (:func:`transformer_before_convolutions`) and tabled as
-                                  ``transformer:conv=0`` by a rerun (:func:`arch_before_convolutions`)
+                                  ``transformer:conv=0,init=gpt2`` by a rerun
+                                  (:func:`arch_before_convolutions`)
+convolutions, no ``arch_version`` copy-phase, recall-state, recall-ablation's study runs: the
+in result.json                    transformer's version 2 (GPT-2's N(0, 0.02) for q, k, v),
+                                  tabled as ``transformer:init=gpt2`` by a rerun
 ================================  ===========================================================
 """
 from __future__ import annotations
@@ -63,7 +67,8 @@ def without_format(config: dict[str, Any]) -> dict[str, Any]:
 def transformer_before_convolutions(config: dict[str, Any], state_dict: dict[str, Any]) -> dict[str, Any]:
     """The config to build a stored ``transformer`` (or ``window_transformer``) from: one trained
     before the architecture's version 2 has no convolution weights in its ``state_dict`` and was
-    GPT-2's recipe, so it is built with ``conv=0`` (``transformer_gpt2``); any other is unchanged."""
+    GPT-2's recipe, so it is built with ``conv=0`` (``transformer_gpt2``; its initialisation does not
+    matter to stored weights); any other is unchanged."""
     if "conv" in config or not any(k.endswith(".attn.qkv.weight") for k in state_dict):
         return config
     if any(k.endswith(".attn.conv.weight") for k in state_dict):
@@ -71,17 +76,27 @@ def transformer_before_convolutions(config: dict[str, Any], state_dict: dict[str
     return {**config, "conv": 0}
 
 
-def arch_before_convolutions(arch: str, state_dict: Callable[[], dict[str, Any]]) -> str:
-    """The name a stored run of ``transformer`` or ``window_transformer`` is tabled under: its spec
-    with ``conv=0`` where its weights (``state_dict()``, read only for these two) have no
-    convolutions, i.e. it was GPT-2's recipe, so that a study rerun after the transformer's version 2
-    tables the old run and the new one under two names (``transformer:conv=0`` beside ``transformer``)."""
+def arch_before_convolutions(arch: str, state_dict: Callable[[], dict[str, Any]], row: dict[str, Any] | None = None) -> str:
+    """The name a stored run of ``transformer`` or ``window_transformer`` is tabled under, where it
+    was trained by an earlier version of the architecture, so that a study rerun after a change
+    tables the old run and the new one under two names:
+
+    - weights (``state_dict()``, read only for these two) without convolutions: GPT-2's recipe from
+      before version 2, tabled with ``conv=0,init=gpt2`` (``transformer:conv=0,init=gpt2`` is
+      ``transformer_gpt2``);
+    - convolutions but no ``arch_version`` in its ``row`` (result.json; recorded since version 3):
+      version 2, whose q, k, v projections started at GPT-2's N(0, 0.02), tabled with ``init=gpt2``.
+    """
     head, sep, options = str(arch).partition(":")
-    if head not in ("transformer", "window_transformer") or "conv=" in options:
+    if head not in ("transformer", "window_transformer") or "conv=" in options or "init=" in options:
         return arch
-    if transformer_before_convolutions({}, state_dict()).get("conv") != 0:
+    if transformer_before_convolutions({}, state_dict()).get("conv") == 0:
+        extra = "conv=0,init=gpt2"
+    elif row is not None and row.get("arch_version") is None:
+        extra = "init=gpt2"
+    else:
         return arch
-    return f"{head}:{options + ',' if options else ''}conv=0"
+    return f"{head}:{options + ',' if options else ''}{extra}"
 
 
 def predates_data_fingerprint(row: dict[str, Any]) -> bool:

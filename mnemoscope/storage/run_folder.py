@@ -287,7 +287,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str = "cpu") -> torch.nn
     """The model a ``model.pt`` describes, with its weights, in eval mode."""
     cls, _, _ = parse_spec(ckpt["arch"], ARCHITECTURES)
     config = ckpt["arch_config"]
-    if getattr(cls, "version", None) == "2":  # the transformer's convolutions (mnemoscope.storage.migrations)
+    if getattr(cls, "version", None) is not None:  # the transformer's convolutions (mnemoscope.storage.migrations)
         config = transformer_before_convolutions(config, ckpt["state_dict"])
     model = build(cls, int(ckpt["vocab_size"]), int(ckpt["context_length"]), config)
     model.load_state_dict(ckpt["state_dict"])

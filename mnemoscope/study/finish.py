@@ -20,7 +20,9 @@ from ..contract.model import active_params, count_params, state_size
 from ..measure.evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
 from ..measure.history import run_tables, window_stride
 from ..measure.statistics import octave_gain
+from ..registry import ARCHITECTURES
 from ..settings import EVAL_BATCH, VALIDATION_WINDOWS
+from ..specs import parse_spec
 from ..storage.study_folder import RunFolder
 from ..training.loggers import log_results
 
@@ -69,6 +71,8 @@ def finish_run(study, run, run_id: str, trained, work: RunFolder) -> dict[str, A
         "status": status, "diverged_step": guard.step, "flops_per_token": fpt,
         "data_fingerprint": task.data_fingerprint(),
         "scoring_fingerprint": scoring_fingerprint(scored), "scoring_parts": json.dumps(scored, sort_keys=True),
+        # the architecture's version where it has one (result.json only: migrations.arch_before_convolutions)
+        "arch_version": getattr(parse_spec(run.arch, ARCHITECTURES)[0], "version", None),
     }
     try:
         log_results(trained.trainer.loggers, trained.hparams, {k: row[k] for k in ("test_loss", "final_val_loss")})

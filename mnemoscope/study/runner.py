@@ -377,7 +377,7 @@ class Study:
             row = fill_active_params(folder.row(), lambda arch: hasattr(parse_spec(arch, ARCHITECTURES)[0],
                                                                         "num_active_params"),
                                      lambda: active_params(folder.load_model()[0]))
-            rows.append({**row, "arch": arch_before_convolutions(row["arch"], lambda: folder.checkpoint()["state_dict"])})
+            rows.append({**row, "arch": arch_before_convolutions(row["arch"], lambda: folder.checkpoint()["state_dict"], row)})
             tables.append(folder.per_position())
         for row in rows:  # a list in result.json, JSON text in the table (one value per cell)
             if isinstance(row.get("resumes"), list):
