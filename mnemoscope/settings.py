@@ -101,10 +101,10 @@ class StudySettings:
     params: list[int] = setting([300_000], "target non-embedding parameter counts, e.g. 100k 1M (default: {default})",
                                 "--params", counts, nargs="+")
     context: int | None = setting(None, "context length in tokens (default: each task's natural length)", "--context")
-    tokens: int = setting(6_000_000, "training tokens per run, e.g. 2M (default: {default})", "--tokens", format_count)
+    tokens: int = setting(3_000_000, "training tokens per run, e.g. 2M (default: {default})", "--tokens", format_count)
     seeds: list[int] = setting([0], "random seeds (default: {default})", "--seeds", words, nargs="+", type=whole_number)
-    # 4, not auto (16 at 6M tokens): at CPU budgets the number of steps, not the batch, limits what a
-    # model learns, and recall's lookup needs about 1-3k steps to appear (results/recall-ablation)
+    # 4, not auto (8 at 3M tokens): at CPU budgets the number of steps, not the batch, limits what a
+    # model learns, and recall's lookup appears after about 500-750 steps (results/recall-ablation)
     batch_size: int | str = setting(4, "sequences per training batch (default {default}), or auto: the largest "
                                     f"power of two from {MIN_AUTO_BATCH} to {MAX_AUTO_BATCH} that leaves about "
                                     f"{MIN_STEPS} optimizer steps", "--batch-size")
