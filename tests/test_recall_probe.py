@@ -109,15 +109,18 @@ def test_a_stored_transformer_without_convolutions_loads_as_the_gpt2_recipe():
 def test_a_rerun_study_tables_the_old_recipe_under_its_own_name():
     old = ARCHITECTURES.get("transformer_gpt2")(32, 16, d_model=16, n_layer=2).state_dict()
     new = ARCHITECTURES.get("transformer")(32, 16, d_model=16, n_layer=2).state_dict()
-    from mnemoscope.storage.migrations import arch_before_convolutions
-    v3 = {"arch_version": "3"}
-    assert arch_before_convolutions("transformer", lambda: old, v3) == "transformer:conv=0,init=gpt2"
-    assert arch_before_convolutions("transformer:pos=learned", lambda: old) == "transformer:pos=learned,conv=0,init=gpt2"
-    assert arch_before_convolutions("transformer", lambda: new, v3) == "transformer"
+    from mnemoscope.storage.migrations import arch_before_convolutions, trained_version
+    v = lambda row, weights: lambda: trained_version(row, weights, lambda: "id-as-v2")
+    assert arch_before_convolutions("transformer", v({}, lambda: old)) == "transformer:conv=0,init=gpt2"
+    assert arch_before_convolutions("transformer:pos=learned", v({}, lambda: old)) == "transformer:pos=learned,conv=0,init=gpt2"
+    assert arch_before_convolutions("transformer", v({"arch_version": "3"}, lambda: 1 / 0)) == "transformer"
     # version 2 (convolutions, GPT-2's initialisation) recorded no arch_version
-    assert arch_before_convolutions("transformer", lambda: new, {}) == "transformer:init=gpt2"
-    assert arch_before_convolutions("window_transformer:window=8", lambda: new, {}) == "window_transformer:window=8,init=gpt2"
-    assert arch_before_convolutions("lstm", lambda: 1 / 0, {}) == "lstm"  # other architectures: weights never read
+    assert arch_before_convolutions("transformer", v({}, lambda: new)) == "transformer:init=gpt2"
+    assert arch_before_convolutions("window_transformer:window=8", v({}, lambda: new)) == "window_transformer:window=8,init=gpt2"
+    # no weights kept (a clone of a committed study): the run id tells version 2 from before it
+    assert arch_before_convolutions("transformer", v({"run_id": "id-as-v2"}, None)) == "transformer:init=gpt2"
+    assert arch_before_convolutions("transformer", v({"run_id": "older"}, None)) == "transformer:conv=0,init=gpt2"
+    assert arch_before_convolutions("lstm", lambda: 1 / 0) == "lstm"  # other architectures: never asked
     cls, _, options = __import__("mnemoscope.specs", fromlist=["parse_spec"]).parse_spec("transformer:conv=0,init=gpt2", ARCHITECTURES)
     gpt2 = ARCHITECTURES.get("transformer_gpt2")
     torch.manual_seed(0)

@@ -76,27 +76,35 @@ def transformer_before_convolutions(config: dict[str, Any], state_dict: dict[str
     return {**config, "conv": 0}
 
 
-def arch_before_convolutions(arch: str, state_dict: Callable[[], dict[str, Any]], row: dict[str, Any] | None = None) -> str:
+def arch_before_convolutions(arch: str, version: Callable[[], str | None]) -> str:
     """The name a stored run of ``transformer`` or ``window_transformer`` is tabled under, where it
     was trained by an earlier version of the architecture, so that a study rerun after a change
-    tables the old run and the new one under two names:
+    tables the old run and the new one under two names. ``version()`` (called for these two only)
+    is the version the run was trained as (:func:`trained_version`):
 
-    - weights (``state_dict()``, read only for these two) without convolutions: GPT-2's recipe from
-      before version 2, tabled with ``conv=0,init=gpt2`` (``transformer:conv=0,init=gpt2`` is
-      ``transformer_gpt2``);
-    - convolutions but no ``arch_version`` in its ``row`` (result.json; recorded since version 3):
-      version 2, whose q, k, v projections started at GPT-2's N(0, 0.02), tabled with ``init=gpt2``.
+    - None: GPT-2's recipe from before version 2 (no convolutions), tabled with ``conv=0,init=gpt2``
+      (``transformer:conv=0,init=gpt2`` is ``transformer_gpt2``);
+    - "2": convolutions, but q, k, v started at GPT-2's N(0, 0.02): tabled with ``init=gpt2``.
     """
     head, sep, options = str(arch).partition(":")
     if head not in ("transformer", "window_transformer") or "conv=" in options or "init=" in options:
         return arch
-    if transformer_before_convolutions({}, state_dict()).get("conv") == 0:
-        extra = "conv=0,init=gpt2"
-    elif row is not None and row.get("arch_version") is None:
-        extra = "init=gpt2"
-    else:
-        return arch
-    return f"{head}:{options + ',' if options else ''}{extra}"
+    extra = {None: "conv=0,init=gpt2", "2": "init=gpt2"}.get(version())
+    return arch if extra is None else f"{head}:{options + ',' if options else ''}{extra}"
+
+
+def trained_version(row: dict[str, Any], state_dict: Callable[[], dict[str, Any]] | None,
+                    id_as_version_2: Callable[[], str]) -> str | None:
+    """The architecture version a stored run was trained as: recorded in its ``row`` (result.json)
+    since version 3; before that, from its weights where they are kept (``state_dict``; None where
+    the folder holds none, as in a clone of the committed studies): convolutions mean version 2;
+    else from its run id, which held the version from version 2 on (``id_as_version_2()`` is the
+    id the run would have as version 2)."""
+    if row.get("arch_version") is not None:
+        return row["arch_version"]
+    if state_dict is not None:
+        return None if transformer_before_convolutions({}, state_dict()).get("conv") == 0 else "2"
+    return "2" if row.get("run_id") == id_as_version_2() else None
 
 
 def predates_data_fingerprint(row: dict[str, Any]) -> bool:

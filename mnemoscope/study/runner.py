@@ -31,7 +31,7 @@ from ..measure.history import history_steps
 from ..registry import ARCHITECTURES, TASKS
 from ..settings import EVAL_BATCH
 from ..specs import format_count, parse_spec
-from ..storage.migrations import arch_before_convolutions, fill_active_params, predates_data_fingerprint
+from ..storage.migrations import arch_before_convolutions, fill_active_params, predates_data_fingerprint, trained_version
 from ..storage.study_folder import RunFolder, StudyFolder, disk_error
 from ..training.callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines, TrainingHistory
 from ..training.checkpoints import Elapsed, latest_checkpoint, resume_line, resume_record
@@ -369,6 +369,12 @@ class Study:
         theirs = work.move_to(self.runs_dir / run_id)
         return row if theirs is None else theirs
 
+    def trained_version(self, folder: RunFolder, row: dict) -> str | None:
+        """The architecture version a stored run was trained as (:func:`mnemoscope.storage.migrations.trained_version`)."""
+        weights = (lambda: folder.checkpoint()["state_dict"]) if folder.has_model() else None
+        spec = RunSpec(row["arch"], row["task"], int(row["params"]), int(row["seed"]))
+        return trained_version(row, weights, lambda: spec.run_id(self.config, row.get("data_fingerprint"), "2"))
+
     def collect(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Rebuild runs.parquet and per_position.parquet from the finished runs' folders."""
         rows, tables = [], []
@@ -377,7 +383,7 @@ class Study:
             row = fill_active_params(folder.row(), lambda arch: hasattr(parse_spec(arch, ARCHITECTURES)[0],
                                                                         "num_active_params"),
                                      lambda: active_params(folder.load_model()[0]))
-            rows.append({**row, "arch": arch_before_convolutions(row["arch"], lambda: folder.checkpoint()["state_dict"], row)})
+            rows.append({**row, "arch": arch_before_convolutions(row["arch"], lambda: self.trained_version(folder, row))})
             tables.append(folder.per_position())
         for row in rows:  # a list in result.json, JSON text in the table (one value per cell)
             if isinstance(row.get("resumes"), list):
