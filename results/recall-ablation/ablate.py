@@ -46,9 +46,14 @@ VARIANTS = {
     "lr 1e-3": ("transformer_gpt2", {"n_layer": 4}, {"lr": 1e-3}),
     "qk-norm": (Switched, {"n_layer": 4, "qknorm": True}, {}),
     "hf:llama": ("hf:llama", {"num_hidden_layers": 4}, {}),
-    "convolutions": ("transformer", {"n_layer": 4, "rotary_fraction": 1.0}, {}),  # GPT-2 + Primer's convolutions
-    "convolutions, rotary on 1/4": ("transformer", {"n_layer": 4, "rotary_fraction": 0.25}, {}),
-    "convolutions, no positions": ("transformer", {"n_layer": 4, "rotary_fraction": 0.0}, {}),
+    # GPT-2 + Primer's convolutions (the built-in's version 2: GPT-2's N(0, 0.02) start)
+    "convolutions": ("transformer", {"n_layer": 4, "init": "gpt2"}, {}),
+    "convolutions, rotary on 1/4": ("transformer", {"n_layer": 4, "rotary_fraction": 0.25, "init": "gpt2"}, {}),
+    "convolutions, no positions": ("transformer", {"n_layer": 4, "rotary_fraction": 0.0, "init": "gpt2"}, {}),
+    "convolutions, lr 6e-3": ("transformer", {"n_layer": 4, "init": "gpt2"}, {"lr": 6e-3}),
+    # the built-in transformer (version 3): q, k, v started at N(0, 1/width); the same draws as the
+    # runs made before it was the default (GPT-2's start, then q, k, v drawn again)
+    "convolutions, qkv init 1/width": ("transformer", {"n_layer": 4}, {}),
 }
 SLUG = {name: name.replace(" + ", "-").replace(", ", "-").replace(" ", "-").replace(":", "-").replace("/", "of")
         for name in VARIANTS}
@@ -96,7 +101,7 @@ def run(variant: str, seed: int, tokens: int, batch: int, params: int, every: in
     with tempfile.TemporaryDirectory() as logs:
         fit(model, splits["train"], splits["validation"], task.context_length, cfg, Path(logs), callbacks=[acc],
             progress=False)
-    df = pd.DataFrame(acc.rows).assign(variant=variant, seed=seed, tokens_budget=tokens, arch=str(arch if isinstance(arch, str) else "Switched"),
+    df = pd.DataFrame(acc.rows).assign(variant=variant, seed=seed, tokens_budget=tokens, arch=str(arch if isinstance(arch, str) else arch.__name__),
                                         config=str(config), params=count_params(model), lr=cfg.lr, batch=batch)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / curve_name(variant, seed, params, tokens), index=False)

@@ -101,3 +101,4 @@ class Switched(Transformer):
         for b in self.blocks:
             x = b(x, rot)
         return self.ln_f(x)
+
