@@ -36,7 +36,8 @@ def test_each_committed_study_reads_through_the_storage_layer(study):
     assert finished and len(finished) == len(folder.read_table("runs.parquet"))
     for run_id in finished:
         run = folder.run(run_id)
-        assert run.format() == fmt and "format" not in run.row() and run.row()["run_id"] == run_id
+        # a rerun of an older study adds runs at today's format beside its old ones
+        assert run.format() <= fmt and "format" not in run.row() and run.row()["run_id"] == run_id
         losses, mask = run.losses()
         assert losses.shape == mask.shape and len(run.per_position()) == losses.shape[1]
     pp = folder.per_position()  # bytes columns present, filled for byte-level text where missing
