@@ -101,9 +101,9 @@ class StudySettings:
     params: list[int] = setting([300_000], "target non-embedding parameter counts, e.g. 100k 1M (default: {default})",
                                 "--params", counts, nargs="+")
     context: int | None = setting(None, "context length in tokens (default: each task's natural length)", "--context")
-    tokens: int = setting(3_000_000, "training tokens per run, e.g. 2M (default: {default})", "--tokens", format_count)
+    tokens: int = setting(4_000_000, "training tokens per run, e.g. 2M (default: {default})", "--tokens", format_count)
     seeds: list[int] = setting([0], "random seeds (default: {default})", "--seeds", words, nargs="+", type=whole_number)
-    # 4, not auto (8 at 3M tokens): at CPU budgets the number of steps, not the batch, limits what a
+    # 4, not auto (8 at 4M tokens): at CPU budgets the number of steps, not the batch, limits what a
     # model learns, and recall's lookup appears after about 500-750 steps (results/recall-ablation)
     batch_size: int | str = setting(4, "sequences per training batch (default {default}), or auto: the largest "
                                     f"power of two from {MIN_AUTO_BATCH} to {MAX_AUTO_BATCH} that leaves about "

@@ -258,7 +258,7 @@ def test_the_scan_reads_every_subfolder(tmp_path):
     ("mnemoscope/measure/ablation.py", "max_tokens: int = ABLATION_TOKENS", "max_tokens: int = 1 << 15"),
     ("mnemoscope/measure/statistics.py", "n_boot: int = ANALYSIS.fit_boot", "n_boot: int = 200"),
     ("benchmarks/common.py", "level: float = LEVEL", "level: float = 95"),
-    ("benchmarks/run.py", "{format_count(STUDY.tokens)}", "3M"),
+    ("benchmarks/run.py", "{format_count(STUDY.tokens)}", "4M"),
 ])
 def test_the_scan_sees_a_copy(path, old, new):
     source = (REPO / path).read_text()
