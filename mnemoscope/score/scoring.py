@@ -40,20 +40,21 @@ import pandas as pd
 import torch
 import yaml
 
-from ..analysis.analyze import FIT_COLUMNS, Ablation, ablation_table, context_bytes, truncation_ablation
+from ..analysis.analyze import FIT_COLUMNS, labelled
 from ..contract.model import count_params, token_losses
 from ..contract.task import Task, TokenSplit, sequences_split, split_documents
 from ..contract.windows import eval_offsets, window_batch
 from ..errors import UserError
-from ..measure.evaluate import _digest, bootstrap_ci, scoring_fingerprint, scoring_parts, window_bytes
-from ..measure.statistics import (MIN_WINDOWS, bootstrap_fit, context_resolution, last_significant_octave, octave_gain,
-                                  octave_gains, truncation_check)
+from ..measure.ablation import Ablation, ablation_fields, truncation_ablation
+from ..measure.bootstrap import bootstrap_indices
+from ..measure.evaluate import _digest, scoring_fingerprint, scoring_parts, window_bytes
+from ..measure.statistics import MIN_WINDOWS, context_resolution, curve_shape, loss_buckets, truncation_check
 from ..registry import TASKS
 from ..settings import ANALYSIS, N_BOOT, SCORE
 from ..specs import parse_spec
 from ..storage import files
 from ..storage.study_folder import RunFolder, StudyFolder
-from ..study.runner import POSITION_COLUMNS, RUN_COLUMNS
+from ..study.finish import POSITION_COLUMNS, RUN_COLUMNS, run_results
 from .models import Loaded, load_model
 from .pairs import byte_gaps
 
@@ -236,18 +237,7 @@ def _ablation(model, split, T: int, s: Settings, token_bytes, work: Path, seed: 
     ab = Ablation(a["contexts"], {v: a[f"loss_{v}"] for v in s.variants}, a["available"],
                   {v: int(c) for v, c in zip(s.variants, a["cost"])},
                   {v: (a[f"refined_n_{v}"], a[f"refined_{v}"]) for v in s.variants if f"refined_n_{v}" in a})
-    context = ablation_table(ab, s.tolerance, s.n_boot, seed)
-    cbytes = context_bytes(split, T, s.targets, range(1, T + 1), token_bytes)
-    context["context_bytes"] = context["context"].map(cbytes) if cbytes else np.nan
-    fit = {"full_context_loss": float(ab.losses[s.variants[0]][:, -1].mean()),
-           "ablation_targets": int(len(ab.available)), "ablation_forward_tokens": int(sum(ab.forward_tokens.values()))}
-    for variant in s.variants:
-        first = context[context["variant"] == variant].iloc[0]
-        name = "effective_context" + ("" if variant == "truncate" else f"_{variant}")
-        for suffix in ("", "_low", "_high"):
-            fit[name + suffix] = int(first["effective_context" + suffix])
-            if variant == "truncate":
-                fit[f"{name}_bytes{suffix}"] = cbytes.get(int(first["effective_context" + suffix]), math.nan)
+    context, fit = ablation_fields(ab, split, T, s.targets, token_bytes, s.tolerance, s.n_boot, seed)
     return context, {**fit, **truncation_check(context, s.tolerance), **context_resolution(context)}
 
 
@@ -266,7 +256,6 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print, wind
     log(f"score: {loaded.label}: {int(mask.sum()):,} targets of {len(losses)} windows, "
         f"{(losses * mask).sum() / max(mask.sum(), 1):.4f} nats/token, {time.time() - t0:.0f} s")
     seed = 0
-    mean, lo, hi, count = bootstrap_ci(losses, mask, n_boot=s.n_boot, seed=seed)
     nbytes = window_bytes(split, T, n, token_bytes)
     parts = (scoring_parts(task, n, mask) if loaded.task_tokens else
              {"task": str(task.fingerprint()), "tokenizer": loaded.tokenizer_fingerprint, "context": str(T),
@@ -274,51 +263,32 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print, wind
               "mask": _digest(np.asarray(mask, bool))})
 
     context, ablation_fit = _ablation(model, split, T, s, token_bytes, work, seed, log, loaded.label)
-    octaves = octave_gains(losses, mask, s.n_boot, seed)
-    start, end = last_significant_octave(octaves)
-    fit = bootstrap_fit(losses, mask, n_boot=ANALYSIS.fit_boot if start is not None else 0, seed=seed)
-    if start is None and fit["fit_status"] in ("ok", "not converged"):
-        fit["fit_status"] = "flat"
-    gain = octave_gain(losses, mask, T // 4, T // 2, T, n_boot=s.n_boot, seed=seed)
+    octaves, shape = curve_shape(losses, mask, s.n_boot, ANALYSIS.fit_boot, seed)
     buckets = length_buckets(losses, mask, loaded.training_context, s.n_boot, seed)
-    test_loss = float((losses * mask).sum() / max(mask.sum(), 1))
     label = {"run_id": "", "arch": loaded.label, "task": s.task, "params": loaded.params, "seed": seed}
+    scored, pp, stored = run_results(losses, mask, nbytes, label, s.n_boot, seed)
     row = {**label, "context": T, "arch_config": json.dumps(loaded.describe, sort_keys=True, default=str),
            "target_params": loaded.params, "achieved_params": loaded.params, "active_params": loaded.params,
            "total_params": count_params(model, non_embedding=False), "state_size": None,
            "batch_size": s.batch_size, "tokens_trained": loaded.tokens_trained, "wall_seconds": None,
-           "torch_threads": torch.get_num_threads(), "final_val_loss": None, "test_loss": test_loss,
-           "last_octave_gain": gain[0], "last_octave_gain_low": gain[1], "last_octave_gain_high": gain[2],
+           "torch_threads": torch.get_num_threads(), "final_val_loss": None, **scored,
            "status": "ok" if np.isfinite(losses[mask]).all() else "diverged", "diverged_step": None,
            "flops_per_token": None, "data_fingerprint": task.data_fingerprint(),
            "scoring_fingerprint": scoring_fingerprint(parts), "scoring_parts": json.dumps(parts, sort_keys=True),
            "source": loaded.source, "kind": loaded.kind, "training_context": loaded.training_context,
            "windows": "task" if loaded.task_tokens else "byte-aligned", "score_seconds": round(time.time() - t0, 1),
            "n_windows": int((mask.sum(1) > 0).sum())}
-    pp = pd.DataFrame({**label, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
-                       "n_sequences": count.astype(np.int64), "context_bytes": np.nan, "target_bytes": np.nan})
-    stored = {"losses": losses, "mask": mask}
-    if nbytes is not None:
-        pp["context_bytes"] = nbytes[0].mean(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            pp["target_bytes"] = (nbytes[1] * mask).sum(0) / mask.sum(0)
-        stored.update(bytes=nbytes[0].astype(np.int32), target_bytes=nbytes[1].astype(np.int32))
     if not loaded.task_tokens:
         stored["window_starts"] = np.array([int(d.rpartition("@")[2]) for d in split.documents], np.int64)
         stored["window_documents"] = np.array([d.rpartition("@")[0] for d in split.documents])
-    fit_row = {**label, "context": T, "n_sequences": int(len(losses)), **{k: v for k, v in fit.items() if k in FIT_COLUMNS},
-               "last_octave_gain": octaves["gain"].iloc[-1], "last_octave_gain_low": octaves["gain_low"].iloc[-1],
-               "last_octave_gain_high": octaves["gain_high"].iloc[-1], "last_significant_octave_start": start,
-               "last_significant_octave_end": end, "tolerance": s.tolerance, "extrapolates": s.extrapolate,
+    fit_row = {**label, "context": T, **{k: v for k, v in shape.items() if k in FIT_COLUMNS},
+               "tolerance": s.tolerance, "extrapolates": s.extrapolate,
                "training_context": loaded.training_context, **ablation_fit}
     if int((mask.sum(1) > 0).sum()) < MIN_WINDOWS:  # a bootstrap over one window: intervals of zero width
         no_intervals(row, pp, fit_row, context, octaves, buckets)
         log(f"score: {loaded.label}: one window scored: no interval and no claim of significance (an interval "
             f"needs at least {MIN_WINDOWS} windows; raise --sequences)")
-    tables = {"context": context, "octaves": octaves, "extrapolation_buckets": buckets}
-    for df in tables.values():  # each row labelled with its model, as analyze labels a run's
-        for i, (k, v) in enumerate(label.items()):
-            df.insert(i, k, v)
+    tables = labelled({"context": context, "octaves": octaves, "extrapolation_buckets": buckets}, label)
     return {"row": row, "pp": pp, "stored": stored, "fit": fit_row, **tables}
 
 
@@ -349,20 +319,10 @@ def length_buckets(losses, mask, training: int | None, n_boot: int = N_BOOT, see
     the context is within it), each with a bootstrap interval over windows."""
     T = losses.shape[1]
     L = int(training) if training else T
-    m = mask.astype(np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(losses), size=(n_boot, len(losses)))
-    rows = []
-    for start in range(0, T, L):
-        end = min(T, start + L)
-        num, den = (losses[:, start:end] * m[:, start:end]).sum(1), m[:, start:end].sum(1)
-        if den.sum() == 0:
-            continue
-        boots = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1)
-        b_lo, b_hi = np.percentile(boots, [2.5, 97.5])
-        rows.append({"factor": T / L, "length": T, "bucket_start": start, "bucket_end": end,
-                     "past_training_length": start >= L, "loss": num.sum() / den.sum(), "ci_low": b_lo,
-                     "ci_high": b_hi, "n_sequences": int((den > 0).sum())})
-    return pd.DataFrame(rows)
+    idx = bootstrap_indices(len(losses), n_boot, seed)
+    return pd.DataFrame([{"factor": T / L, "length": T, "bucket_start": b["bucket_start"], "bucket_end": b["bucket_end"],
+                          "past_training_length": b["bucket_start"] >= L, **b}
+                         for b in loss_buckets(losses, mask, L, idx)])
 
 
 ANALYSIS_TABLES = ("context", "octaves", "extrapolation_buckets")  # a scored model's runs/<id>/analysis/NAME.parquet
