@@ -100,6 +100,9 @@ def test_a_run_folder_reproduces_its_study_and_pairs_with_it(study, text_dir, tm
     assert 1 <= fits["effective_context"].iloc[0] <= 16 and fits["effective_context_bytes"].notna().all()
     for f in ("config.yaml", "context.parquet", "octaves.parquet", "extrapolation_buckets.parquet", "report.html"):
         assert (out / f).exists(), f
+    from mnemoscope.storage.migrations import FORMAT
+    assert yaml.safe_load((out / "config.yaml").read_text())["format"] == FORMAT  # a scored folder's format, as a study's
+    assert [p.name for p in (out / "runs").iterdir()] == [row["run_id"]]  # no working folder (.tmp-*) left
     capsys.readouterr()
     assert main(args) == 0  # a rerun finds the model finished and scores nothing
     assert "already scored" in capsys.readouterr().out
@@ -261,3 +264,28 @@ def test_one_window_gives_no_interval_and_no_claim_and_no_targets_no_empty_value
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", (none / "report.html").read_text()))
     assert "tiny-llama not measured (no truncation ablation: --targets 0)." in text
     assert not re.search(r"tiny-llama \.", text)
+
+
+def test_a_stopped_score_resumes_from_the_stages_its_working_folder_keeps(tmp_path):
+    """runs/.tmp-<id>/ keeps the window losses batch by batch (RunFolder stages): a rerun reads
+    them and scores only the batches still missing."""
+    from mnemoscope.contract.task import sequences_split
+    from mnemoscope.score.scoring import _stage, window_losses
+    from mnemoscope.storage.study_folder import StudyFolder
+
+    class Counting(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            Counting.calls += 1
+            return torch.zeros(*x.shape, 5)
+
+    split = sequences_split(np.arange(4 * 9).reshape(4, 9) % 5, [f"d@{i}" for i in range(4)])
+    work = StudyFolder(tmp_path).work("m")
+    work.write_stage("losses.partial", {"losses": np.full((2, 8), 7.0, np.float32)})  # two windows done
+    z = _stage(work, "losses", lambda: window_losses(Counting(), split, 8, 4, 2, work))
+    assert Counting.calls == 1 and z["losses"].shape == (4, 8) and (z["losses"][:2] == 7).all()
+    np.testing.assert_allclose(z["losses"][2:], np.log(5), rtol=1e-6)
+    again = _stage(work, "losses", lambda: 1 / 0)  # finished: read back, never recomputed
+    assert (again["losses"] == z["losses"]).all() and sorted(p.name for p in work.path.iterdir()) == [
+        "losses.npz", "losses.partial.npz"]

@@ -125,3 +125,35 @@ def test_a_run_folder_reads_back_what_it_writes_and_leaves_no_temporary_file(tmp
     assert [s["step"] for s in run.steps()] == [3]
     left = [p.name for p in run.path.rglob("*") if p.name.startswith(".")]
     assert not left, left
+
+
+SCORED = [s for s in STUDIES if StudyFolder(s).config().get("score")]
+
+
+def test_the_committed_scored_folders_load_through_the_migration(tmp_path):
+    """A scored folder (study.py score) written before its config.yaml carried ``format`` reads as
+    format 0, the current layout; its tables rebuild in a copy without a byte of its config changed."""
+    import shutil
+
+    import mnemoscope
+    from mnemoscope.score.scoring import collect
+
+    assert [s.name for s in SCORED] == ["pretrained-smollm2"]
+    for study in SCORED:
+        folder = StudyFolder(study)
+        assert folder.format() == 0 and "format" not in yaml.safe_load(folder.config_path.read_text())
+        config = folder.score_config()
+        assert config["score"]["models"] == {config["archs"][0]: config["score"]["models"][config["archs"][0]]}
+        assert config["score"]["task"] == config["tasks"][0] and config["context"] == config["score"]["context"]
+        results = mnemoscope.load(study)
+        assert list(results.runs["arch"]) == config["archs"] and len(results.per_position) == config["context"]
+        copy = tmp_path / study.name
+        shutil.copytree(study, copy)
+        runs, pp = collect(copy)
+        assert list(runs["run_id"]) == folder.finished() and (copy / "config.yaml").read_bytes() == folder.config_path.read_bytes()
+
+
+def test_an_older_scored_config_lists_its_models_as_paths():
+    old = {"archs": ["a"], "score": {"task": "books", "models": ["/some/a.gguf"]}}
+    assert migrations.score_config(old)["score"] == {"task": "books", "models": {}}
+    assert migrations.score_config({"archs": ["a"], "score": {"models": {"a": "x"}}})["score"]["models"] == {"a": "x"}

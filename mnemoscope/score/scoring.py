@@ -31,14 +31,12 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from ..analysis.analyze import FIT_COLUMNS, labelled
 from ..contract.model import count_params, token_losses
@@ -52,7 +50,6 @@ from ..measure.statistics import MIN_WINDOWS, context_resolution, curve_shape, l
 from ..registry import TASKS
 from ..settings import ANALYSIS, N_BOOT, SCORE
 from ..specs import parse_spec
-from ..storage import files
 from ..storage.study_folder import RunFolder, StudyFolder
 from ..study.finish import POSITION_COLUMNS, RUN_COLUMNS, run_results
 from .models import Loaded, load_model
@@ -175,44 +172,33 @@ def _run_id(loaded: Loaded, s: Settings, data: str) -> str:
     return f"{slug(loaded.label)}-{slug(s.task)}-ctx{s.context}-{digest}"
 
 
-def _save_npz(path: Path, arrays: dict) -> None:
-    def write(p):
-        with open(p, "wb") as f:
-            np.savez(f, **arrays)
-    files.atomic_write(path, write)
-
-
-def _stage(work: Path, name: str, compute):
+def _stage(work: RunFolder, name: str, compute):
     """A stage's arrays kept in the work folder, computed once (a stopped command resumes here)."""
-    path = work / f"{name}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+    done = work.stage(name)
+    if done is not None:
+        return done
     out = compute()
-    _save_npz(path, out)
+    work.write_stage(name, out)
     return out
 
 
 @torch.no_grad()
-def window_losses(model, split: TokenSplit, T: int, n: int, batch_size: int, partial: Path) -> dict:
-    """``per_position_losses`` of the same windows, the batches finished so far kept in ``partial``:
-    a stopped command resumes at the next batch. Returns {"losses": (N, T), "mask": (N, T)}."""
+def window_losses(model, split: TokenSplit, T: int, n: int, batch_size: int, work: RunFolder) -> dict:
+    """``per_position_losses`` of the same windows, the batches finished so far kept in ``work``'s
+    ``losses.partial`` stage: a stopped command resumes at the next batch. Returns {"losses": (N, T), "mask": (N, T)}."""
     offsets = eval_offsets(split, T, n)
-    done = []
-    if partial.exists():
-        with np.load(partial) as z:
-            done = list(z["losses"])
+    partial = work.stage("losses.partial")
+    done = list(partial["losses"]) if partial is not None else []
     model.eval()
     for i in range(len(done), len(offsets), batch_size):
         x, y, _ = window_batch(split, offsets[i:i + batch_size], T)
         done += list(token_losses(model, x, y).float().numpy())
-        rows = np.stack(done).astype(np.float32)
-        _save_npz(partial, {"losses": rows})
+        work.write_stage("losses.partial", {"losses": np.stack(done).astype(np.float32)})
     mask = window_batch(split, offsets, T)[2].numpy()
     return {"losses": np.stack(done).astype(np.float32), "mask": mask}
 
 
-def _ablation(model, split, T: int, s: Settings, token_bytes, work: Path, seed: int, log, label: str):
+def _ablation(model, split, T: int, s: Settings, token_bytes, work: RunFolder, seed: int, log, label: str):
     """The truncation ablation's table (with bytes of context) and its fields of the fit row; with
     ``s.targets`` 0, none (an empty table: the effective context is not measured)."""
     if s.targets == 0:
@@ -241,7 +227,7 @@ def _ablation(model, split, T: int, s: Settings, token_bytes, work: Path, seed: 
     return context, {**fit, **truncation_check(context, s.tolerance), **context_resolution(context)}
 
 
-def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print, windows=None) -> dict:
+def measure(loaded: Loaded, task: Task, s: Settings, work: RunFolder, log=print, windows=None) -> dict:
     """Every number of one model, its stages kept in ``work``: the result row, the per-position
     table, the stored losses, and the fit, context, octave and bucket tables. ``windows``: what
     :func:`score_windows` gave for the model (made here when None)."""
@@ -251,7 +237,7 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print, wind
     model = loaded.model
     n = s.sequences
 
-    z = _stage(work, "losses", lambda: window_losses(model, split, T, n, s.batch_size, work / "losses.partial.npz"))
+    z = _stage(work, "losses", lambda: window_losses(model, split, T, n, s.batch_size, work))
     losses, mask = z["losses"], z["mask"]
     log(f"score: {loaded.label}: {int(mask.sum()):,} targets of {len(losses)} windows, "
         f"{(losses * mask).sum() / max(mask.sum(), 1):.4f} nats/token, {time.time() - t0:.0f} s")
@@ -328,19 +314,20 @@ def length_buckets(losses, mask, training: int | None, n_boot: int = N_BOOT, see
 ANALYSIS_TABLES = ("context", "octaves", "extrapolation_buckets")  # a scored model's runs/<id>/analysis/NAME.parquet
 
 
-def _write_run(out: Path, run_id: str, work: Path, result: dict) -> None:
-    """The model's finished folder, assembled in ``work`` and moved into place whole."""
+def _write_run(out: Path, run_id: str, work: RunFolder, result: dict) -> None:
+    """The model's finished folder, assembled in a folder of this process and moved into place whole;
+    the stages kept in ``work`` then go."""
     row = {**result["row"], "run_id": run_id}
-    runs_dir = StudyFolder(out).runs_dir
-    tmp = RunFolder(runs_dir / f".tmp-{run_id}-{os.getpid()}")
-    shutil.rmtree(tmp.path, ignore_errors=True)
+    study = StudyFolder(out)
+    tmp = study.work(run_id, os.getpid())
+    tmp.remove()
     tmp.write_per_position(result["pp"].assign(run_id=run_id))
     tmp.write_losses(**result["stored"])
     tmp.write_analysis("fit", {**result["fit"], "run_id": run_id},
                        {name: result[name].assign(run_id=run_id) for name in ANALYSIS_TABLES})
     tmp.write_row(row)
-    tmp.move_to(runs_dir / run_id)
-    shutil.rmtree(work, ignore_errors=True)
+    tmp.move_to(study.run(run_id).path)
+    work.remove()
 
 
 def collect(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -380,27 +367,24 @@ def score(models: list[str], s: Settings, out: Path, log=print) -> pd.DataFrame:
         if labels.count(x.label) > 1:
             x.label = f"{x.label}-{labels[:i + 1].count(x.label)}"
     windows = [score_windows(x, task, s) for x in loaded]  # every check of the text, before anything is written
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {"name": out.resolve().name, "archs": [x.label for x in loaded], "tasks": [s.task],
+    study = StudyFolder(out)
+    config = {"name": study.out.resolve().name, "archs": [x.label for x in loaded], "tasks": [s.task],
               "params": list(dict.fromkeys(x.params for x in loaded)), "context": s.context, "seeds": [0],
               "eval_sequences": s.sequences,
               "score": {**s.key(), "variants": list(s.variants), "models": {x.label: x.source for x in loaded}}}
-    old = files.read_yaml(out / "config.yaml") if (out / "config.yaml").exists() else None
-    if isinstance(old, dict) and old.get("score"):  # models scored earlier into this folder stay listed, once each
+    old = study.score_config()
+    if old is not None:  # models scored earlier into this folder stay listed, once each
         config["archs"] = list(dict.fromkeys(old.get("archs", []) + config["archs"]))
-        earlier = old["score"].get("models")  # {label: path as typed}; a list before this layout: not kept
-        config["score"]["models"] = {**(earlier if isinstance(earlier, dict) else {}), **config["score"]["models"]}
+        config["score"]["models"] = {**old["score"]["models"], **config["score"]["models"]}
         config["params"] = list(dict.fromkeys(old.get("params", []) + config["params"]))
-    files.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    StudyFolder(out).write_environment()
+    study.write_config(config)
+    study.write_environment()
     data = task.data_fingerprint()
     for x, w in zip(loaded, windows):
         run_id = _run_id(x, s, data)
-        if (out / "runs" / run_id / "result.json").exists():
+        if study.run(run_id).finished:
             log(f"score: {x.label}: already scored ({run_id})")
             continue
-        work = out / "runs" / f".tmp-{run_id}"
-        work.mkdir(parents=True, exist_ok=True)
+        work = study.work(run_id)
         _write_run(out, run_id, work, measure(x, task, s, work, log, w))
     return collect(out)[0]

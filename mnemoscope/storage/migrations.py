@@ -27,6 +27,10 @@ in runs/<id>/analysis/
                                   pretrained-smollm2)
 windows inside documents          books-long (its data.json, written before the documents'
 in data.json                      spans were looked at, says windows may cross documents)
+``format`` in a scored folder's   pretrained-smollm2 (written by ``study.py score`` before the
+config.yaml                       number was: read as format 0, the same keys)
+``score: models:`` a list         none committed: a scored folder of an older ``score`` listed
+                                  the models' paths without their labels (:func:`score_config`)
 whole names in the default name   none (a study made before is found by rerunning its command)
 no convolutions in the weights    architectures, books-bpe, books-long, hf-families,
 of a ``transformer``              modalities, reference, scaling-text: GPT-2's recipe, built
@@ -44,6 +48,14 @@ from ..contract.text_task import TextTask, byte_level_spec
 from ..errors import UserError
 from ..registry import TASKS
 from ..specs import parse_spec
+
+def score_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A scored folder's config.yaml (``study.py score``) as the current layout reads it: ``score:
+    models:`` a mapping of each model's label to its path as typed (an older ``score`` wrote a list of
+    paths, whose labels are unknown: read as no mapping, so a rerun lists its own models only)."""
+    models = (config.get("score") or {}).get("models")
+    return {**config, "score": {**config["score"], "models": models if isinstance(models, dict) else {}}}
+
 
 #: the layout this code writes: ``format`` in every ``result.json`` and ``config.yaml``
 FORMAT = 1
