@@ -289,3 +289,28 @@ def test_a_stopped_score_resumes_from_the_stages_its_working_folder_keeps(tmp_pa
     again = _stage(work, "losses", lambda: 1 / 0)  # finished: read back, never recomputed
     assert (again["losses"] == z["losses"]).all() and sorted(p.name for p in work.path.iterdir()) == [
         "losses.npz", "losses.partial.npz"]
+
+
+def test_whole_scores_one_file_from_its_first_byte_to_its_last(text_dir, tmp_path):
+    """--whole: a single file (never split 80/10/10) in consecutive windows of the model's tokens,
+    the first starting at byte 0, each where the one before ended, the last (shorter) ending at the
+    file's last byte: the bytes scored are the file's bytes, every one of them."""
+    folder = hf_folder(text_dir, tmp_path / "hf")
+    one = tmp_path / "one.txt"
+    one.write_bytes((text_dir / "doc00.txt").read_bytes()[:700] + "a naïve café, déjà vu\n".encode())
+    out = tmp_path / "whole"
+    T = 16
+    assert main(["score", str(folder), "--task", f"text:{one}", "--context", str(T), "--targets", "4", "--whole",
+                 "--out", str(out)]) == 0
+    row = pd.read_parquet(out / "runs.parquet").iloc[0]
+    z = dict(np.load(next((out / "runs").iterdir()) / "losses.npz"))
+    starts, ctx, tgt, mask = z["window_starts"], z["bytes"], z["target_bytes"], z["mask"]
+    assert row["windows"] == "whole" and row["n_windows"] == len(starts) > 2 and set(z["window_documents"]) == {"one.txt"}
+    assert starts[0] == 0 and mask[:-1].all()  # from byte 0; every window but the last is whole
+    np.testing.assert_array_equal(starts[1:], starts[:-1] + ctx[:-1, T - 1])  # each starts where the one before ended
+    last = np.flatnonzero(mask[-1])[-1]
+    assert starts[-1] + ctx[-1, last] + tgt[-1, last] == len(one.read_bytes())  # ... to the file's last byte
+    # every token but the first is a target once: the targets' bytes are the file's, less the first token's
+    assert (tgt * mask).sum() == len(one.read_bytes()) - ctx[0, 0]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["score"]["whole"] is True

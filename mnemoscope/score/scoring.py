@@ -52,7 +52,7 @@ from ..settings import ANALYSIS, N_BOOT, SCORE
 from ..specs import parse_spec
 from ..storage.study_folder import RunFolder, StudyFolder
 from ..study.finish import POSITION_COLUMNS, RUN_COLUMNS, run_results
-from .models import Loaded, load_model
+from .models import Loaded, load_model, text_reader
 from .pairs import byte_gaps
 
 #: bytes of text reserved per token when cutting a byte-aligned window (more than any tokenizer's mean)
@@ -91,18 +91,47 @@ def byte_windows(docs, starts, T: int, loaded: Loaded) -> tuple[TokenSplit, np.n
         raw = raw[:cut + 1] if cut > len(raw) // 2 else raw
         # the document is UTF-8 (utf8_documents): only a character cut at the window's end is left out
         ids = loaded.encode(codecs.getincrementaldecoder("utf-8")().decode(raw, final=False))[:T + 1]
-        if len(ids) and max(ids) >= loaded.vocab_size:
-            raise UserError(f"{loaded.label}: its tokenizer gave token {max(ids)} for the text of {docs[doc][0]}, "
-                            f"past the model's {loaded.vocab_size} rows (a special token written in the text?)")
-        row = np.zeros(T + 1, np.int64)
-        row[:len(ids)] = ids
-        m = np.zeros(T + 1, bool)
-        m[1:len(ids)] = True
+        row, m = _token_row(ids, T, loaded, docs[doc][0])
         rows.append(row)
         masks.append(m)
         names.append(f"{docs[doc][0]}@{at}")
     windows, mask = np.stack(rows), np.stack(masks)
     return sequences_split(windows, names, mask), windows
+
+
+def _token_row(ids: list[int], T: int, loaded: Loaded, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A window of up to T + 1 of the model's tokens, zero-padded to T + 1, and its target mask (the
+    targets that exist); refused where the tokenizer gave an id the model has no row for."""
+    if len(ids) and max(ids) >= loaded.vocab_size:
+        raise UserError(f"{loaded.label}: its tokenizer gave token {max(ids)} for the text of {where}, "
+                        f"past the model's {loaded.vocab_size} rows (a special token written in the text?)")
+    row = np.zeros(T + 1, np.int64)
+    row[:len(ids)] = ids
+    m = np.zeros(T + 1, bool)
+    m[1:len(ids)] = True
+    return row, m
+
+
+def whole_windows(docs: list[tuple[str, bytes]], T: int, loaded: Loaded) -> TokenSplit | None:
+    """Every document whole, from its first byte (``score --whole``): the model's tokens of the
+    document in consecutive windows of T + 1 tokens, each starting at the last token of the one
+    before, so that every token but the document's first is a target exactly once; the last window
+    holds what is left (its missing targets masked). Each window is named ``DOCUMENT@BYTE``, the
+    byte its first token starts at (bytes per token: the model's tokenizer). None: no document
+    holds two tokens."""
+    rows, masks, names = [], [], []
+    nbytes = np.asarray(loaded.token_bytes, np.int64)
+    for name, data in docs:
+        ids = loaded.encode(data.decode("utf-8"))  # the document is UTF-8 (utf8_documents): every byte is read
+        at = np.concatenate([[0], np.cumsum(nbytes[np.asarray(ids, np.int64)])]) if len(ids) else [0]
+        for k in range(0, len(ids) - 1, T):
+            row, m = _token_row(ids[k:k + T + 1], T, loaded, name)
+            rows.append(row)
+            masks.append(m)
+            names.append(f"{name}@{int(at[k])}")
+    if not rows:
+        return None
+    return sequences_split(np.stack(rows), names, np.stack(masks))
 
 
 def build_task(task: str, T: int) -> Task:
@@ -115,12 +144,14 @@ def build_task(task: str, T: int) -> Task:
         raise UserError(f"task {task!r} failed to build: {type(exc).__name__}: {exc}") from exc
 
 
-def test_documents(task: Task) -> list[tuple[str, bytes]]:
-    """The task's test documents as text (a task made of documents: ``text``, ``code``, ``books``)."""
+def test_documents(task: Task, whole: bool = False) -> list[tuple[str, bytes]]:
+    """The task's test documents as text (a task made of documents: ``text``, ``code``, ``books``);
+    ``whole``: every document of the task, not split."""
     if not callable(getattr(task, "documents", None)):
         raise UserError(f"task {task.name} is not made of text documents; score a model of another tokenizer "
-                        "on a text task (text, code, books)")
-    return split_documents(task.documents())["test"]
+                        "on a text task (text, code, books)" + (", or without --whole" if whole else ""))
+    docs = task.documents()
+    return [d for d in docs if d[1]] if whole else split_documents(docs)["test"]
 
 
 def utf8_documents(docs: list[tuple[str, bytes]], label: str) -> None:
@@ -140,6 +171,13 @@ def score_windows(loaded: Loaded, task: Task, s: "Settings") -> tuple[TokenSplit
     """The windows ``loaded`` reads (the study's own with the task's tokenizer, else byte-aligned
     ones) and the bytes of each of its tokens; every refusal of the text comes from here, before
     anything is written."""
+    if s.whole:  # every document from its first byte, in consecutive windows
+        docs = test_documents(task, whole=True)
+        utf8_documents(docs, loaded.label)
+        split = whole_windows(docs, s.context, loaded)
+        if split is None:
+            raise UserError(f"the documents of {s.task} hold fewer than two tokens of {loaded.label}: nothing to score")
+        return split, loaded.token_bytes
     if loaded.task_tokens:  # the task's own tokenizer: the study's windows, its numbers reproduced
         return task.splits()["test"], task.token_bytes()
     docs = test_documents(task)
@@ -156,14 +194,24 @@ class Settings:
     def __init__(self, task: str, context: int, sequences: int = SCORE.sequences, targets: int = SCORE.targets,
                  variants=SCORE.variants, extrapolate: bool = False, n_boot: int = SCORE.n_boot,
                  tolerance: float = SCORE.tolerance, batch_size: int = SCORE.batch_size,
-                 max_tokens: int = SCORE.max_tokens, bisect: bool = SCORE.bisect):
+                 max_tokens: int = SCORE.max_tokens, bisect: bool = SCORE.bisect, whole: bool = False):
         self.task, self.context, self.sequences, self.targets = task, int(context), int(sequences), int(targets)
+        self.whole = whole
         self.variants, self.extrapolate, self.n_boot, self.tolerance = tuple(variants), extrapolate, n_boot, tolerance
         self.batch_size, self.max_tokens, self.bisect = batch_size, max_tokens, bisect
 
     def key(self) -> dict:
-        return {k: getattr(self, k) for k in ("task", "context", "sequences", "targets", "variants", "extrapolate",
-                                              "n_boot", "tolerance", "bisect")}
+        """The settings a model's numbers depend on (``whole`` only when set: the ids of models scored
+        before the option existed stay as they were)."""
+        key = {k: getattr(self, k) for k in ("task", "context", "sequences", "targets", "variants", "extrapolate",
+                                             "n_boot", "tolerance", "bisect")}
+        return {**key, "whole": True} if self.whole else key
+
+
+def _data_identity(task: Task, s: Settings) -> str:
+    """What identifies the text scored: the task's data fingerprint (its prepared splits), or with
+    ``--whole`` the task's fingerprint (its documents' content: a single file is never split)."""
+    return str(task.fingerprint()) if s.whole else task.data_fingerprint()
 
 
 def _run_id(loaded: Loaded, s: Settings, data: str) -> str:
@@ -235,7 +283,7 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: RunFolder, log=print,
     t0 = time.time()
     split, token_bytes = windows if windows is not None else score_windows(loaded, task, s)
     model = loaded.model
-    n = s.sequences
+    n = len(split.starts) if s.whole else s.sequences  # --whole: every window
 
     z = _stage(work, "losses", lambda: window_losses(model, split, T, n, s.batch_size, work))
     losses, mask = z["losses"], z["mask"]
@@ -259,10 +307,10 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: RunFolder, log=print,
            "batch_size": s.batch_size, "tokens_trained": loaded.tokens_trained, "wall_seconds": None,
            "torch_threads": torch.get_num_threads(), "final_val_loss": None, **scored,
            "status": "ok" if np.isfinite(losses[mask]).all() else "diverged", "diverged_step": None,
-           "flops_per_token": None, "data_fingerprint": task.data_fingerprint(),
+           "flops_per_token": None, "data_fingerprint": _data_identity(task, s),
            "scoring_fingerprint": scoring_fingerprint(parts), "scoring_parts": json.dumps(parts, sort_keys=True),
            "source": loaded.source, "kind": loaded.kind, "training_context": loaded.training_context,
-           "windows": "task" if loaded.task_tokens else "byte-aligned", "score_seconds": round(time.time() - t0, 1),
+           "windows": "whole" if s.whole else "task" if loaded.task_tokens else "byte-aligned", "score_seconds": round(time.time() - t0, 1),
            "n_windows": int((mask.sum(1) > 0).sum())}
     if not loaded.task_tokens:
         stored["window_starts"] = np.array([int(d.rpartition("@")[2]) for d in split.documents], np.int64)
@@ -360,8 +408,13 @@ def score(models: list[str], s: Settings, out: Path, log=print) -> pd.DataFrame:
     already finished there with the same settings is skipped. Every model is loaded and checked
     (file, causality, vocabulary, context) before anything is written."""
     task = build_task(s.task, s.context)
-    task.splits()
+    if not s.whole:  # --whole reads the documents, never the task's splits (a single file is not split)
+        task.splits()
     loaded = [load_model(m, task, s.task, s.context, s.extrapolate) for m in models]
+    for x in loaded if s.whole else ():  # a model of the task's own tokens reads the text through them
+        if x.encode is None:
+            text_reader(x, task, x.source)
+            x.task_tokens = False
     labels = [x.label for x in loaded]
     for i, x in enumerate(loaded):  # one label per model: a second "transformer" becomes "transformer-2"
         if labels.count(x.label) > 1:
@@ -379,7 +432,7 @@ def score(models: list[str], s: Settings, out: Path, log=print) -> pd.DataFrame:
         config["params"] = list(dict.fromkeys(old.get("params", []) + config["params"]))
     study.write_config(config)
     study.write_environment()
-    data = task.data_fingerprint()
+    data = _data_identity(task, s)
     for x, w in zip(loaded, windows):
         run_id = _run_id(x, s, data)
         if study.run(run_id).finished:
