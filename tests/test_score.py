@@ -35,9 +35,9 @@ def _bpe(text_dir, n=300):
     return train_bpe([p.read_text() for p in sorted(Path(text_dir).glob("*.txt"))], n)
 
 
-def _llama(text_dir, vocab=None, max_context=64, seed=0):
+def _llama(text_dir, vocab=None, max_context=64, seed=0, merges=300):
     torch.manual_seed(seed)
-    tok = _bpe(text_dir)
+    tok = _bpe(text_dir, merges)
     cfg = transformers.LlamaConfig(vocab_size=vocab or tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                    max_position_embeddings=max_context, tie_word_embeddings=False)
@@ -94,7 +94,11 @@ def test_a_run_folder_reproduces_its_study_and_pairs_with_it(study, text_dir, tm
     np.testing.assert_allclose(mine["loss"], theirs["loss"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(mine["context_bytes"], theirs["context_bytes"])
     row = pd.read_parquet(out / "runs.parquet").iloc[0]
-    assert row["scoring_fingerprint"] == json.loads((run / "result.json").read_text())["scoring_fingerprint"]
+    theirs_row = json.loads((run / "result.json").read_text())
+    assert row["scoring_fingerprint"] == theirs_row["scoring_fingerprint"]
+    # bits per byte in the run's row and the scored one: bytes, one per token
+    assert row["bits_per_byte"] == pytest.approx(theirs_row["bits_per_byte"], rel=1e-5)
+    assert theirs_row["bits_per_byte"] == pytest.approx(theirs_row["test_loss"] / np.log(2), rel=1e-5)
     assert sorted(p.name for p in run.iterdir()) == before  # the model's folder is only read
     fits = pd.read_csv(out / "fits.csv")
     assert 1 <= fits["effective_context"].iloc[0] <= 16 and fits["effective_context_bytes"].notna().all()
@@ -314,3 +318,35 @@ def test_whole_scores_one_file_from_its_first_byte_to_its_last(text_dir, tmp_pat
     assert (tgt * mask).sum() == len(one.read_bytes()) - ctx[0, 0]
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["score"]["whole"] is True
+
+
+def test_compare_ranks_models_of_different_tokenizers_in_bits_per_byte(text_dir, tmp_path):
+    """Two scored folders whose tokenizers differ: compare ranks them in bits per byte with an
+    interval (never by nats per token, which counts tokens of different lengths); bits per byte is
+    a column of the scored folders' runs.parquet and of compare's runs.csv, the models' summed loss
+    over ln 2 per byte of their targets."""
+    import math
+
+    from mnemoscope.report.compare import comparison_findings
+    from mnemoscope.analysis.compare import runs_table
+
+    outs = []
+    for merges in (300, 400):
+        folder = hf_folder(text_dir, tmp_path / f"bpe{merges}", merges=merges)
+        outs.append(tmp_path / f"scored{merges}")
+        assert main(["score", str(folder), "--task", f"text:{text_dir}", "--context", "16", *FAST, "--out", str(outs[-1])]) == 0
+    for out in outs:
+        row = pd.read_parquet(out / "runs.parquet").iloc[0]
+        z = np.load(out / "runs" / row["run_id"] / "losses.npz")
+        m = z["mask"]
+        want = (z["losses"] * m).sum() / math.log(2) / (z["target_bytes"] * m).sum()
+        assert row["bits_per_byte"] == pytest.approx(want, rel=1e-6) and row["test_loss"] != pytest.approx(want)
+    c = compare([Selection(outs[0]), Selection(outs[1])])
+    table = runs_table(c)
+    assert table["bits_per_byte"].notna().all() and (table["bits_per_byte_low"] < table["bits_per_byte"]).all()
+    assert (table["bits_per_byte"] < table["bits_per_byte_high"]).all()
+    (heading, sentence), = [i for i in comparison_findings(c, table) if i[0] == "text"]
+    assert "bits per byte" in sentence and "nats/token" not in sentence.split("Effective")[0]
+    ranked = table.sort_values("bits_per_byte")
+    first, second = (f"{r['arch']}" for r in ranked.to_dict("records"))
+    assert f"{ranked['bits_per_byte'].iloc[0]:.3f} [" in sentence and sentence.index(first) < sentence.index(second)

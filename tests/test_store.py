@@ -157,3 +157,32 @@ def test_an_older_scored_config_lists_its_models_as_paths():
     old = {"archs": ["a"], "score": {"task": "books", "models": ["/some/a.gguf"]}}
     assert migrations.score_config(old)["score"] == {"task": "books", "models": {}}
     assert migrations.score_config({"archs": ["a"], "score": {"models": {"a": "x"}}})["score"]["models"] == {"a": "x"}
+
+
+def test_a_run_row_from_before_bits_per_byte_gets_it_from_its_losses():
+    """bits_per_byte, a column of every runs table with bytes: filled for the committed rows from
+    losses.npz (its target bytes, or one byte per target of byte-level text; NaN for other tokens)."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from mnemoscope.measure.evaluate import bits_per_byte
+
+    def filled(name):
+        folder = StudyFolder(ROOT / "results" / name)
+        return [(migrations.fill_bits_per_byte(folder.run(r).row(), folder.run(r).loss_arrays, bits_per_byte),
+                 folder.run(r).loss_arrays()) for r in folder.finished()]
+
+    for row, z in filled("reference"):  # bytes: one per token
+        assert "target_bytes" not in z and row["bits_per_byte"] == pytest.approx(row["test_loss"] / math.log(2), rel=1e-5)
+    for row, z in filled("books-bpe"):  # BPE: its target bytes
+        m = z["mask"]
+        want = (z["losses"] * m).sum() / math.log(2) / (z["target_bytes"] * m).sum()
+        assert row["bits_per_byte"] == pytest.approx(want, rel=1e-6) and want < row["test_loss"] / math.log(2)
+    assert all(math.isnan(row["bits_per_byte"]) for row, _ in filled("copy-phase"))  # not text
+    for study in STUDIES:  # the committed tables carry it, as their rows fill it
+        runs = pd.read_parquet(study / "runs.parquet")
+        rows = {r: migrations.fill_bits_per_byte(StudyFolder(study).run(r).row(), StudyFolder(study).run(r).loss_arrays,
+                                                 bits_per_byte)["bits_per_byte"] for r in runs["run_id"]}
+        np.testing.assert_allclose(runs["bits_per_byte"], runs["run_id"].map(rows), rtol=1e-12)

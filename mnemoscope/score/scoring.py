@@ -45,11 +45,12 @@ from ..contract.windows import eval_offsets, window_batch
 from ..errors import UserError
 from ..measure.ablation import Ablation, ablation_fields, truncation_ablation
 from ..measure.bootstrap import bootstrap_indices
-from ..measure.evaluate import _digest, scoring_fingerprint, scoring_parts, window_bytes
+from ..measure.evaluate import _digest, bits_per_byte, scoring_fingerprint, scoring_parts, window_bytes
 from ..measure.statistics import MIN_WINDOWS, context_resolution, curve_shape, loss_buckets, truncation_check
 from ..registry import TASKS
 from ..settings import ANALYSIS, N_BOOT, SCORE
 from ..specs import parse_spec
+from ..storage.migrations import fill_bits_per_byte
 from ..storage.study_folder import RunFolder, StudyFolder
 from ..study.finish import POSITION_COLUMNS, RUN_COLUMNS, run_results
 from .models import Loaded, load_model, text_reader
@@ -384,7 +385,7 @@ def collect(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     study = StudyFolder(out)
     rows, pps, fits, tables = [], [], [], {name: [] for name in ANALYSIS_TABLES}
     for folder in (study.run(run_id) for run_id in study.finished()):
-        rows.append(folder.row())
+        rows.append(fill_bits_per_byte(folder.row(), folder.loss_arrays, bits_per_byte))
         pps.append(folder.per_position())
         fits.append(folder.analysis_json("fit"))
         for name in tables:

@@ -10,6 +10,7 @@ run kept a history (:mod:`mnemoscope.measure.history`).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..contract.model import active_params, count_params, state_size
-from ..measure.evaluate import bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
+from ..measure.evaluate import bits_per_byte, bootstrap_ci, per_position_losses, scoring_fingerprint, scoring_parts, window_bytes
 from ..measure.history import run_tables, window_stride
 from ..measure.statistics import octave_gain
 from ..settings import EVAL_BATCH, N_BOOT, VALIDATION_WINDOWS
@@ -28,7 +29,7 @@ from ..training.loggers import log_results
 RUN_COLUMNS = ["run_id", "arch", "task", "params", "seed", "context", "arch_config", "target_params",
                "achieved_params", "active_params", "total_params", "state_size", "batch_size", "tokens_trained", "wall_seconds",
                "torch_threads",
-               "final_val_loss", "test_loss", "last_octave_gain", "last_octave_gain_low",
+               "final_val_loss", "test_loss", "bits_per_byte", "last_octave_gain", "last_octave_gain_low",
                "last_octave_gain_high", "status", "diverged_step", "flops_per_token", "data_fingerprint",
                "scoring_fingerprint", "scoring_parts",  # what the test losses were scored on (evaluate.scoring_parts)
                "resumes"]  # every resume of the run after a stop: JSON, [{step, of, checkpoint_written, resumed_at}]
@@ -96,8 +97,8 @@ def finish_run(study, run, run_id: str, trained, work: RunFolder) -> dict[str, A
 def run_results(losses: np.ndarray, mask: np.ndarray, nbytes, label: dict[str, Any], n_boot: int = N_BOOT,
                  seed: int = 0) -> tuple[dict[str, Any], pd.DataFrame, dict[str, np.ndarray]]:
     """What a model's (N, T) test losses give, the same for a study's run and a scored model
-    (``study.py score``): the fields of its row (``test_loss``, ``last_octave_gain`` with its
-    interval), its per-position table (:data:`POSITION_COLUMNS`: the mean over windows with a
+    (``study.py score``): the fields of its row (``test_loss``, ``bits_per_byte`` where its tokens are
+    text, ``last_octave_gain`` with its interval), its per-position table (:data:`POSITION_COLUMNS`: the mean over windows with a
     bootstrap interval at each position, bytes of context and of target where tokens are text)
     and the arrays of its ``losses.npz``. ``nbytes``: :func:`mnemoscope.measure.evaluate.window_bytes`
     (None: the tokens are not text)."""
@@ -105,6 +106,7 @@ def run_results(losses: np.ndarray, mask: np.ndarray, nbytes, label: dict[str, A
     mean, lo, hi, n = bootstrap_ci(losses, mask, n_boot=n_boot, seed=seed)
     gain = octave_gain(losses, mask, T // 4, T // 2, T, n_boot=n_boot, seed=seed)
     fields = {"test_loss": float((losses * mask).sum() / max(mask.sum(), 1)),
+              "bits_per_byte": bits_per_byte(losses, mask, nbytes[1])[0] if nbytes is not None else math.nan,
               "last_octave_gain": gain[0], "last_octave_gain_low": gain[1], "last_octave_gain_high": gain[2]}
     pp = pd.DataFrame({**label, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
                        "n_sequences": n.astype(np.int64), "context_bytes": np.nan, "target_bytes": np.nan})
