@@ -287,16 +287,20 @@ def cmd_score(argv: list[str], prog: str = "study.py") -> int:
     p.add_argument("--no-bisect", action="store_true", help="effective context on the grid 1, 2, 4, ... only, "
                    "without bisecting between its last two lengths (cheaper for a large model)")
     add_arguments(p, ScoreSettings, "batch_size")
-    p.add_argument("--out", help="folder to write (default results/score_TASK_ctxN)")
+    p.add_argument("--whole", action="store_true", help="score every document of the task's text whole, each from "
+                   "its first byte, in consecutive windows of --context tokens (the last one shorter), instead of "
+                   "--sequences windows of its test split: e.g. --task text:my.txt --whole scores one file")
+    p.add_argument("--out", help="folder to write (default results/score_TASK_ctxN, with _whole for --whole)")
     args = p.parse_args(argv)
     if args.sequences < 1 or args.targets < 0 or args.batch_size < 1:
         raise UserError("--sequences and --batch-size must be at least 1, --targets at least 0")
     context = parse_count(args.context, "context length", 2) if args.context else None
     if context is None:
         context = build_task(args.task, None).context_length
-    out = Path(args.out) if args.out else Path("results") / f"score_{''.join(c if c.isalnum() else '-' for c in args.task)}_ctx{context}"
+    out = Path(args.out) if args.out else Path("results") / (
+        f"score_{''.join(c if c.isalnum() else '-' for c in args.task)}_ctx{context}" + ("_whole" if args.whole else ""))
     runs = score(args.models, Settings(args.task, context, args.sequences, args.targets, extrapolate=args.extrapolate,
-                                       batch_size=args.batch_size, bisect=not args.no_bisect), out)
+                                       batch_size=args.batch_size, bisect=not args.no_bisect, whole=args.whole), out)
     for r in runs.to_dict("records"):
         print(f"{r['arch']}: {r['test_loss']:.4f} nats/token over {r['context']} tokens of context ({r['run_id']})")
     print(write_report(out))

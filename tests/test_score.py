@@ -35,9 +35,9 @@ def _bpe(text_dir, n=300):
     return train_bpe([p.read_text() for p in sorted(Path(text_dir).glob("*.txt"))], n)
 
 
-def _llama(text_dir, vocab=None, max_context=64, seed=0):
+def _llama(text_dir, vocab=None, max_context=64, seed=0, merges=300):
     torch.manual_seed(seed)
-    tok = _bpe(text_dir)
+    tok = _bpe(text_dir, merges)
     cfg = transformers.LlamaConfig(vocab_size=vocab or tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                    max_position_embeddings=max_context, tie_word_embeddings=False)
@@ -94,12 +94,19 @@ def test_a_run_folder_reproduces_its_study_and_pairs_with_it(study, text_dir, tm
     np.testing.assert_allclose(mine["loss"], theirs["loss"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(mine["context_bytes"], theirs["context_bytes"])
     row = pd.read_parquet(out / "runs.parquet").iloc[0]
-    assert row["scoring_fingerprint"] == json.loads((run / "result.json").read_text())["scoring_fingerprint"]
+    theirs_row = json.loads((run / "result.json").read_text())
+    assert row["scoring_fingerprint"] == theirs_row["scoring_fingerprint"]
+    # bits per byte in the run's row and the scored one: bytes, one per token
+    assert row["bits_per_byte"] == pytest.approx(theirs_row["bits_per_byte"], rel=1e-5)
+    assert theirs_row["bits_per_byte"] == pytest.approx(theirs_row["test_loss"] / np.log(2), rel=1e-5)
     assert sorted(p.name for p in run.iterdir()) == before  # the model's folder is only read
     fits = pd.read_csv(out / "fits.csv")
     assert 1 <= fits["effective_context"].iloc[0] <= 16 and fits["effective_context_bytes"].notna().all()
     for f in ("config.yaml", "context.parquet", "octaves.parquet", "extrapolation_buckets.parquet", "report.html"):
         assert (out / f).exists(), f
+    from mnemoscope.storage.migrations import FORMAT
+    assert yaml.safe_load((out / "config.yaml").read_text())["format"] == FORMAT  # a scored folder's format, as a study's
+    assert [p.name for p in (out / "runs").iterdir()] == [row["run_id"]]  # no working folder (.tmp-*) left
     capsys.readouterr()
     assert main(args) == 0  # a rerun finds the model finished and scores nothing
     assert "already scored" in capsys.readouterr().out
@@ -261,3 +268,85 @@ def test_one_window_gives_no_interval_and_no_claim_and_no_targets_no_empty_value
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", (none / "report.html").read_text()))
     assert "tiny-llama not measured (no truncation ablation: --targets 0)." in text
     assert not re.search(r"tiny-llama \.", text)
+
+
+def test_a_stopped_score_resumes_from_the_stages_its_working_folder_keeps(tmp_path):
+    """runs/.tmp-<id>/ keeps the window losses batch by batch (RunFolder stages): a rerun reads
+    them and scores only the batches still missing."""
+    from mnemoscope.contract.task import sequences_split
+    from mnemoscope.score.scoring import _stage, window_losses
+    from mnemoscope.storage.study_folder import StudyFolder
+
+    class Counting(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            Counting.calls += 1
+            return torch.zeros(*x.shape, 5)
+
+    split = sequences_split(np.arange(4 * 9).reshape(4, 9) % 5, [f"d@{i}" for i in range(4)])
+    work = StudyFolder(tmp_path).work("m")
+    work.write_stage("losses.partial", {"losses": np.full((2, 8), 7.0, np.float32)})  # two windows done
+    z = _stage(work, "losses", lambda: window_losses(Counting(), split, 8, 4, 2, work))
+    assert Counting.calls == 1 and z["losses"].shape == (4, 8) and (z["losses"][:2] == 7).all()
+    np.testing.assert_allclose(z["losses"][2:], np.log(5), rtol=1e-6)
+    again = _stage(work, "losses", lambda: 1 / 0)  # finished: read back, never recomputed
+    assert (again["losses"] == z["losses"]).all() and sorted(p.name for p in work.path.iterdir()) == [
+        "losses.npz", "losses.partial.npz"]
+
+
+def test_whole_scores_one_file_from_its_first_byte_to_its_last(text_dir, tmp_path):
+    """--whole: a single file (never split 80/10/10) in consecutive windows of the model's tokens,
+    the first starting at byte 0, each where the one before ended, the last (shorter) ending at the
+    file's last byte: the bytes scored are the file's bytes, every one of them."""
+    folder = hf_folder(text_dir, tmp_path / "hf")
+    one = tmp_path / "one.txt"
+    one.write_bytes((text_dir / "doc00.txt").read_bytes()[:700] + "a naïve café, déjà vu\n".encode())
+    out = tmp_path / "whole"
+    T = 16
+    assert main(["score", str(folder), "--task", f"text:{one}", "--context", str(T), "--targets", "4", "--whole",
+                 "--out", str(out)]) == 0
+    row = pd.read_parquet(out / "runs.parquet").iloc[0]
+    z = dict(np.load(next((out / "runs").iterdir()) / "losses.npz"))
+    starts, ctx, tgt, mask = z["window_starts"], z["bytes"], z["target_bytes"], z["mask"]
+    assert row["windows"] == "whole" and row["n_windows"] == len(starts) > 2 and set(z["window_documents"]) == {"one.txt"}
+    assert starts[0] == 0 and mask[:-1].all()  # from byte 0; every window but the last is whole
+    np.testing.assert_array_equal(starts[1:], starts[:-1] + ctx[:-1, T - 1])  # each starts where the one before ended
+    last = np.flatnonzero(mask[-1])[-1]
+    assert starts[-1] + ctx[-1, last] + tgt[-1, last] == len(one.read_bytes())  # ... to the file's last byte
+    # every token but the first is a target once: the targets' bytes are the file's, less the first token's
+    assert (tgt * mask).sum() == len(one.read_bytes()) - ctx[0, 0]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["score"]["whole"] is True
+
+
+def test_compare_ranks_models_of_different_tokenizers_in_bits_per_byte(text_dir, tmp_path):
+    """Two scored folders whose tokenizers differ: compare ranks them in bits per byte with an
+    interval (never by nats per token, which counts tokens of different lengths); bits per byte is
+    a column of the scored folders' runs.parquet and of compare's runs.csv, the models' summed loss
+    over ln 2 per byte of their targets."""
+    import math
+
+    from mnemoscope.report.compare import comparison_findings
+    from mnemoscope.analysis.compare import runs_table
+
+    outs = []
+    for merges in (300, 400):
+        folder = hf_folder(text_dir, tmp_path / f"bpe{merges}", merges=merges)
+        outs.append(tmp_path / f"scored{merges}")
+        assert main(["score", str(folder), "--task", f"text:{text_dir}", "--context", "16", *FAST, "--out", str(outs[-1])]) == 0
+    for out in outs:
+        row = pd.read_parquet(out / "runs.parquet").iloc[0]
+        z = np.load(out / "runs" / row["run_id"] / "losses.npz")
+        m = z["mask"]
+        want = (z["losses"] * m).sum() / math.log(2) / (z["target_bytes"] * m).sum()
+        assert row["bits_per_byte"] == pytest.approx(want, rel=1e-6) and row["test_loss"] != pytest.approx(want)
+    c = compare([Selection(outs[0]), Selection(outs[1])])
+    table = runs_table(c)
+    assert table["bits_per_byte"].notna().all() and (table["bits_per_byte_low"] < table["bits_per_byte"]).all()
+    assert (table["bits_per_byte"] < table["bits_per_byte_high"]).all()
+    (heading, sentence), = [i for i in comparison_findings(c, table) if i[0] == "text"]
+    assert "bits per byte" in sentence and "nats/token" not in sentence.split("Effective")[0]
+    ranked = table.sort_values("bits_per_byte")
+    first, second = (f"{r['arch']}" for r in ranked.to_dict("records"))
+    assert f"{ranked['bits_per_byte'].iloc[0]:.3f} [" in sentence and sentence.index(first) < sentence.index(second)

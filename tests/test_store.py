@@ -126,3 +126,64 @@ def test_a_run_folder_reads_back_what_it_writes_and_leaves_no_temporary_file(tmp
     assert [s["step"] for s in run.steps()] == [3]
     left = [p.name for p in run.path.rglob("*") if p.name.startswith(".")]
     assert not left, left
+
+
+SCORED = [s for s in STUDIES if StudyFolder(s).config().get("score")]
+
+
+def test_the_committed_scored_folders_load_through_the_migration(tmp_path):
+    """A scored folder (study.py score) written before its config.yaml carried ``format`` reads as
+    format 0, the current layout; its tables rebuild in a copy without a byte of its config changed."""
+    import shutil
+
+    import mnemoscope
+    from mnemoscope.score.scoring import collect
+
+    assert [s.name for s in SCORED] == ["pretrained-smollm2"]
+    for study in SCORED:
+        folder = StudyFolder(study)
+        assert folder.format() == 0 and "format" not in yaml.safe_load(folder.config_path.read_text())
+        config = folder.score_config()
+        assert config["score"]["models"] == {config["archs"][0]: config["score"]["models"][config["archs"][0]]}
+        assert config["score"]["task"] == config["tasks"][0] and config["context"] == config["score"]["context"]
+        results = mnemoscope.load(study)
+        assert list(results.runs["arch"]) == config["archs"] and len(results.per_position) == config["context"]
+        copy = tmp_path / study.name
+        shutil.copytree(study, copy)
+        runs, pp = collect(copy)
+        assert list(runs["run_id"]) == folder.finished() and (copy / "config.yaml").read_bytes() == folder.config_path.read_bytes()
+
+
+def test_an_older_scored_config_lists_its_models_as_paths():
+    old = {"archs": ["a"], "score": {"task": "books", "models": ["/some/a.gguf"]}}
+    assert migrations.score_config(old)["score"] == {"task": "books", "models": {}}
+    assert migrations.score_config({"archs": ["a"], "score": {"models": {"a": "x"}}})["score"]["models"] == {"a": "x"}
+
+
+def test_a_run_row_from_before_bits_per_byte_gets_it_from_its_losses():
+    """bits_per_byte, a column of every runs table with bytes: filled for the committed rows from
+    losses.npz (its target bytes, or one byte per target of byte-level text; NaN for other tokens)."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from mnemoscope.measure.evaluate import bits_per_byte
+
+    def filled(name):
+        folder = StudyFolder(ROOT / "results" / name)
+        return [(migrations.fill_bits_per_byte(folder.run(r).row(), folder.run(r).loss_arrays, bits_per_byte),
+                 folder.run(r).loss_arrays()) for r in folder.finished()]
+
+    for row, z in filled("reference"):  # bytes: one per token
+        assert "target_bytes" not in z and row["bits_per_byte"] == pytest.approx(row["test_loss"] / math.log(2), rel=1e-5)
+    for row, z in filled("books-bpe"):  # BPE: its target bytes
+        m = z["mask"]
+        want = (z["losses"] * m).sum() / math.log(2) / (z["target_bytes"] * m).sum()
+        assert row["bits_per_byte"] == pytest.approx(want, rel=1e-6) and want < row["test_loss"] / math.log(2)
+    assert all(math.isnan(row["bits_per_byte"]) for row, _ in filled("copy-phase"))  # not text
+    for study in STUDIES:  # the committed tables carry it, as their rows fill it
+        runs = pd.read_parquet(study / "runs.parquet")
+        rows = {r: migrations.fill_bits_per_byte(StudyFolder(study).run(r).row(), StudyFolder(study).run(r).loss_arrays,
+                                                 bits_per_byte)["bits_per_byte"] for r in runs["run_id"]}
+        np.testing.assert_allclose(runs["bits_per_byte"], runs["run_id"].map(rows), rtol=1e-12)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -29,11 +28,12 @@ from torch import nn
 from ..contract.task import Task, TokenSplit
 from ..contract.windows import n_windows
 from ..errors import UserError
-from ..measure.ablation import VARIANTS, Ablation, ablation_table, ablation_targets, context_bytes, truncation_ablation  # noqa: F401
-from ..measure.bootstrap import bootstrap_indices, percentile_interval
+from ..measure.ablation import (VARIANTS, Ablation, ablation_fields, ablation_table, ablation_targets,  # noqa: F401
+                                context_bytes, truncation_ablation)
+from ..measure.bootstrap import bootstrap_indices
 from ..measure.evaluate import bootstrap_ci, per_position_losses
-from ..measure.statistics import (bootstrap_fit, context_resolution, format_effective_context, last_significant_octave,
-                                  octave_gains, paired_gap, truncation_check)
+from ..measure.statistics import (context_resolution, curve_shape, format_effective_context, loss_buckets, paired_gap,
+                                  truncation_check)
 from ..settings import ANALYSIS, N_BOOT, AnalysisSettings
 from ..storage.study_folder import RunFolder, StudyFolder
 from ..study.runner import Study
@@ -105,18 +105,8 @@ def long_context(model: nn.Module, split: TokenSplit, context_length: int, facto
         mean, lo, hi, n = bootstrap_ci(losses, mask, n_boot=n_boot, seed=seed)
         tables.append(pd.DataFrame({"factor": f, "length": L, "position": np.arange(L), "loss": mean,
                                     "ci_low": lo, "ci_high": hi, "n_sequences": n.astype(np.int64)}))
-        m = mask.astype(np.float64)
         idx = bootstrap_indices(len(losses), n_boot, rng)
-        for start in range(0, L, context_length):
-            end = min(L, start + context_length)
-            num, den = (losses[:, start:end] * m[:, start:end]).sum(1), m[:, start:end].sum(1)
-            if den.sum() == 0:
-                continue
-            boots = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1)
-            b_lo, b_hi = percentile_interval(boots, axis=None)
-            buckets.append({"factor": f, "length": L, "bucket_start": start, "bucket_end": end,
-                            "loss": num.sum() / den.sum(), "ci_low": b_lo, "ci_high": b_hi,
-                            "n_sequences": int((den > 0).sum())})
+        buckets += [{"factor": f, "length": L, **b} for b in loss_buckets(losses, mask, context_length, idx)]
     return (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()), pd.DataFrame(buckets)
 
 
@@ -144,40 +134,21 @@ def analyze_run(folder: Path, task, settings: AnalysisSettings, device=None) -> 
     if task.context_length != T:
         raise UserError(f"run {row['run_id']} was trained with context {T} but the study's task gives "
                         f"{task.context_length}; was config.yaml edited?")
-    octaves = octave_gains(losses, mask, settings.n_boot, seed)
-    start, end = last_significant_octave(octaves)
-    # a curve that falls significantly nowhere has no law to put an interval on
-    fit = bootstrap_fit(losses, mask, n_boot=settings.fit_boot if start is not None else 0, seed=seed)
-    if start is None and fit["fit_status"] in ("ok", "not converged"):
-        fit["fit_status"] = "flat"  # alpha and L_inf would describe noise (and the fit cannot settle)
+    octaves, shape = curve_shape(losses, mask, settings.n_boot, settings.fit_boot, seed)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, _ = folder.load_model(str(device))
     split = task.splits()["test"]
     t0 = time.time()
     ab = truncation_ablation(model, split, T, settings.n_targets, variants=settings.variants, seed=seed, device=device,
                              tolerance=settings.tolerance)
-    context = ablation_table(ab, settings.tolerance, settings.n_boot, seed)
-    ablation_seconds = time.time() - t0
     token_bytes = task.token_bytes() if hasattr(task, "token_bytes") else None
-    # every n, not only the grid's: the effective context may be a bisected length
-    nbytes = context_bytes(split, T, settings.n_targets, range(1, T + 1), token_bytes)
-    context["context_bytes"] = context["context"].map(nbytes) if nbytes else np.nan
+    context, ablated = ablation_fields(ab, split, T, settings.n_targets, token_bytes, settings.tolerance,
+                                       settings.n_boot, seed)
+    ablation_seconds = time.time() - t0
     ext, buckets = long_context(model, split, T, settings.factors, settings.extrapolation_sequences, seed=seed)
-    fit_row = {**label, "context": T, "n_sequences": int(len(losses)), **{k: v for k, v in fit.items() if k in FIT_COLUMNS},
-               "last_octave_gain": octaves["gain"].iloc[-1], "last_octave_gain_low": octaves["gain_low"].iloc[-1],
-               "last_octave_gain_high": octaves["gain_high"].iloc[-1],
-               "last_significant_octave_start": start, "last_significant_octave_end": end,
-               "full_context_loss": float(ab.losses[settings.variants[0]][:, -1].mean()),
-               "tolerance": settings.tolerance, "ablation_targets": int(len(ab.available)),
-               "ablation_forward_tokens": int(sum(ab.forward_tokens.values())), "extrapolates": extrapolates(model),
+    fit_row = {**label, "context": T, **{k: v for k, v in shape.items() if k in FIT_COLUMNS}, **ablated,
+               "tolerance": settings.tolerance, "extrapolates": extrapolates(model),
                "ablation_seconds": round(ablation_seconds, 2)}
-    for variant in settings.variants:
-        first = context[context["variant"] == variant].iloc[0]
-        name = "effective_context" + ("" if variant == "truncate" else f"_{variant}")
-        for suffix in ("", "_low", "_high"):
-            fit_row[name + suffix] = int(first["effective_context" + suffix])
-            if variant == "truncate":  # the same in bytes of text (NaN where tokens are not text)
-                fit_row[f"{name}_bytes{suffix}"] = nbytes.get(int(first["effective_context" + suffix]), math.nan)
     if not ext.empty:
         m = mask.astype(np.float64)
         fit_row["loss_last_half"] = float((losses[:, T // 2:] * m[:, T // 2:]).sum() / max(m[:, T // 2:].sum(), 1))
@@ -186,11 +157,17 @@ def analyze_run(folder: Path, task, settings: AnalysisSettings, device=None) -> 
             if not part.empty:
                 fit_row[f"loss_beyond_{f}x"] = float(part["loss"].mean())
     tables = {"context": context, "octaves": octaves, "extrapolation": ext, "extrapolation_buckets": buckets}
+    return {"fit": fit_row, **labelled(tables, label)}
+
+
+def labelled(tables: dict[str, pd.DataFrame], label: dict) -> dict[str, pd.DataFrame]:
+    """Each table's rows labelled with their run (``label``: run_id, arch, task, params, seed, as
+    the first columns), in place; an empty table stays as it is."""
     for df in tables.values():
         if not df.empty:
             for i, (k, v) in enumerate(label.items()):
                 df.insert(i, k, v)
-    return {"fit": fit_row, **tables}
+    return tables
 
 
 def _floor_excess(study, spec: str, folder: RunFolder, seed: int) -> dict:

@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 from ..errors import UserError
-from ..measure.evaluate import SCORING_PARTS, scoring_difference, scoring_fingerprint, scoring_parts
+from ..measure.evaluate import SCORING_PARTS, bits_per_byte, scoring_difference, scoring_fingerprint, scoring_parts
 from ..measure.statistics import format_effective_context, paired_gap, paired_gap_curve
 from ..settings import N_BOOT
 from ..specs import format_count
-from ..storage.migrations import recorded_data_fingerprint, with_bytes
+from ..storage.migrations import fill_bits_per_byte, recorded_data_fingerprint, stored_target_bytes, with_bytes
 from ..storage.study_folder import StudyFolder
 from ..study.runner import Study
 
@@ -77,7 +77,7 @@ def _study_runs(folder: Path) -> pd.DataFrame:
     study = StudyFolder(folder)
     for run_id in study.finished():
         try:
-            rows.append(study.run(run_id).row())
+            rows.append(fill_bits_per_byte(study.run(run_id).row(), study.run(run_id).loss_arrays, bits_per_byte))
         except (OSError, ValueError):
             continue
     runs = pd.DataFrame(rows)
@@ -268,6 +268,7 @@ def compare(selections: list[Selection], baselines: list[Selection] | None = Non
             runs, losses, folders = load(list(selections) + extra)
     base_labels = _resolve_baselines(baselines, runs)
     curves, scales = _curves(runs)
+    runs = _in_bytes(runs, n_boot)
     status = {b: [] for b in base_labels}
     gap_rows, curve_rows, refused = [], [], []
     for b in base_labels:
@@ -319,6 +320,28 @@ def compare(selections: list[Selection], baselines: list[Selection] | None = Non
     return Comparison(runs, curves, gaps, gap_curves, base_labels, config_differences(folders, runs), refused, folders)
 
 
+def _in_bytes(runs: pd.DataFrame, n_boot: int = N_BOOT) -> pd.DataFrame:
+    """Each run's bits per byte with a bootstrap interval over its windows (``bits_per_byte``,
+    ``_low``, ``_high``; NaN where its tokens are not text), and ``tokenizers_differ``: whether the
+    runs of its task family read their text through different tokenizers (then they are ranked in
+    bits per byte, the one unit they share)."""
+    runs = runs.copy()
+    values = []
+    for r in runs.to_dict("records"):
+        try:
+            z = StudyFolder(r["folder"]).run(r["run_id"]).loss_arrays()
+            target = stored_target_bytes(r, z)
+        except (OSError, ValueError, KeyError):
+            target = None
+        values.append(bits_per_byte(z["losses"], z["mask"], target, n_boot, seed=int(r["seed"]))
+                      if target is not None else (math.nan,) * 3)
+    runs["bits_per_byte"], runs["bits_per_byte_low"], runs["bits_per_byte_high"] = (
+        [v[i] for v in values] for i in range(3))
+    tokenizer = runs["parts"].map(lambda p: (p or {}).get("tokenizer", "?"))
+    runs["tokenizers_differ"] = tokenizer.groupby(runs["family"]).transform("nunique") > 1
+    return runs
+
+
 def config_differences(folders: list[Path], runs: pd.DataFrame) -> pd.DataFrame:
     """The settings in which the studies' config.yaml differ: a row per key, a column per study."""
     names = list(dict.fromkeys(runs["study"]))
@@ -366,6 +389,7 @@ def runs_table(c: Comparison) -> pd.DataFrame:
     t["fingerprint"] = t["scoring_fingerprint"].fillna("unknown")
     for part in SCORING_PARTS:
         t[f"scored_{part}"] = [(p or {}).get(part, "") for p in t["parts"]]
-    cols = ["study", "arch", "task", "size", "seed", "context", "test_loss", "effective context", "fingerprint",
+    cols = ["study", "arch", "task", "size", "seed", "context", "test_loss", "bits_per_byte", "bits_per_byte_low",
+            "bits_per_byte_high", "effective context", "fingerprint",
             *[f"vs {b}" for b in c.baselines], "run_id", *[f"scored_{p}" for p in SCORING_PARTS]]
     return t[[col for col in cols if col in t]]

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import UserError
 from ..measure.ablation import ablation_table, context_bytes, truncation_ablation
-from ..measure.bootstrap import LEVEL
+from ..measure.bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from ..measure.statistics import context_resolution
 from ..settings import N_BOOT, AnalysisSettings
 from ..storage.study_folder import RunFolder, model_from_checkpoint
@@ -161,10 +161,10 @@ def fit_growth(table: pd.DataFrame, raw: dict, context_length: int, tolerance: f
     rms = float(np.sqrt(np.mean((np.log(C) - (log_a + g * np.log(D))) ** 2)))
     M = len(next(iter(raw.values()))[1])
     if idx is None:
-        idx = np.random.default_rng(seed).integers(0, M, size=(n_boot, M))
+        idx = bootstrap_indices(M, n_boot, seed)
     reps = _replicates(raw, steps, idx, tolerance)  # (B, S)
     boots = np.array([_loglog(D, r) for r in reps.astype(np.float64)])  # (B, 2)
-    lo, hi = np.percentile(boots[:, 1], [(100 - level) / 2, 100 - (100 - level) / 2])
+    lo, hi = percentile_interval(boots[:, 1], level, axis=None)
     status = "ok"
     if len(set(C)) == 1 or (lo <= 0 <= hi and abs(g) < 0.05):
         status = "flat"
@@ -195,8 +195,7 @@ def crossing(first: dict, first_boots: np.ndarray, other: dict, other_boots: np.
     point = float(d_star(math.log(first["a"]), first["g"], math.log(other["a"]), other["g"]))
     reps = d_star(first_boots[:, 0], first_boots[:, 1], other_boots[:, 0], other_boots[:, 1])
     ok = np.isfinite(reps)
-    lo, hi = (np.percentile(reps[ok], [(100 - level) / 2, 100 - (100 - level) / 2]) if ok.sum() >= 10
-              else (math.nan, math.nan))
+    lo, hi = percentile_interval(reps[ok], level, axis=None) if ok.sum() >= 10 else (math.nan, math.nan)
     tokens_max = max(first["tokens_max"], other["tokens_max"])
     return {"ratio": ratio, "tokens": point, "tokens_low": float(lo), "tokens_high": float(hi),
             "defined": float(ok.mean()), "extrapolation": point / tokens_max if point == point else math.nan,
@@ -235,7 +234,7 @@ def analyze_growth(study, settings: AnalysisSettings | None = None, log=print, d
         if table.empty:
             continue
         M = len(next(iter(raw.values()))[1])
-        idx = np.random.default_rng(int(r["seed"])).integers(0, M, size=(settings.n_boot, M))
+        idx = bootstrap_indices(M, settings.n_boot, int(r["seed"]))
         fit, boots = fit_growth(table, raw, int(r["context"]), settings.tolerance, settings.n_boot, idx=idx)
         fits.append({**label, **fit})
         if boots is not None and fit["fit_status"] in ("ok", "flat"):

@@ -242,3 +242,28 @@ def context_bytes(split: TokenSplit, context_length: int, n_targets: int, contex
     end = position + 1  # the target's context is window tokens [end - n, end)
     return {int(n): float((cum[np.arange(len(b)), end] - cum[np.arange(len(b)), np.maximum(end - n, 0)]).mean())
             for n in contexts}
+
+
+def ablation_fields(ab: Ablation, split: TokenSplit, context_length: int, n_targets: int, token_bytes,
+                    tolerance: float = TOLERANCE, n_boot: int = N_BOOT, seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """A run's ablation as ``analyze`` and ``score`` both report it: the table of
+    :func:`ablation_table` with each context in bytes of text (``context_bytes``: every n, not only
+    the grid's, since the effective context may be a bisected length; NaN where tokens are not text),
+    and the fields of its fit row: the full-context loss, the targets and forward tokens, and each
+    variant's effective context with its interval (``effective_context[_VARIANT][_low|_high]``;
+    the ``truncate`` one in bytes too, ``effective_context_bytes[_low|_high]``)."""
+    T = context_length
+    variants = list(ab.losses)
+    context = ablation_table(ab, tolerance, n_boot, seed)
+    nbytes = context_bytes(split, T, n_targets, range(1, T + 1), token_bytes)
+    context["context_bytes"] = context["context"].map(nbytes) if nbytes else np.nan
+    fields = {"full_context_loss": float(ab.losses[variants[0]][:, -1].mean()),
+              "ablation_targets": int(len(ab.available)), "ablation_forward_tokens": int(sum(ab.forward_tokens.values()))}
+    for variant in variants:
+        first = context[context["variant"] == variant].iloc[0]
+        name = "effective_context" + ("" if variant == "truncate" else f"_{variant}")
+        for suffix in ("", "_low", "_high"):
+            fields[name + suffix] = int(first["effective_context" + suffix])
+            if variant == "truncate":
+                fields[f"{name}_bytes{suffix}"] = nbytes.get(int(first["effective_context" + suffix]), math.nan)
+    return context, fields

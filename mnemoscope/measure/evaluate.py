@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 
 import numpy as np
@@ -17,7 +18,7 @@ from ..contract.model import token_losses
 from ..contract.task import Task
 from ..contract.windows import TokenSplit, eval_offsets, window_batch, window_tokens
 from ..settings import EVAL_BATCH, N_BOOT, STUDY
-from .bootstrap import LEVEL, bootstrap_indices, percentile_interval
+from .bootstrap import LEVEL, bootstrap_indices, cluster_ci, percentile_interval
 
 
 @torch.no_grad()
@@ -60,6 +61,24 @@ def window_bytes(split: TokenSplit, context_length: int, n_sequences: int, token
     window = window_tokens(split, eval_offsets(split, context_length, n_sequences), context_length)
     b = np.asarray(token_bytes, dtype=np.int64)[window]
     return np.cumsum(b[:, :-1], axis=1), b[:, 1:]
+
+
+def bits_per_byte(losses: np.ndarray, mask: np.ndarray, target_bytes: np.ndarray, n_boot: int = 0,
+                  seed: int = 0, level: float = LEVEL) -> tuple[float, float, float]:
+    """Bits per byte of text of (N, T) losses in nats: the counted targets' summed loss over ln 2,
+    over the bytes of those targets (``target_bytes``, (N, T)), comparable across tokenizers; with
+    ``n_boot`` a bootstrap interval over windows (:func:`mnemoscope.measure.bootstrap.cluster_ci`,
+    windows resampled whole), else NaN. Returns (bits per byte, low, high); NaN where no byte counts."""
+    m = np.asarray(mask, bool) & (np.asarray(target_bytes) > 0)
+    nbytes = np.asarray(target_bytes, np.float64)[m]
+    if nbytes.sum() == 0:
+        return (math.nan,) * 3
+    bits = np.asarray(losses, np.float64)[m] / math.log(2)
+    point = float(bits.sum() / nbytes.sum())
+    if n_boot <= 0:
+        return point, math.nan, math.nan
+    _, lo, hi = cluster_ci(bits / nbytes, nbytes, np.nonzero(m)[0], seed, n_boot, level)
+    return point, lo, hi
 
 
 def _masked_mean(losses, mask, axis=0):

@@ -30,7 +30,7 @@ import pandas as pd
 
 from ..settings import N_BOOT, STILL_LEARNING, STUDY
 from ..storage.study_folder import RunFolder
-from .bootstrap import LEVEL, cluster_ci
+from .bootstrap import LEVEL, bootstrap_indices, cluster_ci, percentile_interval
 from .evaluate import bootstrap_ci
 
 HISTORY_POINTS = STUDY.history  # kept steps per run (0: none)
@@ -94,9 +94,7 @@ def icl_score(losses: np.ndarray, mask: np.ndarray, n_boot: int = N_BOOT, seed: 
     if not ok.any():
         return {**out, "icl_score": math.nan, "icl_low": math.nan, "icl_high": math.nan}
     d = (b - a)[ok]
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    lo, hi = np.percentile(boots, [(100 - level) / 2, 100 - (100 - level) / 2])
+    lo, hi = percentile_interval(d[bootstrap_indices(len(d), n_boot, seed)].mean(1), level, axis=None)
     return {**out, "icl_score": float(d.mean()), "icl_low": float(lo), "icl_high": float(hi)}
 
 

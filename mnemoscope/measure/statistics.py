@@ -281,6 +281,44 @@ def last_significant_octave(gains: pd.DataFrame) -> tuple[int | None, int | None
     return int(r["octave_start"]), int(r["octave_end"])
 
 
+def curve_shape(losses: np.ndarray, mask: np.ndarray, n_boot: int = N_BOOT, fit_boot: int = ANALYSIS.fit_boot,
+                seed: int = 0) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The shape of one run's per-position curve, as ``analyze`` and ``score`` both measure it: its
+    octave gains (:func:`octave_gains`) and the fields of its fit row (the power law of
+    :func:`bootstrap_fit`, ``fit_boot`` refits; the last octave's gain; the last significant octave).
+    A curve that falls significantly nowhere has no law to put an interval on: it gets no refits
+    and its status reads ``flat`` (alpha and L_inf would describe noise)."""
+    octaves = octave_gains(losses, mask, n_boot, seed)
+    start, end = last_significant_octave(octaves)
+    fit = bootstrap_fit(losses, mask, n_boot=fit_boot if start is not None else 0, seed=seed)
+    if start is None and fit["fit_status"] in ("ok", "not converged"):
+        fit["fit_status"] = "flat"
+    last = octaves.iloc[-1]
+    return octaves, {"n_sequences": int(len(losses)), **fit, "last_octave_gain": last["gain"],
+                     "last_octave_gain_low": last["gain_low"], "last_octave_gain_high": last["gain_high"],
+                     "last_significant_octave_start": start, "last_significant_octave_end": end}
+
+
+def loss_buckets(losses: np.ndarray, mask: np.ndarray, length: int, idx: np.ndarray,
+                 level: float = LEVEL) -> list[dict[str, Any]]:
+    """Mean loss of (N, L) per-window losses in buckets of ``length`` positions, [0, length),
+    [length, 2 length), ..., each with a bootstrap interval over windows from the resamples ``idx``
+    (:func:`mnemoscope.measure.bootstrap.bootstrap_indices`): rows of bucket_start, bucket_end,
+    loss, ci_low, ci_high, n_sequences (a bucket without a counted target left out)."""
+    L = losses.shape[1]
+    m = np.asarray(mask, np.float64)
+    rows = []
+    for start in range(0, L, length):
+        end = min(L, start + length)
+        num, den = (losses[:, start:end] * m[:, start:end]).sum(1), m[:, start:end].sum(1)
+        if den.sum() == 0:
+            continue
+        lo, hi = percentile_interval(num[idx].sum(1) / np.maximum(den[idx].sum(1), 1), level, axis=None)
+        rows.append({"bucket_start": start, "bucket_end": end, "loss": num.sum() / den.sum(), "ci_low": lo,
+                     "ci_high": hi, "n_sequences": int((den > 0).sum())})
+    return rows
+
+
 # -- paired gaps: each architecture against a baseline on the same test sequences ---------------------
 GAP_EDGES = (0, 8, 32, 128, 512, 2048, 8192)
 

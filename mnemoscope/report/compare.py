@@ -13,7 +13,7 @@ import pandas as pd
 from . import growth as report_growth
 from ..analysis.compare import Comparison, runs_table
 from ..measure.bootstrap import LEVEL
-from ..measure.statistics import format_gap
+from ..measure.statistics import format_gap, format_interval
 from ..render.figures import (STUDY_STYLES, arch_palette, draw_curves, figure_png, html_table, img_tag, legend_below, page_html,
                               paragraph, wrap_title)
 from ..specs import format_count
@@ -102,12 +102,15 @@ def summary_lines(c: Comparison) -> list[str]:
 
 def readable_runs(table: pd.DataFrame, baselines: list[str]) -> pd.DataFrame:
     """The runs' table in words: study, architecture, task, size, seed, context, test loss (3
-    decimals), effective context, and how each run pairs with each baseline."""
+    decimals), bits per byte with its interval (text only), effective context, and how each run pairs with each baseline."""
     cols = {"study": "study", "arch": "architecture", "task": "task", "size": "size", "seed": "seed",
-            "context": "context (tokens)", "test_loss": "test loss (nats/token)", "effective context": "effective context",
-            **{f"vs {b}": f"vs {b}" for b in baselines}}
+            "context": "context (tokens)", "test_loss": "test loss (nats/token)", "bits_per_byte": "bits/byte",
+            "effective context": "effective context", **{f"vs {b}": f"vs {b}" for b in baselines}}
     t = table[[c for c in cols if c in table]].rename(columns=cols)
     t["test loss (nats/token)"] = table["test_loss"].map(lambda v: f"{v:.3f}")
+    if "bits/byte" in t:
+        t["bits/byte"] = [format_interval(v, lo, hi, ".3f") if v == v else "" for v, lo, hi in
+                          zip(table["bits_per_byte"], table["bits_per_byte_low"], table["bits_per_byte_high"])]
     return t
 
 
@@ -117,20 +120,26 @@ def comparison_findings(c: Comparison, table: pd.DataFrame) -> list[tuple[str, s
     different commits."""
     items = []
     effective = dict(zip(table["run_id"] + table["study"], table.get("effective context", pd.Series("", index=table.index))))
-    for task, d in c.runs.groupby("task", sort=False):
+    differ = c.runs["tokenizers_differ"] if "tokenizers_differ" in c.runs else pd.Series(False, index=c.runs.index)
+    # runs of one task family read through different tokenizers: ranked together, in bits per byte
+    groups = c.runs.assign(group=c.runs["task"].where(~differ, c.runs["family"]))
+    for group, d in groups.groupby("group", sort=False):
         top = d.assign(label=d["label"] + (" (" + d["params"].map(lambda p: format_count(int(p))) + ")"
                                            if c.runs["params"].nunique() > 1 else ""))
-        mean = top.groupby("label", sort=False)["test_loss"].mean().sort_values()
-        parts = [f"test loss, lowest first: {', '.join(f'{lab} {v:.3f}' for lab, v in mean.items())} nats/token."]
+        if differ[d.index].any():
+            parts = [bytes_ranking(top)]
+        else:
+            mean = top.groupby("label", sort=False)["test_loss"].mean().sort_values()
+            parts = [f"test loss, lowest first: {', '.join(f'{lab} {v:.3f}' for lab, v in mean.items())} nats/token."]
         eff = [f"{r['label']} {effective.get(r['run_id'] + r['study'])}" for r in top.to_dict("records")
                if effective.get(r["run_id"] + r["study"])]
         if eff:
             parts.append(f"Effective context (tokens, from each study's fits.csv): {'; '.join(eff)}.")
         for b in c.baselines:
-            g = c.gaps[(c.gaps["task"] == task) & (c.gaps["baseline"] == b)]
+            g = c.gaps[c.gaps["task"].isin(set(d["task"])) & (c.gaps["baseline"] == b)]
             if not g.empty:
                 parts.append(gap_sentence(g.assign(baseline=b), {}, key="label"))
-        items.append((task, " ".join(parts)))
+        items.append((group, " ".join(parts)))
     for b in c.baselines:
         unpaired = c.runs[c.runs[f"vs {b}"].str.startswith("unpaired")]
         if not unpaired.empty:
@@ -142,6 +151,22 @@ def comparison_findings(c: Comparison, table: pd.DataFrame) -> list[tuple[str, s
         items.append(("code", "The studies were made by different commits of mnemoscope: " + ", ".join(
             f"{s} {row[s]}" for s in commits.columns if s != "setting") + "; their numbers may differ for that reason too."))
     return items
+
+
+def bytes_ranking(runs: pd.DataFrame) -> str:
+    """The sentence ranking runs read through different tokenizers: bits per byte of the text each
+    predicted (nats per token would compare tokens of different lengths), lowest first, with its
+    bootstrap interval over windows; runs whose bytes are unknown named apart."""
+    known = runs[runs["bits_per_byte"].notna()].sort_values("bits_per_byte", kind="stable")
+    cells = [f"{r['label']} {format_interval(r['bits_per_byte'], r['bits_per_byte_low'], r['bits_per_byte_high'], '.3f')}"
+             for r in known.to_dict("records")]
+    text = (f"their tokenizers differ, so they are ranked in bits per byte ({LEVEL}% bootstrap intervals over "
+            f"windows), lowest first: {', '.join(cells)}." if cells else "their tokenizers differ and no run "
+            "records the bytes of its targets: no ranking in a shared unit.")
+    unknown = runs.loc[runs["bits_per_byte"].isna(), "label"]
+    if len(unknown):
+        text += f" Bytes unknown (not ranked): {', '.join(unknown)}."
+    return text[0].upper() + text[1:]
 
 
 def write_comparison(c: Comparison, out: Path, command: str = "") -> Path:

@@ -178,11 +178,11 @@ def load_run(folder: Path, task: Task, task_spec: str, T: int, extrapolate: bool
                               "source": str(folder)})
     if not same:  # another tokenization: read the task's text through the run's own tokenizer
         own = Study.from_folder(folder.parent.parent).task(row["task"])
-        _text_reader(loaded, own, folder)
+        text_reader(loaded, own, folder)
     return loaded
 
 
-def _text_reader(loaded: Loaded, own: Task, where) -> None:
+def text_reader(loaded: Loaded, own: Task, where) -> None:
     """Set ``encode`` and bytes per id from a task's tokenization (bytes or its BPE)."""
     if not callable(getattr(own, "encode", None)) or own.token_bytes() is None:
         raise UserError(f"{where}: its task {own.name} does not read text; score it on its own task")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..measure.bootstrap import bootstrap_indices, percentile_interval
 from ..settings import N_BOOT
 from ..storage.study_folder import StudyFolder
 
@@ -54,14 +55,14 @@ def pair_bytes(a: dict, b: dict, n_boot: int = N_BOOT, seed: int = 0, bands=BYTE
     lo, hi = np.maximum(fa, fb), np.minimum(ea, eb)
     bits_a, bytes_a = _sums(la, ma, ca, ta, lo, hi, bands)
     bits_b, bytes_b = _sums(lb, mb, cb, tb, lo, hi, bands)
-    idx = np.random.default_rng(seed).integers(0, len(la), size=(n_boot, len(la)))
+    idx = bootstrap_indices(len(la), n_boot, seed)
     rows = []
     for k, (x, y) in enumerate(zip(bands[:-1], bands[1:])):
         if bytes_a[:, k].sum() == 0 or bytes_b[:, k].sum() == 0:
             continue
         bpb = lambda bits, nb, i=slice(None): bits[i, k].sum(-1) / np.maximum(nb[i, k].sum(-1), 1)  # noqa: E731
         boots = bpb(bits_a, bytes_a, idx) - bpb(bits_b, bytes_b, idx)
-        g_lo, g_hi = np.percentile(boots, [2.5, 97.5])
+        g_lo, g_hi = percentile_interval(boots, axis=None)
         va, vb = float(bpb(bits_a, bytes_a)), float(bpb(bits_b, bytes_b))
         rows.append({"band": f"{x}-{'' if y >= 1 << 62 else y - 1} bytes", "bytes_start": x,
                      "bytes_end": None if y >= 1 << 62 else y, "bpb": va, "baseline_bpb": vb, "gap": va - vb,

@@ -31,30 +31,29 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
-from ..analysis.analyze import FIT_COLUMNS, Ablation, ablation_table, context_bytes, truncation_ablation
+from ..analysis.analyze import FIT_COLUMNS, labelled
 from ..contract.model import count_params, token_losses
 from ..contract.task import Task, TokenSplit, sequences_split, split_documents
 from ..contract.windows import eval_offsets, window_batch
 from ..errors import UserError
-from ..measure.evaluate import _digest, bootstrap_ci, scoring_fingerprint, scoring_parts, window_bytes
-from ..measure.statistics import (MIN_WINDOWS, bootstrap_fit, context_resolution, last_significant_octave, octave_gain,
-                                  octave_gains, truncation_check)
+from ..measure.ablation import Ablation, ablation_fields, truncation_ablation
+from ..measure.bootstrap import bootstrap_indices
+from ..measure.evaluate import _digest, bits_per_byte, scoring_fingerprint, scoring_parts, window_bytes
+from ..measure.statistics import MIN_WINDOWS, context_resolution, curve_shape, loss_buckets, truncation_check
 from ..registry import TASKS
 from ..settings import ANALYSIS, N_BOOT, SCORE
 from ..specs import parse_spec
-from ..storage import files
+from ..storage.migrations import fill_bits_per_byte
 from ..storage.study_folder import RunFolder, StudyFolder
-from ..study.runner import POSITION_COLUMNS, RUN_COLUMNS
-from .models import Loaded, load_model
+from ..study.finish import POSITION_COLUMNS, RUN_COLUMNS, run_results
+from .models import Loaded, load_model, text_reader
 from .pairs import byte_gaps
 
 #: bytes of text reserved per token when cutting a byte-aligned window (more than any tokenizer's mean)
@@ -93,18 +92,47 @@ def byte_windows(docs, starts, T: int, loaded: Loaded) -> tuple[TokenSplit, np.n
         raw = raw[:cut + 1] if cut > len(raw) // 2 else raw
         # the document is UTF-8 (utf8_documents): only a character cut at the window's end is left out
         ids = loaded.encode(codecs.getincrementaldecoder("utf-8")().decode(raw, final=False))[:T + 1]
-        if len(ids) and max(ids) >= loaded.vocab_size:
-            raise UserError(f"{loaded.label}: its tokenizer gave token {max(ids)} for the text of {docs[doc][0]}, "
-                            f"past the model's {loaded.vocab_size} rows (a special token written in the text?)")
-        row = np.zeros(T + 1, np.int64)
-        row[:len(ids)] = ids
-        m = np.zeros(T + 1, bool)
-        m[1:len(ids)] = True
+        row, m = _token_row(ids, T, loaded, docs[doc][0])
         rows.append(row)
         masks.append(m)
         names.append(f"{docs[doc][0]}@{at}")
     windows, mask = np.stack(rows), np.stack(masks)
     return sequences_split(windows, names, mask), windows
+
+
+def _token_row(ids: list[int], T: int, loaded: Loaded, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """A window of up to T + 1 of the model's tokens, zero-padded to T + 1, and its target mask (the
+    targets that exist); refused where the tokenizer gave an id the model has no row for."""
+    if len(ids) and max(ids) >= loaded.vocab_size:
+        raise UserError(f"{loaded.label}: its tokenizer gave token {max(ids)} for the text of {where}, "
+                        f"past the model's {loaded.vocab_size} rows (a special token written in the text?)")
+    row = np.zeros(T + 1, np.int64)
+    row[:len(ids)] = ids
+    m = np.zeros(T + 1, bool)
+    m[1:len(ids)] = True
+    return row, m
+
+
+def whole_windows(docs: list[tuple[str, bytes]], T: int, loaded: Loaded) -> TokenSplit | None:
+    """Every document whole, from its first byte (``score --whole``): the model's tokens of the
+    document in consecutive windows of T + 1 tokens, each starting at the last token of the one
+    before, so that every token but the document's first is a target exactly once; the last window
+    holds what is left (its missing targets masked). Each window is named ``DOCUMENT@BYTE``, the
+    byte its first token starts at (bytes per token: the model's tokenizer). None: no document
+    holds two tokens."""
+    rows, masks, names = [], [], []
+    nbytes = np.asarray(loaded.token_bytes, np.int64)
+    for name, data in docs:
+        ids = loaded.encode(data.decode("utf-8"))  # the document is UTF-8 (utf8_documents): every byte is read
+        at = np.concatenate([[0], np.cumsum(nbytes[np.asarray(ids, np.int64)])]) if len(ids) else [0]
+        for k in range(0, len(ids) - 1, T):
+            row, m = _token_row(ids[k:k + T + 1], T, loaded, name)
+            rows.append(row)
+            masks.append(m)
+            names.append(f"{name}@{int(at[k])}")
+    if not rows:
+        return None
+    return sequences_split(np.stack(rows), names, np.stack(masks))
 
 
 def build_task(task: str, T: int) -> Task:
@@ -117,12 +145,14 @@ def build_task(task: str, T: int) -> Task:
         raise UserError(f"task {task!r} failed to build: {type(exc).__name__}: {exc}") from exc
 
 
-def test_documents(task: Task) -> list[tuple[str, bytes]]:
-    """The task's test documents as text (a task made of documents: ``text``, ``code``, ``books``)."""
+def test_documents(task: Task, whole: bool = False) -> list[tuple[str, bytes]]:
+    """The task's test documents as text (a task made of documents: ``text``, ``code``, ``books``);
+    ``whole``: every document of the task, not split."""
     if not callable(getattr(task, "documents", None)):
         raise UserError(f"task {task.name} is not made of text documents; score a model of another tokenizer "
-                        "on a text task (text, code, books)")
-    return split_documents(task.documents())["test"]
+                        "on a text task (text, code, books)" + (", or without --whole" if whole else ""))
+    docs = task.documents()
+    return [d for d in docs if d[1]] if whole else split_documents(docs)["test"]
 
 
 def utf8_documents(docs: list[tuple[str, bytes]], label: str) -> None:
@@ -142,6 +172,13 @@ def score_windows(loaded: Loaded, task: Task, s: "Settings") -> tuple[TokenSplit
     """The windows ``loaded`` reads (the study's own with the task's tokenizer, else byte-aligned
     ones) and the bytes of each of its tokens; every refusal of the text comes from here, before
     anything is written."""
+    if s.whole:  # every document from its first byte, in consecutive windows
+        docs = test_documents(task, whole=True)
+        utf8_documents(docs, loaded.label)
+        split = whole_windows(docs, s.context, loaded)
+        if split is None:
+            raise UserError(f"the documents of {s.task} hold fewer than two tokens of {loaded.label}: nothing to score")
+        return split, loaded.token_bytes
     if loaded.task_tokens:  # the task's own tokenizer: the study's windows, its numbers reproduced
         return task.splits()["test"], task.token_bytes()
     docs = test_documents(task)
@@ -158,14 +195,24 @@ class Settings:
     def __init__(self, task: str, context: int, sequences: int = SCORE.sequences, targets: int = SCORE.targets,
                  variants=SCORE.variants, extrapolate: bool = False, n_boot: int = SCORE.n_boot,
                  tolerance: float = SCORE.tolerance, batch_size: int = SCORE.batch_size,
-                 max_tokens: int = SCORE.max_tokens, bisect: bool = SCORE.bisect):
+                 max_tokens: int = SCORE.max_tokens, bisect: bool = SCORE.bisect, whole: bool = False):
         self.task, self.context, self.sequences, self.targets = task, int(context), int(sequences), int(targets)
+        self.whole = whole
         self.variants, self.extrapolate, self.n_boot, self.tolerance = tuple(variants), extrapolate, n_boot, tolerance
         self.batch_size, self.max_tokens, self.bisect = batch_size, max_tokens, bisect
 
     def key(self) -> dict:
-        return {k: getattr(self, k) for k in ("task", "context", "sequences", "targets", "variants", "extrapolate",
-                                              "n_boot", "tolerance", "bisect")}
+        """The settings a model's numbers depend on (``whole`` only when set: the ids of models scored
+        before the option existed stay as they were)."""
+        key = {k: getattr(self, k) for k in ("task", "context", "sequences", "targets", "variants", "extrapolate",
+                                             "n_boot", "tolerance", "bisect")}
+        return {**key, "whole": True} if self.whole else key
+
+
+def _data_identity(task: Task, s: Settings) -> str:
+    """What identifies the text scored: the task's data fingerprint (its prepared splits), or with
+    ``--whole`` the task's fingerprint (its documents' content: a single file is never split)."""
+    return str(task.fingerprint()) if s.whole else task.data_fingerprint()
 
 
 def _run_id(loaded: Loaded, s: Settings, data: str) -> str:
@@ -174,44 +221,33 @@ def _run_id(loaded: Loaded, s: Settings, data: str) -> str:
     return f"{slug(loaded.label)}-{slug(s.task)}-ctx{s.context}-{digest}"
 
 
-def _save_npz(path: Path, arrays: dict) -> None:
-    def write(p):
-        with open(p, "wb") as f:
-            np.savez(f, **arrays)
-    files.atomic_write(path, write)
-
-
-def _stage(work: Path, name: str, compute):
+def _stage(work: RunFolder, name: str, compute):
     """A stage's arrays kept in the work folder, computed once (a stopped command resumes here)."""
-    path = work / f"{name}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+    done = work.stage(name)
+    if done is not None:
+        return done
     out = compute()
-    _save_npz(path, out)
+    work.write_stage(name, out)
     return out
 
 
 @torch.no_grad()
-def window_losses(model, split: TokenSplit, T: int, n: int, batch_size: int, partial: Path) -> dict:
-    """``per_position_losses`` of the same windows, the batches finished so far kept in ``partial``:
-    a stopped command resumes at the next batch. Returns {"losses": (N, T), "mask": (N, T)}."""
+def window_losses(model, split: TokenSplit, T: int, n: int, batch_size: int, work: RunFolder) -> dict:
+    """``per_position_losses`` of the same windows, the batches finished so far kept in ``work``'s
+    ``losses.partial`` stage: a stopped command resumes at the next batch. Returns {"losses": (N, T), "mask": (N, T)}."""
     offsets = eval_offsets(split, T, n)
-    done = []
-    if partial.exists():
-        with np.load(partial) as z:
-            done = list(z["losses"])
+    partial = work.stage("losses.partial")
+    done = list(partial["losses"]) if partial is not None else []
     model.eval()
     for i in range(len(done), len(offsets), batch_size):
         x, y, _ = window_batch(split, offsets[i:i + batch_size], T)
         done += list(token_losses(model, x, y).float().numpy())
-        rows = np.stack(done).astype(np.float32)
-        _save_npz(partial, {"losses": rows})
+        work.write_stage("losses.partial", {"losses": np.stack(done).astype(np.float32)})
     mask = window_batch(split, offsets, T)[2].numpy()
     return {"losses": np.stack(done).astype(np.float32), "mask": mask}
 
 
-def _ablation(model, split, T: int, s: Settings, token_bytes, work: Path, seed: int, log, label: str):
+def _ablation(model, split, T: int, s: Settings, token_bytes, work: RunFolder, seed: int, log, label: str):
     """The truncation ablation's table (with bytes of context) and its fields of the fit row; with
     ``s.targets`` 0, none (an empty table: the effective context is not measured)."""
     if s.targets == 0:
@@ -236,22 +272,11 @@ def _ablation(model, split, T: int, s: Settings, token_bytes, work: Path, seed: 
     ab = Ablation(a["contexts"], {v: a[f"loss_{v}"] for v in s.variants}, a["available"],
                   {v: int(c) for v, c in zip(s.variants, a["cost"])},
                   {v: (a[f"refined_n_{v}"], a[f"refined_{v}"]) for v in s.variants if f"refined_n_{v}" in a})
-    context = ablation_table(ab, s.tolerance, s.n_boot, seed)
-    cbytes = context_bytes(split, T, s.targets, range(1, T + 1), token_bytes)
-    context["context_bytes"] = context["context"].map(cbytes) if cbytes else np.nan
-    fit = {"full_context_loss": float(ab.losses[s.variants[0]][:, -1].mean()),
-           "ablation_targets": int(len(ab.available)), "ablation_forward_tokens": int(sum(ab.forward_tokens.values()))}
-    for variant in s.variants:
-        first = context[context["variant"] == variant].iloc[0]
-        name = "effective_context" + ("" if variant == "truncate" else f"_{variant}")
-        for suffix in ("", "_low", "_high"):
-            fit[name + suffix] = int(first["effective_context" + suffix])
-            if variant == "truncate":
-                fit[f"{name}_bytes{suffix}"] = cbytes.get(int(first["effective_context" + suffix]), math.nan)
+    context, fit = ablation_fields(ab, split, T, s.targets, token_bytes, s.tolerance, s.n_boot, seed)
     return context, {**fit, **truncation_check(context, s.tolerance), **context_resolution(context)}
 
 
-def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print, windows=None) -> dict:
+def measure(loaded: Loaded, task: Task, s: Settings, work: RunFolder, log=print, windows=None) -> dict:
     """Every number of one model, its stages kept in ``work``: the result row, the per-position
     table, the stored losses, and the fit, context, octave and bucket tables. ``windows``: what
     :func:`score_windows` gave for the model (made here when None)."""
@@ -259,14 +284,13 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print, wind
     t0 = time.time()
     split, token_bytes = windows if windows is not None else score_windows(loaded, task, s)
     model = loaded.model
-    n = s.sequences
+    n = len(split.starts) if s.whole else s.sequences  # --whole: every window
 
-    z = _stage(work, "losses", lambda: window_losses(model, split, T, n, s.batch_size, work / "losses.partial.npz"))
+    z = _stage(work, "losses", lambda: window_losses(model, split, T, n, s.batch_size, work))
     losses, mask = z["losses"], z["mask"]
     log(f"score: {loaded.label}: {int(mask.sum()):,} targets of {len(losses)} windows, "
         f"{(losses * mask).sum() / max(mask.sum(), 1):.4f} nats/token, {time.time() - t0:.0f} s")
     seed = 0
-    mean, lo, hi, count = bootstrap_ci(losses, mask, n_boot=s.n_boot, seed=seed)
     nbytes = window_bytes(split, T, n, token_bytes)
     parts = (scoring_parts(task, n, mask) if loaded.task_tokens else
              {"task": str(task.fingerprint()), "tokenizer": loaded.tokenizer_fingerprint, "context": str(T),
@@ -274,51 +298,32 @@ def measure(loaded: Loaded, task: Task, s: Settings, work: Path, log=print, wind
               "mask": _digest(np.asarray(mask, bool))})
 
     context, ablation_fit = _ablation(model, split, T, s, token_bytes, work, seed, log, loaded.label)
-    octaves = octave_gains(losses, mask, s.n_boot, seed)
-    start, end = last_significant_octave(octaves)
-    fit = bootstrap_fit(losses, mask, n_boot=ANALYSIS.fit_boot if start is not None else 0, seed=seed)
-    if start is None and fit["fit_status"] in ("ok", "not converged"):
-        fit["fit_status"] = "flat"
-    gain = octave_gain(losses, mask, T // 4, T // 2, T, n_boot=s.n_boot, seed=seed)
+    octaves, shape = curve_shape(losses, mask, s.n_boot, ANALYSIS.fit_boot, seed)
     buckets = length_buckets(losses, mask, loaded.training_context, s.n_boot, seed)
-    test_loss = float((losses * mask).sum() / max(mask.sum(), 1))
     label = {"run_id": "", "arch": loaded.label, "task": s.task, "params": loaded.params, "seed": seed}
+    scored, pp, stored = run_results(losses, mask, nbytes, label, s.n_boot, seed)
     row = {**label, "context": T, "arch_config": json.dumps(loaded.describe, sort_keys=True, default=str),
            "target_params": loaded.params, "achieved_params": loaded.params, "active_params": loaded.params,
            "total_params": count_params(model, non_embedding=False), "state_size": None,
            "batch_size": s.batch_size, "tokens_trained": loaded.tokens_trained, "wall_seconds": None,
-           "torch_threads": torch.get_num_threads(), "final_val_loss": None, "test_loss": test_loss,
-           "last_octave_gain": gain[0], "last_octave_gain_low": gain[1], "last_octave_gain_high": gain[2],
+           "torch_threads": torch.get_num_threads(), "final_val_loss": None, **scored,
            "status": "ok" if np.isfinite(losses[mask]).all() else "diverged", "diverged_step": None,
-           "flops_per_token": None, "data_fingerprint": task.data_fingerprint(),
+           "flops_per_token": None, "data_fingerprint": _data_identity(task, s),
            "scoring_fingerprint": scoring_fingerprint(parts), "scoring_parts": json.dumps(parts, sort_keys=True),
            "source": loaded.source, "kind": loaded.kind, "training_context": loaded.training_context,
-           "windows": "task" if loaded.task_tokens else "byte-aligned", "score_seconds": round(time.time() - t0, 1),
+           "windows": "whole" if s.whole else "task" if loaded.task_tokens else "byte-aligned", "score_seconds": round(time.time() - t0, 1),
            "n_windows": int((mask.sum(1) > 0).sum())}
-    pp = pd.DataFrame({**label, "position": np.arange(T), "loss": mean, "ci_low": lo, "ci_high": hi,
-                       "n_sequences": count.astype(np.int64), "context_bytes": np.nan, "target_bytes": np.nan})
-    stored = {"losses": losses, "mask": mask}
-    if nbytes is not None:
-        pp["context_bytes"] = nbytes[0].mean(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            pp["target_bytes"] = (nbytes[1] * mask).sum(0) / mask.sum(0)
-        stored.update(bytes=nbytes[0].astype(np.int32), target_bytes=nbytes[1].astype(np.int32))
     if not loaded.task_tokens:
         stored["window_starts"] = np.array([int(d.rpartition("@")[2]) for d in split.documents], np.int64)
         stored["window_documents"] = np.array([d.rpartition("@")[0] for d in split.documents])
-    fit_row = {**label, "context": T, "n_sequences": int(len(losses)), **{k: v for k, v in fit.items() if k in FIT_COLUMNS},
-               "last_octave_gain": octaves["gain"].iloc[-1], "last_octave_gain_low": octaves["gain_low"].iloc[-1],
-               "last_octave_gain_high": octaves["gain_high"].iloc[-1], "last_significant_octave_start": start,
-               "last_significant_octave_end": end, "tolerance": s.tolerance, "extrapolates": s.extrapolate,
+    fit_row = {**label, "context": T, **{k: v for k, v in shape.items() if k in FIT_COLUMNS},
+               "tolerance": s.tolerance, "extrapolates": s.extrapolate,
                "training_context": loaded.training_context, **ablation_fit}
     if int((mask.sum(1) > 0).sum()) < MIN_WINDOWS:  # a bootstrap over one window: intervals of zero width
         no_intervals(row, pp, fit_row, context, octaves, buckets)
         log(f"score: {loaded.label}: one window scored: no interval and no claim of significance (an interval "
             f"needs at least {MIN_WINDOWS} windows; raise --sequences)")
-    tables = {"context": context, "octaves": octaves, "extrapolation_buckets": buckets}
-    for df in tables.values():  # each row labelled with its model, as analyze labels a run's
-        for i, (k, v) in enumerate(label.items()):
-            df.insert(i, k, v)
+    tables = labelled({"context": context, "octaves": octaves, "extrapolation_buckets": buckets}, label)
     return {"row": row, "pp": pp, "stored": stored, "fit": fit_row, **tables}
 
 
@@ -349,38 +354,29 @@ def length_buckets(losses, mask, training: int | None, n_boot: int = N_BOOT, see
     the context is within it), each with a bootstrap interval over windows."""
     T = losses.shape[1]
     L = int(training) if training else T
-    m = mask.astype(np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(losses), size=(n_boot, len(losses)))
-    rows = []
-    for start in range(0, T, L):
-        end = min(T, start + L)
-        num, den = (losses[:, start:end] * m[:, start:end]).sum(1), m[:, start:end].sum(1)
-        if den.sum() == 0:
-            continue
-        boots = num[idx].sum(1) / np.maximum(den[idx].sum(1), 1)
-        b_lo, b_hi = np.percentile(boots, [2.5, 97.5])
-        rows.append({"factor": T / L, "length": T, "bucket_start": start, "bucket_end": end,
-                     "past_training_length": start >= L, "loss": num.sum() / den.sum(), "ci_low": b_lo,
-                     "ci_high": b_hi, "n_sequences": int((den > 0).sum())})
-    return pd.DataFrame(rows)
+    idx = bootstrap_indices(len(losses), n_boot, seed)
+    return pd.DataFrame([{"factor": T / L, "length": T, "bucket_start": b["bucket_start"], "bucket_end": b["bucket_end"],
+                          "past_training_length": b["bucket_start"] >= L, **b}
+                         for b in loss_buckets(losses, mask, L, idx)])
 
 
 ANALYSIS_TABLES = ("context", "octaves", "extrapolation_buckets")  # a scored model's runs/<id>/analysis/NAME.parquet
 
 
-def _write_run(out: Path, run_id: str, work: Path, result: dict) -> None:
-    """The model's finished folder, assembled in ``work`` and moved into place whole."""
+def _write_run(out: Path, run_id: str, work: RunFolder, result: dict) -> None:
+    """The model's finished folder, assembled in a folder of this process and moved into place whole;
+    the stages kept in ``work`` then go."""
     row = {**result["row"], "run_id": run_id}
-    runs_dir = StudyFolder(out).runs_dir
-    tmp = RunFolder(runs_dir / f".tmp-{run_id}-{os.getpid()}")
-    shutil.rmtree(tmp.path, ignore_errors=True)
+    study = StudyFolder(out)
+    tmp = study.work(run_id, os.getpid())
+    tmp.remove()
     tmp.write_per_position(result["pp"].assign(run_id=run_id))
     tmp.write_losses(**result["stored"])
     tmp.write_analysis("fit", {**result["fit"], "run_id": run_id},
                        {name: result[name].assign(run_id=run_id) for name in ANALYSIS_TABLES})
     tmp.write_row(row)
-    tmp.move_to(runs_dir / run_id)
-    shutil.rmtree(work, ignore_errors=True)
+    tmp.move_to(study.run(run_id).path)
+    work.remove()
 
 
 def collect(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -389,7 +385,7 @@ def collect(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     study = StudyFolder(out)
     rows, pps, fits, tables = [], [], [], {name: [] for name in ANALYSIS_TABLES}
     for folder in (study.run(run_id) for run_id in study.finished()):
-        rows.append(folder.row())
+        rows.append(fill_bits_per_byte(folder.row(), folder.loss_arrays, bits_per_byte))
         pps.append(folder.per_position())
         fits.append(folder.analysis_json("fit"))
         for name in tables:
@@ -413,34 +409,36 @@ def score(models: list[str], s: Settings, out: Path, log=print) -> pd.DataFrame:
     already finished there with the same settings is skipped. Every model is loaded and checked
     (file, causality, vocabulary, context) before anything is written."""
     task = build_task(s.task, s.context)
-    task.splits()
+    if not s.whole:  # --whole reads the documents, never the task's splits (a single file is not split)
+        task.splits()
     loaded = [load_model(m, task, s.task, s.context, s.extrapolate) for m in models]
+    for x in loaded if s.whole else ():  # a model of the task's own tokens reads the text through them
+        if x.encode is None:
+            text_reader(x, task, x.source)
+            x.task_tokens = False
     labels = [x.label for x in loaded]
     for i, x in enumerate(loaded):  # one label per model: a second "transformer" becomes "transformer-2"
         if labels.count(x.label) > 1:
             x.label = f"{x.label}-{labels[:i + 1].count(x.label)}"
     windows = [score_windows(x, task, s) for x in loaded]  # every check of the text, before anything is written
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {"name": out.resolve().name, "archs": [x.label for x in loaded], "tasks": [s.task],
+    study = StudyFolder(out)
+    config = {"name": study.out.resolve().name, "archs": [x.label for x in loaded], "tasks": [s.task],
               "params": list(dict.fromkeys(x.params for x in loaded)), "context": s.context, "seeds": [0],
               "eval_sequences": s.sequences,
               "score": {**s.key(), "variants": list(s.variants), "models": {x.label: x.source for x in loaded}}}
-    old = files.read_yaml(out / "config.yaml") if (out / "config.yaml").exists() else None
-    if isinstance(old, dict) and old.get("score"):  # models scored earlier into this folder stay listed, once each
+    old = study.score_config()
+    if old is not None:  # models scored earlier into this folder stay listed, once each
         config["archs"] = list(dict.fromkeys(old.get("archs", []) + config["archs"]))
-        earlier = old["score"].get("models")  # {label: path as typed}; a list before this layout: not kept
-        config["score"]["models"] = {**(earlier if isinstance(earlier, dict) else {}), **config["score"]["models"]}
+        config["score"]["models"] = {**old["score"]["models"], **config["score"]["models"]}
         config["params"] = list(dict.fromkeys(old.get("params", []) + config["params"]))
-    files.write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-    StudyFolder(out).write_environment()
-    data = task.data_fingerprint()
+    study.write_config(config)
+    study.write_environment()
+    data = _data_identity(task, s)
     for x, w in zip(loaded, windows):
         run_id = _run_id(x, s, data)
-        if (out / "runs" / run_id / "result.json").exists():
+        if study.run(run_id).finished:
             log(f"score: {x.label}: already scored ({run_id})")
             continue
-        work = out / "runs" / f".tmp-{run_id}"
-        work.mkdir(parents=True, exist_ok=True)
+        work = study.work(run_id)
         _write_run(out, run_id, work, measure(x, task, s, work, log, w))
     return collect(out)[0]

@@ -27,6 +27,12 @@ in runs/<id>/analysis/
                                   pretrained-smollm2)
 windows inside documents          books-long (its data.json, written before the documents'
 in data.json                      spans were looked at, says windows may cross documents)
+``format`` in a scored folder's   pretrained-smollm2 (written by ``study.py score`` before the
+config.yaml                       number was: read as format 0, the same keys)
+``score: models:`` a list         none committed: a scored folder of an older ``score`` listed
+                                  the models' paths without their labels (:func:`score_config`)
+``bits_per_byte`` in result.json  all but the studies run after it (filled from losses.npz:
+                                  :func:`fill_bits_per_byte`)
 whole names in the default name   none (a study made before is found by rerunning its command)
 no convolutions in the weights    architectures, books-bpe, books-long, hf-families,
 of a ``transformer``              modalities, reference, scaling-text: GPT-2's recipe, built
@@ -40,6 +46,7 @@ in result.json                    transformer's version 2 (GPT-2's N(0, 0.02) fo
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -48,6 +55,14 @@ from ..contract.text_task import TextTask, byte_level_spec
 from ..errors import UserError
 from ..registry import TASKS
 from ..specs import parse_spec
+
+def score_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A scored folder's config.yaml (``study.py score``) as the current layout reads it: ``score:
+    models:`` a mapping of each model's label to its path as typed (an older ``score`` wrote a list of
+    paths, whose labels are unknown: read as no mapping, so a rerun lists its own models only)."""
+    models = (config.get("score") or {}).get("models")
+    return {**config, "score": {**config["score"], "models": models if isinstance(models, dict) else {}}}
+
 
 #: the layout this code writes: ``format`` in every ``result.json`` and ``config.yaml``
 FORMAT = 1
@@ -153,6 +168,34 @@ def with_bytes(pp):
         pp.loc[fill, "context_bytes"] = pp.loc[fill, "position"] + 1.0
         pp.loc[fill, "target_bytes"] = 1.0
     return pp
+
+
+def fill_bits_per_byte(row: dict[str, Any], arrays: Callable[[], dict[str, np.ndarray]],
+                       measure: Callable[..., tuple[float, float, float]]) -> dict[str, Any]:
+    """``bits_per_byte`` for a row from before the column (every committed study): ``measure``
+    (:func:`mnemoscope.measure.evaluate.bits_per_byte`) of its ``losses.npz`` (``arrays()``) with the
+    target bytes stored there (books-bpe, books-long, pretrained-smollm2 and the later studies), or
+    one byte per target for byte-level text (as :func:`with_bytes`), else NaN (the task's tokens are
+    not text, or the losses are not kept)."""
+    if "bits_per_byte" in row:
+        return row
+    try:
+        z = arrays()
+    except (OSError, ValueError, KeyError):
+        return {**row, "bits_per_byte": math.nan}
+    target = stored_target_bytes(row, z)
+    return {**row, "bits_per_byte": measure(z["losses"], z["mask"], target)[0] if target is not None else math.nan}
+
+
+def stored_target_bytes(row: dict[str, Any], arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The bytes of each target of a run's ``losses.npz`` (``arrays``): as stored, or for a run from
+    before they were (architectures, hf-families, modalities, reference, scaling-text) one byte per
+    target of byte-level text (as :func:`with_bytes`); None where the tokens are not text."""
+    if "target_bytes" in arrays:
+        return arrays["target_bytes"]
+    if byte_level_spec(str(row.get("task", ""))):
+        return np.ones(np.shape(arrays["mask"]), np.int64)
+    return None
 
 
 def windows_inside_documents(spec: str) -> bool:

@@ -247,6 +247,23 @@ class RunFolder:
         return df
 
     # -- a run under way ---------------------------------------------------------------------------------
+    def stage(self, name: str) -> dict[str, np.ndarray] | None:
+        """``NAME.npz``, a finished stage kept in a working folder (``study.py score``'s ``runs/.tmp-<id>/``:
+        a stopped command resumes from it), or None when it is not there yet."""
+        path = self.path / f"{name}.npz"
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def write_stage(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+        """``NAME.npz`` in a working folder, written atomically (uncompressed: it is rewritten batch by batch)."""
+        files.atomic_write(self.path / f"{name}.npz", lambda p: _save_to_file(p, lambda f: np.savez(f, **arrays)))
+
+    def remove(self) -> None:
+        """The folder and everything in it (a working folder whose run was moved into place, or is redone)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
     def resumes(self) -> list[dict[str, Any]]:
         """Every resume of the run under way so far, oldest first (:meth:`add_resume`)."""
         path = self.path / self.RESUMES

@@ -27,7 +27,7 @@ import yaml
 
 from . import files
 from ..errors import UserError
-from .migrations import FORMAT, file_format, with_bytes, without_format
+from .migrations import FORMAT, file_format, score_config, with_bytes, without_format
 # a run's folder: its own module; read through this one as well
 from ..settings import STUDY
 from .run_folder import RunFolder, disk_error, jsonable, model_from_checkpoint  # noqa: F401
@@ -51,6 +51,12 @@ class StudyFolder:
 
     def run(self, run_id: str) -> RunFolder:
         return RunFolder(self.runs_dir / run_id)
+
+    def work(self, run_id: str, pid: int | None = None) -> RunFolder:
+        """A working folder of a run: ``runs/.tmp-<id>`` (``study.py score`` keeps a model's finished
+        stages there, so a stopped command resumes) or ``runs/.tmp-<id>-<pid>`` (a folder assembled by
+        one process, then moved into place whole)."""
+        return RunFolder(self.runs_dir / (f".tmp-{run_id}" + ("" if pid is None else f"-{pid}")))
 
     def finished(self) -> list[str]:
         """The ids of the finished runs, sorted (``.partial-*``, ``.tmp-*``: runs under way, or stopped)."""
@@ -86,6 +92,12 @@ class StudyFolder:
         except (OSError, yaml.YAMLError):
             return 0
         return file_format(d) if isinstance(d, dict) else 0
+
+    def score_config(self) -> dict[str, Any] | None:
+        """A scored folder's ``config.yaml`` (``study.py score``) as the current layout reads it
+        (:func:`mnemoscope.storage.migrations.score_config`); None where the folder holds none, or a study's."""
+        d = self.config()
+        return score_config(d) if d.get("score") else None
 
     def write_config(self, config: dict[str, Any]) -> None:
         files.write_text(self.config_path, yaml.safe_dump({**config, "format": FORMAT}, sort_keys=False))

@@ -26,12 +26,14 @@ import torch
 from ..contract.model import SIZE_TOLERANCE, active_params, build, check_contract, check_memory, check_shape_options, count_params, size_for
 from ..contract.task import Task
 from ..errors import ContractError, UserError
+from ..measure.evaluate import bits_per_byte
 from ..measure.flops import flops_per_token
 from ..measure.history import history_steps
 from ..registry import ARCHITECTURES, TASKS
 from ..settings import EVAL_BATCH
 from ..specs import format_count, parse_spec
-from ..storage.migrations import arch_before_convolutions, fill_active_params, predates_data_fingerprint, trained_version
+from ..storage.migrations import (arch_before_convolutions, fill_active_params, fill_bits_per_byte,
+                                  predates_data_fingerprint, trained_version)
 from ..storage.study_folder import RunFolder, StudyFolder, disk_error
 from ..training.callbacks import DivergenceGuard, LogSpacedValidation, ProgressLines, TrainingHistory
 from ..training.checkpoints import Elapsed, latest_checkpoint, resume_line, resume_record
@@ -383,6 +385,7 @@ class Study:
             row = fill_active_params(folder.row(), lambda arch: hasattr(parse_spec(arch, ARCHITECTURES)[0],
                                                                         "num_active_params"),
                                      lambda: active_params(folder.load_model()[0]))
+            row = fill_bits_per_byte(row, folder.loss_arrays, bits_per_byte)
             rows.append({**row, "arch": arch_before_convolutions(row["arch"], lambda: self.trained_version(folder, row))})
             tables.append(folder.per_position())
         for row in rows:  # a list in result.json, JSON text in the table (one value per cell)
