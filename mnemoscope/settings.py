@@ -208,8 +208,8 @@ class LeaderboardSettings:
     ``books`` what differs from it for books in BPE tokens. Tests pass smaller parts."""
 
     recall: dict[str, Any] = setting({})
-    # 100k non-embedding parameters, 1M tokens of context 256 (the batch: the default study's), so that
-    # the README's Elman RNN trains both parts in under 10 minutes on 2 cores (results/leaderboard/README.md)
+    # 100k non-embedding parameters, 1M tokens of context 256 (the batch: the default study's): the README's
+    # Elman RNN took 8.6 CPU minutes for both parts, recall most of them (results/leaderboard/README.md)
     books: dict[str, Any] = setting({"tasks": ["books:bpe=1024"], "params": [100_000], "tokens": 1_000_000,
                                      "context": 256})
     history: int = 0  # no kept steps: a row needs the final model only

@@ -13,7 +13,7 @@ import pytest
 import mnemoscope.api
 from mnemoscope.api import run_leaderboard
 from mnemoscope.cli import main
-from mnemoscope.report.leaderboard import COLUMNS, NOT_MEASURED, bits_per_byte, ranked
+from mnemoscope.report.leaderboard import COLUMNS, NOT_MEASURED, bits_per_byte, markdown_table, ranked
 from mnemoscope.settings import LeaderboardSettings
 
 BROKEN = '''
@@ -109,13 +109,17 @@ def row(arch, point, low, high, bpb=1.0, never=False):
             "recall_half_high": high, "never_below_half": never, "longest_distance": 128, "bits_per_byte": bpb}
 
 
-def test_ranking_and_ties():
+def test_ranking_and_ties(tmp_path):
     t = ranked(pd.DataFrame([row("a", 3.0, 2.8, 3.2), row("b", 8.0, 6.0, 9.0), row("c", 3.1, 2.9, 3.3, bpb=0.5),
                              row("d", math.nan, 200, 256, never=True), row("e", math.nan, math.nan, math.nan)],
                             columns=COLUMNS))
     assert list(t["arch"]) == ["d", "b", "c", "a", "e"]  # never below half first, unmeasured last
     assert list(t["rank"].astype(object).where(t["rank"].notna(), None)) == [1, 2, 3, 3, None]
     assert dict(zip(t["arch"], t["tied"])) == {"d": "", "b": "", "c": "a", "a": "c", "e": ""}
+    t.to_parquet(tmp_path / "table.parquet")  # as the committed rows are read back
+    lines = markdown_table(pd.read_parquet(tmp_path / "table.parquet")).splitlines()
+    assert lines[2].startswith("| 1 | d | never below half up to 128 |")
+    assert lines[4].startswith("| 3= | c | 3.1 [2.9, 3.3] |") and lines[6].startswith("| - | e | not measured |")
 
 
 def test_bits_per_byte_weighs_bytes():

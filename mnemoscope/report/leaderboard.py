@@ -154,10 +154,10 @@ def _interval(v, lo, hi, fmt: str = "{:.1f}") -> str:
 
 
 def _recall_text(r) -> str:
-    if pd.isna(r["recall_half"]) and not r["never_below_half"] is True:
-        return "not measured"
-    if r["never_below_half"] is True:
+    if isinstance(r["never_below_half"], (bool, np.bool_)) and r["never_below_half"]:
         return f"never below half up to {int(r['longest_distance'])}"
+    if pd.isna(r["recall_half"]):
+        return "not measured"
     top = r["longest_distance"]
     end = lambda v: f">{int(top)}" if v > top else f"{v:.1f}"  # noqa: E731
     return f"{r['recall_half']:.1f} [{end(r['recall_half_low'])}, {end(r['recall_half_high'])}]"
