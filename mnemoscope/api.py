@@ -182,6 +182,10 @@ def _measure_part(part: str, arch: str, out: Path, settings: LeaderboardSettings
         study = Study(leaderboard_study(part, arch, settings), folder)
         if not study.run(progress=progress, log=log):
             raise UserError("its run did not finish")
+        rows = [study.folder.run(run_id).row() for run_id in study.finished()]
+        if not any(r.get("status", "ok") in (None, "ok") for r in rows):  # no row to measure: say why
+            r = rows[0] if rows else {}
+            raise UserError(f"its training diverged (step {r.get('diverged_step')}, after {r.get('wall_seconds')} s of training)")
         if part == "books":  # effective context: the truncation ablation only (as results/books-bpe)
             analyze(study, AnalysisSettings(variants=("truncate",)), log=log)
     except UserError as exc:

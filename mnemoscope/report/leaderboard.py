@@ -88,6 +88,12 @@ def bits_per_byte(arrays: dict) -> tuple[float, float, float]:
     return cluster_ci(losses[ok] / math.log(2) / nbytes[ok], nbytes[ok], units[ok])
 
 
+def _fit_of(fits: pd.DataFrame, run_id: str) -> dict:
+    """A run's row of fits.csv; empty where its analysis failed or was not made."""
+    found = fits[fits["run_id"] == run_id] if "run_id" in fits else fits.iloc[:0]
+    return found.iloc[0].to_dict() if len(found) else {}
+
+
 def books_cells(folder: Path) -> dict:
     """Books' cells of a row: effective context in tokens and bytes [interval] (the study's
     fits.csv), bits per byte [interval], parameters and training seconds."""
@@ -96,7 +102,7 @@ def books_cells(folder: Path) -> dict:
         return {}
     study = StudyFolder(folder)
     fits = study.table("fits.csv")
-    fit = fits[fits["run_id"] == row["run_id"]].iloc[0].to_dict() if "run_id" in fits else {}
+    fit = _fit_of(fits, row["run_id"])
     bpb = bits_per_byte(study.run(row["run_id"]).loss_arrays())
     cells = {f"effective_context{k}": fit.get(f"effective_context{k}") for k in ("", "_low", "_high")}
     cells.update({f"effective_context_bytes{k}": fit.get(f"effective_context_bytes{k}") for k in ("", "_low", "_high")})
@@ -224,7 +230,7 @@ def reference_lines(reference: Path, books: dict) -> list[str]:
         return [f"Scale reference: none found at {reference}."]
     r = runs.iloc[0].to_dict()
     fits = study.table("fits.csv")
-    fit = fits[fits["run_id"] == r["run_id"]].iloc[0].to_dict() if "run_id" in fits and len(fits) else {}
+    fit = _fit_of(fits, r["run_id"])
     bpb = bits_per_byte(study.run(r["run_id"]).loss_arrays())
     differs = []
     if str(r["task"]) != str((books.get("tasks") or ["?"])[0]):
@@ -248,14 +254,16 @@ def not_measured_lines(nm: pd.DataFrame) -> list[str]:
     return [f"- {r['arch']} ({r['part']}): {r['reason']} (measured cost: {r['seconds']})" for _, r in nm.iterrows()]
 
 
-def paired_text(out: Path, board: Path, archs: list[str], baselines: tuple[str, ...], log=print) -> dict[str, str]:
+def paired_text(out: Path, board: Path, archs: list[str], baselines: tuple[str, ...]) -> dict[str, str]:
     """Each architecture's paired gaps (all positions, nats/token) to the committed baselines on
     both parts, where they were scored on the same test data (``compare``); writes each part's
-    comparison page into ``out/compare-<part>/``. {arch: text}."""
+    comparison page into ``out/compare-<part>/``. A baseline you trained again yourself is left
+    out (its two folders would carry one name on the page). {arch: text}."""
     text: dict[str, list[str]] = {a: [] for a in archs}
     for part in PARTS:
         mine = [Selection(out / part / slug(a)) for a in archs if _finished_run(out / part / slug(a))]
-        bases = [Selection(board / part / slug(b), [b]) for b in baselines if _finished_run(board / part / slug(b))]
+        bases = [Selection(board / part / slug(b), [b]) for b in baselines
+                 if _finished_run(board / part / slug(b)) and slug(b) not in {slug(a) for a in archs}]
         if not mine or not bases:
             continue
         c = compare(mine + bases, bases)
