@@ -343,6 +343,21 @@ class HFArchitecture(Architecture):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.hf(input_ids=tokens, use_cache=False).logits  # (B, T, V)
 
+    def state_size(self, seq_len: int) -> int | None:
+        """Numbers in the cache transformers returns after ``seq_len`` tokens of one sequence (keys
+        and values for attention, convolution and scan states for Mamba, RWKV's state), counted
+        from one forward pass; None where the family returns none (RecurrentGemma) or fails to (xLSTM)."""
+        training = self.training
+        try:
+            with torch.no_grad():
+                out = self.eval().hf(input_ids=torch.zeros(1, seq_len, dtype=torch.long), use_cache=True)
+        except Exception:  # a family whose cache path fails here: unknown, as for any architecture that does not say
+            return None
+        finally:
+            self.train(training)
+        n = _numbers([v for k, v in out.items() if k != "logits"], set())
+        return n or None
+
     def embedding_parameters(self):
         """The output head (the same tensor as the input embedding when tied); nn.Embedding
         tables (tokens, GPT-2's positions) are left out of the count anyway."""
@@ -358,6 +373,22 @@ class HFArchitecture(Architecture):
                 k = getattr(self.config, "num_experts_per_tok", n)
                 total -= round(sum(p.numel() for p in mod.parameters(recurse=False)) * (1 - k / n))
         return total
+
+
+def _numbers(obj, seen: set[int]) -> int:
+    """Numbers in the tensors an object holds (lists, dicts and a cache object's attributes), each tensor once."""
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.numel()
+    if isinstance(obj, dict):
+        return sum(_numbers(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_numbers(v, seen) for v in obj)
+    if hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
+        return sum(_numbers(v, seen) for v in vars(obj).values())
+    return 0
 
 
 @functools.cache

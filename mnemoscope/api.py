@@ -10,17 +10,24 @@ Bad input raises :class:`mnemoscope.errors.UserError` with the command line's me
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
+
+import pandas as pd
 
 from tqdm import tqdm  # Lightning's progress bars (a dependency of lightning)
 
 from .analysis.analyze import analyze
 from .analysis.growth import analyze_growth
 from .errors import UserError
+from .registry import ARCHITECTURES
+from .report.leaderboard import NOT_MEASURED, PARTS, write_board
+from .report.leaderboard import slug as board_slug
 from .report.page import summary_lines, write_report
 from .report.view import StudyResults, load
-from .settings import EXECUTION
+from .settings import EXECUTION, LEADERBOARD, AnalysisSettings, LeaderboardSettings
+from .specs import format_count, parse_spec
 from .storage import files
 from .study.config import StudyConfig, default_name, legacy_default_name
 from .study.queue import check_url
@@ -155,3 +162,131 @@ def run(arch: str | list[str] | None = None, task: str | list[str] | None = None
         raise UserError(f"no study to load at {folder}: its runs are queued for workers elsewhere "
                         "(workers=0), or another process of a multi-device run writes it")
     return load(folder)
+
+
+def leaderboard_study(part: str, arch: str, settings: LeaderboardSettings | None = None) -> StudyConfig:
+    """The study of one architecture on one part of the leaderboard: the default study's settings
+    (:class:`mnemoscope.settings.StudySettings`) with the part's own over them. ``settings``:
+    :data:`mnemoscope.settings.LEADERBOARD` when not given (read at call time, so a test may swap it)."""
+    settings = settings or LEADERBOARD
+    overrides = dict(getattr(settings, part))
+    return StudyConfig.from_dict({**overrides, "archs": [arch], "history": settings.history,
+                                  "name": f"leaderboard-{part}-{board_slug(arch)}"})
+
+
+def _measure_part(part: str, arch: str, out: Path, settings: LeaderboardSettings, progress, log) -> dict | None:
+    """Train (or resume) one part of one row; its not-measured line (reason, seconds spent) on failure."""
+    start = time.perf_counter()
+    folder = out / part / board_slug(arch)
+    try:
+        study = Study(leaderboard_study(part, arch, settings), folder)
+        if not study.run(progress=progress, log=log):
+            raise UserError("its run did not finish")
+        rows = [study.folder.run(run_id).row() for run_id in study.finished()]
+        if not any(r.get("status", "ok") in (None, "ok") for r in rows):  # no row to measure: say why
+            r = rows[0] if rows else {}
+            raise UserError(f"its training diverged (step {r.get('diverged_step')}, after {r.get('wall_seconds')} s of training)")
+        if part == "books":  # effective context: the truncation ablation only (as results/books-bpe)
+            analyze(study, AnalysisSettings(variants=("truncate",)), log=log)
+    except UserError as exc:
+        seconds = time.perf_counter() - start
+        log(f"leaderboard: {arch} not measured on {part}: {exc}")
+        return {"arch": arch, "part": part, "reason": " ".join(str(exc).split()), "seconds": f"{seconds:.0f} s"}
+    return None
+
+
+def run_leaderboard(archs: list[str], out: str | Path | None = None, board: str | Path | None = None,
+                    settings: LeaderboardSettings | None = None, progress: bool | str = True, log: Callable = print,
+                    committed: bool = False, not_measured: list[dict] | None = None) -> Path:
+    """Train each architecture with the leaderboard's settings (recall and books, a study each, in
+    ``out/recall/<slug>/`` and ``out/books/<slug>/``; a second call resumes), then write the table
+    and figure into ``out``: every row measured there (this call's and earlier ones') beside the
+    committed rows of ``board``. Returns table.md's path.
+
+    ``out`` never lies in ``board`` (the committed folder is only read), unless ``committed``: the
+    build of the committed board itself (results/leaderboard/build.py), which rewrites the table
+    after each row, and lists architectures that do not resolve as not measured instead of
+    refusing them; ``not_measured``: rows left out before training, with why and their cost.
+    ``settings``: :data:`mnemoscope.settings.LEADERBOARD` when not given."""
+    settings = settings or LEADERBOARD
+    out = Path(out or settings.out)
+    board = Path(board or settings.board)
+    if not committed and (out.resolve() == board.resolve() or board.resolve() in out.resolve().parents):
+        raise UserError(f"--out {out} lies in the committed leaderboard {board}, which is only read: give another "
+                        f"folder, e.g. --out {settings.out}")
+    if not archs and not not_measured:
+        raise UserError("leaderboard needs at least one architecture (--arch)")
+    missing, good = list(not_measured or []), []
+    for arch in dict.fromkeys(archs):
+        try:
+            parse_spec(arch, ARCHITECTURES)  # an unknown name or a missing file: one line, before any training
+            good.append(arch)
+        except UserError as exc:
+            if not committed:
+                raise
+            missing.append({"arch": arch, "part": "recall and books", "reason": str(exc), "seconds": "0 s"})
+    header = board_header(settings, committed) + ("" if committed else board_differences(board, settings))
+    asked = set(archs) | {m["arch"] for m in missing}
+
+    def write(done: list[str]) -> None:
+        earlier = _earlier_not_measured(out, asked)
+        nm = pd.concat([earlier, pd.DataFrame(missing, columns=NOT_MEASURED)], ignore_index=True)
+        write_board(out, _measured_archs(out, done), nm, settings, None if committed else board,
+                    "committed" if committed else "yours", header=header)
+
+    for i, arch in enumerate(good):
+        for part in PARTS:
+            line = _measure_part(part, arch, out, settings, progress, log)
+            if line:
+                missing.append(line)
+        if committed and i < len(good) - 1:
+            write(good[:i + 1])  # the committed build: the table as it goes
+    write(good)
+    log(f"wrote {out / 'table.md'}")
+    return out / "table.md"
+
+
+def _measured_archs(out: Path, archs: list[str]) -> list[str]:
+    """``archs``, and before them every architecture measured in ``out`` by an earlier call."""
+    found = []
+    for config in sorted(out.glob("*/*/config.yaml")):
+        if config.parent.parent.name in PARTS:
+            found += (files.read_yaml(config, str(config)) or {}).get("archs") or []
+    return list(dict.fromkeys([*found, *archs]))
+
+
+def _earlier_not_measured(out: Path, asked: set[str]) -> pd.DataFrame:
+    """The not-measured lines an earlier call wrote into ``out`` for architectures not asked for now."""
+    path = out / "not_measured.csv"
+    if not path.is_file():
+        return pd.DataFrame(columns=NOT_MEASURED)
+    earlier = pd.read_csv(path, dtype=str)
+    return earlier[~earlier["arch"].isin(asked)]
+
+
+def board_header(settings: LeaderboardSettings, committed: bool) -> str:
+    """The lines above the table: what each part trained."""
+    parts = []
+    for part in PARTS:
+        c = leaderboard_study(part, "x", settings)
+        parts.append(f"{part}: task {c.tasks[0]}, {format_count(c.params[0])} non-embedding parameters, "
+                     f"{format_count(c.tokens)} training tokens, batch {c.batch_size}, context "
+                     f"{c.context or 'the task’s own'}, seed {c.seeds[0]}, {c.eval_sequences} test windows")
+    return ("# Leaderboard\n\n" + ("" if committed else "Your rows (in bold) beside the committed ones. ")
+            + "Settings: " + "; ".join(parts) + ".\n")
+
+
+def board_differences(board: Path, settings: LeaderboardSettings) -> str:
+    """A line per part whose committed rows were trained with other settings than these (the
+    default study's changed since the board was built, say): their rows and yours are then not
+    measured alike. Empty when they agree or there is no board."""
+    lines = []
+    for part in PARTS:
+        for config in sorted((board / part).glob("*/config.yaml")) if (board / part).is_dir() else []:
+            theirs = StudyConfig.from_dict(files.read_yaml(config, str(config))).identity()
+            mine = leaderboard_study(part, theirs["archs"][0], settings).identity()
+            diff = [f"{k} {theirs.get(k)} (yours {mine.get(k)})" for k in mine if k != "name" and mine[k] != theirs.get(k)]
+            if diff:
+                lines.append(f"\n**Not alike:** the committed {part} rows were trained with {', '.join(diff)}.\n")
+            break
+    return "".join(lines)

@@ -14,7 +14,7 @@ from pathlib import Path
 from .analysis.analyze import analyze
 from .analysis.compare import compare, parse_selection
 from .analysis.growth import analyze_growth
-from .api import INTERRUPTED, close_bars, execution_settings, resolve_study, run_study
+from .api import INTERRUPTED, close_bars, execution_settings, resolve_study, run_leaderboard, run_study
 from .api import study_folder as api_study_folder
 from .errors import UserError
 from .registry import ARCHITECTURES, TASKS
@@ -22,8 +22,8 @@ from .report.compare import summary_lines as comparison_lines
 from .report.compare import write_comparison
 from .report.page import write_report
 from .score.scoring import Settings, build_task, score
-from .settings import (VARIANTS, AnalysisSettings, ExecutionSettings, ScoreSettings, StudySettings, TuneSettings,
-                       add_arguments)
+from .settings import (VARIANTS, AnalysisSettings, ExecutionSettings, LeaderboardSettings, ScoreSettings, StudySettings,
+                       TuneSettings, add_arguments)
 from .specs import parse_count
 from .study.config import StudyConfig
 from .study.queue import RunQueue, sigterm_as_interrupt
@@ -42,6 +42,7 @@ EXAMPLES = """examples:
   python study.py compare results/architectures:transformer,lstm results/my-study   runs of several studies, paired gaps
   python study.py score results/NAME/runs/ID model.gguf --task books --context 2048   models trained elsewhere
   python study.py tune --arch transformer lstm --task text --trials 30   same Optuna budget for each
+  python study.py leaderboard --arch my_rnn.py:MyRNN         your row beside results/leaderboard's
   python study.py --arch transformer lstm --params 30k 100k 300k 1M 3M --hparams tuned   a scaling sweep
   python study.py ... --workers 4                         four worker processes drain the study's queue
   python study.py worker results/NAME --storage URL       join a study from another machine
@@ -50,7 +51,7 @@ EXAMPLES = """examples:
 
 def run_parser(prog: str = "study.py") -> argparse.ArgumentParser:
     usage = (f"{prog} [--arch ARCH ...] [--task TASK ...] [--params N ...] [other flags]\n"
-             f"       {prog} list | report DIR | analyze DIR | compare DIR[:ARCH,...] ... | score MODEL ... --task TASK | worker DIR | tune --arch ARCH ... "
+             f"       {prog} list | report DIR | analyze DIR | leaderboard --arch ARCH ... | compare DIR[:ARCH,...] ... | score MODEL ... --task TASK | worker DIR | tune --arch ARCH ... "
              "(each has --help)")
     p = argparse.ArgumentParser(
         prog=prog, usage=usage, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -307,8 +308,24 @@ def cmd_score(argv: list[str], prog: str = "study.py") -> int:
     return 0
 
 
+def cmd_leaderboard(argv: list[str], prog: str = "study.py") -> int:
+    p = argparse.ArgumentParser(
+        prog=f"{prog} leaderboard", description="Train architectures with the leaderboard's committed settings "
+        "(the recall probe at the default study's settings, and books in BPE tokens), and write the table and "
+        "figure of their rows beside the committed ones (docs/leaderboard.md). The committed folder is only read; "
+        "rerunning the command resumes.")
+    _one_line_errors(p)
+    p.add_argument("--arch", nargs="+", required=True, metavar="SPEC",
+                   help="architectures: names, hf:FAMILY, module:Class or file.py:Class")
+    add_arguments(p, LeaderboardSettings, "out board")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    run_leaderboard(args.arch, args.out, args.board, progress=progress_mode(args.no_progress))
+    return 0
+
+
 COMMANDS = {"list": cmd_list, "report": cmd_report, "worker": cmd_worker, "tune": cmd_tune, "analyze": cmd_analyze,
-            "compare": cmd_compare, "score": cmd_score}
+            "compare": cmd_compare, "score": cmd_score, "leaderboard": cmd_leaderboard}
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:

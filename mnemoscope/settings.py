@@ -200,5 +200,28 @@ class ScoreSettings:
     bisect: bool = True
 
 
-STUDY, EXECUTION, TUNE, ANALYSIS, SCORE = (StudySettings(), ExecutionSettings(), TuneSettings(), AnalysisSettings(),
-                                           ScoreSettings())
+@dataclass
+class LeaderboardSettings:
+    """``study.py leaderboard``: the committed settings of results/leaderboard, one row per
+    architecture. Each part is a study of one architecture: ``recall`` holds what differs from the
+    default study (:class:`StudySettings`, read at run time: empty means exactly its settings),
+    ``books`` what differs from it for books in BPE tokens. Tests pass smaller parts."""
+
+    recall: dict[str, Any] = setting({})
+    # 100k non-embedding parameters, 1M tokens of context 256 (the batch: the default study's): the README's
+    # Elman RNN took 8.6 CPU minutes for both parts, recall most of them (results/leaderboard/README.md)
+    books: dict[str, Any] = setting({"tasks": ["books:bpe=1024"], "params": [100_000], "tokens": 1_000_000,
+                                     "context": 256})
+    history: int = 0  # no kept steps: a row needs the final model only
+    # the committed runs whose paired gaps each new row gets (`compare`'s --baseline), where present
+    baselines: tuple[str, ...] = ("transformer", "lstm")
+    board: Path = setting(Path("results") / "leaderboard", "the committed leaderboard whose rows yours join, only "
+                          "read (default {default})", "--board", text=True)
+    out: Path = setting(Path("results") / "leaderboard-mine", "folder for your rows, table and figure (default "
+                        "{default}); never the committed one", "--out", text=True)
+    # the scale reference under the table: a pretrained model scored on books, not trained here
+    reference: Path = Path("results") / "pretrained-smollm2"
+
+
+STUDY, EXECUTION, TUNE, ANALYSIS, SCORE, LEADERBOARD = (StudySettings(), ExecutionSettings(), TuneSettings(),
+                                                        AnalysisSettings(), ScoreSettings(), LeaderboardSettings())

@@ -303,3 +303,17 @@ def test_a_depth_that_cannot_hold_the_layer_mix_is_refused():
         build(ARCHITECTURES.get("hf:qwen3_next"), V, T, {"hidden_size": 16, "num_hidden_layers": 2})
     with pytest.raises(UserError, match="at least 1 layer"):
         build(ARCHITECTURES.get("hf:llama"), V, T, {"hidden_size": 16, "num_hidden_layers": 0})
+
+
+def test_state_size_counts_the_cache():
+    """Attention's state is its keys and values at every position; Mamba-2's does not grow with the
+    sequence; a family that returns no cache here says nothing (None)."""
+    V, T = 64, 32
+    llama = build(ARCHITECTURES.get("hf:llama"), V, T, {"hidden_size": 32, "num_hidden_layers": 2,
+                                                        "num_attention_heads": 4, "num_key_value_heads": 2})
+    assert llama.state_size(T) == 2 * 2 * T * 2 * 8 and llama.training  # layers x (k, v) x T x kv heads x head size
+    mamba2 = build(ARCHITECTURES.get("hf:mamba2"), V, T, {"hidden_size": 72, "num_hidden_layers": 1})
+    assert mamba2.state_size(16) == mamba2.state_size(T) > 0
+    gemma = build(ARCHITECTURES.get("hf:recurrent_gemma"), V, T, size_for(ARCHITECTURES.get("hf:recurrent_gemma"),
+                                                                          20_000, V, T, {}))
+    assert gemma.state_size(T) is None
