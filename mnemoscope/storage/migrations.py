@@ -18,13 +18,14 @@ layout (what is missing)          committed studies that have it
 in result.json                    reference, scaling-text
 ``scoring_parts`` in result.json  the same six (rebuilt from the study's tasks where compared:
                                   ``mnemoscope.analysis.compare``, which builds them)
-bytes columns in                  architectures, hf-families, modalities, reference,
-per_position.parquet              scaling-text (byte-level text; the others' bytes unknown)
+bytes columns in                  hf-families, modalities, reference, scaling-text
+per_position.parquet              (byte-level text; the others' bytes unknown); architectures
+                                  until its rerun with the version-3 transformer
 ``extrapolation_buckets``         architectures, hf-families, modalities, reference
 in runs/<id>/analysis/
-``data.json``                     architectures, books-bpe, hf-families, modalities,
-                                  reference, scaling-text (and a scored study:
-                                  pretrained-smollm2)
+``data.json``                     hf-families, modalities, reference, scaling-text (and a
+                                  scored study: pretrained-smollm2); architectures and
+                                  books-bpe until their rerun with the version-3 transformer
 windows inside documents          books-long (its data.json, written before the documents'
 in data.json                      spans were looked at, says windows may cross documents)
 ``format`` in a scored folder's   pretrained-smollm2 (written by ``study.py score`` before the
