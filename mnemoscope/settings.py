@@ -28,6 +28,8 @@ VARIANTS = ("truncate", "shuffle", "replace")  # the truncation ablation's varia
 N_BOOT = 1000  # bootstrap replicates of an interval of means (losses, gaps, gains, effective contexts)
 EVAL_BATCH = 32  # windows per forward pass when a model is scored (no gradients)
 ABLATION_TOKENS = 1 << 16  # tokens per forward pass of analyze's truncation ablation (score's: ScoreSettings)
+BUCKET_BOOT = 200  # bootstrap replicates of the extrapolation's intervals per position bucket
+ALPHA_BOOT = 100  # bootstrap replicates of the interval of each alpha(N) (the scaling section)
 STILL_LEARNING = 0.02  # a run whose loss still falls by more than this fraction per octave of training tokens
 # batch_size "auto": the largest power of two in [MIN_AUTO_BATCH, MAX_AUTO_BATCH] that leaves a run
 # at least MIN_STEPS optimizer steps (mnemoscope.training.train.auto_batch_size)

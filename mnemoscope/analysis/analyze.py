@@ -34,9 +34,13 @@ from ..measure.bootstrap import bootstrap_indices
 from ..measure.evaluate import bootstrap_ci, per_position_losses
 from ..measure.statistics import (context_resolution, curve_shape, format_effective_context, loss_buckets, paired_gap,
                                   truncation_check)
-from ..settings import ANALYSIS, N_BOOT, AnalysisSettings
+from ..settings import ANALYSIS, BUCKET_BOOT, N_BOOT, AnalysisSettings
 from ..storage.study_folder import RunFolder, StudyFolder
 from ..study.runner import Study
+
+# windows per forward pass at the extrapolation's contexts (2-8x the trained length: half of
+# settings.EVAL_BATCH), named once for extrapolation and long_context
+EXTRAPOLATION_BATCH = 16
 
 
 def paired_runs(study_dir: Path, runs: pd.DataFrame, baseline: str):
@@ -77,7 +81,7 @@ def extrapolates(model: nn.Module) -> bool:
 
 
 def extrapolation(model: nn.Module, split: TokenSplit, context_length: int, factors=ANALYSIS.factors,
-                  n_sequences: int = ANALYSIS.extrapolation_sequences, batch_size: int = 16, seed: int = 0) -> pd.DataFrame:
+                  n_sequences: int = ANALYSIS.extrapolation_sequences, batch_size: int = EXTRAPOLATION_BATCH, seed: int = 0) -> pd.DataFrame:
     """Per-position loss on test windows ``factor`` x the training context (positions past T were
     never trained on). Empty for a model that does not extrapolate, or a task whose sequences have
     a fixed length. Columns: factor, length, position, loss, ci_low, ci_high, n_sequences."""
@@ -85,8 +89,8 @@ def extrapolation(model: nn.Module, split: TokenSplit, context_length: int, fact
 
 
 def long_context(model: nn.Module, split: TokenSplit, context_length: int, factors=ANALYSIS.factors,
-                 n_sequences: int = ANALYSIS.extrapolation_sequences, batch_size: int = 16, seed: int = 0,
-                 n_boot: int = 200) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 n_sequences: int = ANALYSIS.extrapolation_sequences, batch_size: int = EXTRAPOLATION_BATCH, seed: int = 0,
+                 n_boot: int = BUCKET_BOOT) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`extrapolation`'s per-position table, and the same losses in **position buckets** of
     the training length T, [0, T), [T, 2T), ..., as long-context evaluations report them (Flash
     Linear Attention's ``evals/ppl.py`` buckets PG-19 by 2048-token blocks): the mean loss of each

@@ -31,6 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from ..measure.bootstrap import LEVEL, percentile_interval
 from ..measure.statistics import bootstrap_fit, fit_power_law
+from ..settings import ALPHA_BOOT
 from ..storage.study_folder import RunFolder, StudyFolder
 
 FRONTIER_PER_DECADE = 4  # frontier grid points per decade of compute
@@ -273,7 +274,7 @@ def compute_law(study_dir: Path, curves: pd.DataFrame, n_boot: int = N_BOOT, see
 
 
 # -- alpha of the per-position fit against N -----------------------------------------------------------------
-def alpha_vs_params(study_dir: Path, runs: pd.DataFrame, n_boot: int = 100) -> pd.DataFrame:
+def alpha_vs_params(study_dir: Path, runs: pd.DataFrame, n_boot: int = ALPHA_BOOT) -> pd.DataFrame:
     """alpha of each run's per-position power law (analysis.bootstrap_fit), with its interval."""
     rows = []
     for r in runs.itertuples():
@@ -297,7 +298,7 @@ def scaling_tables(study_dir: Path, runs: pd.DataFrame | None = None, n_boot: in
         size_fits, size_points = size_law(study_dir, runs, n_boot)
         curves = load_curves(study_dir, runs[runs["status"] == "ok"] if "status" in runs else runs)
         c_fits, front, nopt = compute_law(study_dir, curves, n_boot)
-        alphas = alpha_vs_params(study_dir, runs, n_boot=min(n_boot, 100))
+        alphas = alpha_vs_params(study_dir, runs, n_boot=min(n_boot, ALPHA_BOOT))
     fits = pd.concat([f for f in (size_fits, c_fits) if not f.empty], ignore_index=True) if (
         not size_fits.empty or not c_fits.empty) else pd.DataFrame()
     tables = {"fits": fits, "points": size_points, "curves": curves, "frontier": front, "n_opt": nopt,

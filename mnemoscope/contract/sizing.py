@@ -50,11 +50,29 @@ def arch_name(cls) -> str:
     return getattr(cls, "registered_name", getattr(cls, "__name__", repr(cls)))
 
 
+_COUNTS: dict[tuple, int] = {}  # (class, vocab, context, config, non_embedding) -> count, this process's
+
+
 def _count_on_meta(cls, vocab_size, context_length, config, non_embedding: bool = True) -> int:
-    """Parameters of the model ``config`` builds, counted on the meta device (nothing allocated)."""
+    """Parameters of the model ``config`` builds, counted on the meta device (nothing allocated).
+    Each count is kept for the process: the width solver asks for the same widths again, and a
+    study sizes every seed of an architecture alike (building a model on ``meta`` still runs
+    its initialisation, some 50 ms a transformer)."""
+    try:
+        key = (cls, vocab_size, context_length, repr(sorted(config.items())), non_embedding)
+        hash(key)
+    except TypeError:  # a class that cannot be a key: counted every time
+        key = None
+    if key is not None and key in _COUNTS:
+        return _COUNTS[key]
     with torch.device("meta"):
         model = cls(vocab_size=vocab_size, context_length=context_length, **config)
-    return count_params(model, non_embedding=non_embedding)
+    n = count_params(model, non_embedding=non_embedding)
+    if key is not None:
+        if len(_COUNTS) >= 1 << 14:
+            _COUNTS.clear()
+        _COUNTS[key] = n
+    return n
 
 
 def solve_width(cls, target: int, vocab_size: int, context_length: int, fixed: dict[str, Any]) -> dict[str, Any]:
