@@ -36,6 +36,7 @@ from benchmarks.references import stamp
 from benchmarks.common import CLOCK, EVAL_TARGET, Rounds, alternate, compared, markdown, row
 from mnemoscope.contract.model import count_params
 from mnemoscope.score.scoring import window_losses
+from mnemoscope.storage.study_folder import StudyFolder
 from mnemoscope.score.models import CausalLM
 from mnemoscope.contract.task import sequences_split
 from mnemoscope.contract.windows import eval_offsets, window_batch
@@ -77,7 +78,8 @@ def probe(mode: str, vocab: int, T: int, width: int, layers: int, smollm2: bool 
     @torch.no_grad()
     def once():
         if mode == "score":
-            window_losses(model, split, T, 1, 1, Path(tempfile.mkdtemp()) / "partial.npz")
+            with tempfile.TemporaryDirectory() as tmp:  # a fresh work folder: nothing resumed
+                window_losses(model, split, T, 1, 1, StudyFolder(Path(tmp)).work("bench"))
         elif mode == "bare":
             hf(input_ids=x, use_cache=False).logits
         else:
@@ -116,13 +118,12 @@ def main(argv=None) -> int:
     split = windows(vocab, T, n)
     offsets = eval_offsets(split, T, n)
     xs = [window_batch(split, offsets[i:i + 1], T)[0] for i in range(n)]
-    work = Path(tempfile.mkdtemp(prefix="mnemoscope-bench-score-"))
-
     def score_path():
-        start = stamp(torch.device("cpu"))
-        (work / "partial.npz").unlink(missing_ok=True)
-        window_losses(model, split, T, n, 1, work / "partial.npz")
-        return stamp(torch.device("cpu")) - start
+        with tempfile.TemporaryDirectory(prefix="mnemoscope-bench-score-") as tmp:  # nothing resumed
+            work = StudyFolder(Path(tmp)).work("bench")
+            start = stamp(torch.device("cpu"))
+            window_losses(model, split, T, n, 1, work)
+            return stamp(torch.device("cpu")) - start
 
     @torch.no_grad()
     def bare():

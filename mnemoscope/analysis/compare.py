@@ -27,7 +27,8 @@ from ..measure.evaluate import SCORING_PARTS, bits_per_byte, scoring_difference,
 from ..measure.statistics import format_effective_context, paired_gap, paired_gap_curve
 from ..settings import N_BOOT
 from ..specs import format_count
-from ..storage.migrations import fill_bits_per_byte, recorded_data_fingerprint, stored_target_bytes, with_bytes
+from ..storage.migrations import (arch_before_convolutions, fill_bits_per_byte, recorded_data_fingerprint,
+                                  stored_target_bytes, with_bytes)
 from ..storage.study_folder import StudyFolder
 from ..study.runner import Study
 
@@ -68,18 +69,26 @@ def _match(wanted: str, available: list[str], folder: Path) -> list[str]:
     found = [a for a in available if ":" not in wanted and a.partition(":")[0] == wanted]
     if not found:
         raise UserError(f"no finished run of {wanted!r} in {folder} (it holds: {', '.join(available) or 'none'})")
-    return found
+    # a rerun study also holds the runs of an earlier version, tabled with init=gpt2
+    # (migrations.arch_before_convolutions): a plain name selects today's, where it has one
+    current = [a for a in found if not a.endswith("init=gpt2")]
+    return current or found
 
 
 def _study_runs(folder: Path) -> pd.DataFrame:
     """The finished, non-diverged runs of a study folder, from their ``result.json`` (read only)."""
     rows = []
     study = StudyFolder(folder)
+    config = study.config()
+    trained = None if config.get("score") else Study.from_folder(folder)  # a scored folder trains nothing
     for run_id in study.finished():
         try:
-            rows.append(fill_bits_per_byte(study.run(run_id).row(), study.run(run_id).loss_arrays, bits_per_byte))
+            row = fill_bits_per_byte(study.run(run_id).row(), study.run(run_id).loss_arrays, bits_per_byte)
         except (OSError, ValueError):
             continue
+        if trained is not None:  # the run of an earlier version under its own name, as in runs.parquet
+            row["arch"] = arch_before_convolutions(row["arch"], lambda: trained.trained_version(study.run(run_id), row))
+        rows.append(row)
     runs = pd.DataFrame(rows)
     if runs.empty:
         raise UserError(f"{folder} has no finished runs")

@@ -141,10 +141,6 @@ class RunFolder:
             files.atomic_write(self.path / self.CURVE, lambda p: _save_to_file(p, curve.save))
 
     # -- the model ----------------------------------------------------------------------------------
-    def has_model(self) -> bool:
-        """Whether the trained weights are kept here (a clone of a committed study has none)."""
-        return (self.path / self.MODEL).exists()
-
     def checkpoint(self, device: str = "cpu") -> dict[str, Any]:
         """``model.pt`` read with ``weights_only=True``: tensors and plain containers only, so a
         tampered file cannot run code."""

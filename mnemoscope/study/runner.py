@@ -373,7 +373,7 @@ class Study:
 
     def trained_version(self, folder: RunFolder, row: dict) -> str | None:
         """The architecture version a stored run was trained as (:func:`mnemoscope.storage.migrations.trained_version`)."""
-        weights = (lambda: folder.checkpoint()["state_dict"]) if folder.has_model() else None
+        weights = (lambda: folder.checkpoint()["state_dict"]) if folder.has_model else None
         spec = RunSpec(row["arch"], row["task"], int(row["params"]), int(row["seed"]))
         return trained_version(row, weights, lambda: spec.run_id(self.config, row.get("data_fingerprint"), "2"))
 
