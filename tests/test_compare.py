@@ -143,8 +143,7 @@ def test_bring_your_architecture_readme_commands(tmp_path):
     assert [p.name.split("-")[0] for p in (study / "runs").iterdir()] == ["MyRNN"]  # exactly one run
     gaps = pd.read_csv(study.parent / "my-rnn-compare" / "gaps.csv")
     mine = gaps[gaps["arch"] == "my_rnn.py:MyRNN"]
-    # the fixture's transformer is GPT-2's recipe (trained before version 2): tabled under that name
-    assert set(mine["baseline"]) == {"reference-tiny: transformer:pos=rotary,conv=0,init=gpt2", "reference-tiny: lstm"}
+    assert set(mine["baseline"]) == {"reference-tiny: transformer:pos=rotary", "reference-tiny: lstm"}
     assert len(mine) == 2 * 4 and np.isfinite(mine[["gap_low", "gap_high"]].to_numpy()).all()
     assert "paired" in pd.read_csv(study.parent / "my-rnn-compare" / "runs.csv").iloc[-1].to_string()
 

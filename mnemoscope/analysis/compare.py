@@ -86,9 +86,12 @@ def _study_runs(folder: Path) -> pd.DataFrame:
             row = fill_bits_per_byte(study.run(run_id).row(), study.run(run_id).loss_arrays, bits_per_byte)
         except (OSError, ValueError):
             continue
-        if trained is not None:  # the run of an earlier version under its own name, as in runs.parquet
-            row["arch"] = arch_before_convolutions(row["arch"], lambda: trained.trained_version(study.run(run_id), row))
         rows.append(row)
+    key = lambda r: (r["arch"], r["task"], r["params"], r["seed"])
+    twice = {k for k in map(key, rows) if [key(r) for r in rows].count(k) > 1}
+    for row in rows:  # a rerun study holding two versions of a run: the earlier under its own name, as in runs.parquet
+        if trained is not None and key(row) in twice:
+            row["arch"] = arch_before_convolutions(row["arch"], lambda: trained.trained_version(study.run(row["run_id"]), row))
     runs = pd.DataFrame(rows)
     if runs.empty:
         raise UserError(f"{folder} has no finished runs")
