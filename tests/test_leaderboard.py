@@ -13,7 +13,7 @@ import pytest
 import mnemoscope.api
 from mnemoscope.api import run_leaderboard
 from mnemoscope.cli import main
-from mnemoscope.report.leaderboard import COLUMNS, NOT_MEASURED, bits_per_byte, markdown_table, ranked
+from mnemoscope.report.leaderboard import COLUMNS, NOT_MEASURED, _bits_per_byte, markdown_table, ranked
 from mnemoscope.settings import LeaderboardSettings
 
 BROKEN = '''
@@ -125,6 +125,6 @@ def test_ranking_and_ties(tmp_path):
 def test_bits_per_byte_weighs_bytes():
     arrays = {"losses": np.full((4, 3), math.log(2)), "mask": np.ones((4, 3), bool),
               "target_bytes": np.array([[1, 1, 2]] * 4)}
-    point, low, high = bits_per_byte(arrays)
+    point, low, high = _bits_per_byte(arrays)
     assert point == pytest.approx(3 / 4) and low == pytest.approx(3 / 4) and high == pytest.approx(3 / 4)
     assert NOT_MEASURED == ["arch", "part", "reason", "seconds"]

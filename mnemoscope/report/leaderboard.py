@@ -5,8 +5,8 @@ recomputed and never written), the rows that could not be measured, and the scal
 
 Every number comes from the measurements the studies already make: recall's distance of half
 accuracy from :func:`mnemoscope.tasks.probe_views.recall_half_table`, effective context from the
-books study's ``fits.csv`` (``study.py analyze``), bits per byte with :func:`mnemoscope.measure.bootstrap.cluster_ci`
-over test windows, and paired gaps from :func:`mnemoscope.analysis.compare.compare`.
+books study's ``fits.csv`` (``study.py analyze``), bits per byte with :func:`mnemoscope.measure.evaluate.bits_per_byte`
+(an interval over test windows), and paired gaps from :func:`mnemoscope.analysis.compare.compare`.
 """
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ import pandas as pd
 
 from ..analysis.compare import Selection, compare
 from ..errors import UserError
-from ..measure.bootstrap import LEVEL, cluster_ci
+from ..measure.bootstrap import LEVEL
+from ..measure.evaluate import bits_per_byte
 from ..registry import TASKS
+from ..settings import N_BOOT
 from ..render.figures import arch_palette, figure_png
 from ..specs import format_count, parse_spec, spec_label
 from ..storage import files
@@ -78,14 +80,10 @@ def recall_cells(folder: Path) -> dict:
             "recall_seconds": float(row["wall_seconds"]), "recall_run": row["run_id"]}
 
 
-def bits_per_byte(arrays: dict) -> tuple[float, float, float]:
-    """Bits per byte of a run's scored targets (``losses.npz``: losses, mask, target_bytes), with
-    a {LEVEL}% bootstrap interval over test windows: the windows' bits over their bytes."""
-    losses, mask = np.asarray(arrays["losses"], float), np.asarray(arrays["mask"], bool)
-    nbytes = np.asarray(arrays["target_bytes"], float)
-    units = np.broadcast_to(np.arange(len(losses))[:, None], losses.shape)
-    ok = mask & (nbytes > 0)
-    return cluster_ci(losses[ok] / math.log(2) / nbytes[ok], nbytes[ok], units[ok])
+def _bits_per_byte(arrays: dict) -> tuple[float, float, float]:
+    """Bits per byte of a run's ``losses.npz`` (losses, mask, target_bytes) with its interval over
+    test windows (:func:`mnemoscope.measure.evaluate.bits_per_byte`, which every runs table's column comes from)."""
+    return bits_per_byte(arrays["losses"], arrays["mask"], arrays["target_bytes"], n_boot=N_BOOT)
 
 
 def _fit_of(fits: pd.DataFrame, run_id: str) -> dict:
@@ -103,7 +101,7 @@ def books_cells(folder: Path) -> dict:
     study = StudyFolder(folder)
     fits = study.table("fits.csv")
     fit = _fit_of(fits, row["run_id"])
-    bpb = bits_per_byte(study.run(row["run_id"]).loss_arrays())
+    bpb = _bits_per_byte(study.run(row["run_id"]).loss_arrays())
     cells = {f"effective_context{k}": fit.get(f"effective_context{k}") for k in ("", "_low", "_high")}
     cells.update({f"effective_context_bytes{k}": fit.get(f"effective_context_bytes{k}") for k in ("", "_low", "_high")})
     return {**cells, "bits_per_byte": bpb[0], "bits_per_byte_low": bpb[1], "bits_per_byte_high": bpb[2],
@@ -231,7 +229,7 @@ def reference_lines(reference: Path, books: dict) -> list[str]:
     r = runs.iloc[0].to_dict()
     fits = study.table("fits.csv")
     fit = _fit_of(fits, r["run_id"])
-    bpb = bits_per_byte(study.run(r["run_id"]).loss_arrays())
+    bpb = _bits_per_byte(study.run(r["run_id"]).loss_arrays())
     differs = []
     if str(r["task"]) != str((books.get("tasks") or ["?"])[0]):
         differs.append(f"task `{r['task']}` through its own tokenizer (the leaderboard: `{books.get('tasks', ['?'])[0]}`)")
