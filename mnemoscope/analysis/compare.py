@@ -27,8 +27,7 @@ from ..measure.evaluate import SCORING_PARTS, bits_per_byte, scoring_difference,
 from ..measure.statistics import format_effective_context, paired_gap, paired_gap_curve
 from ..settings import N_BOOT
 from ..specs import format_count
-from ..storage.migrations import (arch_before_convolutions, fill_bits_per_byte, recorded_data_fingerprint,
-                                  stored_target_bytes, with_bytes)
+from ..storage.migrations import fill_bits_per_byte, recorded_data_fingerprint, stored_target_bytes, with_bytes
 from ..storage.study_folder import StudyFolder
 from ..study.runner import Study
 
@@ -87,11 +86,9 @@ def _study_runs(folder: Path) -> pd.DataFrame:
         except (OSError, ValueError):
             continue
         rows.append(row)
-    key = lambda r: (r["arch"], r["task"], r["params"], r["seed"])
-    twice = {k for k in map(key, rows) if [key(r) for r in rows].count(k) > 1}
-    for row in rows:  # a rerun study holding two versions of a run: the earlier under its own name, as in runs.parquet
-        if trained is not None and key(row) in twice:
-            row["arch"] = arch_before_convolutions(row["arch"], lambda: trained.trained_version(study.run(row["run_id"]), row))
+    if trained is not None:  # a rerun study's two versions of a run under two names, as in runs.parquet
+        for row, arch in zip(rows, trained.tabled_archs(rows)):
+            row["arch"] = arch
     runs = pd.DataFrame(rows)
     if runs.empty:
         raise UserError(f"{folder} has no finished runs")

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -377,6 +378,16 @@ class Study:
         spec = RunSpec(row["arch"], row["task"], int(row["params"]), int(row["seed"]))
         return trained_version(row, weights, lambda: spec.run_id(self.config, row.get("data_fingerprint"), "2"))
 
+    def tabled_archs(self, rows: list[dict]) -> list[str]:
+        """Each stored run's name in the tables: as it was trained, except where a rerun holds two
+        versions of one run (the same arch, task, size and seed): the earlier one gets the name of
+        what it was (:func:`mnemoscope.storage.migrations.arch_before_convolutions`). runs.parquet and
+        ``compare`` both name runs so."""
+        key = lambda r: (r["arch"], r["task"], r["params"], r["seed"])  # noqa: E731
+        counts = Counter(map(key, rows))
+        return [arch_before_convolutions(r["arch"], lambda r=r: self.trained_version(self.folder.run(r["run_id"]), r))
+                if counts[key(r)] > 1 else r["arch"] for r in rows]
+
     def collect(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Rebuild runs.parquet and per_position.parquet from the finished runs' folders."""
         rows, tables = [], []
@@ -385,9 +396,10 @@ class Study:
             row = fill_active_params(folder.row(), lambda arch: hasattr(parse_spec(arch, ARCHITECTURES)[0],
                                                                         "num_active_params"),
                                      lambda: active_params(folder.load_model()[0]))
-            row = fill_bits_per_byte(row, folder.loss_arrays, bits_per_byte)
-            rows.append({**row, "arch": arch_before_convolutions(row["arch"], lambda: self.trained_version(folder, row))})
+            rows.append(fill_bits_per_byte(row, folder.loss_arrays, bits_per_byte))
             tables.append(folder.per_position())
+        for row, arch in zip(rows, self.tabled_archs(rows)):
+            row["arch"] = arch
         for row in rows:  # a list in result.json, JSON text in the table (one value per cell)
             if isinstance(row.get("resumes"), list):
                 row["resumes"] = json.dumps(row["resumes"])
