@@ -22,13 +22,14 @@ from .analysis.analyze import analyze
 from .analysis.growth import analyze_growth
 from .errors import UserError
 from .registry import ARCHITECTURES
-from .report.leaderboard import NOT_MEASURED, PARTS, write_board
+from .report.leaderboard import NOT_MEASURED, PARTS, read_not_measured, write_board
 from .report.leaderboard import slug as board_slug
 from .report.page import summary_lines, write_report
 from .report.view import StudyResults, load
 from .settings import EXECUTION, LEADERBOARD, AnalysisSettings, LeaderboardSettings
 from .specs import format_count, parse_spec
 from .storage import files
+from .storage.study_folder import StudyFolder
 from .study.config import StudyConfig, default_name, legacy_default_name
 from .study.queue import check_url
 from .study.runner import Study, mixed_data
@@ -251,16 +252,13 @@ def _measured_archs(out: Path, archs: list[str]) -> list[str]:
     found = []
     for config in sorted(out.glob("*/*/config.yaml")):
         if config.parent.parent.name in PARTS:
-            found += (files.read_yaml(config, str(config)) or {}).get("archs") or []
+            found += (StudyFolder(config.parent).read_config() or {}).get("archs") or []
     return list(dict.fromkeys([*found, *archs]))
 
 
 def _earlier_not_measured(out: Path, asked: set[str]) -> pd.DataFrame:
     """The not-measured lines an earlier call wrote into ``out`` for architectures not asked for now."""
-    path = out / "not_measured.csv"
-    if not path.is_file():
-        return pd.DataFrame(columns=NOT_MEASURED)
-    earlier = pd.read_csv(path, dtype=str)
+    earlier = read_not_measured(out)
     return earlier[~earlier["arch"].isin(asked)]
 
 
@@ -283,7 +281,7 @@ def board_differences(board: Path, settings: LeaderboardSettings) -> str:
     lines = []
     for part in PARTS:
         for config in sorted((board / part).glob("*/config.yaml")) if (board / part).is_dir() else []:
-            theirs = StudyConfig.from_dict(files.read_yaml(config, str(config))).identity()
+            theirs = StudyConfig.from_dict(StudyFolder(config.parent).read_config()).identity()
             mine = leaderboard_study(part, theirs["archs"][0], settings).identity()
             diff = [f"{k} {theirs.get(k)} (yours {mine.get(k)})" for k in mine if k != "name" and mine[k] != theirs.get(k)]
             if diff:

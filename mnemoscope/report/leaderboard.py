@@ -284,8 +284,13 @@ def read_board(board: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     if board is None or not (board / TABLE).is_file():
         return pd.DataFrame(columns=COLUMNS), pd.DataFrame(columns=NOT_MEASURED)
     rows = files.read_parquet(board / TABLE).assign(source="committed")
-    nm = pd.read_csv(board / NOT_MEASURED_FILE) if (board / NOT_MEASURED_FILE).is_file() else pd.DataFrame(columns=NOT_MEASURED)
-    return rows, nm
+    return rows, read_not_measured(board)
+
+
+def read_not_measured(folder: Path) -> pd.DataFrame:
+    """A board folder's ``not_measured.csv`` (every column text); empty where there is none."""
+    path = folder / NOT_MEASURED_FILE
+    return pd.read_csv(path, dtype=str) if path.is_file() else pd.DataFrame(columns=NOT_MEASURED)
 
 
 def write_board(out: Path, archs: list[str], not_measured: pd.DataFrame, settings, board: Path | None,
