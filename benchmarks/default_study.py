@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mnemoscope.storage.study_folder import StudyFolder
+
 from benchmarks.common import Bench, fmt_count, REPO, row, seconds
 
 
@@ -41,7 +43,7 @@ def bench_study(args, folder: Path):
     shown = " ".join(["study.py", *cmd[2:]]).replace(str(folder), "TMP")
     if info["rc"] != 0:
         raise RuntimeError(f"the default study failed (exit {info['rc']}): {info['stderr']}")
-    runs = pd.read_parquet(out / "runs.parquet")
+    runs = StudyFolder(out).runs()
     return [
         row("study", "default study wall time", info["seconds"], "seconds", detail=f"`{shown}`; {len(runs)} runs, "
             f"{fmt_count(runs.tokens_trained.sum())} training tokens; {info['cpu']:.0f} CPU seconds"),

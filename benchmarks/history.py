@@ -33,6 +33,7 @@ from mnemoscope.measure.history import HISTORY_POINTS, history_steps, window_str
 from mnemoscope.contract.model import build, count_params, size_for
 from mnemoscope.registry import ARCHITECTURES, TASKS
 from mnemoscope.settings import STUDY
+from mnemoscope.storage.run_folder import RunFolder
 from mnemoscope.contract.task import TokenSplit
 from mnemoscope.training.train import TrainConfig, auto_batch_size, fit
 
@@ -82,16 +83,16 @@ def measure(name, arch, params, vocab, T, B, tokens, points, windows, rounds: in
         write_step(folder / "run", r, r, losses, mask, model.state_dict())
         score_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        AtomicCheckpointIO().save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(False), folder / "last.ckpt")
+        AtomicCheckpointIO().save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(False), folder / RunFolder.LAST_CHECKPOINT)
         ckpt_s.append(time.perf_counter() - t0)
     n_steps = max(1, tokens // (B * T))
     k = len(history_steps(n_steps, points))
     step, score, ckpt = float(np.median(step_s)), float(np.median(score_s)), float(np.median(ckpt_s))
-    weights_mb = (folder / "run" / "history" / f"step-{0:07d}.pt").stat().st_size / 1e6
+    weights_mb = RunFolder(folder / "run").step_path(0, ".pt").stat().st_size / 1e6
     return {"shape": name, "params": count_params(model, non_embedding=True), "context": T, "batch": B,
             "run_steps": n_steps, "kept_steps": k, "windows": windows, "step_s": step, "scoring_s": score,
             "history_share": (k - 1) * score / (n_steps * step + (k - 1) * score),
-            "checkpoint_s": ckpt, "checkpoint_mb": (folder / "last.ckpt").stat().st_size / 1e6,
+            "checkpoint_s": ckpt, "checkpoint_mb": (folder / RunFolder.LAST_CHECKPOINT).stat().st_size / 1e6,
             "kept_weights_mb": weights_mb * (k - 1), "rounds": rounds}
 
 

@@ -135,9 +135,11 @@ def _same_values(a: Path, b: Path) -> bool:
 def check(study: Path, keep: Path | None = None) -> tuple[dict[str, str], list[str]]:
     """Copy ``study`` to a temporary folder, :func:`rebuild` it there, :func:`compare` the two;
     ``keep``: a folder the rebuilt copy is kept in (to compare two versions of the code)."""
+    from mnemoscope.storage.study_folder import StudyFolder
+
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / study.name
-        shutil.copytree(study, copy, ignore=shutil.ignore_patterns(".tmp-*", ".partial-*"))
+        shutil.copytree(study, copy, ignore=shutil.ignore_patterns(*StudyFolder.UNDER_WAY))
         notes = rebuild(copy, study)
         verdicts = compare(study, copy)
         if keep is not None:
@@ -155,7 +157,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.against is not None and args.keep is None:
         p.error("--against needs --keep")
-    studies = args.studies or sorted(d for d in (ROOT / "results").iterdir() if (d / "config.yaml").is_file())
+    from mnemoscope.storage.study_folder import StudyFolder
+
+    studies = args.studies or sorted(d for d in (ROOT / "results").iterdir() if StudyFolder(d).exists)
     bad = 0
     for study in studies:
         verdicts, notes = check(study, args.keep)

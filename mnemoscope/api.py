@@ -86,13 +86,12 @@ def study_folder(study: StudyConfig, out: str | Path | None = None, config: str 
     if out:
         return Path(out)
     folder = Path(config).parent if config else None
-    if folder and Path(config).name == "config.yaml" and ((folder / "environment.json").exists()
-                                                         or (folder / "runs").is_dir()):
+    if folder and Path(config).name == StudyFolder.CONFIG and StudyFolder(folder).started:
         return folder
     path = Path("results") / study.name
     if not config and not named and study.name == default_name(study) and not path.exists():
         legacy = Path("results") / legacy_default_name(study)
-        if (legacy / "config.yaml").is_file():
+        if StudyFolder(legacy).exists:
             study.name = legacy.name
             return legacy
     return path
@@ -118,7 +117,7 @@ def run_study(study: StudyConfig, out: Path, trainer_kwargs: dict | None = None,
     report = write_report(s.out)
     for line in summary_lines(s.out):
         log(line)
-    for note in mixed_data(files.read_parquet(s.out / "runs.parquet")):
+    for note in mixed_data(StudyFolder(s.out).runs()):
         log(f"note: {note}")
     log(f"wrote {report}")
     return report

@@ -49,7 +49,7 @@ def parse_selection(text: str) -> Selection:
             break
     else:
         raise UserError(f"no study folder in {text!r} (expected DIR or DIR:ARCH,...)")
-    if not StudyFolder(folder).config_path.is_file():
+    if not StudyFolder(folder).exists:
         raise UserError(f"no study at {folder} (no config.yaml)")
     archs: list[str] = []
     for piece in [p for p in rest.split(",") if p.strip()]:

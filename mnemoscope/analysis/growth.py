@@ -31,7 +31,7 @@ from ..measure.ablation import ablation_table, context_bytes, truncation_ablatio
 from ..measure.bootstrap import LEVEL, bootstrap_indices, percentile_interval
 from ..measure.statistics import context_resolution
 from ..settings import N_BOOT, AnalysisSettings
-from ..storage.study_folder import RunFolder, model_from_checkpoint
+from ..storage.study_folder import RunFolder, StudyFolder, model_from_checkpoint
 from ..study.runner import Study
 
 RATIO = 4  # the crossing asked of the law: first architecture's effective context RATIO times the other's
@@ -211,7 +211,7 @@ def analyze_growth(study, settings: AnalysisSettings | None = None, log=print, d
     if not isinstance(study, Study):
         study = Study.from_folder(study)
     settings = settings or AnalysisSettings()
-    runs = study.folder.table("runs.parquet")
+    runs = study.folder.table(StudyFolder.RUNS_TABLE)
     steps_all = study.folder.table("history_steps.parquet")
     if runs.empty or steps_all.empty:
         return {}

@@ -293,7 +293,7 @@ def scaling_tables(study_dir: Path, runs: pd.DataFrame | None = None, n_boot: in
     """Compute every scaling table of a study from its stored run folders and write them as files."""
     study_dir, folder = Path(study_dir), StudyFolder(study_dir)
     if runs is None:
-        runs = folder.read_table("runs.parquet")
+        runs = folder.runs()
     with threadpool_limits(1):  # see fit_law
         size_fits, size_points = size_law(study_dir, runs, n_boot)
         curves = load_curves(study_dir, runs[runs["status"] == "ok"] if "status" in runs else runs)

@@ -235,7 +235,7 @@ def load_or_prepare(task: Task) -> dict[str, TokenSplit]:
 
 def _save(folder: Path, splits: dict[str, TokenSplit], task: Task) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".prepare-"))  # renamed into place when whole
     meta: dict[str, Any] = {"task": task.describe(), "splits": {}}
     missing = [name for name in SPLITS if name not in splits]
     if missing:

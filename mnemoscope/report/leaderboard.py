@@ -50,7 +50,7 @@ def slug(arch: str) -> str:
 def _finished_run(folder: Path) -> dict | None:
     """The one finished, non-diverged run of a part's study folder, or None."""
     study = StudyFolder(folder)
-    if not study.config_path.is_file():
+    if not study.exists:
         return None
     for run_id in study.finished():
         row = study.run(run_id).row()
@@ -66,7 +66,7 @@ def recall_cells(folder: Path) -> dict:
     if row is None:
         return {}
     study = StudyFolder(folder)
-    runs = study.read_table("runs.parquet")
+    runs = study.runs()
     runs = runs[runs["run_id"] == row["run_id"]]
     cls, _, options = parse_spec(row["task"], TASKS)
     task = cls(context_length=int(row["context"]), **options)
@@ -221,7 +221,7 @@ def reference_lines(reference: Path, books: dict) -> list[str]:
     read from its score folder, with how its settings differ from the leaderboard's books part."""
     study = StudyFolder(reference)
     try:
-        runs = study.read_table("runs.parquet")
+        runs = study.runs()
     except (OSError, UserError, ValueError):
         return [f"Scale reference: none found at {reference}."]
     if runs.empty:

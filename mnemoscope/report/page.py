@@ -40,7 +40,7 @@ def load_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not out.is_dir():
         raise UserError(f"no study folder at {out}")
     folder = StudyFolder(out)
-    return folder.read_table("runs.parquet"), folder.per_position()
+    return folder.runs(), folder.per_position()
 
 
 def report_tables(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -339,7 +339,7 @@ def settings_sections(out: Path, runs: pd.DataFrame, pp: pd.DataFrame) -> list[t
     config = folder.config_path.read_text() if folder.config_path.exists() else "(missing)"
     env = folder.environment() or {"note": "environment.json missing or unreadable"}
     return [("Configuration", f"<pre>{html.escape(config)}</pre><p>Rerun with <code>python study.py --config "
-                              f"{html.escape(str(out / 'config.yaml'))}</code>.</p>"),
+                              f"{html.escape(str(folder.config_path))}</code>.</p>"),
             ("Environment", f"<details><summary>versions, device, commit</summary><pre>"
                             f"{html.escape(yaml.safe_dump(env, sort_keys=False))}</pre></details>")]
 
@@ -422,7 +422,7 @@ def summary_table(runs: pd.DataFrame, fits: pd.DataFrame, gaps: pd.DataFrame, fl
 def summary_lines(out: Path) -> list[str]:
     """The summary a study prints when it ends: :func:`summary_table` as text, and how to read it."""
     out = Path(out)
-    runs = StudyFolder(out).table("runs.parquet")
+    runs = StudyFolder(out).table(StudyFolder.RUNS_TABLE)
     if runs.empty:
         return []
     table = summary_table(runs, StudyFolder(out).table("fits.csv"), StudyFolder(out).table("gaps.csv"),

@@ -59,9 +59,9 @@ class StudyResults:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.folder = StudyFolder(self.path)
-        if not self.folder.config_path.is_file():
+        if not self.folder.exists:
             raise UserError(f"no study at {self.path} (a study folder holds config.yaml and runs.parquet)")
-        if not (self.path / "runs.parquet").is_file():
+        if not self.folder.has_table(StudyFolder.RUNS_TABLE):
             raise UserError(f"{self.path} has no finished runs yet (no runs.parquet): run or resume it with "
                             f"study.py --config {self.folder.config_path}")
         self.plot = StudyPlots(self)

@@ -393,8 +393,8 @@ def collect(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     runs = pd.DataFrame(rows)
     runs = runs[[c for c in RUN_COLUMNS if c in runs] + [c for c in runs if c not in RUN_COLUMNS]]
     pp = pd.concat(pps, ignore_index=True)[POSITION_COLUMNS]
-    study.write_table("runs.parquet", runs)
-    study.write_table("per_position.parquet", pp)
+    study.write_table(StudyFolder.RUNS_TABLE, runs)
+    study.write_table(StudyFolder.POSITIONS_TABLE, pp)
     fit_df = pd.DataFrame(fits)
     fit_df = fit_df[[c for c in FIT_COLUMNS if c in fit_df] + [c for c in fit_df if c not in FIT_COLUMNS]]
     study.write_table("fits.csv", fit_df)

@@ -52,6 +52,7 @@ class RunFolder:
     HISTORY = "history"  # the kept steps: step-NNNNNNN.npz (losses) and .pt (weights)
     HISTORY_TABLES = ("history", "history_steps")  # NAME.parquet made of the kept steps
     CHECKPOINTS = "checkpoints"  # mid-run checkpoints (a run under way only)
+    LAST_CHECKPOINT = "last.ckpt"  # in CHECKPOINTS: the newest mid-run checkpoint, where a stopped run resumes
     LOGS = "logs"  # the loggers' folder (a run under way only)
     RESUMES = "resumes.json"  # every resume so far (a run under way only; result.json's "resumes" at the end)
     ANALYSIS = "analysis"  # the run's stored analysis: NAME.json, NAME.parquet, NAME.npz
@@ -95,6 +96,14 @@ class RunFolder:
     @property
     def model_path(self) -> Path:
         return self.path / self.MODEL
+
+    @property
+    def losses_path(self) -> Path:
+        return self.path / self.LOSSES
+
+    def step_path(self, step: int, suffix: str = ".npz") -> Path:
+        """A kept step's file: its losses (``.npz``) or its weights (``.pt``)."""
+        return self.history_dir / f"step-{step:07d}{suffix}"
 
     # -- the result row ---------------------------------------------------------------------------
     def row(self) -> dict[str, Any]:
@@ -171,10 +180,9 @@ class RunFolder:
         """One kept step's per-window losses (and weights, unless None), each file written atomically."""
         if state_dict is not None:
             weights = {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
-            files.atomic_write(self.history_dir / f"step-{step:07d}.pt", lambda p: torch.save(weights, p))
-        _write_npz(self.history_dir / f"step-{step:07d}.npz", {"losses": losses.astype(np.float32),
-                                                               "mask": np.asarray(mask, bool), "step": step,
-                                                               "tokens": tokens})
+            files.atomic_write(self.step_path(step, ".pt"), lambda p: torch.save(weights, p))
+        _write_npz(self.step_path(step), {"losses": losses.astype(np.float32), "mask": np.asarray(mask, bool),
+                                          "step": step, "tokens": tokens})
 
     def steps(self) -> list[dict]:
         """The kept steps, in order: dicts of step, tokens, losses, mask, weights (a path or None)."""

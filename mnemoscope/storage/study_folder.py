@@ -40,7 +40,11 @@ class StudyFolder:
     and its runs (:class:`RunFolder`), read and written through this class."""
 
     CONFIG, ENVIRONMENT, DATA, RUNS = "config.yaml", "environment.json", "data.json", "runs"
-    RUN_TABLES = ("runs.parquet", "per_position.parquet")  # rebuilt from the run folders
+    RUNS_TABLE, POSITIONS_TABLE = "runs.parquet", "per_position.parquet"
+    RUN_TABLES = (RUNS_TABLE, POSITIONS_TABLE)  # rebuilt from the run folders
+    # runs/ entries of runs under way or stopped: .partial-<id> (resumable), .tmp-<id>[-<pid>] (one process's)
+    PARTIAL, WORK = ".partial-", ".tmp-"
+    UNDER_WAY = (PARTIAL + "*", WORK + "*")  # their glob patterns: not part of a finished study
 
     def __init__(self, out: Path):
         self.out = Path(out)
@@ -56,7 +60,15 @@ class StudyFolder:
         """A working folder of a run: ``runs/.tmp-<id>`` (``study.py score`` keeps a model's finished
         stages there, so a stopped command resumes) or ``runs/.tmp-<id>-<pid>`` (a folder assembled by
         one process, then moved into place whole)."""
-        return RunFolder(self.runs_dir / (f".tmp-{run_id}" + ("" if pid is None else f"-{pid}")))
+        return RunFolder(self.runs_dir / (f"{self.WORK}{run_id}" + ("" if pid is None else f"-{pid}")))
+
+    def partial(self, run_id: str) -> RunFolder:
+        """``runs/.partial-<id>``: where a run works; it outlives a stop, and the next process resumes from it."""
+        return RunFolder(self.runs_dir / f"{self.PARTIAL}{run_id}")
+
+    def leftovers(self, run_id: str) -> list[Path]:
+        """``runs/.tmp-<id>-<pid>`` folders of a run, left by killed processes."""
+        return sorted(self.runs_dir.glob(f"{self.WORK}{run_id}-*")) if self.runs_dir.is_dir() else []
 
     def finished(self) -> list[str]:
         """The ids of the finished runs, sorted (``.partial-*``, ``.tmp-*``: runs under way, or stopped)."""
@@ -68,6 +80,17 @@ class StudyFolder:
     @property
     def config_path(self) -> Path:
         return self.out / self.CONFIG
+
+    @property
+    def exists(self) -> bool:
+        """The folder holds a study (its ``config.yaml``)."""
+        return self.config_path.is_file()
+
+    @property
+    def started(self) -> bool:
+        """A study has started here: its environment was written or it has runs (so a
+        ``config.yaml`` here is the study's own, not a config to start one from)."""
+        return (self.out / self.ENVIRONMENT).exists() or self.runs_dir.is_dir()
 
     def config(self) -> dict[str, Any]:
         """The study ``config.yaml`` describes, without its ``format`` (an empty dict when missing or
@@ -134,6 +157,13 @@ class StudyFolder:
             files.atomic_write(path, lambda p: shutil.copyfile(src, p))
 
     # -- the tables ---------------------------------------------------------------------------------------
+    def has_table(self, name: str) -> bool:
+        return (self.out / name).is_file()
+
+    def runs(self) -> pd.DataFrame:
+        """``runs.parquet``, which must exist: one line where it is missing or corrupt."""
+        return self.read_table(self.RUNS_TABLE)
+
     def table(self, name: str) -> pd.DataFrame:
         """A table of the study (``NAME.parquet`` or ``NAME.csv``); empty when it does not exist yet."""
         return files.read_optional(self.out / name)
@@ -156,10 +186,10 @@ class StudyFolder:
     def per_position(self) -> pd.DataFrame:
         """``per_position.parquet``, its bytes columns filled for a table from before them
         (:func:`mnemoscope.storage.migrations.with_bytes`)."""
-        pp = self.read_table("per_position.parquet")
+        pp = self.read_table(self.POSITIONS_TABLE)
         missing = {"run_id", "arch", "task", "params", "position", "loss", "ci_low", "ci_high"} - set(pp.columns)
         if missing:
-            raise UserError(f"corrupt table {self.out / 'per_position.parquet'}: missing columns "
+            raise UserError(f"corrupt table {self.out / self.POSITIONS_TABLE}: missing columns "
                             f"{', '.join(sorted(missing))}")
         return with_bytes(pp)
 

@@ -194,7 +194,7 @@ class RunQueue:
                 self.optuna = optuna.load_study(study_name=name, storage=self.storage)
         except KeyError:
             raise UserError(f"storage {redact(self.url)} holds no study named {name!r}; start it with "
-                            f"`study.py --config {study.out / 'config.yaml'} --storage URL --workers 0`") from None
+                            f"`study.py --config {study.folder.config_path} --storage URL --workers 0`") from None
         except UserError:
             raise
         except Exception as exc:

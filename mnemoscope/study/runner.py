@@ -326,9 +326,9 @@ class Study:
         wrongly taken for dead), the run starts afresh in ``runs/.tmp-<run_id>-<pid>/`` instead."""
         run_id = self.run_id(run)
         # leftovers of this run from a killed process of an older version: whoever holds the run's trial owns its files
-        for leftover in self.runs_dir.glob(f".tmp-{run_id}-*") if self.runs_dir.exists() else []:
+        for leftover in self.folder.leftovers(run_id):
             shutil.rmtree(leftover, ignore_errors=True)
-        work = self.runs_dir / f".partial-{run_id}"
+        work = self.folder.partial(run_id).path
         try:
             work.mkdir(parents=True, exist_ok=True)
             lock = open(work / RunFolder.LOCK, "a+")
@@ -338,7 +338,7 @@ class Study:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             lock.close()
-            lock, work = None, self.runs_dir / f".tmp-{run_id}-{os.getpid()}"
+            lock, work = None, self.folder.work(run_id, os.getpid()).path
             try:
                 work.mkdir(parents=True)
             except OSError as exc:
@@ -405,8 +405,8 @@ class Study:
                 row["resumes"] = json.dumps(row["resumes"])
         runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
         pp = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=POSITION_COLUMNS)
-        self.folder.write_table("runs.parquet", runs)
-        self.folder.write_table("per_position.parquet", pp)
+        self.folder.write_table(StudyFolder.RUNS_TABLE, runs)
+        self.folder.write_table(StudyFolder.POSITIONS_TABLE, pp)
         for name in RunFolder.HISTORY_TABLES:  # context use through training, where the runs kept it
             parts = [p for p in (folder.table(name) for folder in finished) if not p.empty]
             if parts:

@@ -41,9 +41,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..errors import UserError
 from ..settings import STUDY
+from ..storage import files
+from ..storage.run_folder import RunFolder
 
 DEFAULT_CHECKPOINT_EVERY = STUDY.checkpoint_every
-LAST = "last.ckpt"
+LAST = RunFolder.LAST_CHECKPOINT
 STEP_HOOK = "MNEMOSCOPE_STEP_HOOK"  # tests: "pause=N,fifo=PATH[,checkpoint=K]" (:class:`StepHook`)
 
 _UNITS = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
@@ -75,14 +77,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint I/O, each file written to a temporary name and renamed into place."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            _atomic_save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        files.atomic_write(Path(path), lambda tmp: _atomic_save(checkpoint, tmp))
 
 
 def checkpoint_step(path: Path) -> int:
@@ -255,12 +250,14 @@ class LoggedRows(L.Callback):
         Lightning's header (every key, sorted) and its way of writing values."""
         rows = [*self.before, *self.rows]
         keys = sorted(set().union(*rows)) if rows else []
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(rows)
+        files.atomic_write(path, write)
 
 
 class StepHook(L.Callback):

@@ -20,6 +20,7 @@ from ..contract.model import token_losses
 from ..contract.windows import TokenSplit, TrainBatches, eval_offsets, window_batch
 from ..errors import UserError
 from ..settings import MAX_AUTO_BATCH, MIN_AUTO_BATCH, MIN_STEPS, VALIDATION_WINDOWS
+from ..storage.run_folder import RunFolder
 from .checkpoints import (LAST, STEP_HOOK, AtomicCheckpointIO, GracefulStop, LoggedRows, ResumableBatches, RowsCSVLogger,
                           StepHook, checkpoint_step, latest_checkpoint)
 
@@ -221,7 +222,7 @@ def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_len
     lm = LanguageModel(model, cfg, n_steps)
     rows = LoggedRows()  # metrics.csv's rows, kept in every checkpoint: a resumed run's log is whole
     if resume is not None:
-        (Path(log_dir) / "metrics.csv").unlink(missing_ok=True)  # an earlier sitting's: the checkpoint has its rows
+        (Path(log_dir) / RunFolder.METRICS).unlink(missing_ok=True)  # an earlier sitting's: the checkpoint has its rows
     logger = [RowsCSVLogger(str(log_dir), name="", version="", rows=rows.rows), *(loggers or [])]
     # deterministic kernels on the CPU; trainer_kwargs may override it
     settings = {"deterministic": not torch.cuda.is_available(), **accelerator_settings(), **(trainer_kwargs or {})}
@@ -263,5 +264,5 @@ def fit(model: nn.Module, train: TokenSplit, validation: TokenSplit, context_len
     trainer.fit(lm, train_dataloaders=data, val_dataloaders=val_batches if val_every else None,
                 ckpt_path=str(resume) if resume is not None else None, weights_only=True)
     if rows.before and trainer.is_global_zero:  # resumed: the checkpoint's rows, then this sitting's
-        rows.write(Path(log_dir) / "metrics.csv")
+        rows.write(Path(log_dir) / RunFolder.METRICS)
     return lm, trainer

@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     folder = StudyFolder(HERE)
-    runs = folder.read_table("runs.parquet")
+    runs = folder.runs()
     task = TASKS.get("recall")(context_length=256)
     half = recall_half_table(recall_queries(task, folder, runs))
     runs = label_runs(runs)

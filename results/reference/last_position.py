@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mnemoscope.registry import TASKS
-from mnemoscope.storage.study_folder import load_run_model
+from mnemoscope.storage.study_folder import RunFolder, load_run_model
 from mnemoscope.contract.windows import eval_offsets
 
 HERE = Path(__file__).resolve().parent
@@ -38,8 +38,7 @@ def main() -> None:
     model, _ = load_run_model(RUN, "cpu")
     model.eval()
     splits = TASKS.get("text")(context_length=T).splits()
-    with np.load(RUN / "losses.npz") as z:
-        stored = z["losses"]
+    stored, _ = RunFolder(RUN).losses()
     test = np.asarray(splits["test"].tokens, dtype=np.int64)
     offsets = eval_offsets(splits["test"], T, len(stored))
     windows = test[offsets[:, None] + np.arange(T + 1)]
