@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnemoscope.settings import ANALYSIS
 from mnemoscope.architectures.cnn import CNN
 from mnemoscope.architectures.lstm import LSTM
 from mnemoscope.architectures.transformer import Transformer
@@ -309,6 +310,15 @@ def test_analyze_command_on_a_tiny_study(text_dir, tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
     assert main(["analyze", str(tmp_path / "nowhere")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+    # a committed study keeps its runs' analysis, not their weights: the same settings reuse it, others say how
+    for run in (out / "runs").iterdir():
+        (run / "model.pt").unlink()
+    assert main(["analyze", str(out), "--variants", "shuffle"]) == 0
+    said, default = capsys.readouterr().out, " ".join(ANALYSIS.variants)
+    assert said.count(f"its weights are not kept and its stored analysis was made with --variants {default}:") == 2
+    assert f"`study.py analyze {out} --variants {default}` reuses it" in said
+    assert main(["analyze", str(out)]) == 0
+    assert sorted(pd.read_csv(out / "fits.csv")["arch"]) == ["cnn", "lstm"]
 
 
 def test_effective_context_is_not_reported_when_truncation_beats_the_full_context():

@@ -201,6 +201,24 @@ def _cached_run(folder: RunFolder, settings: AnalysisSettings):
         return None
 
 
+def _stored_with(folder: RunFolder, settings: AnalysisSettings) -> str:
+    """Where a run's stored analysis was made with other settings than ``settings``: the options
+    that would reuse it (``--variants truncate``, or ``name=value`` for a setting without a flag);
+    '' where none is stored or it was made with these."""
+    try:
+        stored = folder.analysis_json("fit")["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    now = json.loads(json.dumps(dataclasses.asdict(settings)))
+    out = []
+    for f in dataclasses.fields(settings):
+        if f.name in stored and stored[f.name] != now.get(f.name):
+            value = stored[f.name]
+            shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            out.append(f"{f.metadata['flag']} {shown}" if f.metadata.get("flag") else f"{f.name}={shown}")
+    return ", ".join(out)
+
+
 def _store_run(folder: RunFolder, settings: AnalysisSettings, result: dict) -> None:
     folder.write_analysis("fit", {"settings": dataclasses.asdict(settings), "fit": result["fit"]},
                           {name: result[name] for name in ANALYSIS_TABLES})
@@ -236,7 +254,12 @@ def analyze(study, settings: AnalysisSettings | None = None, log=print, device=N
             try:
                 result = analyze_run(folder.path, study.task(r.task), settings, device)
             except Exception as exc:  # one broken run (or plugin) must not cost the study its report
-                log(f"analysis: {r.run_id} failed, left out: {type(exc).__name__}: {exc}")
+                other = "" if folder.has_model else _stored_with(folder, settings)
+                if other:  # a committed run: its weights are not kept, its analysis is, made with other settings
+                    log(f"analysis: {r.run_id} failed, left out: its weights are not kept and its stored analysis "
+                        f"was made with {other}: `study.py analyze {study.out} {other.replace(', ', ' ')}` reuses it")
+                else:
+                    log(f"analysis: {r.run_id} failed, left out: {type(exc).__name__}: {exc}")
                 continue
             _store_run(folder, settings, result)
         fit = {**result["fit"], **truncation_check(result["context"], settings.tolerance),
