@@ -181,3 +181,28 @@ def test_fit_with_a_progress_bar_redraws_every_few_steps_and_still_logs(tiny_lst
     metrics = pd.read_csv(tmp_path / "logs" / "metrics.csv")
     assert metrics["train_loss"].notna().sum() >= 2  # self.log worked (log_every_n_steps = 2 here)
     assert "_current_fx_name" in vars(lm) and "_current_fx_name" not in {**lm._modules, **lm._parameters, **lm._buffers}
+
+
+def test_a_rerun_holding_two_versions_of_a_run_names_them_in_every_table(text_dir, tmp_path):
+    """A committed study rerun after the transformer changed holds the old run and the new one: every
+    table (runs, per position, the analysis) names the old one as what it was, never both 'transformer'."""
+    import shutil
+
+    from mnemoscope.storage.run_folder import RunFolder
+
+    out = tmp_path / "study"
+    args = ["--arch", "transformer", "--task", f"text:{text_dir}", "--out", str(out), *TINY]
+    assert main(args) == 0
+    new = RunFolder(next((out / "runs").iterdir()))
+    old = RunFolder(out / "runs" / (new.run_id[:-8] + "0ld0ld00"))
+    shutil.copytree(new.path, old.path)
+    row = old.row()
+    row.pop("arch_version")  # trained before version 3 recorded it; its weights hold convolutions: version 2
+    old.write_row({**row, "run_id": old.run_id})
+    old.write_per_position(old.per_position().assign(run_id=old.run_id))
+    assert main(["--config", str(out / "config.yaml"), "--no-progress", "--no-analysis"]) == 0
+    assert main(["analyze", str(out), "--targets", "4", "--variants", "truncate"]) == 0
+    want = {new.run_id: "transformer", old.run_id: "transformer:init=gpt2"}
+    for table in ("runs.parquet", "per_position.parquet", "fits.csv", "context.parquet", "octaves.parquet"):
+        df = pd.read_parquet(out / table) if table.endswith(".parquet") else pd.read_csv(out / table)
+        assert dict(zip(df["run_id"], df["arch"])) == want, table

@@ -36,7 +36,7 @@ from ..measure.statistics import (context_resolution, curve_shape, format_effect
                                   truncation_check)
 from ..settings import ANALYSIS, BUCKET_BOOT, N_BOOT, AnalysisSettings
 from ..storage.study_folder import RunFolder, StudyFolder
-from ..study.runner import Study
+from ..study.runner import Study, name_runs
 
 # windows per forward pass at the extrapolation's contexts (2-8x the trained length: half of
 # settings.EVAL_BATCH), named once for extrapolation and long_context
@@ -262,7 +262,7 @@ def analyze(study, settings: AnalysisSettings | None = None, log=print, device=N
                     log(f"analysis: {r.run_id} failed, left out: {type(exc).__name__}: {exc}")
                 continue
             _store_run(folder, settings, result)
-        fit = {**result["fit"], **truncation_check(result["context"], settings.tolerance),
+        fit = {**result["fit"], "arch": r.arch, **truncation_check(result["context"], settings.tolerance),
                **context_resolution(result["context"]), **_floor_excess(study, r.task, folder, int(r.seed))}
         if t0 is not None:
             eff = format_effective_context(fit)
@@ -272,7 +272,7 @@ def analyze(study, settings: AnalysisSettings | None = None, log=print, device=N
         fits.append(fit)
         for name in tables:
             if not result[name].empty:
-                tables[name].append(result[name])
+                tables[name].append(name_runs(result[name], {r.run_id: r.arch}))
     fit_df = pd.DataFrame(fits)
     if not fit_df.empty:
         fit_df = fit_df[[c for c in FIT_COLUMNS if c in fit_df] + [c for c in fit_df if c not in FIT_COLUMNS]]

@@ -400,18 +400,27 @@ class Study:
             tables.append(folder.per_position())
         for row, arch in zip(rows, self.tabled_archs(rows)):
             row["arch"] = arch
+        names = {row["run_id"]: row["arch"] for row in rows}
         for row in rows:  # a list in result.json, JSON text in the table (one value per cell)
             if isinstance(row.get("resumes"), list):
                 row["resumes"] = json.dumps(row["resumes"])
         runs = pd.DataFrame(rows, columns=RUN_COLUMNS)
-        pp = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=POSITION_COLUMNS)
+        pp = name_runs(pd.concat(tables, ignore_index=True), names) if tables else pd.DataFrame(columns=POSITION_COLUMNS)
         self.folder.write_table(StudyFolder.RUNS_TABLE, runs)
         self.folder.write_table(StudyFolder.POSITIONS_TABLE, pp)
         for name in RunFolder.HISTORY_TABLES:  # context use through training, where the runs kept it
             parts = [p for p in (folder.table(name) for folder in finished) if not p.empty]
             if parts:
-                self.folder.write_table(f"{name}.parquet", pd.concat(parts, ignore_index=True))
+                self.folder.write_table(f"{name}.parquet", name_runs(pd.concat(parts, ignore_index=True), names))
         return runs, pp
+
+
+def name_runs(table: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
+    """``table`` with each run's ``arch`` as runs.parquet names it (:meth:`Study.tabled_archs`), by
+    ``run_id``: a run's own tables and stored analysis keep the name it was trained as."""
+    if table.empty or "run_id" not in table or "arch" not in table:
+        return table
+    return table.assign(arch=table["run_id"].map(names).fillna(table["arch"]))
 
 
 def mixed_data(runs: pd.DataFrame) -> list[str]:
