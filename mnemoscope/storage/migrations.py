@@ -23,9 +23,9 @@ per_position.parquet              (byte-level text; the others' bytes unknown); 
                                   until its rerun with the version-3 transformer
 ``extrapolation_buckets``         architectures, hf-families, modalities, reference
 in runs/<id>/analysis/
-``data.json``                     books-bpe, hf-families, modalities, reference, scaling-text
-                                  (and a scored study: pretrained-smollm2); architectures
-                                  until its rerun with the version-3 transformer
+``data.json``                     hf-families, modalities, reference, scaling-text (and a
+                                  scored study: pretrained-smollm2); architectures and
+                                  books-bpe wrote theirs when rerun
 windows inside documents          books-long (its data.json, written before the documents'
 in data.json                      spans were looked at, says windows may cross documents)
 ``format`` in a scored folder's   pretrained-smollm2 (written by ``study.py score`` before the
