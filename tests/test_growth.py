@@ -86,8 +86,8 @@ def test_runs_still_learning_get_a_line_each_or_one_line_when_many(tmp_path):
     named; three or more are summed up in one line with the range of their rates."""
     from mnemoscope.report.growth import still_learning_lines
 
-    def steps(falls):  # two kept steps per run, 1M and 2M tokens; the loss at the last step is 2.0
-        return pd.DataFrame([{"run_id": f"r{i}", "tokens": t, "loss": 2.0 * (1 + f) if t == 1e6 else 2.0}
+    def steps(falls):  # two kept steps per run, 1M and 2M tokens; the loss at the first is 2.0
+        return pd.DataFrame([{"run_id": f"r{i}", "tokens": t, "loss": 2.0 if t == 1e6 else 2.0 * (1 - f)}
                              for i, f in enumerate(falls) for t in (1e6, 2e6)])
 
     runs = pd.DataFrame([{"run_id": f"r{i}", "arch": "lstm", "task": "text", "params": 20_000, "seed": i} for i in range(4)])
@@ -97,6 +97,11 @@ def test_runs_still_learning_get_a_line_each_or_one_line_when_many(tmp_path):
     steps([0.05, 0.03, 0.09, 0.0]).to_parquet(tmp_path / "history_steps.parquet")
     (line,) = still_learning_lines(tmp_path, runs)
     assert line.startswith("note: 3 of 4 runs are still learning") and "3.0% to 9.0% per doubling" in line
+    # a run that learned its task (the default study's transformer on recall: 1e-4 nats, then 1e-9):
+    # its fall is a fraction of the earlier loss, at most 100%, not 100,000 times the last one
+    steps([0.05, 1 - 5e-6, 0.09, 0.0]).to_parquet(tmp_path / "history_steps.parquet")
+    (line,) = still_learning_lines(tmp_path, runs)
+    assert "5.0% to 100.0% per doubling" in line
 
 
 @pytest.mark.parametrize("keep", [True, False])

@@ -141,8 +141,10 @@ def run_tables(run_folder: Path, label: dict, context_bytes: np.ndarray | None =
 
 def still_learning(steps: pd.DataFrame, threshold: float = STILL_LEARNING) -> dict[str, float]:
     """Runs still changing fast at their last kept step: run_id -> the fall of the mean test loss
-    between the last two kept steps, as a fraction of the last loss per octave (doubling) of
-    training tokens, where it exceeds ``threshold``. Such a run's numbers depend on exactly where
+    between the last two kept steps, as a fraction of the earlier of the two losses per octave
+    (doubling) of training tokens, where it exceeds ``threshold`` (of the earlier loss: a run
+    whose loss falls to nearly zero, having learned its task, falls by at most 100%, where a
+    fraction of the last loss would grow without bound). Such a run's numbers depend on exactly where
     training stopped (and so on the last bits of floating-point order: another CPU can land
     elsewhere); a budget past that point, or several seeds, says how much."""
     out = {}
@@ -153,8 +155,8 @@ def still_learning(steps: pd.DataFrame, threshold: float = STILL_LEARNING) -> di
             continue
         a, b = g.iloc[-2], g.iloc[-1]
         octaves = math.log2(b["tokens"] / a["tokens"]) if a["tokens"] > 0 else 0
-        if octaves > 0 and b["loss"] > 0:
-            fall = (a["loss"] - b["loss"]) / b["loss"] / octaves
+        if octaves > 0 and a["loss"] > 0:
+            fall = (a["loss"] - b["loss"]) / a["loss"] / octaves
             if fall > threshold:
                 out[run_id] = float(fall)
     return out
