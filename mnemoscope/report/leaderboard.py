@@ -208,7 +208,14 @@ def recall_state_figure(t: pd.DataFrame):
     ax.set_yscale("log", base=2)
     ax.set_xlabel("numbers of state carried per sequence at the recall context")
     ax.set_ylabel("distance at which recall falls below half (tokens)")
-    ax.set_title(f"recall against state ({LEVEL}% intervals; triangles: never below half; filled: yours)", fontsize=9)
+    never = drawn[drawn["never_below_half"].astype(bool)]
+    if not never.empty:  # the triangles stand above the longest distance tested, not at a measured one
+        longest = float(never["longest_distance"].max())
+        ax.axhline(longest, ls=":", lw=1, color="0.4")
+        ax.text(ax.get_xlim()[0], longest, f" longest distance tested ({longest:g})", va="bottom", fontsize=7,
+                color="0.3")
+    ax.set_title(f"recall against state ({LEVEL}% intervals; filled: yours)\ntriangles: never below half up to the "
+                 f"longest distance tested, drawn at twice it", fontsize=9)
     ax.grid(alpha=0.3)
     if not drawn.empty:
         ax.legend(fontsize=7, ncol=2, loc="best")
