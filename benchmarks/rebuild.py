@@ -11,13 +11,15 @@ study) the folder is copied to a temporary directory, and there:
    ``history*.parquet``; a scored study's ``fits.csv`` and analysis tables too);
 2. the analysis tables (``fits.csv``, ``gaps.csv``, ``context.parquet``, ...) are rebuilt from each
    run's stored analysis (``runs/<id>/analysis/``), and the growth tables from the stored growth
-   analysis, only where every run has one made with the default settings (else they are put back
-   as committed): nothing is retrained or re-measured (a model's forward pass stops the check);
+   analysis, made with the settings that analysis was made with (the first run's ``fit.json``)
+   and paired against the committed ``gaps.csv``'s baseline, only where every run has one (else
+   they are put back as committed): nothing is retrained or re-measured (a model's forward pass stops the check);
 3. ``study.py report`` rebuilds the figures and ``report.html``.
 
 Every file of the copy is then compared with the committed one: ``identical`` (same bytes),
-``equal values`` (a parquet table whose values, columns and types are equal but whose bytes differ:
-its metadata), ``equal but paths`` (``report.html`` identical once the copy's path is replaced by the
+``equal values`` (a parquet or CSV table whose values, columns and types are equal but whose bytes
+differ: its metadata), ``equal to float order`` (equal to a relative 1e-6, ``FLOAT_ORDER``: a fit's
+optimizer on another CPU), ``equal but paths`` (``report.html`` identical once the copy's path is replaced by the
 study's), or ``DIFFERS``. The script exits 1 when any file differs.
 """
 from __future__ import annotations
@@ -67,19 +69,55 @@ def rebuild(folder: Path, committed: Path, log=lambda line: None) -> list[str]:
             study = Study.from_folder(folder)
             study.collect()
             failed = []
-            analyze(study, AnalysisSettings(), log=lambda line: failed.append(line) if "failed" in line else None)
+            settings, baseline = stored_settings(study, AnalysisSettings), committed_baseline(committed)
+            analyze(study, settings, log=lambda line: failed.append(line) if "failed" in line else None,
+                    baseline=baseline if baseline in study.config.archs else None)
             if failed:
-                notes.append(f"analysis not rebuilt ({len(failed)} runs keep no stored analysis made with the default settings)")
+                notes.append(f"analysis not rebuilt ({len(failed)} runs keep no stored analysis made with the settings "
+                             f"of the others)")
                 _restore(folder, committed, ANALYSIS_TABLES)
+            lost = []  # a run whose stored growth analysis is of an older layout, and whose weights are not kept
+
+            def growth_log(line: str) -> None:
+                log(line)
+                if "no effective context through training" in line:
+                    lost.append(line)
             try:
-                analyze_growth(study, AnalysisSettings(), log=log)
+                analyze_growth(study, settings, log=growth_log)
             except WouldMeasure:
-                notes.append("growth not rebuilt (a run keeps no stored growth analysis)")
+                lost.append("a forward pass")
+            if lost:
+                notes.append(f"growth not rebuilt ({len(lost)} runs keep no stored growth analysis of today's layout)")
                 _restore(folder, committed, GROWTH_TABLES)
         write_report(folder)
     finally:
         torch.nn.Module.__call__ = call
     return notes
+
+
+def stored_settings(study, settings_class):
+    """The analysis settings the study's stored analysis was made with (its first analysed run's
+    ``analysis/fit.json``: a study analysed with ``--variants truncate`` is rebuilt so), else the
+    defaults."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(settings_class)}
+    for run_id in study.folder.finished():
+        try:
+            stored = study.folder.run(run_id).analysis_json("fit")["settings"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        return settings_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in names})
+    return settings_class()
+
+
+def committed_baseline(committed: Path) -> str | None:
+    """The baseline the committed gaps.csv was paired against (``analyze --baseline``), or None."""
+    try:
+        gaps = pd.read_csv(committed / "gaps.csv")
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+    return str(gaps["baseline"].iloc[0]) if "baseline" in gaps and len(gaps) else None
 
 
 ANALYSIS_TABLES = ("fits.csv", "gaps.csv", "context.parquet", "octaves.parquet", "extrapolation.parquet",
@@ -109,8 +147,10 @@ def compare(committed: Path, rebuilt: Path) -> dict[str, str]:
             continue
         if a.read_bytes() == b.read_bytes():
             verdicts[str(rel)] = "identical"
-        elif rel.suffix == ".parquet" and _same_values(a, b):
+        elif rel.suffix in (".parquet", ".csv") and _same_values(a, b):
             verdicts[str(rel)] = "equal values"
+        elif rel.suffix in (".parquet", ".csv") and _same_values(a, b, rtol=FLOAT_ORDER):
+            verdicts[str(rel)] = "equal to float order"
         elif rel.suffix == ".html" and _paths_aside(a.read_text()) == _paths_aside(b.read_text()):
             verdicts[str(rel)] = "equal but paths"
         else:
@@ -124,11 +164,16 @@ def _paths_aside(html: str) -> str:
     return re.sub(re.escape(tempfile.gettempdir()) + r"/tmp[^/]*/", "results/", html)
 
 
-def _same_values(a: Path, b: Path) -> bool:
+FLOAT_ORDER = 1e-6  # relative: a fit's optimizer or a sum in another order on another CPU moves the last digits
+
+
+def _same_values(a: Path, b: Path, rtol: float | None = None) -> bool:
+    """The two tables hold equal values (exactly, or to ``rtol``), whatever their bytes."""
+    read = pd.read_parquet if a.suffix == ".parquet" else pd.read_csv
     try:
-        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), check_exact=True)
+        pd.testing.assert_frame_equal(read(a), read(b), check_exact=rtol is None, rtol=rtol or 0)
         return True
-    except AssertionError:
+    except (AssertionError, ValueError, pd.errors.EmptyDataError):
         return False
 
 
