@@ -1,6 +1,7 @@
 """How much history is used: power-law fits, octave gains, truncation ablation, extrapolation."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -317,6 +318,14 @@ def test_analyze_command_on_a_tiny_study(text_dir, tmp_path, capsys):
     said, default = capsys.readouterr().out, " ".join(ANALYSIS.variants)
     assert said.count(f"its weights are not kept and its stored analysis was made with --variants {default}:") == 2
     assert f"`study.py analyze {out} --variants {default}` reuses it" in said
+    assert main(["analyze", str(out)]) == 0
+    assert sorted(pd.read_csv(out / "fits.csv")["arch"]) == ["cnn", "lstm"]
+    # stored before a setting existed: read as its default, still reused (the weights are gone)
+    for fit in (out / "runs").glob("*/analysis/fit.json"):
+        stored = json.loads(fit.read_text())
+        del stored["settings"]["extrapolation_sequences"]
+        fit.write_text(json.dumps(stored))
+    (out / "fits.csv").unlink()
     assert main(["analyze", str(out)]) == 0
     assert sorted(pd.read_csv(out / "fits.csv")["arch"]) == ["cnn", "lstm"]
 

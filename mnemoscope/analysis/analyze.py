@@ -190,11 +190,22 @@ def _floor_excess(study, spec: str, folder: RunFolder, seed: int) -> dict:
 ANALYSIS_TABLES = ("context", "octaves", "extrapolation", "extrapolation_buckets")  # runs/<id>/analysis/NAME.parquet
 
 
+def _as_json(settings: AnalysisSettings) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(settings)))
+
+
+def _stored_settings(folder: RunFolder) -> dict:
+    """The settings a run's stored analysis was made with, a setting added since read as its default
+    (a new setting's default keeps what the analysis did before it): adding one does not cost every
+    committed run, whose weights are not kept, its stored analysis."""
+    return {**_as_json(AnalysisSettings()), **folder.analysis_json("fit")["settings"]}
+
+
 def _cached_run(folder: RunFolder, settings: AnalysisSettings):
     """A run's analysis stored by an earlier ``analyze`` with the same settings, or None."""
     try:
         stored = folder.analysis_json("fit")
-        if stored["settings"] != json.loads(json.dumps(dataclasses.asdict(settings))):
+        if _stored_settings(folder) != _as_json(settings):
             return None
         return {"fit": stored["fit"], **{name: folder.analysis_table(name) for name in ANALYSIS_TABLES}}
     except (OSError, ValueError, KeyError):
@@ -206,10 +217,10 @@ def _stored_with(folder: RunFolder, settings: AnalysisSettings) -> str:
     that would reuse it (``--variants truncate``, or ``name=value`` for a setting without a flag);
     '' where none is stored or it was made with these."""
     try:
-        stored = folder.analysis_json("fit")["settings"]
+        stored = _stored_settings(folder)
     except (OSError, ValueError, KeyError, TypeError):
         return ""
-    now = json.loads(json.dumps(dataclasses.asdict(settings)))
+    now = _as_json(settings)
     out = []
     for f in dataclasses.fields(settings):
         if f.name in stored and stored[f.name] != now.get(f.name):
