@@ -112,7 +112,9 @@ def probe(vocab: int, T: int, B: int, params: int, chunk_elements: int = LOSS_CH
             else:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")
-                before = _rss_kib("VmRSS") * 1024
+                # the high-water mark just reset, not the resident set read a moment later: the set can
+                # lose a page in between (a test once saw -0.004 MiB), the mark never falls
+                before = _rss_kib("VmHWM") * 1024
             for _ in range(steps):
                 step(batch)
             if device.type == "cuda":
