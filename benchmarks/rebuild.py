@@ -53,7 +53,7 @@ def rebuild(folder: Path, committed: Path, log=lambda line: None) -> list[str]:
 
     from mnemoscope.score import scoring as score
     from mnemoscope.storage import study_folder as store
-    from mnemoscope.analysis.analyze import AnalysisSettings, analyze
+    from mnemoscope.analysis.analyze import analyze
     from mnemoscope.analysis.growth import analyze_growth
     from mnemoscope.report.page import write_report
     from mnemoscope.study.runner import Study
@@ -69,7 +69,7 @@ def rebuild(folder: Path, committed: Path, log=lambda line: None) -> list[str]:
             study = Study.from_folder(folder)
             study.collect()
             failed = []
-            settings, baseline = stored_settings(study, AnalysisSettings), committed_baseline(committed)
+            settings, baseline = study_settings(study), committed_baseline(committed)
             analyze(study, settings, log=lambda line: failed.append(line) if "failed" in line else None,
                     baseline=baseline if baseline in study.config.archs else None)
             if failed:
@@ -95,20 +95,18 @@ def rebuild(folder: Path, committed: Path, log=lambda line: None) -> list[str]:
     return notes
 
 
-def stored_settings(study, settings_class):
-    """The analysis settings the study's stored analysis was made with (its first analysed run's
-    ``analysis/fit.json``: a study analysed with ``--variants truncate`` is rebuilt so), else the
-    defaults."""
-    import dataclasses
+def study_settings(study):
+    """The analysis settings the study's stored analysis was made with (its first analysed run's,
+    :func:`mnemoscope.analysis.analyze.stored_settings`: a study analysed with ``--variants
+    truncate`` is rebuilt so), else the defaults."""
+    from mnemoscope.analysis.analyze import AnalysisSettings, stored_settings
 
-    names = {f.name for f in dataclasses.fields(settings_class)}
     for run_id in study.folder.finished():
         try:
-            stored = study.folder.run(run_id).analysis_json("fit")["settings"]
+            return stored_settings(study.folder.run(run_id))
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        return settings_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in names})
-    return settings_class()
+    return AnalysisSettings()
 
 
 def committed_baseline(committed: Path) -> str | None:

@@ -201,6 +201,14 @@ def _stored_settings(folder: RunFolder) -> dict:
     return {**_as_json(AnalysisSettings()), **folder.analysis_json("fit")["settings"]}
 
 
+def stored_settings(folder: RunFolder) -> AnalysisSettings:
+    """:func:`_stored_settings` as the settings to analyse with (its lists as the fields' tuples):
+    what reuses the run's stored analysis. Raises OSError, ValueError or KeyError where none is stored."""
+    names = {f.name for f in dataclasses.fields(AnalysisSettings)}
+    return AnalysisSettings(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in _stored_settings(folder).items() if k in names})
+
+
 def _cached_run(folder: RunFolder, settings: AnalysisSettings):
     """A run's analysis stored by an earlier ``analyze`` with the same settings, or None."""
     try:
@@ -223,7 +231,7 @@ def _stored_with(folder: RunFolder, settings: AnalysisSettings) -> str:
     now = _as_json(settings)
     out = []
     for f in dataclasses.fields(settings):
-        if f.name in stored and stored[f.name] != now.get(f.name):
+        if stored.get(f.name) != now[f.name]:
             value = stored[f.name]
             shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
             out.append(f"{f.metadata['flag']} {shown}" if f.metadata.get("flag") else f"{f.name}={shown}")

@@ -97,10 +97,6 @@ class RunFolder:
     def model_path(self) -> Path:
         return self.path / self.MODEL
 
-    @property
-    def losses_path(self) -> Path:
-        return self.path / self.LOSSES
-
     def step_path(self, step: int, suffix: str = ".npz") -> Path:
         """A kept step's file: its losses (``.npz``) or its weights (``.pt``)."""
         return self.history_dir / f"step-{step:07d}{suffix}"
