@@ -64,6 +64,29 @@ def test_different_study_in_same_folder_is_refused(text_dir, tmp_path, capsys):
     assert (out / "runs.parquet").read_bytes() == table
 
 
+def test_a_study_extended_in_its_config_says_how_to_replan_and_keeps_its_runs(text_dir, tmp_path, capsys):
+    """A user adds an architecture to a finished study's config.yaml: the folder's queue still holds
+    the old plan, and the refusal names the file to delete; after that only the new run trains."""
+    import yaml
+    out = tmp_path / "s"
+    assert main(["--arch", "lstm", "--task", f"text:{text_dir}", "--out", str(out), *TINY]) == 0
+    lstm = sorted(p.name for p in (out / "runs").iterdir())
+    weights = (out / "runs" / lstm[0] / "model.pt").read_bytes()
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config["archs"] = ["lstm", "cnn"]
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    capsys.readouterr()
+    assert main(["--config", str(out / "config.yaml"), "--no-progress", "--no-analysis"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"delete {(out / 'queue.db').resolve()} and run again" in err
+    (out / "queue.db").unlink()
+    assert main(["--config", str(out / "config.yaml"), "--no-progress", "--no-analysis"]) == 0
+    assert "2 runs, 1 already finished, 1 to run" in capsys.readouterr().out
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert sorted(runs["arch"]) == ["cnn", "lstm"]
+    assert (out / "runs" / lstm[0] / "model.pt").read_bytes() == weights
+
+
 def test_plugin_from_a_file_outside_the_repository(text_dir, tmp_path):
     """`--arch my_model.py:MyModel` runs in a study with no edit to the harness (a subprocess, as a user would)."""
     plugin_dir = tmp_path / "elsewhere"

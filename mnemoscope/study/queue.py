@@ -51,8 +51,13 @@ MAX_RETRY = 3  # a run whose worker dies this many times more is left failed (re
 _TRANSIENT = (optuna.exceptions.StorageInternalError,)
 
 
+def queue_file(out: Path) -> Path:
+    """The SQLite file of a study folder's own queue (runtime state: the plan and who runs what)."""
+    return Path(out).resolve() / "queue.db"
+
+
 def default_storage(out: Path) -> str:
-    return f"sqlite:///{Path(out).resolve() / 'queue.db'}"
+    return f"sqlite:///{queue_file(out)}"
 
 
 def redact(url: str) -> str:
@@ -203,8 +208,12 @@ class RunQueue:
         if theirs is None and create:
             _retry(lambda: self.optuna.set_user_attr("config", mine), "writing the study's config")
         elif theirs is not None and theirs != mine:
+            here = self.url == default_storage(study.out)  # the study folder's own queue: its plan only
+            extend = (f"; or, if you changed {study.folder.config_path} to extend this study, delete "
+                      f"{queue_file(study.out)} and run again (finished runs are kept, not "
+                      "retrained)") if here else ""
             raise UserError(f"storage {redact(self.url)} already holds a different study named {name!r}; "
-                            "give this one another --name")
+                            f"give this one another --name{extend}")
         self.study_id = self.storage.get_study_id_from_name(name)
 
     # -- reading the queue ---------------------------------------------------------------------
