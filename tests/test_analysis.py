@@ -342,3 +342,25 @@ def test_effective_context_is_not_reported_when_truncation_beats_the_full_contex
     assert cell == "not meaningful: 64 tokens beat the full context"
     rows[-1]["loss"] = 1.94  # the usual case: the full context is best
     assert statistics.truncation_check(pd.DataFrame(rows), 0.01)["full_context_worse"] is False
+
+
+def test_a_solved_probe_is_not_beaten_by_float_noise_below_its_full_context():
+    """The default study's transformer recalls every pair: 3.3e-8 nats with 256 tokens, 2.0e-8 with
+    129, 0.9 with 128. 129 tokens "beat" the full context by 40% of nothing: its effective context
+    is 129, not "not meaningful"; a real gain of more than NEGLIGIBLE_NATS still counts."""
+    losses = [(64, 2.667), (128, 0.898), (129, 1.96e-8), (136, 1.91e-8), (256, 3.31e-8)]
+    rows = [{"variant": "truncate", "context": n, "loss": v} for n, v in losses]
+    assert statistics.truncation_check(pd.DataFrame(rows), 0.01) == {"full_context_worse": False,
+                                                                      "best_truncated_context": 136}
+    fit = {"effective_context": 129, "effective_context_low": 129, "effective_context_high": 129,
+           **statistics.truncation_check(pd.DataFrame(rows), 0.01)}
+    assert statistics.format_effective_context(fit) == "129 [129, 129]"
+    rows[-1]["loss"] = 0.0021  # a near-zero loss a truncated context does beat by more than noise
+    assert statistics.truncation_check(pd.DataFrame(rows), 0.01)["full_context_worse"] is True
+    # the through-training analysis applies the same rule to each kept step's losses
+    from mnemoscope.analysis import growth
+    contexts = np.array([n for n, _ in losses])
+    per_target = np.tile([v for _, v in losses], (4, 1))
+    assert growth._worse(contexts, per_target, 0.01) == {"full_context_worse": False, "best_truncated_context": 136}
+    per_target[:, -1] = 0.0021
+    assert growth._worse(contexts, per_target, 0.01)["full_context_worse"] is True

@@ -409,16 +409,28 @@ def effective_context(losses: np.ndarray, contexts: np.ndarray, tolerance: float
     return point, int(lo), int(hi)
 
 
+#: the least improvement, in nats per target, by which a truncated context counts as beating the
+#: full one, whatever ``tolerance`` says: where the full-context loss is near zero (a probe solved),
+#: a fraction of it is float noise (a model at 3e-8 nats "beaten" by 2e-8), not worse use of context
+NEGLIGIBLE_NATS = 1e-3
+
+
+def beats_full_context(loss: float, full: float, tolerance: float) -> bool:
+    """A truncated context's mean ``loss`` is better than the ``full`` context's by more than
+    ``tolerance`` (relative) and by more than :data:`NEGLIGIBLE_NATS`."""
+    return bool(loss < full * (1 - tolerance) and full - loss > NEGLIGIBLE_NATS)
+
+
 def truncation_check(context: pd.DataFrame, tolerance: float) -> dict[str, Any]:
-    """Whether some truncated context scores better than the full one by more than ``tolerance``
-    (e.g. learned positions past the length they trained well at): then every n is "within" the
+    """Whether some truncated context scores better than the full one (:func:`beats_full_context`;
+    e.g. learned positions past the length they trained well at): then every n is "within" the
     full-context loss and the effective context says nothing."""
     trunc = context[context["variant"] == "truncate"] if not context.empty else context
     if trunc.empty:
         return {"full_context_worse": False, "best_truncated_context": math.nan}
     full = float(trunc.loc[trunc["context"].idxmax(), "loss"])
     best = trunc.loc[trunc["loss"].idxmin()]
-    worse = bool(best["loss"] < full * (1 - tolerance)) and int(best["context"]) < int(trunc["context"].max())
+    worse = beats_full_context(float(best["loss"]), full, tolerance) and int(best["context"]) < int(trunc["context"].max())
     return {"full_context_worse": worse, "best_truncated_context": int(best["context"])}
 
 
