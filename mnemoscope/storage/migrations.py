@@ -18,9 +18,9 @@ layout (what is missing)          committed studies that have it
 in result.json                    reference, scaling-text
 ``scoring_parts`` in result.json  the same six (rebuilt from the study's tasks where compared:
                                   ``mnemoscope.analysis.compare``, which builds them)
-bytes columns in                  hf-families, modalities, reference, scaling-text
-per_position.parquet              (byte-level text; the others' bytes unknown); architectures
-                                  until its rerun with the version-3 transformer
+bytes columns in                  hf-families, modalities, scaling-text (byte-level text;
+per_position.parquet              the others' bytes unknown); architectures and reference
+                                  until their reruns with the version-3 transformer
 ``extrapolation_buckets``         architectures, hf-families, modalities, reference
 in runs/<id>/analysis/
 ``data.json``                     hf-families, modalities, reference, scaling-text (and a
