@@ -357,10 +357,10 @@ def test_a_solved_probe_is_not_beaten_by_float_noise_below_its_full_context():
     assert statistics.format_effective_context(fit) == "129 [129, 129]"
     rows[-1]["loss"] = 0.0021  # a near-zero loss a truncated context does beat by more than noise
     assert statistics.truncation_check(pd.DataFrame(rows), 0.01)["full_context_worse"] is True
-    # the through-training analysis applies the same rule to each kept step's losses
-    from mnemoscope.analysis import growth
+    # the through-training analysis applies the same rule to each kept step's mean losses
     contexts = np.array([n for n, _ in losses])
-    per_target = np.tile([v for _, v in losses], (4, 1))
-    assert growth._worse(contexts, per_target, 0.01) == {"full_context_worse": False, "best_truncated_context": 136}
-    per_target[:, -1] = 0.0021
-    assert growth._worse(contexts, per_target, 0.01)["full_context_worse"] is True
+    mean = np.array([v for _, v in losses])
+    assert statistics.full_context_check(contexts, mean, 0.01) == {"full_context_worse": False,
+                                                                   "best_truncated_context": 136}
+    mean[-1] = 0.0021
+    assert statistics.full_context_check(contexts, mean, 0.01)["full_context_worse"] is True

@@ -29,7 +29,7 @@ import torch
 from ..errors import UserError
 from ..measure.ablation import ablation_table, context_bytes, truncation_ablation
 from ..measure.bootstrap import LEVEL, bootstrap_indices, percentile_interval
-from ..measure.statistics import beats_full_context, context_resolution
+from ..measure.statistics import context_resolution, full_context_check
 from ..settings import N_BOOT, AnalysisSettings
 from ..storage.study_folder import RunFolder, StudyFolder, model_from_checkpoint
 from ..study.runner import Study
@@ -45,16 +45,6 @@ def _first_within(mean: np.ndarray, contexts: np.ndarray, tolerance: float) -> n
     within = mean <= mean[..., -1:] * (1 + tolerance)
     tail = np.flip(np.logical_and.accumulate(np.flip(within, -1), -1), -1)
     return contexts[np.argmax(tail, axis=-1)]
-
-
-def _worse(contexts: np.ndarray, losses: np.ndarray, tolerance: float) -> dict:
-    """``full_context_worse`` and ``best_truncated_context`` of one kept step's ablation (``losses``
-    (M, K) at ``contexts`` (K,), the last the full context), by the final analysis's rule
-    (:func:`mnemoscope.measure.statistics.truncation_check`)."""
-    mean = np.asarray(losses, np.float64).mean(0)
-    best = int(np.argmin(mean))
-    return {"full_context_worse": beats_full_context(float(mean[best]), float(mean[-1]), tolerance)
-            and best < len(contexts) - 1, "best_truncated_context": int(contexts[best])}
 
 
 def _run_model(run_folder: Path, device: str):
@@ -93,7 +83,7 @@ def ablate_steps(run_folder: Path, task, settings: AnalysisSettings, seed: int, 
             n = int(first["effective_context" + suffix])
             row["effective_context" + suffix] = n
             row["effective_context_bytes" + suffix] = nbytes.get(n, math.nan) if nbytes else math.nan
-        row.update(_worse(contexts, losses, settings.tolerance))
+        row.update(full_context_check(contexts, np.asarray(losses, np.float64).mean(0), settings.tolerance))
         # how finely the lengths tried resolve it, as the final analysis says (format_effective_context)
         row.update(context_resolution(table))
         rows.append(row)
@@ -121,7 +111,8 @@ def run_growth(run_folder: Path, task, settings: AnalysisSettings, seed: int, de
                 z = folder.analysis_arrays("growth")
                 raw = {int(s): (z[f"contexts_{s}"], z[f"losses_{s}"]) for s in table["step"]}
                 # the rule for a truncated context beating the full one, as it is now, from the stored losses
-                worse = pd.DataFrame([_worse(*raw[int(s)], settings.tolerance) for s in table["step"]], index=table.index)
+                worse = pd.DataFrame([full_context_check(c, np.asarray(l, np.float64).mean(0), settings.tolerance)
+                                      for c, l in (raw[int(s)] for s in table["step"])], index=table.index)
                 return table.assign(**{c: worse[c] for c in worse}), raw
         except (OSError, ValueError, KeyError):
             pass

@@ -421,17 +421,25 @@ def beats_full_context(loss: float, full: float, tolerance: float) -> bool:
     return bool(loss < full * (1 - tolerance) and full - loss > NEGLIGIBLE_NATS)
 
 
+def full_context_check(contexts, mean, tolerance: float) -> dict[str, Any]:
+    """``full_context_worse`` and ``best_truncated_context`` from the mean loss ``mean`` (K,) at the
+    increasing ``contexts`` (K,), the last the full context: the one rule of the final analysis
+    (:func:`truncation_check`) and of each kept step (:mod:`mnemoscope.analysis.growth`)."""
+    mean = np.asarray(mean, np.float64)
+    best = int(np.argmin(mean))
+    return {"full_context_worse": beats_full_context(float(mean[best]), float(mean[-1]), tolerance)
+            and best < len(mean) - 1, "best_truncated_context": int(np.asarray(contexts)[best])}
+
+
 def truncation_check(context: pd.DataFrame, tolerance: float) -> dict[str, Any]:
-    """Whether some truncated context scores better than the full one (:func:`beats_full_context`;
+    """Whether some truncated context scores better than the full one (:func:`full_context_check`;
     e.g. learned positions past the length they trained well at): then every n is "within" the
     full-context loss and the effective context says nothing."""
     trunc = context[context["variant"] == "truncate"] if not context.empty else context
     if trunc.empty:
         return {"full_context_worse": False, "best_truncated_context": math.nan}
-    full = float(trunc.loc[trunc["context"].idxmax(), "loss"])
-    best = trunc.loc[trunc["loss"].idxmin()]
-    worse = beats_full_context(float(best["loss"]), full, tolerance) and int(best["context"]) < int(trunc["context"].max())
-    return {"full_context_worse": worse, "best_truncated_context": int(best["context"])}
+    trunc = trunc.sort_values("context", kind="stable")
+    return full_context_check(trunc["context"].to_numpy(), trunc["loss"].to_numpy(), tolerance)
 
 
 MIN_WINDOWS = 2  # fewer windows than this: a bootstrap over windows gives no interval, so none is given
