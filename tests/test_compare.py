@@ -1,5 +1,6 @@
 """study.py compare: runs of several study folders on one page, paired only when they were scored on
 exactly the same data; the README's "bring your architecture" commands on a committed fixture."""
+import itertools
 import json
 import os
 import re
@@ -179,6 +180,28 @@ def test_each_architecture_keeps_its_colour():
     assert canonical_arch("transformer:pos=learned") == "transformer:pos=learned"
     assert len({tuple(c) for c in crowd.values()}) == len(crowd)  # eleven curves, eleven colours
     assert arch_palette(["other.py:Net", "my.py:Net"])["my.py:Net"] == crowd["my.py:Net"]
+
+
+def _cielab(rgb) -> np.ndarray:
+    """sRGB (0-1) to CIELAB under D65, to measure how far apart two colours look."""
+    c = np.asarray(rgb, float)[:3]
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ c
+    f = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(f > 0.008856, np.cbrt(f), 7.787 * f + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_built_in_colours_are_far_apart():
+    """Every pair of built-ins is told apart at a glance (CIE76 distance >= 35; seaborn's colour-blind
+    palette in order gave the GRU 25.6 from the LSTM, two oranges), and the GPT-2 recipe, drawn beside
+    built-ins in most studies, takes none of their colours."""
+    palette = arch_palette(BUILTIN_ARCHS)
+    labs = {name: _cielab(c) for name, c in palette.items()}
+    closest = min((np.linalg.norm(labs[a] - labs[b]), a, b) for a, b in itertools.combinations(labs, 2))
+    assert closest[0] >= 35, closest
+    gpt2 = arch_palette([*BUILTIN_ARCHS, "transformer:conv=0,init=gpt2"])["transformer:conv=0,init=gpt2"]
+    assert tuple(gpt2) not in {tuple(c) for c in palette.values()}
 
 
 def test_runs_of_different_tokenizers_are_drawn_in_bits_per_byte(tmp_path):
