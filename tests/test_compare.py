@@ -178,6 +178,8 @@ def test_each_architecture_keeps_its_colour():
     assert crowd["lstm"] == alone  # whatever else a figure shows
     assert arch_palette(["transformer:pos=rotary"])["transformer:pos=rotary"] == crowd["transformer"]
     assert canonical_arch("transformer:pos=learned") == "transformer:pos=learned"
+    # the window transformer passes pos on to the transformer (**kwargs): rotary is its default too
+    assert canonical_arch("window_transformer:pos=rotary,conv=0") == "window_transformer:conv=0"
     assert len({tuple(c) for c in crowd.values()}) == len(crowd)  # eleven curves, eleven colours
     assert arch_palette(["other.py:Net", "my.py:Net"])["my.py:Net"] == crowd["my.py:Net"]
 

@@ -95,6 +95,20 @@ _BUILTIN_COLORS = [mcolors.to_rgb(c) for c in ("#0173b2", "#de8f05", "#029e73", 
 _OTHER_COLORS = [sns.color_palette("colorblind", 10)[9]] + sns.color_palette("dark", 10)
 
 
+def _defaults(cls) -> dict:
+    """An architecture's keyword defaults, those it passes on to its base class (``**kwargs``, as the
+    window transformer passes ``pos`` to the transformer) included."""
+    out = {}
+    for klass in inspect.getmro(cls) if inspect.isclass(cls) else (cls,):
+        params = inspect.signature(klass).parameters.values()
+        for p in params:
+            if p.kind is not p.VAR_KEYWORD:
+                out.setdefault(p.name, p.default)
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
 def canonical_arch(spec: str) -> str:
     """The architecture a spec names, without the options that equal a built-in's defaults:
     ``transformer:pos=rotary`` and ``transformer`` are the same model, and get one colour."""
@@ -102,7 +116,7 @@ def canonical_arch(spec: str) -> str:
     if not sep or head not in BUILTIN_ARCHS or "=" not in rest:
         return str(spec)
     try:
-        defaults = {k: p.default for k, p in inspect.signature(ARCHITECTURES.get(head)).parameters.items()}
+        defaults = _defaults(ARCHITECTURES.get(head))
     except Exception:  # a registry that cannot load: keep the spec as it is
         return str(spec)
     kept = [item for item in rest.split(",") if str(defaults.get(item.partition("=")[0].strip(), object())) !=
