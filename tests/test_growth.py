@@ -2,7 +2,9 @@
 context at each kept step, its law C(D) = a D^g and the 4x crossing, and the report's section."""
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -154,6 +156,17 @@ def test_a_study_keeps_its_history_and_reports_how_context_use_grows(text_dir, t
         # compare draws the same section for studies side by side
         assert main(["compare", str(out), "--out", str(tmp_path / "cmp")]) == 0
         assert "How context use grows with training" in (tmp_path / "cmp" / "compare.html").read_text()
+        # committed as a study is: no weights, and each run's stored analysis from an older release
+        # (its key without a field added since); analyze again keeps every effective context
+        for run in out.glob("runs/*/"):
+            shutil.rmtree(run / "history")
+            (run / "model.pt").unlink()
+            key = json.loads((run / "analysis" / "growth.json").read_text())
+            older = {k: key[k] for k in ("n_targets", "tolerance", "n_boot")}  # as books-long's runs keep it
+            (run / "analysis" / "growth.json").write_text(json.dumps({**older, "steps": key["steps"][1:]}))
+        assert main(["analyze", str(out)]) == 0
+        again = pd.read_parquet(out / "growth.parquet")
+        pd.testing.assert_frame_equal(again, growth)
     else:  # no weights: the curves and the score at every step, the effective context only at the end
         assert growth["effective_context"].notna().sum() == 2
 

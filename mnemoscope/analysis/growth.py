@@ -92,35 +92,47 @@ def ablate_steps(run_folder: Path, task, settings: AnalysisSettings, seed: int, 
 
 
 def _settings_key(settings: AnalysisSettings) -> dict:
-    # "resolution": tables stored before each step kept context_resolution's fields are made again
-    return {"n_targets": settings.n_targets, "tolerance": settings.tolerance, "n_boot": settings.n_boot,
-            "resolution": True}
+    return {"n_targets": settings.n_targets, "tolerance": settings.tolerance, "n_boot": settings.n_boot}
+
+
+def _derived(table: pd.DataFrame, raw: dict, tolerance: float) -> pd.DataFrame:
+    """The columns made from a stored run's losses by today's rules: whether a truncated context beats
+    the full one (:func:`full_context_check`) and how finely the lengths tried resolve the effective
+    context (:func:`context_resolution`; tables stored before it existed lack them)."""
+    rows = []
+    for r in table.itertuples():
+        contexts, losses = raw[int(r.step)]
+        tried = pd.DataFrame({"variant": "truncate", "context": np.asarray(contexts),
+                              "effective_context": r.effective_context, "effective_context_low": r.effective_context_low})
+        rows.append({**full_context_check(contexts, np.asarray(losses, np.float64).mean(0), tolerance),
+                     **context_resolution(tried)})
+    derived = pd.DataFrame(rows, index=table.index)
+    return table.assign(**{c: derived[c] for c in derived})
 
 
 def run_growth(run_folder: Path, task, settings: AnalysisSettings, seed: int, device=None, recompute: bool = False):
     """:func:`ablate_steps` of one run, stored in ``analysis/growth.parquet`` and ``growth.npz`` and
-    reused while the settings and the kept steps are the same."""
+    reused while the settings and the kept steps are the same; a run whose kept steps' weights are
+    gone (a committed study) reuses what is stored whatever its age: it cannot be made again."""
     folder = RunFolder(run_folder)
     kept = folder.history_dir.is_dir()  # a committed study keeps its analysis, not its kept steps' files
-    key = {**_settings_key(settings), "steps": [s["step"] for s in folder.steps()]}
+    steps = [s["step"] for s in folder.steps()]
     if not recompute or not kept:
         try:
             stored = folder.analysis_json("growth")
-            if stored == key or (not kept and {k: stored.get(k) for k in _settings_key(settings)} == _settings_key(settings)):
+            same = {k: stored.get(k) for k in _settings_key(settings)} == _settings_key(settings)
+            if same and (stored.get("steps") == steps or not kept):
                 table = folder.analysis_table("growth")
                 z = folder.analysis_arrays("growth")
                 raw = {int(s): (z[f"contexts_{s}"], z[f"losses_{s}"]) for s in table["step"]}
-                # the rule for a truncated context beating the full one, as it is now, from the stored losses
-                worse = pd.DataFrame([full_context_check(c, np.asarray(l, np.float64).mean(0), settings.tolerance)
-                                      for c, l in (raw[int(s)] for s in table["step"])], index=table.index)
-                return table.assign(**{c: worse[c] for c in worse}), raw
+                return _derived(table, raw, settings.tolerance), raw
         except (OSError, ValueError, KeyError):
             pass
     if not folder.has_model:
         raise UserError(f"{run_folder} keeps no model.pt: the effective context through training needs the weights")
     table, raw = ablate_steps(run_folder, task, settings, seed, device)
     arrays = {f"{k}_{s}": v for s, (c, l) in raw.items() for k, v in (("contexts", c), ("losses", l))}
-    folder.write_analysis("growth", key, {"growth": table}, arrays)
+    folder.write_analysis("growth", {**_settings_key(settings), "steps": steps}, {"growth": table}, arrays)
     return table, raw
 
 
