@@ -28,10 +28,11 @@ def test_load_a_study_reads_its_tables_and_draws_the_reports_figures():
     s = mnemoscope.load(RESULTS / "books-long")
     assert isinstance(s, StudyResults) and s.kind == "study" and s.name == "books-long"
     assert s.config["archs"] == ["transformer", "lstm"]
-    assert set(s.runs["arch"]) == {"transformer", "lstm"} and len(s.runs) == 2
+    # the study's two runs and its first transformer's, GPT-2's recipe, tabled under its options
+    assert set(s.runs["arch"]) == {"transformer", "lstm", "transformer:conv=0,init=gpt2"} and len(s.runs) == 3
     assert {"run_id", "arch", "task", "params", "seed", "position", "loss", "ci_low", "ci_high", "context_bytes"} <= set(
         s.per_position.columns)
-    assert len(s.per_position) == 2 * 1024
+    assert len(s.per_position) == 3 * 1024
     bpb = s.bits_per_byte
     assert list(bpb.columns[:5]) == ["run_id", "arch", "task", "params", "seed"] and (bpb["bits_per_byte"] > 0).all()
     assert list(s.effective_context["effective_context"]) == list(s.fits["effective_context"])
