@@ -55,7 +55,8 @@ def _run_model(run_folder: Path, device: str):
 
 def ablate_steps(run_folder: Path, task, settings: AnalysisSettings, seed: int, device=None):
     """The truncation ablation at each kept step whose weights are kept (the last step: ``model.pt``).
-    Returns (table: one row per step, raw: {step: (contexts (K,), losses (M, K))})."""
+    Returns (table: one row per step, raw: {step: (contexts (K,), losses (M, K))}); the columns ruled
+    from those losses are :func:`_derived`'s, added by :func:`run_growth`."""
     device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     steps = RunFolder(run_folder).steps()
     if not steps:
@@ -83,9 +84,6 @@ def ablate_steps(run_folder: Path, task, settings: AnalysisSettings, seed: int, 
             n = int(first["effective_context" + suffix])
             row["effective_context" + suffix] = n
             row["effective_context_bytes" + suffix] = nbytes.get(n, math.nan) if nbytes else math.nan
-        row.update(full_context_check(contexts, np.asarray(losses, np.float64).mean(0), settings.tolerance))
-        # how finely the lengths tried resolve it, as the final analysis says (format_effective_context)
-        row.update(context_resolution(table))
         rows.append(row)
     model.load_state_dict(final)
     return pd.DataFrame(rows), raw
@@ -96,9 +94,10 @@ def _settings_key(settings: AnalysisSettings) -> dict:
 
 
 def _derived(table: pd.DataFrame, raw: dict, tolerance: float) -> pd.DataFrame:
-    """The columns made from a stored run's losses by today's rules: whether a truncated context beats
-    the full one (:func:`full_context_check`) and how finely the lengths tried resolve the effective
-    context (:func:`context_resolution`; tables stored before it existed lack them)."""
+    """The columns made from a run's losses by today's rules, for a step just measured and for one
+    stored by an older release alike: whether a truncated context beats the full one
+    (:func:`full_context_check`) and how finely the lengths tried resolve the effective context, as
+    the final analysis says it (:func:`context_resolution`, read by ``format_effective_context``)."""
     rows = []
     for r in table.itertuples():
         contexts, losses = raw[int(r.step)]
@@ -131,6 +130,7 @@ def run_growth(run_folder: Path, task, settings: AnalysisSettings, seed: int, de
     if not folder.has_model:
         raise UserError(f"{run_folder} keeps no model.pt: the effective context through training needs the weights")
     table, raw = ablate_steps(run_folder, task, settings, seed, device)
+    table = _derived(table, raw, settings.tolerance)
     arrays = {f"{k}_{s}": v for s, (c, l) in raw.items() for k, v in (("contexts", c), ("losses", l))}
     folder.write_analysis("growth", {**_settings_key(settings), "steps": steps}, {"growth": table}, arrays)
     return table, raw
